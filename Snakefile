@@ -1,0 +1,26 @@
+# memplast: does per-sample memorization predict per-sample loss of plasticity?
+# Thin entry point: configuration, validation, the rule families and the default target.
+import sys
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+sys.path.insert(0, workflow.basedir)
+from memplast import config as mpconfig
+
+
+configfile: "config.yaml"
+
+
+mpconfig.validate(config)
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        expand_all_targets(),

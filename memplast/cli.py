@@ -1,0 +1,72 @@
+"""Run a script's ``main(...)`` from Snakemake's ``script:`` directive or from the command line.
+
+Every script in ``scripts/`` ends with ``entrypoint(main, globals().get("snakemake"))``.
+Under Snakemake, named inputs, outputs and params become keyword arguments, the log goes
+to ``log[0]`` and torch uses ``threads``. From a shell, each parameter of ``main`` is a
+``--name VALUE`` flag whose value is parsed as YAML (numbers, lists and dicts work)::
+
+    python scripts/prepare.py --dataset_cfg '{name: digits}' --prepared data/digits/prepared.npz ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import logging
+import sys
+import time
+
+import yaml
+
+log = logging.getLogger("memplast")
+
+
+def setup_logging(logfile: str | None = None) -> None:
+    handlers = [logging.StreamHandler(sys.stderr)]
+    if logfile:
+        handlers.append(logging.FileHandler(logfile, mode="w"))
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers, force=True
+    )
+
+
+def _snakemake_kwargs(smk) -> dict:
+    kwargs = {}
+    for section in (smk.input, smk.output, smk.params):
+        for name, value in section.items():
+            if name in kwargs:
+                raise RuntimeError(f"rule {smk.rule}: name {name!r} used twice among input/output/params")
+            kwargs[name] = value
+    return kwargs
+
+
+def entrypoint(main, smk=None) -> None:
+    """Call ``main`` with arguments taken from the Snakemake object ``smk`` or from argv."""
+    accepted = inspect.signature(main).parameters
+    if smk is not None:
+        setup_logging(smk.log[0] if smk.log else None)
+        kwargs = _snakemake_kwargs(smk)
+        if "threads" in accepted:
+            kwargs["threads"] = smk.threads
+        kwargs = {k: v for k, v in kwargs.items() if k in accepted}
+        job = f"{smk.rule} {dict(smk.wildcards.items())}"
+    else:
+        setup_logging(None)
+        parser = argparse.ArgumentParser(description=(main.__doc__ or "").strip().splitlines()[0])
+        for name, p in accepted.items():
+            parser.add_argument(f"--{name}", type=yaml.safe_load, required=p.default is inspect._empty,
+                                default=None if p.default is inspect._empty else p.default)
+        kwargs = vars(parser.parse_args())
+        job = main.__module__
+    if "threads" in kwargs:
+        import torch
+
+        torch.set_num_threads(max(1, int(kwargs["threads"] or 1)))
+    t0 = time.perf_counter()
+    log.info("start %s", job)
+    try:
+        main(**kwargs)
+    except Exception:
+        log.exception("failed %s", job)
+        raise
+    log.info("done %s in %.1f s", job, time.perf_counter() - t0)

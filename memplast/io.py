@@ -1,0 +1,117 @@
+"""Reading and writing the workflow's files, each stamped with its provenance.
+
+Every output records the config slice and the code version that made it:
+Parquet in its schema metadata, CSV in a JSON sidecar (``<file>.prov.json``, so the CSV
+stays plain for the user's existing scripts), PDF in its metadata, checkpoints in a key.
+All writers are atomic: they write a temporary file and rename it, so a failed job
+never leaves a half-written output behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from memplast import __version__
+
+PROV_KEY = b"memplast"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+@functools.cache
+def code_version() -> str:
+    """Package version plus git commit of the checkout (``+dirty`` when modified)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True, text=True, check=True, timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--", "memplast", "scripts", "rules", "Snakefile"],
+            capture_output=True, text=True, check=True, timeout=10,
+        ).stdout.strip()
+        return f"{__version__}+g{commit}{'.dirty' if dirty else ''}"
+    except (OSError, subprocess.SubprocessError):
+        return f"{__version__}+unknown"
+
+
+def provenance(config_slice: dict | None = None, **extra) -> dict:
+    """The record every output carries: code version, the config slice, and extra facts."""
+    record = {"code_version": code_version(), "config": config_slice or {}}
+    record.update(extra)
+    return record
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary path next to ``path``; rename it onto ``path`` only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file normal permissions
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_parquet(df: pd.DataFrame, path, prov: dict) -> None:
+    """Write ``df`` as Parquet with ``prov`` in the schema metadata under ``memplast``."""
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    meta = dict(table.schema.metadata or {})
+    meta[PROV_KEY] = json.dumps(prov, default=str).encode()
+    table = table.replace_schema_metadata(meta)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def read_parquet(path, columns=None) -> pd.DataFrame:
+    return pd.read_parquet(path, columns=columns)
+
+
+def read_provenance(path) -> dict:
+    """The provenance record of a file written by this module (Parquet, CSV, checkpoint, npz)."""
+    path = Path(path)
+    if path.suffix == ".parquet":
+        meta = pq.read_schema(path).metadata or {}
+        return json.loads(meta[PROV_KEY])
+    if path.suffix == ".csv":
+        return json.loads(Path(f"{path}.prov.json").read_text())
+    if path.suffix == ".pt":
+        import torch
+
+        return json.loads(torch.load(path, map_location="cpu", weights_only=True)["provenance_json"])
+    if path.suffix == ".npz":
+        import numpy as np
+
+        with np.load(path) as z:
+            return json.loads(str(z["provenance_json"]))
+    raise ValueError(f"no provenance reader for {path}")
+
+
+def write_csv(df: pd.DataFrame, path, prov: dict) -> None:
+    """Write a plain CSV plus its provenance sidecar ``<path>.prov.json``."""
+    with atomic_path(f"{path}.prov.json") as tmp:
+        Path(tmp).write_text(json.dumps(prov, indent=1, default=str))
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
+
+
+def write_json(obj, path) -> None:
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(obj, indent=1, default=str))

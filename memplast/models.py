@@ -1,0 +1,160 @@
+"""Networks: the reference ResNet-18 variant (Dohare et al.) and a small CNN for 8x8 digits.
+
+Both return logits, or with ``return_acts=True`` a :class:`Forward` holding the logits,
+every ReLU output (conv maps N x C x H x W, or N x D for fully connected units) and the
+penultimate features. Both are piecewise linear (ReLU, pooling, BatchNorm, linear), which
+the exact curvature (``curvature.exact_ggn``) relies on.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Forward(NamedTuple):
+    logits: torch.Tensor
+    acts: list  # every ReLU output, in forward order
+    features: torch.Tensor  # penultimate features (input of the linear head)
+
+
+def init_reference(model: nn.Module) -> None:
+    """Reference init: conv kaiming-normal (fan-in, ReLU gain), linear kaiming-normal with
+    linear gain, biases 0, BatchNorm weight 1 and bias 0."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.kaiming_normal_(m.weight, nonlinearity="linear")
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+class _Recorder:
+    """Applies ReLU and, when recording, keeps its output."""
+
+    def __init__(self, record: bool):
+        self.acts = [] if record else None
+
+    def __call__(self, x):
+        x = F.relu(x)
+        if self.acts is not None:
+            self.acts.append(x)
+        return x
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=True)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=True)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=True), nn.BatchNorm2d(cout))
+
+    def forward(self, x, relu):
+        out = relu(self.bn1(self.conv1(x)))
+        return relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class ResNet18(nn.Module):
+    """ResNet-18 with a 3x3 stride-1 stem and no max-pool (CIFAR variant), bias on every conv."""
+
+    def __init__(self, num_classes: int = 100, in_channels: int = 3, width: int = 64):
+        super().__init__()
+        w = width
+        self.conv1 = nn.Conv2d(in_channels, w, 3, 1, 1, bias=True)
+        self.bn1 = nn.BatchNorm2d(w)
+        blocks, cin = [], w
+        for cout, stride in ((w, 1), (w, 1), (2 * w, 2), (2 * w, 1), (4 * w, 2), (4 * w, 1), (8 * w, 2), (8 * w, 1)):
+            blocks.append(BasicBlock(cin, cout, stride))
+            cin = cout
+        self.blocks = nn.ModuleList(blocks)
+        self.fc = nn.Linear(8 * w, num_classes)
+        init_reference(self)
+
+    def forward(self, x, return_acts: bool = False):
+        relu = _Recorder(return_acts)
+        out = relu(self.bn1(self.conv1(x)))
+        for block in self.blocks:
+            out = block(out, relu)
+        features = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        logits = self.fc(features)
+        return Forward(logits, relu.acts, features) if return_acts else logits
+
+
+class SmallCNN(nn.Module):
+    """Three conv+BN+ReLU layers with one max-pool, global average pool, one hidden ReLU
+    layer (the penultimate features) and a linear head; sized for 8x8 digits."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 16):
+        super().__init__()
+        w = width
+        self.conv1 = nn.Conv2d(in_channels, w, 3, 1, 1)
+        self.bn1 = nn.BatchNorm2d(w)
+        self.conv2 = nn.Conv2d(w, 2 * w, 3, 1, 1)
+        self.bn2 = nn.BatchNorm2d(2 * w)
+        self.conv3 = nn.Conv2d(2 * w, 4 * w, 3, 1, 1)
+        self.bn3 = nn.BatchNorm2d(4 * w)
+        self.hidden = nn.Linear(4 * w, 4 * w)
+        self.fc = nn.Linear(4 * w, num_classes)
+        init_reference(self)
+
+    def forward(self, x, return_acts: bool = False):
+        relu = _Recorder(return_acts)
+        out = relu(self.bn1(self.conv1(x)))
+        out = F.max_pool2d(relu(self.bn2(self.conv2(out))), 2)
+        out = relu(self.bn3(self.conv3(out)))
+        features = relu(self.hidden(F.adaptive_avg_pool2d(out, 1).flatten(1)))
+        logits = self.fc(features)
+        return Forward(logits, relu.acts, features) if return_acts else logits
+
+
+ARCHS = {"resnet18": ResNet18, "small_cnn": SmallCNN}
+
+
+def build_model(arch: str, num_classes: int, in_channels: int, width: int) -> nn.Module:
+    """Build a freshly initialised network by name (``model.arch`` in config)."""
+    if arch not in ARCHS:
+        raise ValueError(f"unknown model.arch {arch!r}; choose one of {sorted(ARCHS)}")
+    return ARCHS[arch](num_classes=num_classes, in_channels=in_channels, width=width)
+
+
+def head(model: nn.Module) -> nn.Linear:
+    """The linear classification head (reset by the ``head_reset`` algorithm)."""
+    return model.fc
+
+
+def class_mask(seen_classes, num_classes: int, device=None) -> torch.Tensor:
+    """Boolean mask over the output units: True for the classes seen so far."""
+    mask = torch.zeros(num_classes, dtype=torch.bool, device=device)
+    mask[torch.as_tensor(list(seen_classes), dtype=torch.long, device=device)] = True
+    return mask
+
+
+def masked_logits(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Logits of the seen classes only (N x n_seen), in class-index order."""
+    return logits[:, mask]
+
+
+def masked_labels(labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Labels re-indexed into the seen-class columns of :func:`masked_logits`."""
+    position = torch.cumsum(mask.long(), 0) - 1
+    if not bool(mask[labels].all()):
+        raise ValueError("a label is outside the class mask: the sample's class has not been seen")
+    return position[labels]
+
+
+def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of each sample over the seen classes, -log softmax(z[mask])_y, not averaged.
+    Unseen-class logits take no part, so they receive no gradient."""
+    return F.cross_entropy(masked_logits(logits, mask), masked_labels(labels, mask), reduction="none")
