@@ -57,7 +57,8 @@ def _schema_message(exc) -> str:
     if cause.validator == "enum":
         return f"invalid config value {cause.instance!r} for '{key}': allowed values are {cause.validator_value}"
     if cause.validator == "pattern":
-        return f"invalid config value {cause.instance!r} for '{key}': must match {cause.validator_value}"
+        hint = cause.schema.get("description", f"must match {cause.validator_value}")
+        return f"invalid config value {cause.instance!r} for '{key}': {hint}"
     if cause.validator == "additionalProperties":
         return f"invalid config key under '{key}': {cause.message}"
     return f"invalid config value for '{key}': {cause.message}"
@@ -171,3 +172,17 @@ def conditions(config: dict) -> list[dict]:
 
 def condition_path(cond: dict) -> str:
     return "/".join(cond[f] for f in FACTORS)
+
+
+# Column of the scores table that each memo.score names.
+SCORE_COLUMNS = {
+    "exact_ggn": "curv_exact",
+    "hutchinson": "curv_hutch",
+    "finite_difference": "curv_fd",
+    "csl": "csl",
+    "feldman_zhang": "fz_mem",
+}
+
+
+def score_column(config: dict) -> str:
+    return SCORE_COLUMNS[config["memo"]["score"]]

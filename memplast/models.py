@@ -158,3 +158,26 @@ def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tens
     """Cross-entropy of each sample over the seen classes, -log softmax(z[mask])_y, not averaged.
     Unseen-class logits take no part, so they receive no gradient."""
     return F.cross_entropy(masked_logits(logits, mask), masked_labels(labels, mask), reduction="none")
+
+
+# --------------------------------------------------------------------------- checkpoints
+def save_checkpoint(path, model: nn.Module, meta: dict, provenance: dict, **extra) -> None:
+    """Weights (with BN buffers) plus what is needed to rebuild the model, atomically."""
+    import json
+
+    from memplast.io import atomic_path
+
+    payload = {"model": model.state_dict(), "meta": meta, "provenance_json": json.dumps(provenance, default=str)}
+    payload.update(extra)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path, device="cpu") -> tuple[nn.Module, dict]:
+    """Rebuild the model of a checkpoint written by :func:`save_checkpoint`; returns (model, meta)."""
+    payload = torch.load(path, map_location=device, weights_only=True)
+    meta = payload["meta"]
+    model = build_model(meta["arch"], meta["num_classes"], meta["in_channels"], meta["width"]).to(device)
+    model.load_state_dict(payload["model"])
+    model.eval()
+    return model, meta

@@ -1,15 +1,39 @@
-# Paths, run grid and small helpers shared by every rule family.
-from memplast.config import FACTORS, condition_path, conditions
+# Paths, the run grid and small helpers shared by every rule family.
+import math
+
+from memplast.config import FACTORS, condition_path, conditions, n_classes
+from memplast.train import probe_epochs
 
 DATASET = config["dataset"]["name"]
 ORDER_SEEDS = config["class_orders"]["seeds"]
 CONDITIONS = conditions(config)
 PRIMARY = CONDITIONS[0]
-N_TASKS = config["protocol"]["n_tasks"]
+PROTO = config["protocol"]
+N_TASKS = PROTO["n_tasks"]
+E = PROTO["epochs_per_task"]
+W = config["probes"]["window"]
+# Task-epochs (1-based, the same in every task) whose weights a training job saves.
+CKPT_TASK_EPOCHS = probe_epochs(0, E, W, config["probes"]["extra_epochs"])
+BOUNDARIES = list(range(N_TASKS - 1))
+
+
+def _images_per_class():
+    """Training images per class, for runtime estimates (no data needed at DAG time)."""
+    ds = config["dataset"]
+    if ds["name"] in ("cifar100", "cifar10"):
+        return (500 if ds["name"] == "cifar100" else 5000) - ds["n_val_per_class"]
+    per_class = 180 if ds["name"] == "digits" else ds["synthetic"]["n_per_class"]
+    return int(per_class * (1 - ds["split_fractions"]["val"] - ds["split_fractions"]["test"]))
+
+
+IMAGES_PER_CLASS = _images_per_class()
 
 PREPARED = f"data/{DATASET}/prepared.npz"
 SAMPLES = f"data/{DATASET}/samples.parquet"
 ORDER_FILE = "results/class_orders/order{seed}.csv"
+SCORES = "results/memo/scores.parquet"
+RUN = "results/runs/order{seed}/{filter}/{ordering}/{weighting}/{algorithm}"
+SUBSET = "results/subsets/{filter}"
 
 ENV_TORCH = "../envs/torch.yaml"
 ENV_STATS = "../envs/stats.yaml"
@@ -18,6 +42,14 @@ ENV_STATS = "../envs/stats.yaml"
 wildcard_constraints:
     dataset="cifar100|cifar10|digits|synthetic",
     seed=r"\d+",
+    task=r"\d+",
+    boundary=r"\d+",
+    epoch=r"\d+",
+    te=r"\d+",
+    filter=r"none|(global|per_class|balanced)-q[0-9.]+",
+    ordering="random|fixed|ascending|descending|stratified|file",
+    weighting=r"none|alpha-?[0-9.]+",
+    algorithm="base|retrained|head_reset|shrink_perturb",
 
 
 def log_path(name):
@@ -33,6 +65,20 @@ def bench_path(name):
 def cfg_slice(*keys):
     """The config sections a rule depends on, passed as params (changes trigger reruns)."""
     return {k: config[k] for k in keys}
+
+
+def job(family, key):
+    """A resource value of a rule family from config['resources']."""
+    return config["resources"][family][key]
+
+
+def run_dirs(conditions_=None, seeds=None):
+    """Run directories for the given conditions (default: all) and class-order seeds."""
+    return [
+        f"results/runs/order{s}/{condition_path(c)}"
+        for c in (conditions_ or CONDITIONS)
+        for s in (seeds if seeds is not None else ORDER_SEEDS)
+    ]
 
 
 def expand_all_targets():

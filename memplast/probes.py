@@ -1,0 +1,456 @@
+"""Per-sample quantities of one checkpoint, and the probe table of one task boundary (design §4).
+
+For sample i with label y_i, logits z_i and a class mask M_i (the classes the loss is taken over):
+
+- loss_i = log sum_{j in M_i} exp z_ij - z_iy, margin, correct, confidence p_iy;
+- grad_norm_i = ||d loss_i / d theta|| over all trainable parameters;
+- input_grad_norm_i = ||d loss_i / d x_i||;
+- dormant_prop_i(tau), overall and per ReLU layer;
+- drift_i = ||h_e(x_i) - h_e'(x_i)|| of the penultimate features between probed epochs;
+- align_dot_i = g_i . G, align_cos_i, pred_forget_i (end-of-task checkpoint only).
+
+How each is computed for a whole batch at once:
+
+- One forward pass with ``return_acts=True`` gives logits (all mask-based quantities, under both
+  the eval and the native mask), ReLU outputs (dormant proportions) and features (drift).
+- One backward pass of sum_i loss_i w.r.t. the *input* gives every input gradient. Hooks on every
+  Conv2d / Linear / BatchNorm layer receive the layer's input a_i and output gradient b_i on the
+  way and turn them into ||d loss_i / d W||^2 per sample (formulas in ``_linear_sqnorms``,
+  ``_conv_sqnorms``, ``_bn_sqnorms``), so parameter gradients are never formed for the batch
+  and never per sample for the whole network.
+- With BatchNorm in eval mode samples do not interact, so d(sum_j loss_j)/d(layer output of i)
+  = d loss_i / d(layer output of i): every per-sample quantity is independent of the batch.
+- Alignment: one forward-mode JVP of theta -> (loss_1..loss_N) along G gives every g_i . G;
+  the JVP of that JVP gives every G^T H_i G.
+
+``bn_mode="train"`` (robustness variant) normalizes each probe batch with its own statistics
+(biased variance, as train-mode BatchNorm does) and never touches the running buffers. Those
+statistics are treated as constants of the batch: loss_i then depends on the other samples
+only through them, and g_i is the gradient of loss_i with the normalization held fixed (with
+gradients through the statistics, "the gradient of sample i" would mix every sample in the
+batch). Results in this mode depend on the batch composition by construction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import math
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, jvp
+from tqdm import tqdm
+
+log = logging.getLogger("memplast.probes")
+
+TAUS = (0.0, 1e-3, 1e-2)
+BN_MODES = ("eval", "train")
+_BN = nn.modules.batchnorm._BatchNorm
+
+
+# --------------------------------------------------------------------------- mask-based quantities
+def row_masks(mask: torch.Tensor, n: int) -> torch.Tensor:
+    """A class mask per sample (N x C, bool) from one mask (C) or per-sample masks (N x C)."""
+    mask = torch.as_tensor(mask, dtype=torch.bool)
+    return mask.expand(n, -1) if mask.dim() == 1 else mask
+
+
+def in_mask(labels: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """valid_i = 1[y_i in M_i]: the loss of sample i is defined under its mask."""
+    return masks.gather(1, labels[:, None])[:, 0]
+
+
+def masked_ce(logits: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """loss_i = log sum_{j in M_i} exp z_ij - z_iy (cross-entropy over the classes of M_i).
+
+    Same value as ``models.per_sample_loss`` for a shared mask, but every row may have its own
+    mask. Classes outside M_i get no gradient. Rows with y_i outside M_i are meaningless (the
+    caller sets them to NaN)."""
+    lse = torch.logsumexp(logits.masked_fill(~masks, -math.inf), 1)
+    return lse - logits.gather(1, labels[:, None])[:, 0]
+
+
+def margin(logits: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """margin_i = z_iy - max_{j in M_i, j != y_i} z_ij (NaN when M_i holds no other class)."""
+    own = F.one_hot(labels, logits.shape[1]).bool()
+    other = logits.masked_fill(~masks | own, -math.inf).amax(1)
+    m = logits.gather(1, labels[:, None])[:, 0] - other
+    return m.masked_fill(~torch.isfinite(other), math.nan)
+
+
+def correct(logits: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """correct_i = 1[argmax_{j in M_i} z_ij = y_i] (as 0.0 / 1.0)."""
+    return (logits.masked_fill(~masks, -math.inf).argmax(1) == labels).to(logits.dtype)
+
+
+def confidence(loss: torch.Tensor) -> torch.Tensor:
+    """confidence_i = p_iy = softmax over M_i of z_i at y_i = exp(-loss_i)."""
+    return torch.exp(-loss)
+
+
+def mask_quantities(logits: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor, suffix: str = "") -> dict:
+    """loss, margin, correct, confidence of every sample under its mask; NaN where y_i is not in M_i."""
+    loss = masked_ce(logits, labels, masks)
+    out = {"loss": loss, "margin": margin(logits, labels, masks), "correct": correct(logits, labels, masks)}
+    out["confidence"] = confidence(loss)
+    undefined = ~in_mask(labels, masks)
+    return {f"{k}{suffix}": v.masked_fill(undefined, math.nan) for k, v in out.items()}
+
+
+# --------------------------------------------------------------------------- dormant units, drift
+def activation_rates(acts: list) -> list:
+    """Activation rate of every unit on every sample, one N x units tensor per ReLU layer:
+    conv channel c: r_ic = mean over spatial positions of 1[h_ic(p) > 0]; fc unit: r_ik = 1[h_ik > 0]."""
+    return [(a > 0).flatten(2).float().mean(2) if a.dim() > 2 else (a > 0).float() for a in acts]
+
+
+def dormant_props(acts: list, taus=TAUS) -> dict:
+    """dormant_t{tau}_i = #{units u over all ReLU layers: r_iu <= tau} / #units, and per layer j
+    (0-based, forward order) dormant_t{tau}_L{j}_i = the same fraction within layer j."""
+    rates = activation_rates(acts)
+    n_units = sum(r.shape[1] for r in rates)
+    overall, per_layer = {}, {}
+    for tau in taus:
+        counts = [(r <= tau).sum(1) for r in rates]
+        overall[f"dormant_t{tau:g}"] = torch.stack(counts).sum(0).double() / n_units
+        for j, (c, r) in enumerate(zip(counts, rates, strict=True)):
+            per_layer[f"dormant_t{tau:g}_L{j}"] = c.double() / r.shape[1]
+    return {**overall, **per_layer}
+
+
+def feature_drift(features: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor:
+    """drift_i = ||h_e(x_i) - h_e'(x_i)||_2, e' the previous probed epoch (NaN without one)."""
+    if previous is None:
+        return torch.full((features.shape[0],), math.nan, dtype=torch.float64)
+    return (features.double() - previous.double()).norm(dim=1)
+
+
+# --------------------------------------------------------------------------- per-sample gradient norms
+def _linear_sqnorms(layer: nn.Linear, a: torch.Tensor, b: torch.Tensor) -> tuple:
+    """Per-sample squared gradient norms of a linear layer out = W a + c with output gradient b:
+    grad_W loss_i = b_i a_i^T, so ||grad_W||^2 = ||a_i||^2 ||b_i||^2 and ||grad_c||^2 = ||b_i||^2."""
+    if a.dim() != 2:
+        raise NotImplementedError(f"per-sample gradient norms need 2-D Linear inputs, got {a.dim()}-D")
+    b2 = b.square().sum(1)
+    return a.square().sum(1) * b2, b2
+
+
+def _conv_sqnorms(conv: nn.Conv2d, a: torch.Tensor, b: torch.Tensor, max_elements: int = 2**25) -> tuple:
+    """Per-sample squared gradient norms of a convolution with unfolded input U_i ((C_in k k) x P,
+    P output positions) and output gradient B_i (C_out x P): grad_W loss_i = B_i U_i^T and
+    grad_bias loss_i = B_i 1. ||B_i U_i^T||^2 is formed directly (cost P C_out C_in k^2) or, when
+    cheaper, as the "ghost norm" sum_pq (B_i^T B_i)_pq (U_i^T U_i)_pq (cost P^2 (C_out + C_in k^2))."""
+    bias2 = b.sum((2, 3)).square().sum(1)
+    bf = b.flatten(2)
+    n, c_out, p = bf.shape
+    d = a.shape[1] * conv.kernel_size[0] * conv.kernel_size[1]
+    ghost = p * (c_out + d) < c_out * d
+    chunk = max(1, max_elements // (d * p + (p * p if ghost else 0)))
+    weight2 = []
+    for s in range(0, n, chunk):  # chunks only bound the memory of the unfolded input
+        u = F.unfold(a[s:s + chunk], conv.kernel_size, conv.dilation, conv.padding, conv.stride)
+        bs = bf[s:s + chunk]
+        if ghost:
+            weight2.append(((bs.transpose(1, 2) @ bs) * (u.transpose(1, 2) @ u)).sum((1, 2)))
+        else:
+            weight2.append((bs @ u.transpose(1, 2)).square().sum((1, 2)))
+    return torch.cat(weight2), bias2
+
+
+def _bn_sqnorms(bn: _BN, a: tuple, b: torch.Tensor) -> tuple:
+    """Per-sample squared gradient norms of BatchNorm with fixed statistics, out = gamma xhat + beta,
+    xhat = (a - mean) / sqrt(var + eps): grad_gamma_c = sum_p b_ic(p) xhat_ic(p), grad_beta_c = sum_p b_ic(p).
+    ``a`` is (input, mean, var) as seen in the forward pass."""
+    a, mean, var = a
+    shape = (1, -1) + (1,) * (a.dim() - 2)
+    xhat = (a - mean.view(shape)) * torch.rsqrt(var.view(shape) + bn.eps)
+    dims = tuple(range(2, a.dim()))
+    gamma = (b * xhat).sum(dims) if dims else b * xhat
+    beta = b.sum(dims) if dims else b
+    return gamma.square().sum(1), beta.square().sum(1)
+
+
+_SQNORMS = ((nn.Conv2d, _conv_sqnorms), (nn.Linear, _linear_sqnorms), (_BN, _bn_sqnorms))
+
+
+class GradNormHooks:
+    """Forward hooks on every layer with trainable parameters. While active, a backward pass of
+    sum_i loss_i (in any direction that reaches the layers, e.g. w.r.t. the input) adds every
+    layer's per-sample squared parameter-gradient norm into ``self.sq`` (N)."""
+
+    def __init__(self, model: nn.Module):
+        self.layers = []  # (module, sqnorm fn, weight trainable, bias trainable)
+        for name, mod in model.named_modules():
+            own = {n: p.requires_grad for n, p in mod.named_parameters(recurse=False)}
+            if not any(own.values()):
+                continue
+            fn = next((f for cls, f in _SQNORMS if isinstance(mod, cls)), None)
+            if fn is None or set(own) - {"weight", "bias"}:
+                raise NotImplementedError(
+                    f"per-sample gradient norms support Conv2d, Linear and BatchNorm layers; "
+                    f"{name or 'the model'} ({type(mod).__name__}) has trainable parameters {sorted(own)}")
+            if isinstance(mod, nn.Conv2d) and (mod.groups != 1 or mod.padding_mode != "zeros" or isinstance(mod.padding, str)):
+                raise NotImplementedError(f"{name}: only groups=1 convolutions with numeric zero padding are supported")
+            if isinstance(mod, _BN) and mod.running_mean is None:
+                raise NotImplementedError(f"{name}: BatchNorm without running statistics is not supported")
+            self.layers.append((mod, fn, own.get("weight", False), own.get("bias", False)))
+        self.sq = None
+        self.handles = []
+
+    @contextlib.contextmanager
+    def active(self, n: int, dtype, device):
+        self.sq = torch.zeros(n, dtype=dtype, device=device)
+        self.handles = [spec[0].register_forward_hook(functools.partial(self._forward, spec)) for spec in self.layers]
+        try:
+            yield self
+        finally:
+            for h in self.handles:
+                h.remove()
+            self.handles = []
+
+    def _forward(self, spec, mod, inputs, out):
+        if out.requires_grad:
+            a = inputs[0].detach()
+            if isinstance(mod, _BN):  # the statistics in use now (functional_call swaps them back later)
+                a = (a, mod.running_mean.detach(), mod.running_var.detach())
+            out.register_hook(functools.partial(self._backward, spec, a))
+
+    def _backward(self, spec, a, grad):
+        mod, fn, w, b = spec
+        w2, b2 = fn(mod, a, grad.detach())
+        self.sq += w2 * w + b2 * b
+
+
+# --------------------------------------------------------------------------- model plumbing
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """Every submodule in eval mode; each one's previous flag is restored on exit."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in flags:
+            m.training = training
+
+
+def split_state(model: nn.Module, device) -> tuple:
+    """(trainable params, frozen params, buffers) as detached tensors on ``device``; the model is
+    only ever run through ``functional_call`` with these, so it is never modified."""
+    trainable, frozen = {}, {}
+    for n, p in model.named_parameters():
+        (trainable if p.requires_grad else frozen)[n] = p.detach().to(device)
+    buffers = {n: b.detach().to(device) for n, b in model.named_buffers()}
+    return trainable, frozen, buffers
+
+
+def batch_stat_buffers(model: nn.Module, state: dict, buffers: dict, x: torch.Tensor) -> dict:
+    """Copies of ``buffers`` whose BatchNorm running mean/var are the statistics of batch ``x``
+    (mean and biased variance over batch and positions, layer by layer as train-mode BatchNorm
+    sees them), so an eval-mode forward with them normalizes exactly like train mode."""
+    new = {k: v.clone() for k, v in buffers.items()}
+    handles = []
+
+    def pre_hook(name, mod, inputs):
+        a = inputs[0]
+        dims = [0] + list(range(2, a.dim()))
+        new[f"{name}.running_mean"].copy_(a.mean(dims))
+        new[f"{name}.running_var"].copy_(a.var(dims, unbiased=False))
+
+    for name, mod in model.named_modules():
+        if isinstance(mod, _BN):
+            handles.append(mod.register_forward_pre_hook(functools.partial(pre_hook, name)))
+    try:
+        with torch.no_grad():
+            functional_call(model, {**state, **new}, (x,))
+    finally:
+        for h in handles:
+            h.remove()
+    return new
+
+
+def _batch_buffers(model, params, buffers, x, bn_mode):
+    if bn_mode not in BN_MODES:
+        raise ValueError(f"bn_mode must be one of {BN_MODES}, got {bn_mode!r}")
+    return buffers if bn_mode == "eval" else batch_stat_buffers(model, params, buffers, x)
+
+
+def _as_tensor(a, dtype=None) -> torch.Tensor:
+    return a.detach().cpu() if isinstance(a, torch.Tensor) else torch.as_tensor(np.asarray(a), dtype=dtype)
+
+
+# --------------------------------------------------------------------------- alignment
+def mean_gradient(model: nn.Module, images, labels, mask, batch_size: int = 256, device="cpu", bn_mode: str = "eval") -> dict:
+    """G = (1/N) sum_i grad_theta loss_i (mask ``mask``) over the given samples, as a dict over
+    the trainable parameters (BatchNorm per ``bn_mode``)."""
+    images, labels = _as_tensor(images), _as_tensor(labels, torch.long)
+    trainable, frozen, buffers = split_state(model, device)
+    dtype = next(iter(trainable.values())).dtype
+    total = {k: torch.zeros_like(v) for k, v in trainable.items()}
+    with eval_mode(model):
+        for s in range(0, len(labels), batch_size):
+            x = images[s:s + batch_size].to(device, dtype)
+            y = labels[s:s + batch_size].to(device)
+            bufs = _batch_buffers(model, {**trainable, **frozen}, buffers, x, bn_mode)
+            params = {k: v.clone().requires_grad_() for k, v in trainable.items()}
+            logits = functional_call(model, {**params, **frozen, **bufs}, (x,))
+            masks = row_masks(mask.to(device), len(y))
+            if not bool(in_mask(y, masks).all()):
+                raise ValueError("mean_gradient: a label is outside the class mask")
+            grads = torch.autograd.grad(masked_ce(logits, y, masks).sum(), list(params.values()))
+            for k, g in zip(params, grads, strict=True):
+                total[k] += g
+    return {k: v / len(labels) for k, v in total.items()}
+
+
+def directional_terms(loss_fn, params: dict, direction: dict, second_order: bool = False) -> tuple:
+    """For the per-sample loss vector L(theta) = (loss_1..loss_N) and direction G:
+    dot_i = g_i . G = d/de loss_i(theta + e G)|_0, one forward-mode JVP for all samples; and with
+    ``second_order`` curv_i = G^T H_i G = d^2/de^2 loss_i(theta + e G)|_0, the JVP of that JVP."""
+    if not second_order:
+        return jvp(loss_fn, (params,), (direction,))[1], None
+    return jvp(lambda p: jvp(loss_fn, (p,), (direction,))[1], (params,), (direction,))
+
+
+def predicted_forgetting(dot: torch.Tensor, curv: torch.Tensor, eta: float) -> torch.Tensor:
+    """Second-order change of loss_i after one step theta -> theta - eta G:
+    pred_forget_i = -eta g_i.G + eta^2/2 G^T H_i G."""
+    return -eta * dot + 0.5 * eta**2 * curv
+
+
+# --------------------------------------------------------------------------- one checkpoint
+def probe_checkpoint(model: nn.Module, images, labels, eval_mask, native_mask, *, taus=TAUS, batch_size: int = 256,
+                     device="cpu", bn_mode: str = "eval", direction: dict | None = None, eta: float | None = None,
+                     progress: bool = False) -> dict:
+    """Every per-sample quantity of one checkpoint, as float64 CPU tensors keyed by column name.
+
+    ``eval_mask`` is one class mask (C) or one per sample (N x C); ``native_mask`` is the mask of
+    the checkpoint's task. Loss-based columns are NaN where the label is outside the mask.
+    ``direction`` (a dict over trainable parameters, e.g. from :func:`mean_gradient`) adds
+    align_dot and align_cos, and ``eta`` adds pred_forget. ``features`` holds the penultimate
+    features (for drift). The model's parameters, buffers and flags are left as they were."""
+    images, labels = _as_tensor(images), _as_tensor(labels, torch.long)
+    n = len(labels)
+    eval_masks = row_masks(_as_tensor(eval_mask), n)
+    native_masks = row_masks(_as_tensor(native_mask), n)
+    trainable, frozen, buffers = split_state(model, device)
+    dtype = next(iter(trainable.values())).dtype
+    hooks = GradNormHooks(model)
+    if direction is not None:
+        direction = {k: direction[k].to(device, dtype) for k in trainable}
+        g_norm = torch.sqrt(sum(v.double().square().sum() for v in direction.values()))
+    cols: dict[str, list] = {}
+    starts = range(0, n, batch_size)
+    with eval_mode(model):
+        for s in tqdm(starts, desc="batches", leave=False, mininterval=10, disable=not progress):
+            x = images[s:s + batch_size].to(device, dtype)
+            y = labels[s:s + batch_size].to(device)
+            m_eval, m_native = eval_masks[s:s + batch_size].to(device), native_masks[s:s + batch_size].to(device)
+            valid = in_mask(y, m_eval)
+            bufs = _batch_buffers(model, {**trainable, **frozen}, buffers, x, bn_mode)
+            state = {**trainable, **frozen, **bufs}
+
+            x = x.clone().requires_grad_()
+            with hooks.active(len(y), dtype, device):
+                out = functional_call(model, state, (x,), {"return_acts": True})
+                loss = masked_ce(out.logits, y, m_eval)
+                if bool(valid.any()):
+                    (gx,) = torch.autograd.grad(loss[valid].sum(), x)
+                else:
+                    gx = torch.zeros_like(x)
+            logits = out.logits.detach()
+            row = {**mask_quantities(logits, y, m_eval), **mask_quantities(logits, y, m_native, "_native")}
+            row["grad_norm"] = hooks.sq.sqrt()
+            row["input_grad_norm"] = gx.flatten(1).norm(dim=1)
+            row.update(dormant_props([a.detach() for a in out.acts], taus))
+            row["features"] = out.features.detach()
+            del out, loss, gx
+
+            if direction is not None:
+                loss_fn = lambda p: masked_ce(functional_call(model, {**p, **frozen, **bufs}, (x.detach(),)), y, m_eval)  # noqa: E731
+                with torch.no_grad():
+                    dot, curv = directional_terms(loss_fn, trainable, direction, second_order=eta is not None)
+                row["align_dot"] = dot
+                row["align_cos"] = dot / (row["grad_norm"] * g_norm)
+                if eta is not None:
+                    row["pred_forget"] = predicted_forgetting(dot, curv, eta)
+
+            for k in ("grad_norm", "input_grad_norm", "align_dot", "align_cos", "pred_forget"):
+                if k in row:  # gradients of an undefined loss are undefined
+                    row[k] = row[k].masked_fill(~valid, math.nan)
+            for k, v in row.items():
+                cols.setdefault(k, []).append(v.detach().to("cpu", v.dtype if k == "features" else torch.float64))
+    return {k: torch.cat(v) for k, v in cols.items()}
+
+
+# --------------------------------------------------------------------------- one boundary
+COLUMNS = ("sample_id", "epoch", "label", "is_old", "loss", "margin", "correct", "confidence", "loss_native",
+           "margin_native", "correct_native", "confidence_native", "grad_norm", "input_grad_norm")
+TAIL = ("drift", "align_dot", "align_cos", "pred_forget")
+
+
+def probe_boundary(checkpoints: dict, boundary_epoch: int, images, labels, sample_ids, is_old, old_mask,
+                   native_masks: dict, next_task_lr: float, taus=TAUS, batch_size: int = 256, device="cpu",
+                   bn_mode: str = "eval", progress: bool = True) -> pd.DataFrame:
+    """Long probe table of one boundary E_k: one row per (sample, probed epoch).
+
+    ``checkpoints`` maps epoch -> model (or a zero-argument loader returning one), for E_k - w + 1
+    .. E_k + w; ``native_masks`` maps epoch -> mask of the classes seen at that epoch's task.
+    Samples are all training samples of the classes seen at task k+1; ``is_old`` marks the classes
+    of ``old_mask`` (task k). Eval mask: the old mask for old samples, the native mask for new
+    samples (so their loss is NaN at task-k checkpoints). At E_k only: G = mean gradient of the
+    task-(k+1) loss (its native mask) over the new-class samples, align_dot = g_i . G,
+    align_cos = g_i . G / (||g_i|| ||G||), pred_forget with eta = ``next_task_lr``."""
+    images = _as_tensor(images)
+    labels = _as_tensor(labels, torch.long)
+    sample_ids = np.asarray(sample_ids)
+    is_old = torch.as_tensor(np.asarray(is_old, dtype=bool))
+    old_mask = _as_tensor(old_mask).bool()
+    epochs = sorted(checkpoints)
+    if boundary_epoch not in checkpoints:
+        raise ValueError(f"probe_boundary: no checkpoint for the boundary epoch {boundary_epoch} (have {epochs})")
+    if missing := [e for e in epochs if e not in native_masks]:
+        raise ValueError(f"probe_boundary: no native mask for epochs {missing}")
+    if not (len(images) == len(labels) == len(sample_ids) == len(is_old)):
+        raise ValueError("probe_boundary: images, labels, sample_ids and is_old differ in length")
+    if not torch.equal(old_mask[labels], is_old):
+        raise ValueError("probe_boundary: is_old disagrees with old_mask (is_old must be 'label in old mask')")
+    next_mask = _as_tensor(native_masks[boundary_epoch + 1]).bool() if boundary_epoch + 1 in native_masks \
+        else old_mask | torch.isin(torch.arange(len(old_mask)), labels[~is_old])
+    if not bool(next_mask[labels].all()):
+        raise ValueError("probe_boundary: a sample's class is not seen at task k+1")
+
+    frames, previous = [], None
+    for epoch in tqdm(epochs, desc=f"probe boundary {boundary_epoch}", mininterval=10, disable=not progress):
+        t0 = time.perf_counter()
+        model = checkpoints[epoch]
+        model = model if isinstance(model, nn.Module) else model()
+        native = _as_tensor(native_masks[epoch]).bool()
+        eval_masks = torch.where(is_old[:, None], old_mask, native)
+        direction = None
+        if epoch == boundary_epoch and bool((~is_old).any()):
+            new = ~is_old
+            direction = mean_gradient(model, images[new], labels[new], next_mask, batch_size, device, bn_mode)
+        elif epoch == boundary_epoch:
+            log.warning("boundary %d: no new-class samples, alignment left NaN", boundary_epoch)
+        cols = probe_checkpoint(model, images, labels, eval_masks, native, taus=taus, batch_size=batch_size,
+                                device=device, bn_mode=bn_mode, direction=direction,
+                                eta=next_task_lr if direction is not None else None, progress=progress)
+        features = cols.pop("features")
+        cols["drift"] = feature_drift(features, previous)
+        previous = features
+        df = pd.DataFrame({"sample_id": sample_ids, "epoch": np.full(len(labels), epoch, dtype=np.int64),
+                           "label": labels.numpy(), "is_old": is_old.numpy()})
+        dormant = [k for k in cols if k.startswith("dormant_t")]
+        for k in COLUMNS[4:] + tuple(dormant) + TAIL:
+            df[k] = cols[k].numpy() if k in cols else np.nan
+        frames.append(df)
+        log.info("boundary %d: probed epoch %d (%d samples) in %.1fs", boundary_epoch, epoch, len(labels),
+                 time.perf_counter() - t0)
+    return pd.concat(frames, ignore_index=True)

@@ -1,0 +1,384 @@
+"""The incremental training protocol (Dohare et al. 2024), one task at a time.
+
+A run trains task 0, 1, ... in separate jobs; task t trains on every kept training sample
+of the first (t+1) * classes_per_task classes of the run's class order, with logits and
+labels masked to those classes. The learning rate restarts every task and is multiplied
+by ``lr_gamma`` at the task-epochs in ``lr_milestones``. At the end of a task the
+best-validation weights (strict improvement) are restored; that model is the task's end
+checkpoint and the next task starts from it (with the optimizer and RNG states).
+
+The memorization scorer (``train_scorer``) reuses the same epoch loop on all classes.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from memplast import augment, orderings
+from memplast.data import Prepared
+from memplast.io import atomic_path
+from memplast.models import build_model, class_mask, head, per_sample_loss, save_checkpoint
+
+log = logging.getLogger("memplast.train")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' -> cuda when available, else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("protocol.device is 'cuda' but no GPU is visible; use device: auto or cpu")
+    return torch.device(name)
+
+
+def stable_seed(*parts) -> int:
+    """A 63-bit seed from any printable parts, identical across processes and machines."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 1
+
+
+def lr_at(task_epoch: int, lr: float, milestones, gamma: float) -> float:
+    """Learning rate at 0-based ``task_epoch``: lr * gamma^(number of milestones <= task_epoch)."""
+    return lr * gamma ** sum(task_epoch >= m for m in milestones)
+
+
+def task_classes(order, task: int, classes_per_task: int) -> np.ndarray:
+    """Classes seen at ``task`` (0-based): the first (task + 1) * classes_per_task of the order."""
+    return np.asarray(order)[: (task + 1) * classes_per_task]
+
+
+def memo_weights(memo: np.ndarray, alpha: float, lo: float, hi: float) -> np.ndarray:
+    """Per-sample loss weight w = clip(1 + alpha * memo / mean(memo), lo, hi)."""
+    return np.clip(1.0 + alpha * memo / memo.mean(), lo, hi)
+
+
+# --------------------------------------------------------------------------- data on device
+class DeviceData:
+    """The prepared dataset as uint8 tensors on the training device; batches are normalized
+    (and optionally augmented) on the fly."""
+
+    def __init__(self, prepared: Prepared, device: torch.device):
+        self.p = prepared
+        self.device = device
+        self.images = torch.as_tensor(prepared.images).to(device)
+        self.labels = torch.as_tensor(prepared.labels).to(device)
+        self.mean, self.std = prepared.mean, prepared.std
+
+    def batch(self, rows, generator=None, aug: dict | None = None):
+        idx = torch.tensor(np.asarray(rows), device=self.device)
+        x = augment.normalize(self.images[idx], self.mean, self.std)
+        if aug is not None:
+            x = augment.augment(x, generator, aug["crop_padding"], aug["flip"], aug["rotation_degrees"])
+        return x, self.labels[idx]
+
+    def rows(self, split: str, classes) -> np.ndarray:
+        return np.flatnonzero((self.p.split == split) & np.isin(self.p.labels, classes))
+
+
+@torch.no_grad()
+def evaluate(model, data: DeviceData, rows: np.ndarray, mask: torch.Tensor, batch_size: int) -> tuple[float, float]:
+    """Mean loss and accuracy over ``rows`` with logits masked to the seen classes (eval-mode BN)."""
+    was_training = model.training
+    model.eval()
+    total_loss, correct = 0.0, 0
+    for start in range(0, len(rows), batch_size):
+        x, y = data.batch(rows[start : start + batch_size])
+        logits = model(x)
+        total_loss += per_sample_loss(logits, y, mask).sum().item()
+        pred = logits.masked_fill(~mask, float("-inf")).argmax(1)
+        correct += (pred == y).sum().item()
+    model.train(was_training)
+    n = max(len(rows), 1)
+    return total_loss / n, correct / n
+
+
+class NonFiniteLoss(FloatingPointError):
+    pass
+
+
+def train_epoch(model, optimizer, data: DeviceData, rows: np.ndarray, mask, batch_size: int, generator,
+                aug: dict | None, weights: torch.Tensor | None = None, after_step=None, where: str = ""):
+    """One pass over ``rows`` in the given order. Loss per batch = mean_i w_i * loss_i.
+
+    Returns (per-sample losses in ``rows`` order as a numpy array, accuracy).
+    """
+    model.train()
+    losses = torch.empty(len(rows), device=data.device)
+    correct = 0
+    for start in range(0, len(rows), batch_size):
+        x, y = data.batch(rows[start : start + batch_size], generator, aug)
+        logits = model(x)
+        loss_i = per_sample_loss(logits, y, mask)
+        w = weights[start : start + batch_size] if weights is not None else None
+        loss = (loss_i * w).mean() if w is not None else loss_i.mean()
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(f"non-finite loss ({loss.item()}) in {where}, batch starting at {start}; "
+                                "lower protocol.lr or check the data")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if after_step is not None:
+            after_step()
+        losses[start : start + len(y)] = loss_i.detach()
+        correct += (logits.detach().masked_fill(~mask, float("-inf")).argmax(1) == y).sum().item()
+    return losses.cpu().numpy(), correct / max(len(rows), 1)
+
+
+def make_optimizer(model, lr: float, momentum: float, weight_decay: float):
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def _reinit(module: torch.nn.Module, seed: int) -> None:
+    """Re-draw a module's parameters with the reference init, from ``seed``."""
+    from memplast.models import init_reference
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        init_reference(module)
+
+
+# --------------------------------------------------------------------------- one task of a run
+@dataclass
+class RunSpec:
+    """Everything that identifies a run and its task job."""
+
+    name: str  # run path, e.g. order0/none/random/none/base
+    order_seed: int
+    class_order: np.ndarray
+    task: int
+    kept_ids: np.ndarray  # training sample ids kept by the filter
+    ordering: str
+    weighting_alpha: float
+    algorithm: str
+    memo: pd.Series | None = None  # memo score by sample_id (orderings, weighting)
+    file_order: np.ndarray | None = None
+    checkpoint_epochs: list = field(default_factory=list)  # global epochs to save in this task
+
+
+def task_epoch_range(task: int, epochs_per_task: int) -> range:
+    """Global 1-based epochs of a 0-based task: t*E+1 .. (t+1)*E."""
+    return range(task * epochs_per_task + 1, (task + 1) * epochs_per_task + 1)
+
+
+def probe_epochs(task: int, epochs_per_task: int, window: int, extra=()) -> list[int]:
+    """Epochs of ``task`` whose weights are saved: its first and last ``window`` epochs (the
+    windows around the boundaries before and after it) and any extra task-epochs."""
+    first = task * epochs_per_task
+    epochs = set(range(first + 1, first + window + 1))
+    epochs |= set(range(first + epochs_per_task - window + 1, first + epochs_per_task + 1))
+    epochs |= {first + e for e in extra if 1 <= e <= epochs_per_task}
+    return sorted(epochs)
+
+
+def model_meta(model_cfg: dict, num_classes: int, in_channels: int, **extra) -> dict:
+    return {"arch": model_cfg["arch"], "width": model_cfg["width"], "num_classes": num_classes,
+            "in_channels": in_channels, **extra}
+
+
+def run_task(spec: RunSpec, prepared: Prepared, protocol: dict, model_cfg: dict, aug_cfg: dict,
+             ordering_cfg: dict, weighting_cfg: dict, prev_state: str | None, end_state: str,
+             checkpoints: dict, metrics_path: str, order_log_path: str, resume_path: str,
+             provenance: dict, stop_after_epoch: int | None = None) -> pd.DataFrame:
+    """Train one task of one run and write its outputs (see rules/train.smk).
+
+    ``checkpoints`` maps global epoch -> path. ``resume_path`` holds the state every
+    ``protocol.state_every`` epochs; a rerun continues from it and ends with the same weights
+    as an uninterrupted run. ``stop_after_epoch`` (tests) raises after that global epoch,
+    as a kill would.
+    """
+    device = resolve_device(protocol["device"])
+    t, E, cpt = spec.task, protocol["epochs_per_task"], protocol["classes_per_task"]
+    where = f"run {spec.name}, task {t}"
+    data = DeviceData(prepared, device)
+    seen = task_classes(spec.class_order, t, cpt)
+    mask = class_mask(seen, prepared.n_classes, device)
+    in_task = np.isin(prepared.labels, seen) & (prepared.split == "train")
+    kept = in_task & np.isin(prepared.sample_id, spec.kept_ids)
+    train_rows = np.flatnonzero(kept)
+    train_ids = prepared.sample_id[train_rows]
+    val_rows, test_rows = data.rows("val", seen), data.rows("test", seen)
+    row_of = pd.Series(train_rows, index=train_ids)
+    aug = aug_cfg if any([aug_cfg["crop_padding"], aug_cfg["flip"], aug_cfg["rotation_degrees"]]) else None
+    log.info("%s: %d classes seen, %d train / %d val / %d test samples, device %s",
+             where, len(seen), len(train_rows), len(val_rows), len(test_rows), device)
+
+    meta = model_meta(model_cfg, prepared.n_classes, prepared.images.shape[1])
+    init_seed = stable_seed("init", spec.order_seed)
+    model = build_model(meta["arch"], meta["num_classes"], meta["in_channels"], meta["width"])
+    _reinit(model, init_seed)
+    model.to(device)
+    optimizer = make_optimizer(model, protocol["lr"], protocol["momentum"], protocol["weight_decay"])
+    generator = torch.Generator().manual_seed(stable_seed("run", spec.name))
+    noise_gen = torch.Generator(device=device).manual_seed(stable_seed("noise", spec.name))
+
+    if prev_state is not None:
+        state = torch.load(prev_state, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"].cpu())
+        noise_gen.set_state(state["noise_generator"].cpu())
+    if t > 0 and spec.algorithm == "retrained":
+        _reinit(model, stable_seed("init", spec.order_seed, t))
+        optimizer = make_optimizer(model, protocol["lr"], protocol["momentum"], protocol["weight_decay"])
+    elif t > 0 and spec.algorithm == "head_reset":
+        _reinit(head(model), stable_seed("head", spec.order_seed, t))
+        for p in head(model).parameters():
+            optimizer.state.pop(p, None)
+    if protocol["reset_momentum"]:
+        optimizer.state.clear()
+
+    after_step = None
+    if spec.algorithm == "shrink_perturb":
+        sp = protocol["shrink_perturb"]
+
+        @torch.no_grad()
+        def after_step():
+            for p in model.parameters():
+                p.mul_(sp["shrink"]).add_(torch.randn(p.shape, generator=noise_gen, device=device) * sp["noise_std"])
+
+    weight_of = None
+    if spec.weighting_alpha != 0.0:
+        w = memo_weights(spec.memo.loc[train_ids].to_numpy(), spec.weighting_alpha, weighting_cfg["lo"], weighting_cfg["hi"])
+        weight_of = pd.Series(w, index=train_ids)
+
+    memo_task = spec.memo.loc[train_ids].to_numpy() if spec.memo is not None else None
+    base = orderings.base_order(spec.ordering, train_ids, memo_task, generator, ordering_cfg["strata"], spec.file_order)
+
+    # ------------------------------------------------------------------ resume
+    start_epoch, best, rows, order_rows = 0, None, [], []
+    if Path(resume_path).exists():
+        r = torch.load(resume_path, map_location=device, weights_only=False)
+        if r["spec"] == spec.name and r["task"] == t and r["config"] == json.dumps(provenance, sort_keys=True, default=str):
+            model.load_state_dict(r["model"])
+            optimizer.load_state_dict(r["optimizer"])
+            generator.set_state(r["generator"].cpu())
+            noise_gen.set_state(r["noise_generator"].cpu())
+            base, best, rows, order_rows, start_epoch = r["base"], r["best"], r["metrics"], r["orders"], r["epoch"]
+            log.info("%s: resuming after task-epoch %d from %s", where, start_epoch, resume_path)
+        else:
+            log.info("%s: ignoring stale resume file %s", where, resume_path)
+
+    best_acc = best["val_acc"] if best else -math.inf
+    for e in tqdm(range(start_epoch, E), desc=f"task {t}", mininterval=10, initial=start_epoch, total=E):
+        g = t * E + e + 1
+        lr = lr_at(e, protocol["lr"], protocol["lr_milestones"], protocol["lr_gamma"])
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        order = orderings.epoch_order(base, train_ids, generator, ordering_cfg["block_size"])
+        order_rows.append({"task": t, "epoch": g, "n": len(order), "hash": orderings.order_hash(order),
+                           **({"order": order.tolist()} if ordering_cfg["log_full_order"] else {})})
+        w = None if weight_of is None else torch.as_tensor(weight_of.loc[order].to_numpy(), dtype=torch.float32, device=device)
+        t0 = time.perf_counter()
+        losses, train_acc = train_epoch(model, optimizer, data, row_of.loc[order].to_numpy(), mask,
+                                        protocol["batch_size"], generator, aug, w, after_step, f"{where}, epoch {g}")
+        seconds = time.perf_counter() - t0
+        val_loss, val_acc = evaluate(model, data, val_rows, mask, protocol["eval_batch_size"])
+        test_loss, test_acc = evaluate(model, data, test_rows, mask, protocol["eval_batch_size"])
+        rows.append({"kind": "epoch", "task": t, "task_epoch": e + 1, "epoch": g, "lr": lr,
+                     "train_loss": float(losses.mean()), "train_acc": train_acc, "val_loss": val_loss,
+                     "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc,
+                     "seconds": seconds, "images_per_sec": len(order) / seconds})
+        if val_acc > best_acc:  # strict: the earliest best epoch wins ties
+            best_acc = val_acc
+            best = {"val_acc": val_acc, "epoch": g, "model": copy.deepcopy(model.state_dict())}
+        if g in checkpoints and g != (t + 1) * E:
+            save_checkpoint(checkpoints[g], model, {**meta, "epoch": g, "task": t, "seen": seen.tolist()}, provenance)
+        if (e + 1) % protocol["state_every"] == 0 and e + 1 < E:
+            with atomic_path(resume_path) as tmp:
+                torch.save({"spec": spec.name, "task": t, "config": json.dumps(provenance, sort_keys=True, default=str),
+                            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                            "generator": generator.get_state(), "noise_generator": noise_gen.get_state(),
+                            "base": base, "best": best, "metrics": rows, "orders": order_rows, "epoch": e + 1}, tmp)
+        if stop_after_epoch is not None and g >= stop_after_epoch:
+            raise KeyboardInterrupt(f"stopped after epoch {g} (test hook)")
+
+    end_epoch = (t + 1) * E
+    if protocol["early_stopping"] and best is not None:
+        model.load_state_dict(best["model"])
+        log.info("%s: restored best-validation weights of epoch %d (val acc %.4f)", where, best["epoch"], best["val_acc"])
+    val_loss, val_acc = evaluate(model, data, val_rows, mask, protocol["eval_batch_size"])
+    test_loss, test_acc = evaluate(model, data, test_rows, mask, protocol["eval_batch_size"])
+    rows.append({"kind": "end", "task": t, "task_epoch": E, "epoch": end_epoch, "lr": float("nan"),
+                 "train_loss": float("nan"), "train_acc": float("nan"), "val_loss": val_loss, "val_acc": val_acc,
+                 "test_loss": test_loss, "test_acc": test_acc, "seconds": float("nan"), "images_per_sec": float("nan"),
+                 "best_epoch": best["epoch"] if best else end_epoch})
+    if end_epoch in checkpoints:
+        save_checkpoint(checkpoints[end_epoch], model, {**meta, "epoch": end_epoch, "task": t, "seen": seen.tolist()}, provenance)
+    with atomic_path(end_state) as tmp:
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
+                    "noise_generator": noise_gen.get_state(), "meta": {**meta, "epoch": end_epoch, "task": t, "seen": seen.tolist()},
+                    "provenance_json": json.dumps(provenance, default=str)}, tmp)
+    metrics = pd.DataFrame(rows)
+    from memplast.io import write_parquet
+
+    write_parquet(metrics.assign(run=spec.name), metrics_path, provenance)
+    write_parquet(pd.DataFrame(order_rows), order_log_path, provenance)
+    Path(resume_path).unlink(missing_ok=True)
+    log.info("%s: end test acc %.4f, val acc %.4f", where, test_acc, val_acc)
+    return metrics
+
+
+# --------------------------------------------------------------------------- memorization scorer
+def scorer_grid(epochs: int, every: int) -> list[int]:
+    """Epochs (1-based) whose scorer checkpoints are scored: every ``every``-th epoch."""
+    return list(range(every, epochs + 1, every))
+
+
+def train_scorer(prepared: Prepared, scorer: dict, aug_cfg: dict, checkpoints: dict, metrics_path: str,
+                 csl_path: str, device: str, seed: int, provenance: dict, eval_batch_size: int = 1000):
+    """Train the memorization scorer on all training samples of all classes (not incremental).
+
+    SGD with lr dropped by ``lr_gamma`` at the ``milestones_frac`` fractions of training;
+    saves the weights at the epochs in ``checkpoints`` and the cumulative sample loss
+    (sum over epochs of each sample's training loss) to ``csl_path``.
+    """
+    from memplast.curvature import CSLAccumulator
+    from memplast.io import write_parquet
+
+    device = resolve_device(device)
+    data = DeviceData(prepared, device)
+    classes = np.arange(prepared.n_classes)
+    mask = class_mask(classes, prepared.n_classes, device)
+    train_rows, val_rows, test_rows = (data.rows(s, classes) for s in ("train", "val", "test"))
+    meta = {"arch": scorer["arch"], "width": scorer["width"], "num_classes": prepared.n_classes,
+            "in_channels": prepared.images.shape[1]}
+    model = build_model(meta["arch"], meta["num_classes"], meta["in_channels"], meta["width"])
+    _reinit(model, stable_seed("scorer", seed))
+    model.to(device)
+    optimizer = make_optimizer(model, scorer["lr"], scorer["momentum"], scorer["weight_decay"])
+    generator = torch.Generator().manual_seed(stable_seed("scorer-run", seed))
+    aug = aug_cfg if scorer["augment"] else None
+    milestones = [math.floor(f * scorer["epochs"]) for f in scorer["milestones_frac"]]
+    csl = CSLAccumulator()
+    rows = []
+    for e in tqdm(range(scorer["epochs"]), desc="scorer", mininterval=10):
+        lr = lr_at(e, scorer["lr"], milestones, scorer["lr_gamma"])
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        order = train_rows[torch.randperm(len(train_rows), generator=generator).numpy()]
+        t0 = time.perf_counter()
+        losses, train_acc = train_epoch(model, optimizer, data, order, mask, scorer["batch_size"], generator, aug,
+                                        where=f"memo scorer, epoch {e + 1}")
+        seconds = time.perf_counter() - t0
+        csl.add(prepared.sample_id[order], losses)
+        val_loss, val_acc = evaluate(model, data, val_rows, mask, eval_batch_size)
+        test_loss, test_acc = evaluate(model, data, test_rows, mask, eval_batch_size)
+        rows.append({"epoch": e + 1, "lr": lr, "train_loss": float(losses.mean()), "train_acc": train_acc,
+                     "val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc,
+                     "seconds": seconds})
+        if e + 1 in checkpoints:
+            save_checkpoint(checkpoints[e + 1], model, {**meta, "epoch": e + 1}, provenance)
+    log.info("scorer: final train acc %.4f, val acc %.4f, test acc %.4f", train_acc, val_acc, test_acc)
+    write_parquet(pd.DataFrame(rows), metrics_path, provenance)
+    write_parquet(csl.to_frame(), csl_path, provenance)

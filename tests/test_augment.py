@@ -1,0 +1,59 @@
+"""Batched augmentation: equals per-sample reference transforms where they are exact."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from memplast import augment
+
+
+def test_normalize_matches_formula():
+    x = torch.randint(0, 256, (4, 3, 5, 5), dtype=torch.uint8)
+    mean, std = [0.1, 0.2, 0.3], [0.5, 0.6, 0.7]
+    out = augment.normalize(x, mean, std)
+    ref = (x.float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    torch.testing.assert_close(out, ref)
+
+
+def _draws(n, p, seed, flip):
+    g = torch.Generator().manual_seed(seed)
+    dy = torch.randint(-p, p + 1, (n,), generator=g)
+    dx = torch.randint(-p, p + 1, (n,), generator=g)
+    flips = torch.rand(n, generator=g) < 0.5 if flip else torch.zeros(n, dtype=torch.bool)
+    return dy, dx, flips
+
+
+def test_crop_and_flip_equal_reflect_pad_then_slice():
+    x = torch.randn(16, 3, 32, 32)
+    out = augment.augment(x, torch.Generator().manual_seed(5), crop_padding=4, flip=True, rotation_degrees=0)
+    dy, dx, flips = _draws(16, 4, 5, True)
+    padded = F.pad(x, (4, 4, 4, 4), mode="reflect")
+    for i in range(16):
+        ref = padded[i, :, 4 + dy[i] : 4 + dy[i] + 32, 4 + dx[i] : 4 + dx[i] + 32]
+        if flips[i]:
+            ref = ref.flip(-1)
+        torch.testing.assert_close(out[i], ref)
+
+
+def test_rotation_preserves_centre_and_fills_corners_with_zero():
+    x = torch.ones(64, 1, 32, 32)
+    out = augment.augment(x, torch.Generator().manual_seed(0), crop_padding=0, flip=False, rotation_degrees=15)
+    assert (out[:, :, 12:20, 12:20] == 1).all()
+    rotated = (out[:, 0, 0, 0] == 0) | (out[:, 0, 0, -1] == 0) | (out[:, 0, -1, 0] == 0)
+    assert rotated.float().mean() > 0.5  # most angles are large enough to uncover a corner
+    x = torch.randn(8, 3, 32, 32)
+    zero_angle = augment.augment(x, torch.Generator().manual_seed(0), crop_padding=0, flip=False, rotation_degrees=1e-9)
+    torch.testing.assert_close(zero_angle, x)
+
+
+def test_augmentation_is_seeded_and_per_sample():
+    x = torch.randn(32, 3, 32, 32)
+    a = augment.augment(x, torch.Generator().manual_seed(1))
+    b = augment.augment(x, torch.Generator().manual_seed(1))
+    c = augment.augment(x, torch.Generator().manual_seed(2))
+    torch.testing.assert_close(a, b)
+    assert not torch.equal(a, c)
+    same = augment.augment(x[:1].repeat(32, 1, 1, 1), torch.Generator().manual_seed(1))
+    assert len({tuple(np.round(s.flatten()[:50].numpy(), 4)) for s in same}) > 10  # different draws per sample
