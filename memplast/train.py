@@ -278,7 +278,7 @@ def run_task(spec: RunSpec, prepared: Prepared, protocol: dict, model_cfg: dict,
         order = orderings.epoch_order(base, train_ids, generator, ordering_cfg["block_size"])
         order_rows.append({"task": t, "epoch": g, "n": len(order), "hash": orderings.order_hash(order),
                            **({"order": order.tolist()} if ordering_cfg["log_full_order"] else {})})
-        w = None if weight_of is None else torch.as_tensor(weight_of.loc[order].to_numpy(), dtype=torch.float32, device=device)
+        w = None if weight_of is None else torch.tensor(weight_of.loc[order].to_numpy(), dtype=torch.float32, device=device)
         t0 = time.perf_counter()
         losses, train_acc = train_epoch(model, optimizer, data, row_of.loc[order].to_numpy(), mask,
                                         protocol["batch_size"], generator, aug, w, after_step, f"{where}, epoch {g}")

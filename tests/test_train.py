@@ -1,0 +1,158 @@
+"""The incremental protocol: schedule, masking, early stopping, task classes, algorithms,
+weighting, determinism and bitwise resume after a kill."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from memplast import data, train
+from memplast.models import SmallCNN, class_mask, load_checkpoint, per_sample_loss
+
+
+def test_lr_at_every_task_epoch():
+    lrs = [train.lr_at(e, 0.1, [60, 120, 160], 0.2) for e in range(200)]
+    assert lrs[:60] == [0.1] * 60
+    assert np.allclose(lrs[60:120], 0.02) and np.allclose(lrs[120:160], 0.004) and np.allclose(lrs[160:], 0.0008)
+
+
+def test_unseen_logits_get_no_gradient_and_softmax_covers_seen_only():
+    logits = torch.randn(4, 10, requires_grad=True)
+    labels = torch.tensor([1, 3, 3, 1])
+    mask = class_mask([1, 3, 5], 10)
+    loss = per_sample_loss(logits, labels, mask)
+    z = logits[:, [1, 3, 5]]
+    ref = -torch.log_softmax(z, 1)[torch.arange(4), torch.tensor([0, 1, 1, 0])]
+    torch.testing.assert_close(loss, ref)
+    loss.sum().backward()
+    assert (logits.grad[:, ~mask] == 0).all() and (logits.grad[:, mask] != 0).all()
+    with pytest.raises(ValueError, match="outside the class mask"):
+        per_sample_loss(logits, torch.tensor([0, 1, 1, 1]), mask)
+
+
+def test_memo_weights_and_weighted_loss_by_hand():
+    memo = np.array([1.0, 2.0, 3.0, 10.0])
+    w = train.memo_weights(memo, alpha=0.5, lo=0.5, hi=2.0)
+    np.testing.assert_allclose(w, np.clip(1 + 0.5 * memo / 4.0, 0.5, 2.0))
+    assert w[-1] == 2.0
+
+
+@pytest.fixture(scope="module")
+def small(demo_config):
+    """A 2-task digits setting of a few epochs."""
+    cfg = copy.deepcopy(demo_config)
+    cfg["protocol"].update(epochs_per_task=4, lr_milestones=[2], state_every=2, batch_size=32)
+    return cfg
+
+
+def _run(tmp, cfg, prepared, task, prev=None, algorithm="base", ordering="random", alpha=0.0, memo=None,
+         stop=None, name="order0/none/random/none/base", ckpt_all=False):
+    E = cfg["protocol"]["epochs_per_task"]
+    epochs = train.task_epoch_range(task, E) if ckpt_all else [task * E + E]
+    ckpts = {g: str(tmp / f"t{task}" / f"e{g}.pt") for g in epochs}
+    spec = train.RunSpec(name, 0, data.class_order(0, 10), task, prepared.sample_id[prepared.split == "train"],
+                         ordering, alpha, algorithm, memo=memo)
+    metrics = train.run_task(spec, prepared, cfg["protocol"], cfg["model"], cfg["dataset"]["augmentation"],
+                             cfg["ordering"], cfg["weighting"], prev, str(tmp / f"t{task}" / "end.pt"), ckpts,
+                             str(tmp / f"t{task}" / "m.parquet"), str(tmp / f"t{task}" / "o.parquet"),
+                             str(tmp / "resume" / f"t{task}.pt"), {"test": 1}, stop_after_epoch=stop)
+    return metrics, ckpts
+
+
+def _weights(path):
+    return torch.load(path, weights_only=True)["model"]
+
+
+def _same(a, b):
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_task_trains_on_its_classes_and_restores_best_weights(tmp_path, small, digits):
+    metrics, ckpts = _run(tmp_path, small, digits, 0, ckpt_all=True)
+    epochs = metrics[metrics.kind == "epoch"]
+    assert epochs["epoch"].tolist() == [1, 2, 3, 4]
+    assert epochs["lr"].tolist() == pytest.approx([0.05, 0.05, 0.01, 0.01])
+    best = int(epochs.loc[epochs.val_acc.idxmax(), "epoch"])  # first maximum: strict improvement
+    end = metrics[metrics.kind == "end"].iloc[0]
+    assert end["best_epoch"] == best and end["val_acc"] == pytest.approx(epochs.val_acc.max())
+    end_weights = _weights(tmp_path / "t0" / "end.pt")
+    if best < 4:
+        assert _same(end_weights, _weights(ckpts[best]))
+    # the task-end checkpoint holds the restored weights
+    assert _same(end_weights, _weights(ckpts[4]))
+    model, meta = load_checkpoint(ckpts[4])
+    assert meta["seen"] == data.class_order(0, 10)[:2].tolist() and meta["task"] == 0
+    # order log: every epoch's order covers exactly the task's training samples
+    log = pd.read_parquet(tmp_path / "t0" / "o.parquet")
+    assert log["n"].tolist() == [((digits.split == "train") & np.isin(digits.labels, meta["seen"])).sum()] * 4
+    assert log["hash"].nunique() == 4  # random ordering: a new permutation every epoch
+
+
+def test_same_config_gives_identical_metrics_and_weights(tmp_path, small, digits):
+    m1, _ = _run(tmp_path / "a", small, digits, 0)
+    m2, _ = _run(tmp_path / "b", small, digits, 0)
+    pd.testing.assert_frame_equal(m1.drop(columns=["seconds", "images_per_sec"]), m2.drop(columns=["seconds", "images_per_sec"]))
+    assert _same(_weights(tmp_path / "a" / "t0" / "end.pt"), _weights(tmp_path / "b" / "t0" / "end.pt"))
+
+
+def test_killed_and_resumed_task_ends_bitwise_identical(tmp_path, small, digits):
+    _run(tmp_path / "ref", small, digits, 0)
+    ref_prev = str(tmp_path / "ref" / "t0" / "end.pt")
+    _run(tmp_path / "ref", small, digits, 1, prev=ref_prev)
+    # same two tasks, but task 1 is killed after its 3rd epoch (state saved after epoch 2)
+    _run(tmp_path / "k", small, digits, 0)
+    prev = str(tmp_path / "k" / "t0" / "end.pt")
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path / "k", small, digits, 1, prev=prev, stop=4 + 3)
+    assert (tmp_path / "k" / "resume" / "t1.pt").exists()
+    m, _ = _run(tmp_path / "k", small, digits, 1, prev=prev)
+    assert not (tmp_path / "k" / "resume" / "t1.pt").exists()
+    assert _same(_weights(tmp_path / "k" / "t1" / "end.pt"), _weights(tmp_path / "ref" / "t1" / "end.pt"))
+    ref_m = pd.read_parquet(tmp_path / "ref" / "t1" / "m.parquet")
+    pd.testing.assert_frame_equal(m[["epoch", "train_loss", "val_acc"]], ref_m[["epoch", "train_loss", "val_acc"]])
+
+
+def test_second_task_sees_more_classes_and_algorithms_differ(tmp_path, small, digits):
+    _run(tmp_path, small, digits, 0)
+    prev = str(tmp_path / "t0" / "end.pt")
+    start = _weights(prev)
+    for algorithm in ("base", "retrained", "head_reset", "shrink_perturb"):
+        out = tmp_path / algorithm
+        cfg = copy.deepcopy(small)
+        cfg["protocol"]["epochs_per_task"] = 1
+        cfg["protocol"]["lr_milestones"] = []
+        cfg["protocol"]["early_stopping"] = False
+        _run(out, cfg, digits, 1, prev=prev, algorithm=algorithm, name=f"order0/none/random/none/{algorithm}")
+        meta = torch.load(out / "t1" / "end.pt", weights_only=True)["meta"]
+        assert meta["seen"] == data.class_order(0, 10)[:4].tolist()
+    base, retrained = _weights(tmp_path / "base" / "t1" / "end.pt"), _weights(tmp_path / "retrained" / "t1" / "end.pt")
+    # retrained starts from a fresh init: far from the task-0 weights; base stays close
+    dist = lambda a: sum((a[k].float() - start[k].float()).norm() ** 2 for k in a if "weight" in k) ** 0.5  # noqa: E731
+    assert dist(retrained) > 3 * dist(base)
+    head = _weights(tmp_path / "head_reset" / "t1" / "end.pt")
+    assert (head["conv1.weight"] - start["conv1.weight"]).norm() < (head["fc.weight"] - start["fc.weight"]).norm()
+
+
+def test_nan_loss_names_run_task_and_epoch(tmp_path, small, digits):
+    cfg = copy.deepcopy(small)
+    cfg["protocol"]["lr"] = 1e30
+    with pytest.raises(train.NonFiniteLoss, match=r"run order0/none/random/none/base, task 0, epoch \d"):
+        _run(tmp_path, cfg, digits, 0)
+    assert not (tmp_path / "t0" / "end.pt").exists()
+
+
+def test_memo_ordering_and_weighting_run(tmp_path, small, digits):
+    train_ids = digits.sample_id[digits.split == "train"]
+    memo = pd.Series(np.random.default_rng(0).lognormal(size=len(train_ids)), index=train_ids)
+    _run(tmp_path, small, digits, 0, ordering="ascending", alpha=0.5, memo=memo, name="order0/none/ascending/alpha0.5/base")
+    log = pd.read_parquet(tmp_path / "t0" / "o.parquet")
+    assert log["hash"].nunique() == 1  # the same sorted order every epoch
+
+
+def test_probe_epochs_cover_both_windows():
+    assert train.probe_epochs(2, 10, 3) == [21, 22, 23, 28, 29, 30]
+    assert train.probe_epochs(0, 10, 3, extra=[5]) == [1, 2, 3, 5, 8, 9, 10]
