@@ -16,8 +16,15 @@ configfile: "config.yaml"
 mpconfig.validate(config)
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/data.smk"
+include: "rules/memo.smk"
+include: "rules/train.smk"
+include: "rules/probe.smk"
+include: "rules/stats.smk"
 
 
 rule all:

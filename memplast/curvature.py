@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from memplast.models import masked_logits, per_sample_loss
+from memplast.models import masked_labels, masked_logits, per_sample_loss
 
 log = logging.getLogger("memplast.curvature")
 
@@ -253,6 +253,7 @@ def exact_ggn(model, x, labels, mask, allow_smooth=False, max_elements=2**26) ->
     """
     if not allow_smooth:
         check_piecewise_linear(model)
+    masked_labels(labels, mask)  # raises if a sample's class is outside the mask
     per_sample = math.prod(x.shape[1:]) * int(mask.sum())
     chunk = max(1, max_elements // per_sample)
     curv, trace = [], []
@@ -273,7 +274,7 @@ def exact_ggn(model, x, labels, mask, allow_smooth=False, max_elements=2**26) ->
 class CSLAccumulator:
     """Cumulative sample loss (Ravikumar et al. 2025): csl_i = sum over scorer epochs e of the
     training loss of sample i at its step in epoch e. Call :meth:`add` from the training loop
-    with each batch's per-sample (unreduced) losses; ``csl_n`` counts the terms per sample."""
+    with each batch's per-sample (unreduced) losses; ``n_csl`` counts the terms per sample."""
 
     def __init__(self):
         self._pos: dict[int, int] = {}
@@ -298,8 +299,8 @@ class CSLAccumulator:
         np.add.at(self._count, pos, 1)
 
     def to_frame(self) -> pd.DataFrame:
-        """DataFrame(sample_id, csl, csl_n), sorted by sample_id."""
-        frame = pd.DataFrame({"sample_id": np.fromiter(self._pos, dtype=np.int64, count=len(self._pos)), "csl": self._sum, "csl_n": self._count})
+        """DataFrame(sample_id, csl, n_csl), sorted by sample_id."""
+        frame = pd.DataFrame({"sample_id": np.fromiter(self._pos, dtype=np.int64, count=len(self._pos)), "csl": self._sum, "n_csl": self._count})
         return frame.sort_values("sample_id", ignore_index=True)
 
     def state_dict(self) -> dict:
@@ -310,7 +311,7 @@ class CSLAccumulator:
         ids = np.asarray(state["sample_id"], dtype=np.int64)
         self._pos = {int(i): k for k, i in enumerate(ids)}
         self._sum = np.asarray(state["csl"], dtype=np.float64).copy()
-        self._count = np.asarray(state["csl_n"], dtype=np.int64).copy()
+        self._count = np.asarray(state["n_csl"], dtype=np.int64).copy()
 
 
 # --------------------------------------------------------------------------- entry point

@@ -86,6 +86,18 @@ class _RestrictedUnpickler(pickle.Unpickler):
         ("pandas.core.indexes.numeric", "Int64Index"),
         ("pandas._libs.internals", "BlockPlacement"),
         ("_codecs", "encode"),
+        # what DataFrame.to_pickle emits under pandas 3 / numpy 2 (protocol 5): top-level
+        # class paths, buffer-backed arrays, and pyarrow-backed string column labels
+        ("pandas", "DataFrame"),
+        ("pandas", "Index"),
+        ("pandas", "RangeIndex"),
+        ("pandas", "StringDtype"),
+        ("pandas.arrays", "ArrowStringArray"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("pyarrow.lib", "_restore_array"),
+        ("pyarrow.lib", "py_buffer"),
+        ("pyarrow.lib", "type_for_alias"),
     }
 
     def find_class(self, module, name):

@@ -107,7 +107,7 @@ def mask_quantities(logits: torch.Tensor, labels: torch.Tensor, masks: torch.Ten
 def activation_rates(acts: list) -> list:
     """Activation rate of every unit on every sample, one N x units tensor per ReLU layer:
     conv channel c: r_ic = mean over spatial positions of 1[h_ic(p) > 0]; fc unit: r_ik = 1[h_ik > 0]."""
-    return [(a > 0).flatten(2).float().mean(2) if a.dim() > 2 else (a > 0).float() for a in acts]
+    return [(a > 0).flatten(2).sum(2).double() / a[0, 0].numel() if a.dim() > 2 else (a > 0).double() for a in acts]
 
 
 def dormant_props(acts: list, taus=TAUS) -> dict:
@@ -144,22 +144,29 @@ def _linear_sqnorms(layer: nn.Linear, a: torch.Tensor, b: torch.Tensor) -> tuple
 def _conv_sqnorms(conv: nn.Conv2d, a: torch.Tensor, b: torch.Tensor, max_elements: int = 2**25) -> tuple:
     """Per-sample squared gradient norms of a convolution with unfolded input U_i ((C_in k k) x P,
     P output positions) and output gradient B_i (C_out x P): grad_W loss_i = B_i U_i^T and
-    grad_bias loss_i = B_i 1. ||B_i U_i^T||^2 is formed directly (cost P C_out C_in k^2) or, when
-    cheaper, as the "ghost norm" sum_pq (B_i^T B_i)_pq (U_i^T U_i)_pq (cost P^2 (C_out + C_in k^2))."""
+    grad_bias loss_i = B_i 1. ||B_i U_i^T||^2 is formed from the per-sample weight gradients (one
+    grouped weight-gradient convolution with the batch as groups, cost ~ P C_out C_in k^2) or,
+    when cheaper (few positions, many channels), as the "ghost norm"
+    sum_pq (B_i^T B_i)_pq (U_i^T U_i)_pq (cost P^2 (C_out + C_in k^2))."""
     bias2 = b.sum((2, 3)).square().sum(1)
-    bf = b.flatten(2)
-    n, c_out, p = bf.shape
+    n, c_out, p = b.shape[0], b.shape[1], b.shape[2] * b.shape[3]
     d = a.shape[1] * conv.kernel_size[0] * conv.kernel_size[1]
     ghost = p * (c_out + d) < c_out * d
-    chunk = max(1, max_elements // (d * p + (p * p if ghost else 0)))
+    per_sample = p * (p + d) if ghost else c_out * d + a[0].numel() + b[0].numel()
+    chunk = max(1, max_elements // per_sample)
     weight2 = []
-    for s in range(0, n, chunk):  # chunks only bound the memory of the unfolded input
-        u = F.unfold(a[s:s + chunk], conv.kernel_size, conv.dilation, conv.padding, conv.stride)
-        bs = bf[s:s + chunk]
+    for s in range(0, n, chunk):  # chunks only bound the memory
+        ac, bc = a[s:s + chunk], b[s:s + chunk]
+        m = len(ac)
         if ghost:
-            weight2.append(((bs.transpose(1, 2) @ bs) * (u.transpose(1, 2) @ u)).sum((1, 2)))
-        else:
-            weight2.append((bs @ u.transpose(1, 2)).square().sum((1, 2)))
+            u = F.unfold(ac, conv.kernel_size, conv.dilation, conv.padding, conv.stride)
+            bf = bc.flatten(2)
+            weight2.append(((bf.transpose(1, 2) @ bf) * (u.transpose(1, 2) @ u)).sum((1, 2)))
+        else:  # sample j of the chunk = group j: the weight gradient is (m C_out) x C_in x k x k
+            gw = torch.nn.grad.conv2d_weight(ac.reshape(1, -1, *ac.shape[2:]), (m * c_out, a.shape[1], *conv.kernel_size),
+                                             bc.reshape(1, -1, *bc.shape[2:]), conv.stride, conv.padding, conv.dilation,
+                                             groups=m)
+            weight2.append(gw.reshape(m, -1).square().sum(1))
     return torch.cat(weight2), bias2
 
 

@@ -22,7 +22,6 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 import statsmodels.api as sm
-import statsmodels.formula.api as smf
 from scipy import stats
 from statsmodels.stats.mediation import Mediation
 from statsmodels.stats.multitest import multipletests
@@ -252,14 +251,15 @@ def per_boundary(deltas: pd.DataFrame, memo_cols: Sequence[str] = ("memo",),
     Old-class samples only. One row per (run, memo_source, outcome, kind, boundary) with the
     ``correlations`` columns (n = finite pairs used; bootstrap seeded per row) and the partial
     Spearman controlling for baseline loss ``loss_t`` and class ``label`` (partial_n, partial_df).
-    Groups with fewer than 5 finite pairs get NaN statistics and their n. Raises ValueError if a
-    column is missing or a memo/outcome column has no finite old-sample value.
+    Groups with fewer than 5 finite pairs get NaN statistics and their n. Rows are ordered by
+    sample_id before resampling, so the result does not depend on the input row order. Raises
+    ValueError if a column is missing or a memo/outcome column has no finite old-sample value.
     """
     memo_cols, outcomes, kinds = list(memo_cols), list(outcomes), list(kinds)
     _require(deltas, RUN_KEYS + ["sample_id", "label", "boundary", "is_old", "kind", "loss_t"]
              + memo_cols + outcomes, "per_boundary")
     old = _old(deltas)
-    old = old[old["kind"].isin(kinds)]
+    old = old[old["kind"].isin(kinds)].sort_values("sample_id", kind="stable")  # row order cannot matter
     _require_finite(old, memo_cols + outcomes, "per_boundary (old samples)")
     rows = []
     for key, g in old.groupby(RUN_KEYS + ["kind", "boundary"], sort=True):
@@ -284,28 +284,34 @@ def per_boundary(deltas: pd.DataFrame, memo_cols: Sequence[str] = ("memo",),
 
 # --------------------------------------------------------------------------- regression models
 
-def _fit_ols_cluster(data: pd.DataFrame, formula: str, alpha: float) -> dict:
-    res = smf.ols(formula, data).fit(cov_type="cluster", cov_kwds={"groups": data["sample_id"].to_numpy()})
+def _dummies(values: pd.Series, prefix: str) -> pd.DataFrame:
+    """Treatment-coded dummies (first level dropped) of a factor; no columns for one level."""
+    return pd.get_dummies(values.astype(str), prefix=prefix, drop_first=True, dtype=float)
+
+
+def _fit_ols_cluster(y: np.ndarray, exog: pd.DataFrame, clusters: np.ndarray, alpha: float) -> dict:
+    """OLS of y on exog with sample-clustered covariance; the memo coefficient is column ``x``."""
+    res = sm.OLS(y, exog).fit(cov_type="cluster", cov_kwds={"groups": clusters})
     lo, hi = res.conf_int(alpha).loc["x"]
     return {"coef": res.params["x"], "se": res.bse["x"], "ci_low": lo, "ci_high": hi, "p": res.pvalues["x"],
-            "n": int(res.nobs), "n_groups": data["sample_id"].nunique(), "converged": True}
+            "n": int(res.nobs), "n_groups": len(np.unique(clusters)), "converged": True}
 
 
-def _fit_mixedlm(data: pd.DataFrame, formula: str, alpha: float) -> dict:
+def _fit_mixedlm(y: np.ndarray, exog: pd.DataFrame, groups: np.ndarray, alpha: float) -> dict:
+    """REML MixedLM with a random intercept per group; the memo coefficient is column ``x``."""
     out = {"coef": np.nan, "se": np.nan, "ci_low": np.nan, "ci_high": np.nan, "p": np.nan,
-           "n": len(data), "n_groups": data["label"].nunique(), "converged": False}
+           "n": len(y), "n_groups": len(np.unique(groups)), "converged": False}
     if out["n_groups"] < 2:
         return out
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            res = smf.mixedlm(formula, data, groups=data["label"]).fit(reml=True)
+            res = sm.MixedLM(y, exog, groups=groups).fit(reml=True)
+            lo, hi = res.conf_int(alpha).loc["x"]
+            out.update(coef=res.fe_params["x"], se=res.bse_fe["x"], ci_low=lo, ci_high=hi, p=res.pvalues["x"],
+                       converged=bool(res.converged))
         except (np.linalg.LinAlgError, ValueError) as err:
             log.warning("MixedLM failed (%s); row left NaN", err)
-            return out
-    lo, hi = res.conf_int(alpha).loc["x"]
-    out.update(coef=res.fe_params["x"], se=res.bse_fe["x"], ci_low=lo, ci_high=hi, p=res.pvalues["x"],
-               converged=bool(res.converged))
     return out
 
 
@@ -325,8 +331,10 @@ def pooled_models(deltas: pd.DataFrame, memo_cols: Sequence[str] = ("memo",),
 
     scope ``run``: one fit per run. scope ``pooled``: one fit per condition over all its class
     orders (only if there are >= 2), adding ``C(order_seed)``; order_seed is NA on these rows.
-    Factor terms with a single level are left out. The memo coefficient is per unit of the memo
-    column (``memo_sd`` gives its SD in the fitted rows to rescale); CI at ``ci_level``.
+    Factors are treatment-coded (a single-level factor adds nothing); the design matrices are
+    built directly (same fit as the formulas, without re-parsing them for every model). The
+    memo coefficient is per unit of the memo column (``memo_sd`` = its SD in the fitted rows,
+    to rescale); CI at ``ci_level``.
     """
     memo_cols, outcomes, kinds = list(memo_cols), list(outcomes), list(kinds)
     _require(deltas, RUN_KEYS + ["sample_id", "label", "boundary", "is_old", "kind", "loss_t"]
@@ -346,23 +354,21 @@ def pooled_models(deltas: pd.DataFrame, memo_cols: Sequence[str] = ("memo",),
             for memo in memo_cols:
                 for outcome in outcomes:
                     sub = _finite(data, [memo, outcome, "loss_t"])
-                    frame = pd.DataFrame({
-                        "y": sub[outcome].to_numpy(float), "x": sub[memo].to_numpy(float),
-                        "loss_t": sub["loss_t"].to_numpy(float), "label": sub["label"].to_numpy(),
-                        "boundary": sub["boundary"].to_numpy(), "order_seed": sub["order_seed"].to_numpy(),
-                        "sample_id": sub["sample_id"].to_numpy(),
-                    })
-                    factors = [f"C({f})" for f in ("boundary", "order_seed") if frame[f].nunique() > 1]
                     base = {"scope": scope, "order_seed": order, **ident, "memo_source": memo, "outcome": outcome,
-                            "n_orders": frame["order_seed"].nunique(), "memo_sd": frame["x"].std()}
-                    if len(frame) < MIN_N + 2 or frame["x"].nunique() < 2:
+                            "n_orders": sub["order_seed"].nunique(), "memo_sd": sub[memo].std()}
+                    if len(sub) < MIN_N + 2 or sub[memo].nunique() < 2:
                         for model in ("ols_cluster", "mixedlm"):
-                            rows.append({**base, "model": model, "n": len(frame), "converged": False})
+                            rows.append({**base, "model": model, "n": len(sub), "converged": False})
                         continue
-                    ols_terms = " + ".join(["x", "loss_t"] + (["C(label)"] if frame["label"].nunique() > 1 else []) + factors)
-                    rows.append({**base, "model": "ols_cluster", **_fit_ols_cluster(frame, "y ~ " + ols_terms, alpha)})
-                    mixed_terms = " + ".join(["x", "loss_t"] + factors)
-                    rows.append({**base, "model": "mixedlm", **_fit_mixedlm(frame, "y ~ " + mixed_terms, alpha)})
+                    fixed = pd.concat([
+                        pd.DataFrame({"const": 1.0, "x": sub[memo].astype(float), "loss_t": sub["loss_t"].astype(float)}),
+                        _dummies(sub["boundary"], "boundary"), _dummies(sub["order_seed"], "order"),
+                    ], axis=1)
+                    y = sub[outcome].to_numpy(float)
+                    ols_exog = pd.concat([fixed, _dummies(sub["label"], "label")], axis=1)
+                    rows.append({**base, "model": "ols_cluster",
+                                 **_fit_ols_cluster(y, ols_exog, sub["sample_id"].to_numpy(), alpha)})
+                    rows.append({**base, "model": "mixedlm", **_fit_mixedlm(y, fixed, sub["label"].to_numpy(), alpha)})
         log.info("pooled_models: %s done", ident)
     out = pd.DataFrame(rows, columns=POOLED_MODEL_COLUMNS)
     out["order_seed"] = out["order_seed"].astype("Int64")
@@ -417,8 +423,9 @@ def boundary_trend(per_boundary_df: pd.DataFrame, epochs_per_task: int, window: 
 
     For each group (``by``; default: the run keys, memo_source, outcome and kind present in the
     table) the Spearman correlation ``trend_rho`` of ``coef`` vs ``boundary`` and its two-sided
-    permutation p-value (``scipy.stats.permutation_test``, pairings, ``n_permutations``
-    resamples or exact when fewer permutations exist). Windowed deltas at consecutive boundaries
+    permutation p-value (``scipy.stats.permutation_test``, pairings: the coefficients are
+    permuted against the boundary order; ``n_permutations`` random permutations, or all B! when
+    that is fewer, so with 4 boundaries the smallest p is 2/24). Windowed deltas at consecutive boundaries
     share epochs when 2w > E (E = epochs per task, windows [E_k-w+1, E_k+w]); then only every
     ceil(2w/E)-th boundary, counted from the first, is used (``stride``). Immediate deltas never
     overlap and use every boundary. Groups with < 3 usable boundaries get NaN.
@@ -438,9 +445,13 @@ def boundary_trend(per_boundary_df: pd.DataFrame, epochs_per_task: int, window: 
         row = {**ident, "coef": coef, "n_boundaries": len(g), "stride": stride,
                "boundaries_used": ",".join(str(int(b)) for b in g["boundary"]), "trend_rho": np.nan, "p": np.nan}
         if len(g) >= 3 and g[coef].nunique() > 1:
-            x, y = g["boundary"].to_numpy(float), g[coef].to_numpy(float)
+            x_ranks = stats.rankdata(g["boundary"].to_numpy(float))
+
+            def rho(y, axis=-1):
+                return _pearson_along(np.broadcast_to(x_ranks, np.shape(y)), stats.rankdata(y, axis=axis), axis=axis)
+
             res = stats.permutation_test(
-                (x, y), lambda a, b: stats.spearmanr(a, b).statistic, permutation_type="pairings",
+                (g[coef].to_numpy(float),), rho, permutation_type="pairings", vectorized=True,
                 n_resamples=n_permutations, rng=_rng(seed, "trend", *key),
             )
             row.update(trend_rho=float(res.statistic), p=float(res.pvalue))
@@ -449,10 +460,6 @@ def boundary_trend(per_boundary_df: pd.DataFrame, epochs_per_task: int, window: 
 
 
 # --------------------------------------------------------------------------- effect sizes, tails
-
-def _diff_of_medians(a, b, axis=-1):
-    return np.median(a, axis=axis) - np.median(b, axis=axis)
-
 
 def decile_effects(df: pd.DataFrame, memo: str, outcome: str, n_deciles: int = 10, n_boot: int = 2000,
                    seed=0, ci_level: float = 0.95) -> pd.DataFrame:
@@ -474,24 +481,28 @@ def decile_effects(df: pd.DataFrame, memo: str, outcome: str, n_deciles: int = 1
     dec = pd.qcut(data[memo].rank(method="first"), n_deciles, labels=False).to_numpy() + 1
     x = data[memo].to_numpy(float)
     y = data[outcome].to_numpy(float)
-    rng = np.random.default_rng(seed)
-    rows = []
+    groups = [y[dec == d] for d in range(1, n_deciles + 1)]
+
+    def medians_and_difference(*samples, axis=-1):
+        meds = [np.median(s, axis=axis) for s in samples]
+        return np.stack(meds + [meds[-1] - meds[0]])
+
+    # One unpaired bootstrap resamples every decile independently (a stratified bootstrap);
+    # the statistic returns the D medians and top - bottom, so all CIs share the resamples.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for d in range(1, n_deciles + 1):
-            yd = y[dec == d]
-            ci = stats.bootstrap((yd,), np.median, vectorized=True, n_resamples=n_boot, confidence_level=ci_level,
-                                 method="percentile", rng=rng).confidence_interval
-            rows.append({"term": "decile", "decile": d, "n": len(yd), "memo_min": x[dec == d].min(),
-                         "memo_max": x[dec == d].max(), "median": float(np.median(yd)),
-                         "ci_low": float(ci.low), "ci_high": float(ci.high), "p": np.nan})
-        top, bottom = y[dec == n_deciles], y[dec == 1]
-        ci = stats.bootstrap((top, bottom), _diff_of_medians, vectorized=True, n_resamples=n_boot,
-                             confidence_level=ci_level, method="percentile", rng=rng).confidence_interval
-        p = stats.mannwhitneyu(top, bottom, alternative="two-sided").pvalue
-    rows.append({"term": "top_minus_bottom", "decile": pd.NA, "n": len(top) + len(bottom),
-                 "memo_min": np.nan, "memo_max": np.nan, "median": float(_diff_of_medians(top, bottom)),
-                 "ci_low": float(ci.low), "ci_high": float(ci.high), "p": float(p)})
+        ci = stats.bootstrap(groups, medians_and_difference, vectorized=True, n_resamples=n_boot,
+                             confidence_level=ci_level, method="percentile",
+                             rng=np.random.default_rng(seed)).confidence_interval
+        p = stats.mannwhitneyu(groups[-1], groups[0], alternative="two-sided").pvalue
+    estimate = medians_and_difference(*groups)
+    rows = [{"term": "decile", "decile": d, "n": len(groups[d - 1]), "memo_min": x[dec == d].min(),
+             "memo_max": x[dec == d].max(), "median": float(estimate[d - 1]),
+             "ci_low": float(ci.low[d - 1]), "ci_high": float(ci.high[d - 1]), "p": np.nan}
+            for d in range(1, n_deciles + 1)]
+    rows.append({"term": "top_minus_bottom", "decile": pd.NA, "n": len(groups[-1]) + len(groups[0]),
+                 "memo_min": np.nan, "memo_max": np.nan, "median": float(estimate[-1]),
+                 "ci_low": float(ci.low[-1]), "ci_high": float(ci.high[-1]), "p": float(p)})
     out = pd.DataFrame(rows, columns=DECILE_COLUMNS)
     out["decile"] = out["decile"].astype("Int64")
     return out
@@ -650,8 +661,8 @@ def add_bh(table: pd.DataFrame, family: Sequence[str], p_cols: Sequence[str] = (
         if not family:
             out[name] = bh(out[col])
             continue
-        for _, idx in out.groupby(family, sort=False, dropna=False).groups.items():
-            out.loc[idx, name] = bh(out.loc[idx, col])
+        for _, g in out.groupby(family, sort=False, dropna=False):
+            out.loc[g.index, name] = bh(g[col])
     return out
 
 
@@ -694,7 +705,9 @@ def compare_conditions(summary: pd.DataFrame, primary: Mapping[str, str] | None 
     test = "primary". Raises ValueError if the primary condition is absent.
     """
     primary = dict(PRIMARY if primary is None else primary)
-    _require(pd.DataFrame(columns=list(primary)), CONDITION_KEYS, "compare_conditions primary")
+    missing = [k for k in CONDITION_KEYS if k not in primary]
+    if missing:
+        raise ValueError(f"compare_conditions: primary {primary} lacks key(s) {missing}")
     runs = condition_metrics(summary, reference_algorithm)
     is_primary = np.logical_and.reduce([runs[k] == primary[k] for k in CONDITION_KEYS])
     if not is_primary.any():
@@ -735,7 +748,7 @@ def windowed_correlation_results(deltas: pd.DataFrame, tau: float = 0.01, memo: 
     norm), delta_dormant = d_dormant_t{tau} (tau formatted with ``:g``: 0 -> "t0", 0.01 ->
     "t0.01"); kendall_r is Kendall's tau-b. All correlations use the complete cases
     (n_samples = samples with memo and all three deltas finite). If the table holds more than one
-    run, the run keys are prepended and there is one row per run and boundary.
+    run, the run keys that vary are prepended and there is one row per run and boundary.
     """
     dormant = f"d_dormant_t{tau:g}"
     _require(deltas, ["boundary", "is_old", "kind", memo, "d_loss", "grad_drop", dormant], "windowed_correlation_results")
@@ -809,8 +822,9 @@ def run_all(deltas: pd.DataFrame, summary: pd.DataFrame | None, cfg: Mapping) ->
     Analyses every run in ``deltas`` (the caller selects runs). ``cfg``: seed, n_boot, ci_level,
     n_permutations, tail_quantile, n_deciles, mediation_sims, outcomes (defaults as in the
     config schema), epochs_per_task and window (required), taus (default [0, 0.001, 0.01]),
-    primary (default none/random/none/base), optional memo_cols (default: those of memo,
-    memo_pct, memo_dyn present with finite values) and tail_memo_quantile (default 0.9).
+    primary (default none/random/none/base), optional memo_cols (default: memo, plus memo_dyn
+    when present with finite values; memo_pct ranks samples like memo, so its Spearman and
+    Kendall would repeat memo's) and tail_memo_quantile (default 0.9).
 
     Tables and their BH families (``*_bh`` columns; p-values adjusted within a family):
     - per_boundary: each p column within (run, memo_source, kind) over outcomes x boundaries;
@@ -818,8 +832,8 @@ def run_all(deltas: pd.DataFrame, summary: pd.DataFrame | None, cfg: Mapping) ->
     - pooled_over_orders: within (condition, memo_source, kind, level) over outcomes x boundaries;
     - trend: coefficient spearman_r per run (scope run) and r_pooled per condition (scope
       pooled), family (scope, run or condition, memo_source, kind) over outcomes;
-    - deciles (first memo source): top_minus_bottom rows within (run, kind) over outcomes x
-      boundaries, per run, kind, boundary and outcome;
+    - deciles (first memo source; per run, kind, boundary and outcome): the top_minus_bottom p
+      within (run, kind) over outcomes x boundaries;
     - tails (first memo source; each outcome with a known sign, direction = +1 if larger is
       worse) within (run, kind) over scores x boundaries;
     - mediation: memo rank in [0, 1] within boundary -> {align_cos, d_dormant_t<max tau>,
@@ -839,12 +853,12 @@ def run_all(deltas: pd.DataFrame, summary: pd.DataFrame | None, cfg: Mapping) ->
     outcomes = list(cfg.get("outcomes", DEFAULT_OUTCOMES))
     taus = list(cfg.get("taus", [0.0, 0.001, 0.01]))
     tau = max(taus)
-    _require(deltas, RUN_KEYS + ["sample_id", "label", "boundary", "is_old", "kind", "noisy", "memo", "loss_t"]
+    _require(deltas, RUN_KEYS + ["sample_id", "label", "boundary", "is_old", "kind", "memo", "loss_t"]
              + outcomes, "run_all deltas")
-    memo_cols = list(cfg.get("memo_cols") or [c for c in ("memo", "memo_pct", "memo_dyn")
+    memo_cols = list(cfg.get("memo_cols") or [c for c in ("memo", "memo_dyn")
                                                  if c in deltas.columns and deltas[c].notna().any()])
     kinds = [k for k in KINDS if (deltas["kind"] == k).any()]
-    old = _old(deltas)
+    old = _old(deltas).sort_values("sample_id", kind="stable")  # resampling must not depend on row order
     _require_finite(old, memo_cols + outcomes + ["loss_t"], "run_all (old samples)")
     memo = memo_cols[0]
     log.info("run_all: %d rows, %d runs, kinds %s, memo %s, %d outcomes", len(deltas),
@@ -912,6 +926,9 @@ def run_all(deltas: pd.DataFrame, summary: pd.DataFrame | None, cfg: Mapping) ->
             if sign is None:
                 log.info("tails: %s has no plasticity-loss direction; skipped", score)
                 continue
+            if _finite(g, [score, memo]).empty:
+                log.warning("tails: skipped %s %s (no finite values)", key, score)
+                continue
             t = tails(g, q, score, memo, thr, largest=sign > 0)
             parts.append(t.assign(**_key_dict(RUN_KEYS + ["kind"], key), score=score, direction=sign))
     keys = RUN_KEYS + ["kind", "score", "direction"]
@@ -975,7 +992,8 @@ def synthetic_deltas(n_orders: int = 2, n_classes: int = 10, classes_per_task: i
     0.3 log loss_t + eps with D' = d_dormant_t0.01 / 0.02 and (a, b) = ``mediated``, so the
     indirect effect of z on d_loss is a b; d_log_grad = -0.5 effect z + eps (``nan_fraction`` NaN),
     grad_drop consistent with it; align_cos / align_dot / pred_forget are kind-independent.
-    New-class samples (classes of task k+1) are included with is_old False.
+    New-class samples (classes of task k+1) are included with is_old False and NaN loss-based
+    columns (loss_t, d_loss, d_log_grad, grad_drop, d_margin), as ``memplast.deltas`` makes them.
     """
     rng = np.random.default_rng(seed)
     conditions = [dict(PRIMARY)] if conditions is None else [dict(c) for c in conditions]
@@ -1005,7 +1023,6 @@ def synthetic_deltas(n_orders: int = 2, n_classes: int = 10, classes_per_task: i
                 is_old = task[rows] <= k
                 zk, uk, m = z[rows], u[rows], rows.sum()
                 loss_t = np.exp(-1 + 0.5 * zk + 0.3 * rs.normal(size=m))
-                loss_t[~is_old] = np.log(classes_per_task * (k + 2))  # untrained new classes
                 align_cos = np.tanh(-0.3 * zk + align_noise[k, rows])
                 g_t = g_t_static[rows]
                 pred_forget = 0.5 * zk + rs.normal(size=m)
@@ -1013,10 +1030,9 @@ def synthetic_deltas(n_orders: int = 2, n_classes: int = 10, classes_per_task: i
                     eps = lambda: sd * rs.normal(size=m)  # noqa: E731
                     dorm = np.round(0.02 * (a * zk + eps()), 3)
                     d_loss = (effect + trend * k) * zk + b * dorm / 0.02 + class_confound * uk + 0.3 * np.log(loss_t) + eps()
-                    d_loss[~is_old] = -1.0 + eps()[~is_old]
                     d_log_grad = -0.5 * effect * zk + eps()
                     d_log_grad[rs.random(m) < nan_fraction] = np.nan
-                    frames.append(pd.DataFrame({
+                    frame = pd.DataFrame({
                         "order_seed": order_seed, **cond, "sample_id": sample_id[rows], "label": label[rows],
                         "boundary": k, "is_old": is_old, "noisy": noisy[rows], "kind": kind,
                         "memo": memo[rows], "memo_pct": memo_pct[rows], "loss_t": loss_t,
@@ -1025,7 +1041,10 @@ def synthetic_deltas(n_orders: int = 2, n_classes: int = 10, classes_per_task: i
                         "d_dormant_t0": np.round(dorm * 0.5, 3), "d_dormant_t0.001": np.round(dorm * 0.8, 3),
                         "d_dormant_t0.01": dorm, "drift": np.abs(0.5 + 0.2 * zk + eps()),
                         "align_dot": align_cos * g_t, "align_cos": align_cos, "pred_forget": pred_forget,
-                    }))
+                    })
+                    # new classes have no loss before the boundary (old-class mask), as in memplast.deltas
+                    frame.loc[~is_old, ["loss_t", "d_loss", "d_log_grad", "grad_drop", "d_margin"]] = np.nan
+                    frames.append(frame)
     return pd.concat(frames, ignore_index=True)
 
 

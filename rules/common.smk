@@ -82,5 +82,12 @@ def run_dirs(conditions_=None, seeds=None):
 
 
 def expand_all_targets():
-    """Everything `snakemake` builds by default."""
-    return [PREPARED, *expand(ORDER_FILE, seed=ORDER_SEEDS)]
+    """Everything `snakemake` builds by default: every figure and table of the study."""
+    figures = ["memo_vs_dgrad", "memo_vs_dloss", "memo_vs_ddormant", "accuracy_curves", "dormant_and_rank",
+               "class_balance", "order_diagnostics", "memo_validation"]
+    return [
+        *expand("results/figures/{name}.pdf", name=figures),
+        "results/stats/conditions.csv",
+        "results/memo/sample_class_map.csv",
+        *[f"{r}/windowed_plasticity_data.csv" for r in run_dirs()],
+    ]

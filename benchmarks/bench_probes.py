@@ -1,0 +1,106 @@
+"""Time to probe one checkpoint, against one plain forward+backward over the same samples.
+
+ResNet-18 (memplast.models.ResNet18) at width 16 and 64 on a CIFAR-shaped batch, eval-mode BN.
+Rows (each timed as the best of ``--repeats``, interleaved, so load from other processes
+hurts every row alike):
+
+- ``fwd+bwd``: one forward and backward of the summed loss (the reference, ratio 1);
+- ``probe``: every per-sample quantity of an ordinary probed checkpoint (loss, margin, correct,
+  confidence under both masks, grad_norm, input_grad_norm, dormant, features);
+- ``probe+align``: the same plus align_dot / align_cos from one JVP (the end-of-task checkpoint
+  without curvature);
+- ``probe+align+curv``: plus pred_forget's G^T H_i G from the nested JVP (not part of the goal);
+- ``vmap(grad)``: grad_norm alone from torch.func per-sample gradients (the alternative design);
+- ``loop``: grad_norm and input_grad_norm from a per-sample autograd loop.
+
+Goal: ``probe+align`` within 2.5x of ``fwd+bwd``. Usage: python benchmarks/bench_probes.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from torch.func import functional_call, grad, vmap
+
+from memplast import probes
+from memplast.models import ResNet18, class_mask, per_sample_loss
+
+C = 100
+
+
+def best_times(fns: dict, repeats: int) -> dict:
+    """Best wall time of each function over ``repeats`` interleaved rounds (after one warm-up)."""
+    for f in fns.values():
+        f()
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(repeats):
+        for k, f in fns.items():
+            t = time.perf_counter()
+            f()
+            best[k] = min(best[k], time.perf_counter() - t)
+    return best
+
+
+def run(width: int, n: int, repeats: int, slow_rows: bool) -> dict:
+    torch.manual_seed(0)
+    model = ResNet18(C, 3, width).eval()
+    x = torch.randn(n, 3, 32, 32)
+    y = torch.randint(0, 10, (n,))
+    old, native = class_mask(range(5), C), class_mask(range(10), C)
+    masks = torch.where(old[y][:, None], old, native)
+    G = {k: 1e-3 * torch.randn_like(p) for k, p in model.named_parameters()}
+    params = {k: p.detach() for k, p in model.named_parameters()}
+    buffers = dict(model.named_buffers())
+
+    def fwd_bwd():
+        model.zero_grad(set_to_none=True)
+        per_sample_loss(model(x), y, native).sum().backward()
+
+    def probe(**kw):
+        return lambda: probes.probe_checkpoint(model, x, y, masks, native, batch_size=n, **kw)
+
+    def vmap_grad():
+        def loss1(p, xi, yi):
+            return probes.masked_ce(functional_call(model, {**p, **buffers}, (xi[None],)), yi[None], native[None])[0]
+        g = vmap(grad(loss1), in_dims=(None, 0, 0), chunk_size=8)(params, x, y)
+        return torch.sqrt(sum(v.flatten(1).square().sum(1) for v in g.values()))
+
+    def loop():
+        out = []
+        for i in range(n):
+            xi = x[i:i + 1].clone().requires_grad_()
+            gs = torch.autograd.grad(probes.masked_ce(model(xi), y[i:i + 1], masks[i:i + 1])[0], [xi, *model.parameters()])
+            out.append((gs[0].norm(), torch.sqrt(sum(g.square().sum() for g in gs[1:]))))
+        return out
+
+    fns = {"fwd+bwd": fwd_bwd, "probe": probe(), "probe+align": probe(direction=G)}
+    if slow_rows:
+        fns |= {"probe+align+curv": probe(direction=G, eta=0.1), "vmap(grad)": vmap_grad, "loop": loop}
+    times = best_times(fns, repeats)
+    model.zero_grad(set_to_none=True)
+    return times
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer samples, width 16 only, no slow rows")
+    ap.add_argument("--repeats", type=int, default=None)
+    args = ap.parse_args()
+    configs = [(16, 64)] if args.quick else [(16, 128), (64, 32)]
+    repeats = args.repeats or (2 if args.quick else 3)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; times: best of {repeats}")
+    print(f"{'width':>5} {'N':>4} {'row':<18} {'seconds':>8} {'x fwd+bwd':>10}")
+    summary = []
+    for width, n in configs:
+        t = run(width, n, repeats, slow_rows=not args.quick)
+        for k, v in t.items():
+            print(f"{width:>5} {n:>4} {k:<18} {v:8.3f} {v / t['fwd+bwd']:10.2f}")
+        summary.append(f"w{width}: probe {t['probe'] / t['fwd+bwd']:.2f}x, probe+align {t['probe+align'] / t['fwd+bwd']:.2f}x"
+                       + (f", loop {t['loop'] / t['fwd+bwd']:.1f}x" if "loop" in t else ""))
+    print("SUMMARY (vs one fwd+bwd; goal probe+align <= 2.5x): " + "; ".join(summary))
+
+
+if __name__ == "__main__":
+    main()

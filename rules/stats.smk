@@ -1,0 +1,206 @@
+# Statistics, figures and the report. The primary condition's analysis needs only the primary
+# runs (all class orders); condition comparisons need every run. Asking for one figure never
+# trains more than it needs.
+from memplast.stats import TABLES
+
+PRIMARY_RUNS = run_dirs([PRIMARY])
+ALL_RUNS = run_dirs()
+PRIMARY_TABLES = [t for t in TABLES if t != "conditions"]
+FIGURE_OUTCOMES = {"dgrad": "d_log_grad", "dloss": "d_loss", "ddormant": f"d_dormant_t{max(config['probes']['taus']):g}"}
+STATS_CFG = {
+    **config["stats"],
+    "epochs_per_task": E,
+    "window": W,
+    "taus": config["probes"]["taus"],
+    "primary": PRIMARY,
+}
+
+
+rule stats_primary:
+    input:
+        deltas=[f"{r}/deltas.parquet" for r in PRIMARY_RUNS],
+    output:
+        tables=[
+            report(f"results/stats/{t}.csv", caption="../report/stats_table.rst", category="Statistics")
+            for t in PRIMARY_TABLES
+        ],
+        pooled="results/stats/primary_deltas.parquet",
+    params:
+        names=PRIMARY_TABLES,
+        cfg=STATS_CFG,
+    log:
+        log_path("stats/primary"),
+    benchmark:
+        bench_path("stats/primary")
+    threads: 1
+    resources:
+        mem_mb=job("light", "mem_mb"),
+        runtime=job("light", "runtime"),
+    conda:
+        ENV_STATS
+    script:
+        "../scripts/stats_primary.py"
+
+
+rule stats_conditions:
+    input:
+        summaries=[f"{r}/summary.parquet" for r in ALL_RUNS],
+    output:
+        conditions="results/stats/conditions.csv",
+        summary="results/stats/run_summaries.parquet",
+    params:
+        cfg=STATS_CFG,
+    log:
+        log_path("stats/conditions"),
+    threads: 1
+    resources:
+        mem_mb=job("light", "mem_mb"),
+        runtime=job("light", "runtime"),
+    conda:
+        ENV_STATS
+    script:
+        "../scripts/stats_conditions.py"
+
+
+rule figure_memo_vs_outcome:
+    input:
+        per_boundary="results/stats/per_boundary.csv",
+        pooled="results/stats/pooled_over_orders.csv",
+        deciles="results/stats/deciles.csv",
+        deltas="results/stats/primary_deltas.parquet",
+    output:
+        pdf=report(
+            "results/figures/memo_vs_{name}.pdf",
+            caption="../report/memo_vs_outcome.rst",
+            category="Memorization vs plasticity",
+        ),
+        png="results/figures/memo_vs_{name}.png",
+    wildcard_constraints:
+        name="|".join(FIGURE_OUTCOMES),
+    params:
+        outcome=lambda wc: FIGURE_OUTCOMES[wc.name],
+        cfg=STATS_CFG,
+    log:
+        log_path("figures/memo_vs_{name}"),
+    threads: 1
+    resources:
+        mem_mb=job("light", "mem_mb"),
+        runtime=job("light", "runtime"),
+    conda:
+        ENV_STATS
+    script:
+        "../scripts/figure.py"
+
+
+rule figure_conditions:
+    input:
+        summary="results/stats/run_summaries.parquet",
+    output:
+        pdf=report(
+            "results/figures/{name}.pdf",
+            caption="../report/{name}.rst",
+            category="Conditions",
+        ),
+        png="results/figures/{name}.png",
+    wildcard_constraints:
+        name="accuracy_curves|dormant_and_rank",
+    params:
+        cfg=STATS_CFG,
+    log:
+        log_path("figures/{name}"),
+    threads: 1
+    resources:
+        mem_mb=job("light", "mem_mb"),
+        runtime=job("light", "runtime"),
+    conda:
+        ENV_STATS
+    script:
+        "../scripts/figure.py"
+
+
+rule figure_class_balance:
+    input:
+        balance=expand(SUBSET + "/class_balance.csv", filter=config["conditions"]["filters"]),
+    output:
+        pdf=report("results/figures/class_balance.pdf", caption="../report/class_balance.rst", category="Conditions"),
+        png="results/figures/class_balance.png",
+    params:
+        cfg=cfg_slice("subset", "conditions"),
+    log:
+        log_path("figures/class_balance"),
+    threads: 1
+    resources:
+        mem_mb=job("light", "mem_mb"),
+        runtime=job("light", "runtime"),
+    conda:
+        ENV_STATS
+    script:
+        "../scripts/figure.py"
+
+
+rule order_diagnostics:
+    input:
+        prepared=PREPARED,
+        order=ORDER_FILE.format(seed=ORDER_SEEDS[0]),
+        kept=SUBSET.format(filter=PRIMARY["filter"]) + "/kept.parquet",
+        scores=SCORES,
+    output:
+        diagnostics="results/orderings/{ordering}/order_diagnostics.csv",
+        gaps="results/orderings/{ordering}/gap_summary.csv",
+    params:
+        ordering=lambda wc: wc.ordering,
+        score_col=score_column(config),
+        cfg=cfg_slice("protocol", "ordering"),
+    log:
+        log_path("train/order_diagnostics_{ordering}"),
+    threads: 1
+    resources:
+        mem_mb=job("light", "mem_mb"),
+        runtime=job("light", "runtime"),
+    conda:
+        ENV_TORCH
+    script:
+        "../scripts/order_diagnostics.py"
+
+
+rule figure_order_diagnostics:
+    input:
+        diagnostics=expand("results/orderings/{ordering}/order_diagnostics.csv", ordering=config["conditions"]["orderings"]),
+    output:
+        pdf=report("results/figures/order_diagnostics.pdf", caption="../report/order_diagnostics.rst", category="Conditions"),
+        png="results/figures/order_diagnostics.png",
+    params:
+        cfg=cfg_slice("ordering", "conditions"),
+    log:
+        log_path("figures/order_diagnostics"),
+    threads: 1
+    resources:
+        mem_mb=job("light", "mem_mb"),
+        runtime=job("light", "runtime"),
+    conda:
+        ENV_STATS
+    script:
+        "../scripts/figure.py"
+
+
+rule memo_validation:
+    input:
+        scores=SCORES,
+        prepared=PREPARED,
+    output:
+        agreement="results/memo/agreement.csv",
+        auroc="results/memo/noise_auroc.csv",
+        pdf=report("results/figures/memo_validation.pdf", caption="../report/memo_validation.rst", category="Memorization scores"),
+        png="results/figures/memo_validation.png",
+    params:
+        cfg=cfg_slice("memo", "dataset"),
+    log:
+        log_path("figures/memo_validation"),
+    threads: 1
+    resources:
+        mem_mb=job("light", "mem_mb"),
+        runtime=job("light", "runtime"),
+    conda:
+        ENV_STATS
+    script:
+        "../scripts/memo_validation.py"

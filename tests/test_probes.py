@@ -1,0 +1,397 @@
+"""Per-sample probes: every quantity against an independent per-sample autograd loop."""
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from memplast import probes
+from memplast.models import Forward, ResNet18, SmallCNN, class_mask, per_sample_loss
+
+C = 10
+OLD = class_mask(range(4), C)  # task k
+NEXT = class_mask(range(6), C)  # task k+1
+
+
+def randomize_bn(model, seed=0):
+    """Non-trivial BatchNorm affine parameters and running statistics."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
+            with torch.no_grad():
+                m.weight.copy_(1 + 0.3 * torch.randn(m.weight.shape, generator=g, dtype=m.weight.dtype))
+                m.bias.copy_(0.3 * torch.randn(m.bias.shape, generator=g, dtype=m.bias.dtype))
+                m.running_mean.copy_(0.2 * torch.randn(m.running_mean.shape, generator=g, dtype=m.running_mean.dtype))
+                m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g, dtype=m.running_var.dtype))
+    return model
+
+
+def small_cnn(seed=0):
+    torch.manual_seed(seed)
+    return randomize_bn(SmallCNN(C, 1, width=4).double(), seed)
+
+
+def tiny_resnet(seed=0):
+    torch.manual_seed(seed)
+    return randomize_bn(ResNet18(C, 3, width=2).double(), seed)
+
+
+def data(shape, n=9, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn((n, *shape), generator=g, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 3, 4, 5, 0, 3, 5])[:n]
+    return x, y
+
+
+MODELS = {"small_cnn": (small_cnn, (1, 8, 8)), "resnet18": (tiny_resnet, (3, 8, 8))}
+
+
+def reference(model, x, y, masks, direction=None):
+    """Per-sample loop with plain autograd: loss by column selection (models.per_sample_loss),
+    gradients w.r.t. parameters and input, g.G and G^T H G by double backward."""
+    model = copy.deepcopy(model).eval()
+    names, params = zip(*[(n, p) for n, p in model.named_parameters() if p.requires_grad], strict=True)
+    out = {k: [] for k in ("loss", "margin", "correct", "confidence", "grad_norm", "input_grad_norm", "dot", "ghg")}
+    for i in range(len(y)):
+        mask = masks[i]
+        if not mask[y[i]]:
+            for v in out.values():
+                v.append(math.nan)
+            continue
+        xi = x[i:i + 1].clone().requires_grad_()
+        z = model(xi)
+        loss = per_sample_loss(z, y[i:i + 1], mask)[0]
+        zs = z[0, mask].detach()
+        pos = int(mask[: y[i]].sum())
+        others = torch.cat([zs[:pos], zs[pos + 1:]])
+        out["loss"].append(loss.item())
+        out["margin"].append((zs[pos] - others.max()).item())
+        out["correct"].append(float(zs.argmax() == pos))
+        out["confidence"].append(torch.softmax(zs, 0)[pos].item())
+        grads = torch.autograd.grad(loss, [xi, *params], create_graph=True)
+        out["input_grad_norm"].append(grads[0].norm().item())
+        out["grad_norm"].append(torch.sqrt(sum(g.square().sum() for g in grads[1:])).item())
+        if direction is not None:
+            dot = sum((g * direction[n]).sum() for g, n in zip(grads[1:], names, strict=True))
+            hg = torch.autograd.grad(dot, params)
+            out["dot"].append(dot.item())
+            out["ghg"].append(sum((h * direction[n]).sum() for h, n in zip(hg, names, strict=True)).item())
+    return {k: torch.tensor(v, dtype=torch.float64) for k, v in out.items() if v}
+
+
+def close(a, b, tol=1e-9):
+    torch.testing.assert_close(a, b, rtol=tol, atol=tol, equal_nan=True)
+
+
+@pytest.mark.parametrize("arch", sorted(MODELS))
+def test_every_quantity_matches_per_sample_loop(arch):
+    build, shape = MODELS[arch]
+    model = build()
+    x, y = data(shape)
+    is_old = OLD[y]
+    eval_masks = torch.where(is_old[:, None], OLD, NEXT)  # a task k+1 checkpoint
+    G = {n: 0.1 * torch.randn_like(p) for n, p in model.named_parameters()}
+    got = probes.probe_checkpoint(model, x, y, eval_masks, NEXT, batch_size=4, direction=G, eta=0.3)
+    ref = reference(model, x, y, eval_masks, G)
+    for k in ("loss", "margin", "correct", "confidence", "grad_norm", "input_grad_norm"):
+        close(got[k], ref[k])
+    close(got["align_dot"], ref["dot"])
+    g_norm = torch.sqrt(sum(v.square().sum() for v in G.values()))
+    close(got["align_cos"], ref["dot"] / (ref["grad_norm"] * g_norm))
+    close(got["pred_forget"], -0.3 * ref["dot"] + 0.3**2 / 2 * ref["ghg"])
+    native = reference(model, x, y, NEXT.expand(len(y), -1))
+    for k in ("loss", "margin", "correct", "confidence"):
+        close(got[f"{k}_native"], native[k])
+    assert torch.isfinite(got["loss"]).all()
+    assert (got["loss"][is_old] < got["loss_native"][is_old]).all()  # more classes compete under the native mask
+
+
+def test_new_class_samples_at_task_k_checkpoint_have_no_loss():
+    model = small_cnn()
+    x, y = data((1, 8, 8))
+    is_old = OLD[y]
+    eval_masks = torch.where(is_old[:, None], OLD, OLD)  # task k checkpoint: native mask = old mask
+    got = probes.probe_checkpoint(model, x, y, eval_masks, OLD, batch_size=4)
+    for k in ("loss", "margin", "correct", "confidence", "loss_native", "grad_norm", "input_grad_norm"):
+        assert torch.isnan(got[k][~is_old]).all(), k
+        assert torch.isfinite(got[k][is_old]).all(), k
+    assert torch.isfinite(got["dormant_t0"]).all()
+    close(got["grad_norm"][is_old], reference(model, x, y, eval_masks)["grad_norm"][is_old])
+
+
+def test_alignment_jvp_equals_explicit_gradients_and_double_backward():
+    model = tiny_resnet(3)
+    x, y = data((3, 8, 8), seed=4)
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    buffers = dict(model.named_buffers())
+    G = {n: torch.randn_like(p) for n, p in params.items()}
+    masks = probes.row_masks(NEXT, len(y))
+    model.eval()
+
+    def loss_fn(p):
+        return probes.masked_ce(torch.func.functional_call(model, {**p, **buffers}, (x,)), y, masks)
+
+    dot, ghg = probes.directional_terms(loss_fn, params, G, second_order=True)
+    dot_only, none = probes.directional_terms(loss_fn, params, G)
+    assert none is None
+    ref = reference(model, x, y, masks, G)  # explicit per-sample gradients, Hessian by double backward
+    close(dot, ref["dot"])
+    close(dot_only, ref["dot"])
+    close(ghg, ref["ghg"])
+
+
+def test_mean_gradient_is_mean_of_per_sample_gradients():
+    model = small_cnn(2)
+    x, y = data((1, 8, 8))
+    G = probes.mean_gradient(model, x, y, NEXT, batch_size=4)
+    ref = copy.deepcopy(model).eval()
+    per_sample_loss(ref(x), y, NEXT).mean().backward()
+    for n, p in ref.named_parameters():
+        close(G[n], p.grad)
+
+
+@pytest.mark.parametrize("stride,padding,dilation,cin,cout,hw", [
+    (1, 1, 1, 2, 3, 6),  # P large: per-sample gradient formed directly
+    (2, 0, 1, 3, 2, 5),
+    (1, 2, 2, 8, 16, 2),  # P small, many channels: ghost norm
+])
+def test_conv_sqnorms_both_paths(stride, padding, dilation, cin, cout, hw):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(cin, cout, 3, stride, padding, dilation).double()
+    a = torch.randn(5, cin, hw, hw, dtype=torch.float64)
+    out = conv(a)
+    b = torch.randn_like(out)
+    w2, b2 = probes._conv_sqnorms(conv, a, b)
+    for i in range(5):
+        gw, gb = torch.autograd.grad((conv(a[i:i + 1]) * b[i:i + 1]).sum(), [conv.weight, conv.bias])
+        close(w2[i], gw.square().sum())
+        close(b2[i], gb.square().sum())
+    w2_chunked, _ = probes._conv_sqnorms(conv, a, b, max_elements=1)  # one sample per chunk
+    close(w2_chunked, w2)
+
+
+def test_masks_change_the_loss_exactly_as_by_hand():
+    z = torch.tensor([[1.0, 2.0, 3.0, 0.5], [0.0, -1.0, 4.0, 2.0]], dtype=torch.float64)
+    y = torch.tensor([0, 2])
+    two = torch.tensor([True, True, False, False])
+    three = torch.tensor([True, True, True, False])
+    per_row = torch.stack([two, three])
+    close(probes.masked_ce(z, y, per_row)[0], torch.tensor(math.log(math.e + math.e**2) - 1.0, dtype=torch.float64))
+    close(probes.masked_ce(z, y, per_row)[1], torch.tensor(math.log(1 + math.exp(-1) + math.exp(4)) - 4.0, dtype=torch.float64))
+    close(probes.masked_ce(z, y, probes.row_masks(three, 2)), per_sample_loss(z, y, three))
+    q = probes.mask_quantities(z, y, per_row)
+    close(q["margin"], torch.tensor([1.0 - 2.0, 4.0 - 0.0], dtype=torch.float64))
+    close(q["correct"], torch.tensor([0.0, 1.0], dtype=torch.float64))
+    close(q["confidence"], torch.tensor([math.e / (math.e + math.e**2), math.exp(4) / (1 + math.exp(-1) + math.exp(4))], dtype=torch.float64))
+    q = probes.mask_quantities(z, y, probes.row_masks(two, 2))  # label 2 is outside {0, 1}
+    assert math.isnan(q["loss"][1]) and math.isnan(q["margin"][1]) and math.isnan(q["correct"][1])
+    assert math.isnan(probes.margin(z, y, torch.tensor([[True, False, False, False]] * 2))[0])  # no other class
+
+
+class HandModel(nn.Module):
+    """ReLU inputs set by the input: acts = [relu(x) (N x 4 x 1 x 1000), relu(fc(pooled))], logits = bias."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3).double()
+        self.head = nn.Linear(3, C).double()
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.tensor([[1.0, 0, 0, 0], [-1.0, 0, 0, 0], [0, 0, 0, 0]]))
+            self.fc.bias.copy_(torch.tensor([0.0, 0.0, -1.0]))
+            self.head.weight.zero_()
+            self.head.bias.copy_(torch.arange(C, dtype=torch.float64) / 4)
+
+    def forward(self, x, return_acts=False):
+        h1 = torch.relu(x)
+        h2 = torch.relu(self.fc(h1.mean((2, 3))))
+        logits = self.head(h2)
+        return Forward(logits, [h1, h2], h2) if return_acts else logits
+
+
+def hand_input(n):
+    """Channel rates 0, 0.001, 0.01, 0.011 (of 1000 positions)."""
+    x = -torch.ones(n, 4, 1, 1000, dtype=torch.float64)
+    x[:, 1, 0, :1] = 1
+    x[:, 2, 0, :10] = 1
+    x[:, 3, 0, :11] = 1
+    return x
+
+
+def test_dormant_proportions_on_hand_built_activations():
+    x = hand_input(2)
+    x[1, 0, 0, :500] = 2.0  # sample 1: channel 0 active at half the positions
+    got = probes.probe_checkpoint(HandModel(), x, torch.tensor([0, 1]), OLD, OLD)
+    # fc units: relu(m0), relu(-m0), relu(-1) with m0 = mean of relu(channel 0) = 0 (sample 0), 1 (sample 1)
+    # sample 0: conv dormant at tau 0 / 1e-3 / 1e-2: 1 / 2 / 3 of 4; fc: all 3 units dead
+    # sample 1: conv: 0 / 1 / 2 of 4; fc: units 1 and 2 dead
+    expect = {"0": ([1, 0], [3, 2]), "0.001": ([2, 1], [3, 2]), "0.01": ([3, 2], [3, 2])}
+    for tau, (conv, fc) in expect.items():
+        close(got[f"dormant_t{tau}_L0"], torch.tensor(conv, dtype=torch.float64) / 4)
+        close(got[f"dormant_t{tau}_L1"], torch.tensor(fc, dtype=torch.float64) / 3)
+        close(got[f"dormant_t{tau}"], torch.tensor([c + f for c, f in zip(conv, fc, strict=True)], dtype=torch.float64) / 7)
+    only = probes.dormant_props([torch.tensor([[0.0, 1.0, -2.0]])], taus=[0.5])
+    assert set(only) == {"dormant_t0.5", "dormant_t0.5_L0"} and float(only["dormant_t0.5"][0]) == pytest.approx(2 / 3)
+
+
+def state_snapshot(model):
+    return ({k: v.clone() for k, v in model.state_dict().items()}, [m.training for m in model.modules()],
+            [p.requires_grad for p in model.parameters()])
+
+
+def assert_unchanged(model, snap):
+    state, flags, req = snap
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    assert [m.training for m in model.modules()] == flags
+    assert [p.requires_grad for p in model.parameters()] == req
+    assert all(p.grad is None for p in model.parameters())
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+@pytest.mark.parametrize("bn_mode", probes.BN_MODES)
+def test_probing_leaves_checkpoint_and_buffers_untouched(bn_mode):
+    model = tiny_resnet()
+    model.train()
+    model.blocks[0].eval()  # mixed flags must come back as they were
+    model.conv1.bias.requires_grad_(False)
+    snap = state_snapshot(model)
+    x, y = data((3, 8, 8))
+    G = probes.mean_gradient(model, x, y, NEXT, batch_size=4, bn_mode=bn_mode)
+    probes.probe_checkpoint(model, x, y, NEXT, NEXT, batch_size=4, bn_mode=bn_mode, direction=G, eta=0.1)
+    assert_unchanged(model, snap)
+
+
+def test_frozen_parameters_are_left_out_of_grad_norm():
+    model = small_cnn()
+    model.conv1.weight.requires_grad_(False)
+    model.bn2.requires_grad_(False)
+    x, y = data((1, 8, 8))
+    got = probes.probe_checkpoint(model, x, y, NEXT, NEXT, batch_size=5)
+    close(got["grad_norm"], reference(model, x, y, probes.row_masks(NEXT, len(y)))["grad_norm"])
+
+
+def test_results_identical_for_any_batch_size():
+    model = tiny_resnet()
+    x, y = data((3, 8, 8))
+    masks = torch.where(OLD[y][:, None], OLD, NEXT)
+    G = {n: torch.randn_like(p) for n, p in model.named_parameters()}
+    runs = [probes.probe_checkpoint(model, x, y, masks, NEXT, batch_size=b, direction=G, eta=0.1) for b in (1, 4, 9)]
+    for other in runs[1:]:
+        assert other.keys() == runs[0].keys()
+        for k in runs[0]:
+            close(other[k], runs[0][k], tol=1e-10)
+
+
+def batch_stat_copy(model, x):
+    """Reference for bn_mode="train": a copy whose running statistics are the batch statistics,
+    obtained from a real train-mode forward with momentum 1 (unbiased -> biased variance)."""
+    ref = copy.deepcopy(model)
+    sizes = {}
+    for m in ref.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = 1.0
+            m.register_forward_hook(lambda mod, inp, out: sizes.__setitem__(mod, inp[0].numel() // inp[0].shape[1]))
+    ref.train()
+    with torch.no_grad():
+        ref(x)
+    for m, n in sizes.items():
+        m.running_var.mul_((n - 1) / n)
+        m._forward_hooks.clear()
+    return ref.eval()
+
+
+def test_bn_train_mode_uses_batch_statistics_and_differs_from_eval():
+    model = small_cnn()
+    x, y = data((1, 8, 8))
+    snap = state_snapshot(model)
+    train = probes.probe_checkpoint(model, x, y, NEXT, NEXT, batch_size=len(y), bn_mode="train")
+    evald = probes.probe_checkpoint(model, x, y, NEXT, NEXT, batch_size=len(y))
+    assert_unchanged(model, snap)
+    assert not torch.allclose(train["loss"], evald["loss"])
+    with torch.no_grad():
+        train_forward = copy.deepcopy(model).train()(x)  # genuine train-mode BatchNorm
+    close(train["loss"], per_sample_loss(train_forward, y, NEXT))
+    ref = reference(batch_stat_copy(model, x), x, y, probes.row_masks(NEXT, len(y)))
+    close(train["grad_norm"], ref["grad_norm"])
+    close(train["input_grad_norm"], ref["input_grad_norm"])
+    with pytest.raises(ValueError, match="bn_mode"):
+        probes.probe_checkpoint(model, x, y, NEXT, NEXT, bn_mode="batch")
+
+
+def test_unsupported_layer_is_refused():
+    class WithLayerNorm(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm = nn.LayerNorm(4)
+            self.fc = nn.Linear(4, C)
+
+        def forward(self, x, return_acts=False):
+            h = torch.relu(self.norm(x))
+            return Forward(self.fc(h), [h], h) if return_acts else self.fc(h)
+
+    with pytest.raises(NotImplementedError, match="LayerNorm"):
+        probes.probe_checkpoint(WithLayerNorm(), torch.randn(2, 4), torch.tensor([0, 1]), OLD, OLD)
+
+
+def boundary_inputs():
+    """Two checkpoints of task k (epochs 3, 4 = E_k) and two of task k+1 (5, 6)."""
+    x, y = data((1, 8, 8))
+    ckpts = {e: small_cnn(seed=e) for e in (3, 4, 5, 6)}
+    masks = {3: OLD, 4: OLD, 5: NEXT, 6: NEXT}
+    return ckpts, x, y, masks
+
+
+def test_probe_boundary_table():
+    ckpts, x, y, masks = boundary_inputs()
+    ids = np.arange(100, 100 + len(y))
+    is_old = OLD[y].numpy()
+    lazy = {e: (lambda m=m: m) for e, m in ckpts.items()}  # loaders are accepted too
+    df = probes.probe_boundary(lazy, 4, x, y, ids, is_old, OLD, masks, next_task_lr=0.2, batch_size=4, progress=False)
+    dormant = [c for c in df.columns if c.startswith("dormant_t")]
+    assert list(df.columns) == ["sample_id", "epoch", "label", "is_old", "loss", "margin", "correct", "confidence",
+                                "loss_native", "margin_native", "correct_native", "confidence_native", "grad_norm",
+                                "input_grad_norm", *dormant, "drift", "align_dot", "align_cos", "pred_forget"]
+    assert dormant[:3] == ["dormant_t0", "dormant_t0.001", "dormant_t0.01"] and "dormant_t0.01_L3" in dormant
+    assert len(df) == 4 * len(y) and sorted(df["epoch"].unique()) == [3, 4, 5, 6]
+    new = ~df["is_old"]
+    assert df.loc[new & (df["epoch"] <= 4), "loss"].isna().all()
+    assert df.loc[new & (df["epoch"] >= 5), "loss"].notna().all()
+    assert df[dormant].notna().all(axis=None)
+    at = df["epoch"] == 4
+    assert df.loc[~at, ["align_dot", "align_cos", "pred_forget"]].isna().all(axis=None)
+    assert df.loc[at & ~new, ["align_dot", "align_cos", "pred_forget"]].notna().all(axis=None)
+    assert df.loc[df["epoch"] == 3, "drift"].isna().all()
+
+    # old samples at E_k+1: eval mask = old mask, native = next mask; new samples: both = next mask
+    e5 = df[df["epoch"] == 5].reset_index(drop=True)
+    masks5 = torch.where(OLD[y][:, None], OLD, NEXT)
+    close(torch.tensor(e5["loss"].to_numpy()), reference(ckpts[5], x, y, masks5)["loss"])
+    close(torch.tensor(e5["loss_native"].to_numpy()), reference(ckpts[5], x, y, probes.row_masks(NEXT, len(y)))["loss"])
+
+    # drift: distance of penultimate features to the previous probed epoch
+    feats = {e: copy.deepcopy(m).eval()(x, return_acts=True).features.detach() for e, m in ckpts.items()}
+    close(torch.tensor(df.loc[df["epoch"] == 6, "drift"].to_numpy()), (feats[6] - feats[5]).norm(dim=1))
+
+    # G = mean gradient of the task-(k+1) loss over the new-class samples at E_k
+    ref_model = copy.deepcopy(ckpts[4]).eval()
+    per_sample_loss(ref_model(x[~OLD[y]]), y[~OLD[y]], NEXT).mean().backward()
+    G = {n: p.grad for n, p in ref_model.named_parameters()}
+    ref = reference(ckpts[4], x, y, probes.row_masks(OLD, len(y)), G)
+    e4 = df[at].reset_index(drop=True)
+    close(torch.tensor(e4["align_dot"].to_numpy()), ref["dot"])
+    close(torch.tensor(e4["pred_forget"].to_numpy()), -0.2 * ref["dot"] + 0.02 * ref["ghg"])
+
+
+def test_probe_boundary_rejects_inconsistent_inputs():
+    ckpts, x, y, masks = boundary_inputs()
+    ids = np.arange(len(y))
+    is_old = OLD[y].numpy()
+    with pytest.raises(ValueError, match="is_old"):
+        probes.probe_boundary(ckpts, 4, x, y, ids, ~is_old, OLD, masks, 0.1, progress=False)
+    with pytest.raises(ValueError, match="boundary epoch"):
+        probes.probe_boundary(ckpts, 7, x, y, ids, is_old, OLD, masks, 0.1, progress=False)
+    with pytest.raises(ValueError, match="native mask"):
+        probes.probe_boundary(ckpts, 4, x, y, ids, is_old, OLD, {3: OLD, 4: OLD}, 0.1, progress=False)
