@@ -88,8 +88,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="fewer samples, width 16 only, no slow rows")
     ap.add_argument("--repeats", type=int, default=None)
     args = ap.parse_args()
-    configs = [(16, 64)] if args.quick else [(16, 128), (64, 32)]
-    repeats = args.repeats or (2 if args.quick else 3)
+    configs = [(16, 32)] if args.quick else [(16, 64), (64, 32)]
+    repeats = args.repeats or 2
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; times: best of {repeats}")
     print(f"{'width':>5} {'N':>4} {'row':<18} {'seconds':>8} {'x fwd+bwd':>10}")
     summary = []

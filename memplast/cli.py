@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import json
 import logging
 import sys
 import time
@@ -40,6 +41,14 @@ def _snakemake_kwargs(smk) -> dict:
     return kwargs
 
 
+def _parse(value: str):
+    """A command-line value: JSON if it parses (exact numbers), else YAML (lists, dicts, strings)."""
+    try:
+        return json.loads(value)
+    except ValueError:
+        return yaml.safe_load(value)
+
+
 def entrypoint(main, smk=None) -> None:
     """Call ``main`` with arguments taken from the Snakemake object ``smk`` or from argv."""
     accepted = inspect.signature(main).parameters
@@ -54,7 +63,7 @@ def entrypoint(main, smk=None) -> None:
         setup_logging(None)
         parser = argparse.ArgumentParser(description=(main.__doc__ or "").strip().splitlines()[0])
         for name, p in accepted.items():
-            parser.add_argument(f"--{name}", type=yaml.safe_load, required=p.default is inspect._empty,
+            parser.add_argument(f"--{name}", type=_parse, required=p.default is inspect._empty,
                                 default=None if p.default is inspect._empty else p.default)
         kwargs = vars(parser.parse_args())
         job = main.__module__

@@ -156,16 +156,25 @@ FACTORS = ("filter", "ordering", "weighting", "algorithm")
 
 
 def conditions(config: dict) -> list[dict]:
-    """The training conditions: the primary one first, then the others of the design."""
+    """The training conditions, the primary one first.
+
+    ``one_at_a_time``: the primary plus every other level of one factor at a time;
+    ``factorial``: the full grid of all four factors; ``factorial_data``: the grid of the data
+    factors (filter, ordering, weighting) with the primary algorithm, plus every other
+    algorithm (e.g. the ``retrained`` reference) on the primary data condition.
+    """
     conds = config["conditions"]
     levels = {f: conds[f + "s"] for f in FACTORS}
     primary = {f: conds["primary"][f] for f in FACTORS}
-    if conds["design"] == "factorial":
-        grid = [dict(zip(FACTORS, combo)) for combo in itertools.product(*(levels[f] for f in FACTORS))]
+    if conds["design"] == "one_at_a_time":
+        grid = [primary] + [{**primary, f: level} for f in FACTORS for level in levels[f] if level != primary[f]]
     else:
-        grid = [primary] + [
-            {**primary, f: level} for f in FACTORS for level in levels[f] if level != primary[f]
+        crossed = FACTORS if conds["design"] == "factorial" else FACTORS[:3]
+        grid = [
+            {**primary, **dict(zip(crossed, combo))} for combo in itertools.product(*(levels[f] for f in crossed))
         ]
+        if conds["design"] == "factorial_data":
+            grid += [{**primary, "algorithm": a} for a in levels["algorithm"] if a != primary["algorithm"]]
     grid.sort(key=lambda c: c != primary)  # stable: primary first
     return grid
 

@@ -332,67 +332,73 @@ def predicted_forgetting(dot: torch.Tensor, curv: torch.Tensor, eta: float) -> t
 
 
 # --------------------------------------------------------------------------- one checkpoint
+def _forward_backward(model, state, hooks, x, y, m_eval, m_native, taus) -> dict:
+    """One forward (logits, ReLU outputs, features) and one backward of sum_i loss_i w.r.t. the
+    input, during which ``hooks`` collect the per-sample parameter-gradient norms."""
+    x = x.clone().requires_grad_()
+    valid = in_mask(y, m_eval)
+    with hooks.active(len(y), x.dtype, x.device):
+        out = functional_call(model, state, (x,), {"return_acts": True})
+        loss = masked_ce(out.logits, y, m_eval)
+        gx = torch.autograd.grad(loss[valid].sum(), x)[0] if bool(valid.any()) else torch.zeros_like(x)
+    logits = out.logits.detach()
+    row = {**mask_quantities(logits, y, m_eval), **mask_quantities(logits, y, m_native, "_native")}
+    row["grad_norm"] = hooks.sq.sqrt()
+    row["input_grad_norm"] = gx.flatten(1).norm(dim=1)
+    row.update(dormant_props([a.detach() for a in out.acts], taus))
+    row["features"] = out.features.detach()
+    return row
+
+
+@torch.no_grad()
+def _alignment(model, state, trainable, x, y, m_eval, direction, eta, grad_norm) -> dict:
+    """align_dot, align_cos and (with ``eta``) pred_forget from forward-mode JVPs along G."""
+    def loss_fn(p):
+        return masked_ce(functional_call(model, {**state, **p}, (x,)), y, m_eval)
+
+    dot, curv = directional_terms(loss_fn, trainable, direction, second_order=eta is not None)
+    g_norm = torch.sqrt(sum(v.double().square().sum() for v in direction.values()))
+    row = {"align_dot": dot, "align_cos": dot / (grad_norm * g_norm)}
+    if eta is not None:
+        row["pred_forget"] = predicted_forgetting(dot, curv, eta)
+    return row
+
+
 def probe_checkpoint(model: nn.Module, images, labels, eval_mask, native_mask, *, taus=TAUS, batch_size: int = 256,
                      device="cpu", bn_mode: str = "eval", direction: dict | None = None, eta: float | None = None,
                      progress: bool = False) -> dict:
     """Every per-sample quantity of one checkpoint, as float64 CPU tensors keyed by column name.
 
     ``eval_mask`` is one class mask (C) or one per sample (N x C); ``native_mask`` is the mask of
-    the checkpoint's task. Loss-based columns are NaN where the label is outside the mask.
-    ``direction`` (a dict over trainable parameters, e.g. from :func:`mean_gradient`) adds
-    align_dot and align_cos, and ``eta`` adds pred_forget. ``features`` holds the penultimate
+    the checkpoint's task. Loss-based columns (and gradients) are NaN where the label is outside
+    the mask. ``direction`` (a dict over trainable parameters, e.g. from :func:`mean_gradient`)
+    adds align_dot and align_cos, and ``eta`` adds pred_forget. ``features`` holds the penultimate
     features (for drift). The model's parameters, buffers and flags are left as they were."""
     images, labels = _as_tensor(images), _as_tensor(labels, torch.long)
     n = len(labels)
     eval_masks = row_masks(_as_tensor(eval_mask), n)
     native_masks = row_masks(_as_tensor(native_mask), n)
     trainable, frozen, buffers = split_state(model, device)
-    dtype = next(iter(trainable.values())).dtype
-    hooks = GradNormHooks(model)
+    dtype = next(model.parameters()).dtype
     if direction is not None:
         direction = {k: direction[k].to(device, dtype) for k in trainable}
-        g_norm = torch.sqrt(sum(v.double().square().sum() for v in direction.values()))
+    hooks = GradNormHooks(model)
     cols: dict[str, list] = {}
-    starts = range(0, n, batch_size)
     with eval_mode(model):
-        for s in tqdm(starts, desc="batches", leave=False, mininterval=10, disable=not progress):
-            x = images[s:s + batch_size].to(device, dtype)
-            y = labels[s:s + batch_size].to(device)
-            m_eval, m_native = eval_masks[s:s + batch_size].to(device), native_masks[s:s + batch_size].to(device)
-            valid = in_mask(y, m_eval)
-            bufs = _batch_buffers(model, {**trainable, **frozen}, buffers, x, bn_mode)
-            state = {**trainable, **frozen, **bufs}
-
-            x = x.clone().requires_grad_()
-            with hooks.active(len(y), dtype, device):
-                out = functional_call(model, state, (x,), {"return_acts": True})
-                loss = masked_ce(out.logits, y, m_eval)
-                if bool(valid.any()):
-                    (gx,) = torch.autograd.grad(loss[valid].sum(), x)
-                else:
-                    gx = torch.zeros_like(x)
-            logits = out.logits.detach()
-            row = {**mask_quantities(logits, y, m_eval), **mask_quantities(logits, y, m_native, "_native")}
-            row["grad_norm"] = hooks.sq.sqrt()
-            row["input_grad_norm"] = gx.flatten(1).norm(dim=1)
-            row.update(dormant_props([a.detach() for a in out.acts], taus))
-            row["features"] = out.features.detach()
-            del out, loss, gx
-
+        for s in tqdm(range(0, n, batch_size), desc="batches", leave=False, mininterval=10, disable=not progress):
+            rows = slice(s, s + batch_size)
+            x, y = images[rows].to(device, dtype), labels[rows].to(device)
+            m_eval, m_native = eval_masks[rows].to(device), native_masks[rows].to(device)
+            state = {**trainable, **frozen, **_batch_buffers(model, {**trainable, **frozen}, buffers, x, bn_mode)}
+            row = _forward_backward(model, state, hooks, x, y, m_eval, m_native, taus)
             if direction is not None:
-                loss_fn = lambda p: masked_ce(functional_call(model, {**p, **frozen, **bufs}, (x.detach(),)), y, m_eval)  # noqa: E731
-                with torch.no_grad():
-                    dot, curv = directional_terms(loss_fn, trainable, direction, second_order=eta is not None)
-                row["align_dot"] = dot
-                row["align_cos"] = dot / (row["grad_norm"] * g_norm)
-                if eta is not None:
-                    row["pred_forget"] = predicted_forgetting(dot, curv, eta)
-
+                row |= _alignment(model, state, trainable, x, y, m_eval, direction, eta, row["grad_norm"])
+            valid = in_mask(y, m_eval)
             for k in ("grad_norm", "input_grad_norm", "align_dot", "align_cos", "pred_forget"):
                 if k in row:  # gradients of an undefined loss are undefined
                     row[k] = row[k].masked_fill(~valid, math.nan)
             for k, v in row.items():
-                cols.setdefault(k, []).append(v.detach().to("cpu", v.dtype if k == "features" else torch.float64))
+                cols.setdefault(k, []).append(v.to("cpu", v.dtype if k == "features" else torch.float64))
     return {k: torch.cat(v) for k, v in cols.items()}
 
 
@@ -426,6 +432,8 @@ def probe_boundary(checkpoints: dict, boundary_epoch: int, images, labels, sampl
         raise ValueError(f"probe_boundary: no native mask for epochs {missing}")
     if not (len(images) == len(labels) == len(sample_ids) == len(is_old)):
         raise ValueError("probe_boundary: images, labels, sample_ids and is_old differ in length")
+    if len(np.unique(sample_ids)) != len(sample_ids):
+        raise ValueError("probe_boundary: duplicate sample ids")
     if not torch.equal(old_mask[labels], is_old):
         raise ValueError("probe_boundary: is_old disagrees with old_mask (is_old must be 'label in old mask')")
     next_mask = _as_tensor(native_masks[boundary_epoch + 1]).bool() if boundary_epoch + 1 in native_masks \

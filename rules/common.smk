@@ -23,7 +23,9 @@ def _images_per_class():
     if ds["name"] in ("cifar100", "cifar10"):
         return (500 if ds["name"] == "cifar100" else 5000) - ds["n_val_per_class"]
     per_class = 180 if ds["name"] == "digits" else ds["synthetic"]["n_per_class"]
-    return int(per_class * (1 - ds["split_fractions"]["val"] - ds["split_fractions"]["test"]))
+    return int(
+        per_class * (1 - ds["split_fractions"]["val"] - ds["split_fractions"]["test"])
+    )
 
 
 IMAGES_PER_CLASS = _images_per_class()
@@ -32,8 +34,12 @@ PREPARED = f"data/{DATASET}/prepared.npz"
 SAMPLES = f"data/{DATASET}/samples.parquet"
 ORDER_FILE = "results/class_orders/order{seed}.csv"
 SCORES = "results/memo/scores.parquet"
-RUN = "results/runs/order{seed}/{filter}/{ordering}/{weighting}/{algorithm}"
+RUN_ID = "order{seed}/{filter}/{ordering}/{weighting}/{algorithm}"
+RUN = f"results/runs/{RUN_ID}"
 SUBSET = "results/subsets/{filter}"
+
+# Orderings that need memo scores (so their runs wait for the memo stage).
+MEMO_ORDERINGS = ("ascending", "descending", "stratified")
 
 ENV_TORCH = "../envs/torch.yaml"
 ENV_STATS = "../envs/stats.yaml"
@@ -83,11 +89,79 @@ def run_dirs(conditions_=None, seeds=None):
 
 def expand_all_targets():
     """Everything `snakemake` builds by default: every figure and table of the study."""
-    figures = ["memo_vs_dgrad", "memo_vs_dloss", "memo_vs_ddormant", "accuracy_curves", "dormant_and_rank",
-               "class_balance", "order_diagnostics", "memo_validation"]
+    figures = [
+        "memo_vs_dgrad",
+        "memo_vs_dloss",
+        "memo_vs_ddormant",
+        "accuracy_curves",
+        "dormant_and_rank",
+        "class_balance",
+        "order_diagnostics",
+        "memo_validation",
+    ]
     return [
         *expand("results/figures/{name}.pdf", name=figures),
         "results/stats/conditions.csv",
         "results/memo/sample_class_map.csv",
         *[f"{r}/windowed_plasticity_data.csv" for r in run_dirs()],
+    ]
+
+
+# --------------------------------------------------------------------------- input functions
+def prepare_inputs(wc):
+    """CIFAR is prepared from its downloaded archive; digits and synthetic need no input."""
+    if wc.dataset in ("cifar100", "cifar10"):
+        return {"archive": f"data/{wc.dataset}/raw/archive.tar.gz"}
+    return {}
+
+
+def memo_score_inputs(wc):
+    inputs = {
+        "samples": SAMPLES,
+        "curvature": expand(
+            "results/memo/curvature/e{epoch}.parquet", epoch=SCORER_GRID
+        ),
+        "csl": "results/memo/scorer/csl.parquet",
+    }
+    if MEMO["feldman_zhang"]["enabled"]:
+        inputs["fz"] = "results/memo/feldman_zhang.parquet"
+    return inputs
+
+
+def subset_inputs(wc):
+    """`none` keeps every sample and needs no memo scores, so the primary runs never wait for them."""
+    return {"samples": SAMPLES} | ({} if wc.filter == "none" else {"scores": SCORES})
+
+
+def train_inputs(wc):
+    task = int(wc.task)
+    inputs = {
+        "prepared": PREPARED,
+        "order": ORDER_FILE.format(seed=wc.seed),
+        "kept": f"results/subsets/{wc.filter}/kept.parquet",
+    }
+    if wc.ordering in MEMO_ORDERINGS or wc.weighting != "none":
+        inputs["scores"] = SCORES
+    if wc.ordering == "file":
+        inputs["file_order"] = config["ordering"]["file"]
+    if task > 0:
+        inputs["prev_state"] = f"{RUN}/task{{prev}}/end.pt".format(**wc, prev=task - 1)
+    return inputs
+
+
+def train_runtime(wc, attempt):
+    """Minutes: epochs x images of the task x seconds per image, +10, doubled per retry."""
+    n_images = (int(wc.task) + 1) * PROTO["classes_per_task"] * IMAGES_PER_CLASS
+    seconds = E * n_images * job("train", "seconds_per_image")
+    return int(math.ceil(seconds / 60 + 10)) * attempt
+
+
+def boundary_checkpoints(wc):
+    """Checkpoints E_k-w+1 .. E_k (end of task k) and E_k+1 .. E_k+w (start of task k+1)."""
+    k = int(wc.boundary)
+    before = [(k, te) for te in range(E - W + 1, E + 1)]
+    after = [(k + 1, te) for te in range(1, W + 1)]
+    return [
+        f"{RUN}/task{{t}}/ckpt/te{{te}}.pt".format(**wc, t=t, te=te)
+        for t, te in before + after
     ]

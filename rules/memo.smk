@@ -14,20 +14,20 @@ rule memo_scorer:
         checkpoints=expand("results/memo/scorer/e{epoch}.pt", epoch=SCORER_GRID),
         csl="results/memo/scorer/csl.parquet",
         metrics="results/memo/scorer/metrics.parquet",
-    params:
-        grid=SCORER_GRID,
-        cfg=cfg_slice("dataset", "memo", "protocol"),
     log:
         log_path("memo/scorer"),
     benchmark:
         bench_path("memo/scorer")
+    conda:
+        ENV_TORCH
     threads: job("memo_scorer", "threads")
     resources:
         mem_mb=job("memo_scorer", "mem_mb"),
         runtime=job("memo_scorer", "runtime"),
         gpu=job("memo_scorer", "gpu"),
-    conda:
-        ENV_TORCH
+    params:
+        grid=SCORER_GRID,
+        cfg=cfg_slice("dataset", "memo", "protocol"),
     script:
         "../scripts/memo_scorer.py"
 
@@ -38,32 +38,21 @@ rule memo_curvature:
         checkpoint="results/memo/scorer/e{epoch}.pt",
     output:
         curvature="results/memo/curvature/e{epoch}.parquet",
-    params:
-        cfg=cfg_slice("memo", "protocol"),
     log:
         log_path("memo/curvature_e{epoch}"),
     benchmark:
         bench_path("memo/curvature_e{epoch}")
+    conda:
+        ENV_TORCH
     threads: job("curvature", "threads")
     resources:
         mem_mb=job("curvature", "mem_mb"),
         runtime=job("curvature", "runtime"),
         gpu=job("curvature", "gpu"),
-    conda:
-        ENV_TORCH
+    params:
+        cfg=cfg_slice("memo", "protocol"),
     script:
         "../scripts/memo_curvature.py"
-
-
-def memo_score_inputs(wc):
-    inputs = {
-        "samples": SAMPLES,
-        "curvature": expand("results/memo/curvature/e{epoch}.parquet", epoch=SCORER_GRID),
-        "csl": "results/memo/scorer/csl.parquet",
-    }
-    if MEMO["feldman_zhang"]["enabled"]:
-        inputs["fz"] = "results/memo/feldman_zhang.parquet"
-    return inputs
 
 
 rule memo_scores:
@@ -72,17 +61,17 @@ rule memo_scores:
     output:
         scores=SCORES,
         class_map="results/memo/sample_class_map.csv",
-    params:
-        score_col=score_column(config),
-        cfg=cfg_slice("memo"),
     log:
         log_path("memo/scores"),
+    conda:
+        ENV_TORCH
     threads: 1
     resources:
         mem_mb=job("light", "mem_mb"),
         runtime=job("light", "runtime"),
-    conda:
-        ENV_TORCH
+    params:
+        score_col=score_column(config),
+        cfg=cfg_slice("memo"),
     script:
         "../scripts/memo_scores.py"
 
@@ -90,16 +79,16 @@ rule memo_scores:
 rule feldman_zhang_download:
     output:
         npz="data/feldman_zhang/cifar100_infl_matrix.npz",
-    params:
-        url=MEMO["feldman_zhang"]["url"],
     log:
         log_path("memo/feldman_zhang_download"),
+    conda:
+        ENV_TORCH
     threads: 1
     resources:
         mem_mb=2000,
         runtime=30,
-    conda:
-        ENV_TORCH
+    params:
+        url=MEMO["feldman_zhang"]["url"],
     script:
         "../scripts/feldman_zhang_download.py"
 
@@ -111,15 +100,15 @@ rule feldman_zhang_import:
         samples=SAMPLES,
     output:
         fz="results/memo/feldman_zhang.parquet",
-    params:
-        cfg=cfg_slice("memo"),
     log:
         log_path("memo/feldman_zhang_import"),
+    conda:
+        ENV_TORCH
     threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
-    conda:
-        ENV_TORCH
+    params:
+        cfg=cfg_slice("memo"),
     script:
         "../scripts/feldman_zhang_import.py"

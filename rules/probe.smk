@@ -2,61 +2,57 @@
 # boundary), boundary deltas per run, and the run summary (accuracy and model-level metrics).
 
 
-def boundary_checkpoints(wc):
-    """Checkpoints E_k-w+1 .. E_k (end of task k) and E_k+1 .. E_k+w (start of task k+1)."""
-    k = int(wc.boundary)
-    before = [(k, te) for te in range(E - W + 1, E + 1)]
-    after = [(k + 1, te) for te in range(1, W + 1)]
-    return [(RUN + "/task{t}/ckpt/te{te}.pt").format(**wc, t=t, te=te) for t, te in before + after]
-
-
 rule probe:
     input:
         prepared=PREPARED,
         order=ORDER_FILE,
-        kept=SUBSET + "/kept.parquet",
+        kept=f"{SUBSET}/kept.parquet",
         checkpoints=boundary_checkpoints,
     output:
-        probes=RUN + "/probes/boundary{boundary}.parquet",
-    params:
-        boundary=lambda wc: int(wc.boundary),
-        cfg=cfg_slice("protocol", "probes", "memo"),
+        probes=f"{RUN}/probes/boundary{{boundary}}.parquet",
     log:
-        log_path("probe/" + RUN.removeprefix("results/runs/") + "/boundary{boundary}"),
+        log_path(f"probe/{RUN_ID}/boundary{{boundary}}"),
     benchmark:
-        bench_path("probe/" + RUN.removeprefix("results/runs/") + "/boundary{boundary}")
+        bench_path(f"probe/{RUN_ID}/boundary{{boundary}}")
     group:
         "probes"
+    conda:
+        ENV_TORCH
     threads: job("probe", "threads")
     resources:
         mem_mb=lambda wc, attempt: job("probe", "mem_mb") * attempt,
         runtime=lambda wc, attempt: job("probe", "runtime") * attempt,
         gpu=job("probe", "gpu"),
-    conda:
-        ENV_TORCH
+    params:
+        boundary=lambda wc: int(wc.boundary),
+        cfg=cfg_slice("protocol", "probes", "memo"),
     script:
         "../scripts/probe.py"
 
 
 rule deltas:
     input:
-        probes=expand(RUN + "/probes/boundary{boundary}.parquet", boundary=BOUNDARIES, allow_missing=True),
+        probes=expand(
+            f"{RUN}/probes/boundary{{boundary}}.parquet",
+            boundary=BOUNDARIES,
+            allow_missing=True,
+        ),
         scores=SCORES,
     output:
-        deltas=RUN + "/deltas.parquet",
-        legacy=RUN + "/windowed_plasticity_data.csv",
-    params:
-        run=lambda wc: dict(wc.items()),
-        score_col=score_column(config),
-        cfg=cfg_slice("protocol", "probes", "memo"),
+        deltas=f"{RUN}/deltas.parquet",
+        legacy=f"{RUN}/windowed_plasticity_data.csv",
     log:
-        log_path("probe/" + RUN.removeprefix("results/runs/") + "/deltas"),
+        log_path(f"probe/{RUN_ID}/deltas"),
+    conda:
+        ENV_TORCH
     threads: 1
     resources:
         mem_mb=job("light", "mem_mb"),
         runtime=job("light", "runtime"),
-    conda:
-        ENV_TORCH
+    params:
+        run=lambda wc: dict(wc.items()),
+        score_col=score_column(config),
+        cfg=cfg_slice("protocol", "probes", "memo"),
     script:
         "../scripts/deltas.py"
 
@@ -64,24 +60,32 @@ rule deltas:
 rule run_summary:
     input:
         prepared=PREPARED,
-        ends=expand(RUN + "/task{task}/ckpt/te{te}.pt", task=range(N_TASKS), te=E, allow_missing=True),
-        metrics=expand(RUN + "/task{task}/metrics.parquet", task=range(N_TASKS), allow_missing=True),
+        ends=expand(
+            f"{RUN}/task{{task}}/ckpt/te{E}.pt",
+            task=range(N_TASKS),
+            allow_missing=True,
+        ),
+        metrics=expand(
+            f"{RUN}/task{{task}}/metrics.parquet",
+            task=range(N_TASKS),
+            allow_missing=True,
+        ),
     output:
-        summary=RUN + "/summary.parquet",
-        per_class=RUN + "/per_class_accuracy.parquet",
-    params:
-        run=lambda wc: dict(wc.items()),
-        cfg=cfg_slice("protocol", "probes"),
+        summary=f"{RUN}/summary.parquet",
+        per_class=f"{RUN}/per_class_accuracy.parquet",
     log:
-        log_path("probe/" + RUN.removeprefix("results/runs/") + "/summary"),
+        log_path(f"probe/{RUN_ID}/summary"),
     benchmark:
-        bench_path("probe/" + RUN.removeprefix("results/runs/") + "/summary")
+        bench_path(f"probe/{RUN_ID}/summary")
+    conda:
+        ENV_TORCH
     threads: job("probe", "threads")
     resources:
         mem_mb=job("probe", "mem_mb"),
         runtime=job("probe", "runtime"),
         gpu=job("probe", "gpu"),
-    conda:
-        ENV_TORCH
+    params:
+        run=lambda wc: dict(wc.items()),
+        cfg=cfg_slice("protocol", "probes"),
     script:
         "../scripts/run_summary.py"

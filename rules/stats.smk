@@ -6,7 +6,11 @@ from memplast.stats import TABLES
 PRIMARY_RUNS = run_dirs([PRIMARY])
 ALL_RUNS = run_dirs()
 PRIMARY_TABLES = [t for t in TABLES if t != "conditions"]
-FIGURE_OUTCOMES = {"dgrad": "d_log_grad", "dloss": "d_loss", "ddormant": f"d_dormant_t{max(config['probes']['taus']):g}"}
+FIGURE_OUTCOMES = {
+    "dgrad": "d_log_grad",
+    "dloss": "d_loss",
+    "ddormant": f"d_dormant_t{max(config['probes']['taus']):g}",
+}
 STATS_CFG = {
     **config["stats"],
     "epochs_per_task": E,
@@ -21,23 +25,27 @@ rule stats_primary:
         deltas=[f"{r}/deltas.parquet" for r in PRIMARY_RUNS],
     output:
         tables=[
-            report(f"results/stats/{t}.csv", caption="../report/stats_table.rst", category="Statistics")
+            report(
+                f"results/stats/{t}.csv",
+                caption="../report/stats_table.rst",
+                category="Statistics",
+            )
             for t in PRIMARY_TABLES
         ],
         pooled="results/stats/primary_deltas.parquet",
-    params:
-        names=PRIMARY_TABLES,
-        cfg=STATS_CFG,
     log:
         log_path("stats/primary"),
     benchmark:
         bench_path("stats/primary")
+    conda:
+        ENV_STATS
     threads: 1
     resources:
         mem_mb=job("light", "mem_mb"),
         runtime=job("light", "runtime"),
-    conda:
-        ENV_STATS
+    params:
+        names=PRIMARY_TABLES,
+        cfg=STATS_CFG,
     script:
         "../scripts/stats_primary.py"
 
@@ -48,16 +56,16 @@ rule stats_conditions:
     output:
         conditions="results/stats/conditions.csv",
         summary="results/stats/run_summaries.parquet",
-    params:
-        cfg=STATS_CFG,
     log:
         log_path("stats/conditions"),
+    conda:
+        ENV_STATS
     threads: 1
     resources:
         mem_mb=job("light", "mem_mb"),
         runtime=job("light", "runtime"),
-    conda:
-        ENV_STATS
+    params:
+        cfg=STATS_CFG,
     script:
         "../scripts/stats_conditions.py"
 
@@ -75,19 +83,19 @@ rule figure_memo_vs_outcome:
             category="Memorization vs plasticity",
         ),
         png="results/figures/memo_vs_{name}.png",
-    wildcard_constraints:
-        name="|".join(FIGURE_OUTCOMES),
-    params:
-        outcome=lambda wc: FIGURE_OUTCOMES[wc.name],
-        cfg=STATS_CFG,
     log:
         log_path("figures/memo_vs_{name}"),
+    wildcard_constraints:
+        name="|".join(FIGURE_OUTCOMES),
+    conda:
+        ENV_STATS
     threads: 1
     resources:
         mem_mb=job("light", "mem_mb"),
         runtime=job("light", "runtime"),
-    conda:
-        ENV_STATS
+    params:
+        outcome=lambda wc: FIGURE_OUTCOMES[wc.name],
+        cfg=STATS_CFG,
     script:
         "../scripts/figure.py"
 
@@ -102,38 +110,44 @@ rule figure_conditions:
             category="Conditions",
         ),
         png="results/figures/{name}.png",
-    wildcard_constraints:
-        name="accuracy_curves|dormant_and_rank",
-    params:
-        cfg=STATS_CFG,
     log:
         log_path("figures/{name}"),
+    wildcard_constraints:
+        name="accuracy_curves|dormant_and_rank",
+    conda:
+        ENV_STATS
     threads: 1
     resources:
         mem_mb=job("light", "mem_mb"),
         runtime=job("light", "runtime"),
-    conda:
-        ENV_STATS
+    params:
+        cfg=STATS_CFG,
     script:
         "../scripts/figure.py"
 
 
 rule figure_class_balance:
     input:
-        balance=expand(SUBSET + "/class_balance.csv", filter=config["conditions"]["filters"]),
+        balance=expand(
+            f"{SUBSET}/class_balance.csv", filter=config["conditions"]["filters"]
+        ),
     output:
-        pdf=report("results/figures/class_balance.pdf", caption="../report/class_balance.rst", category="Conditions"),
+        pdf=report(
+            "results/figures/class_balance.pdf",
+            caption="../report/class_balance.rst",
+            category="Conditions",
+        ),
         png="results/figures/class_balance.png",
-    params:
-        cfg=cfg_slice("subset", "conditions"),
     log:
         log_path("figures/class_balance"),
+    conda:
+        ENV_STATS
     threads: 1
     resources:
         mem_mb=job("light", "mem_mb"),
         runtime=job("light", "runtime"),
-    conda:
-        ENV_STATS
+    params:
+        cfg=cfg_slice("subset", "conditions"),
     script:
         "../scripts/figure.py"
 
@@ -142,43 +156,50 @@ rule order_diagnostics:
     input:
         prepared=PREPARED,
         order=ORDER_FILE.format(seed=ORDER_SEEDS[0]),
-        kept=SUBSET.format(filter=PRIMARY["filter"]) + "/kept.parquet",
+        kept=f"results/subsets/{PRIMARY['filter']}/kept.parquet",
         scores=SCORES,
     output:
         diagnostics="results/orderings/{ordering}/order_diagnostics.csv",
         gaps="results/orderings/{ordering}/gap_summary.csv",
-    params:
-        ordering=lambda wc: wc.ordering,
-        score_col=score_column(config),
-        cfg=cfg_slice("protocol", "ordering"),
     log:
         log_path("train/order_diagnostics_{ordering}"),
+    conda:
+        ENV_TORCH
     threads: 1
     resources:
         mem_mb=job("light", "mem_mb"),
         runtime=job("light", "runtime"),
-    conda:
-        ENV_TORCH
+    params:
+        ordering=lambda wc: wc.ordering,
+        score_col=score_column(config),
+        cfg=cfg_slice("protocol", "ordering"),
     script:
         "../scripts/order_diagnostics.py"
 
 
 rule figure_order_diagnostics:
     input:
-        diagnostics=expand("results/orderings/{ordering}/order_diagnostics.csv", ordering=config["conditions"]["orderings"]),
+        diagnostics=expand(
+            "results/orderings/{ordering}/order_diagnostics.csv",
+            ordering=config["conditions"]["orderings"],
+        ),
     output:
-        pdf=report("results/figures/order_diagnostics.pdf", caption="../report/order_diagnostics.rst", category="Conditions"),
+        pdf=report(
+            "results/figures/order_diagnostics.pdf",
+            caption="../report/order_diagnostics.rst",
+            category="Conditions",
+        ),
         png="results/figures/order_diagnostics.png",
-    params:
-        cfg=cfg_slice("ordering", "conditions"),
     log:
         log_path("figures/order_diagnostics"),
+    conda:
+        ENV_STATS
     threads: 1
     resources:
         mem_mb=job("light", "mem_mb"),
         runtime=job("light", "runtime"),
-    conda:
-        ENV_STATS
+    params:
+        cfg=cfg_slice("ordering", "conditions"),
     script:
         "../scripts/figure.py"
 
@@ -190,17 +211,21 @@ rule memo_validation:
     output:
         agreement="results/memo/agreement.csv",
         auroc="results/memo/noise_auroc.csv",
-        pdf=report("results/figures/memo_validation.pdf", caption="../report/memo_validation.rst", category="Memorization scores"),
+        pdf=report(
+            "results/figures/memo_validation.pdf",
+            caption="../report/memo_validation.rst",
+            category="Memorization scores",
+        ),
         png="results/figures/memo_validation.png",
-    params:
-        cfg=cfg_slice("memo", "dataset"),
     log:
         log_path("figures/memo_validation"),
+    conda:
+        ENV_STATS
     threads: 1
     resources:
         mem_mb=job("light", "mem_mb"),
         runtime=job("light", "runtime"),
-    conda:
-        ENV_STATS
+    params:
+        cfg=cfg_slice("memo", "dataset"),
     script:
         "../scripts/memo_validation.py"

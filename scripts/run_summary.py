@@ -40,8 +40,9 @@ def main(prepared: str, ends: list, metrics: list, summary: str, per_class: str,
         classes.append(acc.assign(task=meta["task"]))
         rows.append({"task": meta["task"], "epoch": meta["epoch"], "best_epoch": end["best_epoch"],
                      "test_acc": end["test_acc"], "val_acc": end["val_acc"], "dormant_units": m["dormant_frac"],
-                     "effective_rank": m["effective_rank"], "stable_rank": m["stable_rank"],
-                     "approx_rank": m["approx_rank"], "mean_abs_weight": m["mean_abs_weight"],
+                     "effective_rank": m["effective_rank"],
+                     # stable rank as Dohare et al.: smallest k whose singular values reach 99% of their sum
+                     "stable_rank": m["approx_rank"], "numerical_rank": m["stable_rank"], "mean_abs_weight": m["mean_abs_weight"],
                      "dormant_units_faithful": faithful["dormant_frac"],
                      "effective_rank_faithful": faithful["effective_rank"]})
     keys = {"order_seed": int(run["seed"]), **{f: run[f] for f in ("filter", "ordering", "weighting", "algorithm")}}

@@ -67,7 +67,10 @@ def test_conditions_one_at_a_time_and_factorial(paper_config, demo_config):
         assert sum(c[f] != conds[0][f] for f in mpconfig.FACTORS) == 1
     assert len(conds) == 1 + 2 + 2 + 0 + 1
     demo = mpconfig.conditions(demo_config)
-    assert len(demo) == 2 * 2 and demo[0]["filter"] == "none" and demo[0]["ordering"] == "random"
+    assert len(demo) == 2 * 2 + 1 and demo[0]["filter"] == "none" and demo[0]["ordering"] == "random"
+    assert [c for c in demo if c["algorithm"] == "retrained"] == [{**demo[0], "algorithm": "retrained"}]
+    full = mpconfig.conditions({**demo_config, "conditions": {**demo_config["conditions"], "design": "factorial"}})
+    assert len(full) == 2 * 2 * 2 and len({tuple(c.values()) for c in full}) == 8
 
 
 def test_parse_factor_names():

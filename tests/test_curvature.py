@@ -12,7 +12,7 @@ from torch import nn
 from memplast import curvature as cv
 from memplast.data import prepare
 from memplast.memo_validation import noise_auroc
-from memplast.models import SmallCNN, class_mask, per_sample_loss
+from memplast.models import ResNet18, SmallCNN, class_mask, per_sample_loss
 
 C = 6
 MASK = class_mask([0, 1, 2, 4], C)  # class 3 and 5 unseen
@@ -44,6 +44,12 @@ def randomize_bn(model, seed=0):
 def relu_cnn():
     torch.manual_seed(0)
     return randomize_bn(SmallCNN(num_classes=C, in_channels=1, width=3)).double()
+
+
+def relu_resnet():
+    """The reference ResNet-18 (shortcuts, global average pool) at width 2 on 1 x 8 x 8 inputs."""
+    torch.manual_seed(3)
+    return randomize_bn(ResNet18(num_classes=C, in_channels=1, width=2)).double()
 
 
 def relu_mlp():
@@ -140,7 +146,7 @@ def test_rademacher_independent_of_batching_and_seeded():
 
 # --------------------------------------------------------------------------- exact quantities
 @pytest.mark.parametrize("mode", cv.HVP_MODES)
-@pytest.mark.parametrize("make", [relu_cnn, relu_mlp, softplus_mlp])
+@pytest.mark.parametrize("make", [relu_cnn, relu_resnet, relu_mlp, softplus_mlp])
 def test_input_hvp_matches_full_hessian(make, mode):
     model = make()
     x, y, ids = batch()
@@ -151,7 +157,7 @@ def test_input_hvp_matches_full_hessian(make, mode):
     assert rel(hv.reshape(len(x), D), torch.einsum("nij,nj->ni", hess, v.reshape(len(x), D))) < 1e-8
 
 
-@pytest.mark.parametrize("make", [relu_cnn, relu_mlp])
+@pytest.mark.parametrize("make", [relu_cnn, relu_resnet, relu_mlp])
 def test_exact_ggn_is_exact_for_relu_nets(make):
     model = make()
     x, y, _ = batch()
@@ -366,7 +372,7 @@ def test_curvature_flags_planted_label_noise_on_digits():
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     gen = torch.Generator().manual_seed(0)
     csl = cv.CSLAccumulator()
-    epochs, every, scores = 40, 4, []
+    epochs, every, scores = 40, 5, []
     for epoch in range(1, epochs + 1):
         model.train()
         for b in torch.randperm(len(rows), generator=gen).split(32):

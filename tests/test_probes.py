@@ -16,6 +16,15 @@ OLD = class_mask(range(4), C)  # task k
 NEXT = class_mask(range(6), C)  # task k+1
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: OpenMP threads only add overhead (and stall on a busy machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def randomize_bn(model, seed=0):
     """Non-trivial BatchNorm affine parameters and running statistics."""
     g = torch.Generator().manual_seed(seed)

@@ -1,0 +1,186 @@
+"""The Snakemake workflow end to end: dry runs at demo and paper scale, a real run of a tiny
+configuration (outputs, provenance, determinism), lint and formatting."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import ROOT
+
+SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
+TINY = [str(ROOT / "config.yaml"), str(ROOT / "config" / "demo.yaml"), str(ROOT / "tests" / "data" / "tiny.yaml")]
+
+
+def snakemake(*args, cwd=ROOT, timeout=1500, check=True):
+    cmd = [SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), *args]
+    out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    if check and out.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}")
+    return out
+
+
+def job_counts(stdout: str) -> dict:
+    counts, started = {}, False
+    for line in stdout.splitlines():
+        if line.startswith("job ") and "count" in line:
+            started = True
+            continue
+        if started:
+            parts = line.split()
+            if len(parts) == 2 and parts[1].isdigit():
+                counts[parts[0]] = int(parts[1])
+            elif parts and parts[0] == "total":
+                break
+    return counts
+
+
+def test_dry_run_demo():
+    out = snakemake("--profile", "profiles/demo", "-n")
+    counts = job_counts(out.stdout)
+    assert counts["train_task"] == 2 * 5 * 5  # 2 class orders x 5 conditions x 5 tasks
+    assert counts["probe"] == 2 * 5 * 4 and counts["memo_curvature"] == 10
+
+
+def test_dry_run_paper_scale_is_fast():
+    t0 = time.perf_counter()
+    out = snakemake("-n", "--quiet", "rules")
+    seconds = time.perf_counter() - t0
+    counts = job_counts(out.stdout)
+    assert counts["train_task"] == 5 * 6 * 20 and counts["probe"] == 5 * 6 * 19
+    assert counts["memo_curvature"] == 50 and counts["download"] == 1
+    assert seconds < 60, f"paper-scale DAG took {seconds:.1f} s"
+
+
+def test_one_figure_does_not_train_the_grid():
+    out = snakemake("-n", "results/figures/memo_vs_dgrad.pdf")
+    counts = job_counts(out.stdout)
+    assert counts["train_task"] == 5 * 20  # primary condition only, every class order
+
+
+def test_invalid_config_stops_before_any_job(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("protocol: {classes_per_task: 7}\n")
+    out = snakemake("-n", "--configfile", str(ROOT / "config.yaml"), str(bad), check=False)
+    assert out.returncode != 0
+    assert "classes_per_task=7 does not divide the 100 classes" in out.stdout + out.stderr
+
+
+def test_lint_and_format_are_clean():
+    lint = snakemake("--lint", "--configfile", *TINY)
+    assert "Congratulations" in lint.stdout + lint.stderr
+    fmt = subprocess.run([str(Path(sys.executable).parent / "snakefmt"), "--check", "."], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert fmt.returncode == 0, fmt.stdout + fmt.stderr
+
+
+def run_tiny(workdir: Path, *extra):
+    workdir.mkdir(parents=True, exist_ok=True)
+    return snakemake("--directory", str(workdir), "--configfile", *TINY, "--cores", "2", *extra)
+
+
+def parquet_tables(root: Path) -> dict:
+    """Every Parquet table under results/ (timing columns dropped) keyed by relative path."""
+    out = {}
+    for p in sorted((root / "results").rglob("*.parquet")):
+        df = pd.read_parquet(p)
+        out[str(p.relative_to(root))] = df.drop(columns=[c for c in ("seconds", "images_per_sec") if c in df])
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("tiny")
+    run_tiny(workdir)
+    return workdir
+
+
+@pytest.mark.slow
+def test_tiny_run_produces_figures_tables_and_provenance(tiny_run):
+    from memplast import io
+    from memplast.plots import read_pdf_provenance
+
+    for name in ("memo_vs_dgrad", "memo_vs_dloss", "memo_vs_ddormant", "accuracy_curves", "memo_validation"):
+        pdf = tiny_run / "results" / "figures" / f"{name}.pdf"
+        assert pdf.stat().st_size > 1000 and (pdf.with_suffix(".png")).exists()
+        assert "code_version" in read_pdf_provenance(pdf)
+    deltas = pd.read_parquet(tiny_run / "results/runs/order0/none/random/none/base/deltas.parquet")
+    assert set(deltas["boundary"]) == {0, 1} and set(deltas["kind"]) == {"immediate", "windowed"}
+    assert deltas.loc[deltas.is_old, "d_loss"].notna().all()
+    prov = io.read_provenance(tiny_run / "results/runs/order0/none/random/none/base/deltas.parquet")
+    assert prov["config"]["protocol"]["n_tasks"] == 3 and prov["code_version"].startswith("0.1.0")
+    legacy = pd.read_csv(tiny_run / "results/runs/order0/none/random/none/base/windowed_plasticity_data.csv")
+    assert list(legacy.columns) == ["sample_id", "class_label", "memo", "delta_loss", "delta_grad_norm",
+                                    "delta_dormant", "boundary"]
+    wcr = pd.read_csv(tiny_run / "results/stats/windowed_correlation_results.csv")
+    assert "memo_delta_loss_spearman_r" in wcr and "n_samples" in wcr
+    scores = pd.read_parquet(tiny_run / "results/memo/scores.parquet")
+    assert {"curv_exact", "curv_hutch", "curv_hutch_se", "csl", "curv_exact_pct_class"} <= set(scores.columns)
+    assert set(scores["split"]) == {"train", "val"}
+    # resume state files are removed after each task; only declared outputs remain
+    assert not list((tiny_run / "results" / "resume").rglob("*.pt"))
+
+
+@pytest.mark.slow
+def test_report_is_generated(tiny_run):
+    snakemake("--directory", str(tiny_run), "--configfile", *TINY, "--report", "results/report.html")
+    html = (tiny_run / "results" / "report.html").read_text(errors="ignore")
+    assert "memo_vs_dgrad" in html and len(html) > 100_000
+
+
+@pytest.mark.slow
+def test_same_config_gives_identical_tables(tiny_run, tmp_path):
+    again = tmp_path / "again"
+    run_tiny(again)
+    a, b = parquet_tables(tiny_run), parquet_tables(again)
+    assert a.keys() == b.keys() and len(a) > 20
+    for key in a:
+        pd.testing.assert_frame_equal(a[key], b[key], check_exact=True, obj=key)
+
+
+@pytest.mark.slow
+def test_killed_training_job_resumes(tiny_run, tmp_path):
+    """Delete a task's outputs, leave a resume state as a kill would, rerun: same weights."""
+    import torch
+
+    work = tmp_path / "resume"
+    shutil.copytree(tiny_run / "data", work / "data")
+    shutil.copytree(tiny_run / "results", work / "results")
+    run = "results/runs/order0/none/random/none/base"
+    ref = torch.load(work / run / "task1/end.pt", weights_only=True)["model"]
+    for p in (work / run / "task1").rglob("*"):
+        if p.is_file():
+            p.unlink()
+    env_stop = dict(os.environ)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "train_task.py"), "--prepared", "data/digits/prepared.npz",
+         "--order", "results/class_orders/order0.csv", "--kept", "results/subsets/none/kept.parquet",
+         "--end", f"{run}/task1/end.pt", "--checkpoints", "[x1.pt, x2.pt, x3.pt, x4.pt]",
+         "--metrics", f"{run}/task1/metrics.parquet", "--order_log", f"{run}/task1/order_log.parquet",
+         "--run", "order0/none/random/none/base", "--seed", "0", "--task", "1", "--ordering", "random",
+         "--alpha", "0", "--algorithm", "base", "--ckpt_task_epochs", "[1, 2, 3, 4]",
+         "--resume", "results/resume/order0/none/random/none/base/task1.pt", "--score_col", "curv_exact",
+         "--cfg", str(_cfg_slice()), "--prev_state", f"{run}/task0/end.pt", "--stop_after_epoch", "7"],
+        cwd=work, capture_output=True, text=True, env=env_stop,
+    )
+    assert out.returncode != 0 and "stopped after epoch 7" in out.stderr
+    assert (work / "results/resume/order0/none/random/none/base/task1.pt").exists()
+    snakemake("--directory", str(work), "--configfile", *TINY, "--cores", "2", f"{run}/task1/end.pt")
+    resumed = torch.load(work / run / "task1/end.pt", weights_only=True)["model"]
+    assert all(torch.equal(ref[k], resumed[k]) for k in ref)
+
+
+def _cfg_slice():
+    import json
+
+    from memplast import config as mpconfig
+
+    cfg = mpconfig.load(*TINY)
+    return json.dumps({k: cfg[k] for k in ("dataset", "model", "protocol", "ordering", "weighting")})
