@@ -1,8 +1,8 @@
 """Time to probe one checkpoint, against one plain forward+backward over the same samples.
 
 ResNet-18 (memplast.models.ResNet18) at width 16 and 64 on a CIFAR-shaped batch, eval-mode BN.
-Rows (each timed as the best of ``--repeats``, interleaved, so load from other processes
-hurts every row alike):
+The first three rows are timed as the best of ``--repeats`` interleaved rounds (so load from
+other processes hurts them alike), the others once after a warm-up:
 
 - ``fwd+bwd``: one forward and backward of the summed loss (the reference, ratio 1);
 - ``probe``: every per-sample quantity of an ordinary probed checkpoint (loss, margin, correct,
@@ -75,10 +75,9 @@ def run(width: int, n: int, repeats: int, slow_rows: bool) -> dict:
             out.append((gs[0].norm(), torch.sqrt(sum(g.square().sum() for g in gs[1:]))))
         return out
 
-    fns = {"fwd+bwd": fwd_bwd, "probe": probe(), "probe+align": probe(direction=G)}
-    if slow_rows:
-        fns |= {"probe+align+curv": probe(direction=G, eta=0.1), "vmap(grad)": vmap_grad, "loop": loop}
-    times = best_times(fns, repeats)
+    times = best_times({"fwd+bwd": fwd_bwd, "probe": probe(), "probe+align": probe(direction=G)}, repeats)
+    if slow_rows:  # context only: one timed call each after the warm-up
+        times |= best_times({"probe+align+curv": probe(direction=G, eta=0.1), "vmap(grad)": vmap_grad, "loop": loop}, 1)
     model.zero_grad(set_to_none=True)
     return times
 
@@ -89,8 +88,8 @@ def main():
     ap.add_argument("--repeats", type=int, default=None)
     args = ap.parse_args()
     configs = [(16, 32)] if args.quick else [(16, 64), (64, 32)]
-    repeats = args.repeats or 2
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; times: best of {repeats}")
+    repeats = args.repeats or 3
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; core rows: best of {repeats}")
     print(f"{'width':>5} {'N':>4} {'row':<18} {'seconds':>8} {'x fwd+bwd':>10}")
     summary = []
     for width, n in configs:

@@ -42,16 +42,19 @@ def job_counts(stdout: str) -> dict:
     return counts
 
 
-def test_dry_run_demo():
-    out = snakemake("--profile", "profiles/demo", "-n")
+DEMO = [str(ROOT / "config.yaml"), str(ROOT / "config" / "demo.yaml")]
+
+
+def test_dry_run_demo(tmp_path):
+    out = snakemake("-n", "--directory", str(tmp_path), "--configfile", *DEMO)
     counts = job_counts(out.stdout)
     assert counts["train_task"] == 2 * 5 * 5  # 2 class orders x 5 conditions x 5 tasks
     assert counts["probe"] == 2 * 5 * 4 and counts["memo_curvature"] == 10
 
 
-def test_dry_run_paper_scale_is_fast():
+def test_dry_run_paper_scale_is_fast(tmp_path):
     t0 = time.perf_counter()
-    out = snakemake("-n", "--quiet", "rules")
+    out = snakemake("-n", "--quiet", "rules", "--directory", str(tmp_path), "--configfile", str(ROOT / "config.yaml"))
     seconds = time.perf_counter() - t0
     counts = job_counts(out.stdout)
     assert counts["train_task"] == 5 * 6 * 20 and counts["probe"] == 5 * 6 * 19
@@ -59,8 +62,9 @@ def test_dry_run_paper_scale_is_fast():
     assert seconds < 60, f"paper-scale DAG took {seconds:.1f} s"
 
 
-def test_one_figure_does_not_train_the_grid():
-    out = snakemake("-n", "results/figures/memo_vs_dgrad.pdf")
+def test_one_figure_does_not_train_the_grid(tmp_path):
+    out = snakemake("results/figures/memo_vs_dgrad.pdf", "-n", "--directory", str(tmp_path),
+                    "--configfile", str(ROOT / "config.yaml"))
     counts = job_counts(out.stdout)
     assert counts["train_task"] == 5 * 20  # primary condition only, every class order
 
@@ -83,7 +87,7 @@ def test_lint_and_format_are_clean():
 
 def run_tiny(workdir: Path, *extra):
     workdir.mkdir(parents=True, exist_ok=True)
-    return snakemake("--directory", str(workdir), "--configfile", *TINY, "--cores", "2", *extra)
+    return snakemake(*extra, "--directory", str(workdir), "--cores", "2", "--configfile", *TINY)
 
 
 def parquet_tables(root: Path) -> dict:
@@ -130,7 +134,7 @@ def test_tiny_run_produces_figures_tables_and_provenance(tiny_run):
 
 @pytest.mark.slow
 def test_report_is_generated(tiny_run):
-    snakemake("--directory", str(tiny_run), "--configfile", *TINY, "--report", "results/report.html")
+    snakemake("--directory", str(tiny_run), "--report", "results/report.html", "--configfile", *TINY)
     html = (tiny_run / "results" / "report.html").read_text(errors="ignore")
     assert "memo_vs_dgrad" in html and len(html) > 100_000
 
@@ -172,7 +176,7 @@ def test_killed_training_job_resumes(tiny_run, tmp_path):
     )
     assert out.returncode != 0 and "stopped after epoch 7" in out.stderr
     assert (work / "results/resume/order0/none/random/none/base/task1.pt").exists()
-    snakemake("--directory", str(work), "--configfile", *TINY, "--cores", "2", f"{run}/task1/end.pt")
+    snakemake(f"{run}/task1/end.pt", "--directory", str(work), "--cores", "2", "--configfile", *TINY)
     resumed = torch.load(work / run / "task1/end.pt", weights_only=True)["model"]
     assert all(torch.equal(ref[k], resumed[k]) for k in ref)
 
