@@ -63,22 +63,18 @@ def mean_abs_weight(model: nn.Module) -> float:
 
 
 def _forward_batches(model, images, batch_size, device, faithful, seed):
-    """Yield (index, Forward) over the evaluated samples: all of them in eval mode, or one seeded
-    random batch of FAITHFUL_BATCH through batch statistics."""
+    """Yield (index, Forward) over the evaluated samples in batches: all samples with the running
+    statistics, or (faithful) one seeded random batch of FAITHFUL_BATCH samples normalized with its
+    own statistics (computed on the whole batch first, then applied chunk by chunk)."""
     trainable, frozen, buffers = split_state(model, device)
     state = {**trainable, **frozen}
     dtype = next(iter(state.values())).dtype
-    n = len(images)
+    idx = torch.arange(len(images))
     if faithful:
-        gen = torch.Generator().manual_seed(seed)
-        idx = torch.randperm(n, generator=gen)[:FAITHFUL_BATCH].sort().values
-        x = images[idx].to(device, dtype)
-        bufs = batch_stat_buffers(model, state, buffers, x)
-        yield idx, functional_call(model, {**state, **bufs}, (x,), {"return_acts": True})
-        return
-    for s in range(0, n, batch_size):
-        idx = torch.arange(s, min(s + batch_size, n))
-        yield idx, functional_call(model, {**state, **buffers}, (images[idx].to(device, dtype),), {"return_acts": True})
+        idx = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:FAITHFUL_BATCH].sort().values
+        buffers = batch_stat_buffers(model, state, buffers, images[idx].to(device, dtype))
+    for chunk in idx.split(batch_size):
+        yield chunk, functional_call(model, {**state, **buffers}, (images[chunk].to(device, dtype),), {"return_acts": True})
 
 
 @torch.no_grad()

@@ -16,8 +16,8 @@ How each is computed for a whole batch at once:
 - One backward pass of sum_i loss_i w.r.t. the *input* gives every input gradient. Hooks on every
   Conv2d / Linear / BatchNorm layer receive the layer's input a_i and output gradient b_i on the
   way and turn them into ||d loss_i / d W||^2 per sample (formulas in ``_linear_sqnorms``,
-  ``_conv_sqnorms``, ``_bn_sqnorms``), so parameter gradients are never formed for the batch
-  and never per sample for the whole network.
+  ``_conv_sqnorms``, ``_bn_sqnorms``); per-sample gradients exist at most for one layer (and
+  one chunk of samples) at a time.
 - With BatchNorm in eval mode samples do not interact, so d(sum_j loss_j)/d(layer output of i)
   = d loss_i / d(layer output of i): every per-sample quantity is independent of the batch.
 - Alignment: one forward-mode JVP of theta -> (loss_1..loss_N) along G gives every g_i . G;
@@ -146,12 +146,13 @@ def _conv_sqnorms(conv: nn.Conv2d, a: torch.Tensor, b: torch.Tensor, max_element
     P output positions) and output gradient B_i (C_out x P): grad_W loss_i = B_i U_i^T and
     grad_bias loss_i = B_i 1. ||B_i U_i^T||^2 is formed from the per-sample weight gradients (one
     grouped weight-gradient convolution with the batch as groups, cost ~ P C_out C_in k^2) or,
-    when cheaper (few positions, many channels), as the "ghost norm"
+    when about as cheap or cheaper (few positions, many channels), as the "ghost norm"
     sum_pq (B_i^T B_i)_pq (U_i^T U_i)_pq (cost P^2 (C_out + C_in k^2))."""
     bias2 = b.sum((2, 3)).square().sum(1)
     n, c_out, p = b.shape[0], b.shape[1], b.shape[2] * b.shape[3]
     d = a.shape[1] * conv.kernel_size[0] * conv.kernel_size[1]
-    ghost = p * (c_out + d) < c_out * d
+    # 1.5: grouped weight-gradient convolutions lose efficiency on small maps (benchmarks/bench_probes.py)
+    ghost = p * (c_out + d) < 1.5 * c_out * d
     per_sample = p * (p + d) if ghost else c_out * d + a[0].numel() + b[0].numel()
     chunk = max(1, max_elements // per_sample)
     weight2 = []
@@ -209,10 +210,13 @@ class GradNormHooks:
             self.layers.append((mod, fn, own.get("weight", False), own.get("bias", False)))
         self.sq = None
         self.handles = []
+        self.seen = set()
 
     @contextlib.contextmanager
     def active(self, n: int, dtype, device):
+        """Hooks registered for one forward + backward of a batch of ``n`` samples."""
         self.sq = torch.zeros(n, dtype=dtype, device=device)
+        self.seen = set()
         self.handles = [spec[0].register_forward_hook(functools.partial(self._forward, spec)) for spec in self.layers]
         try:
             yield self
@@ -222,6 +226,9 @@ class GradNormHooks:
             self.handles = []
 
     def _forward(self, spec, mod, inputs, out):
+        if mod in self.seen:  # a shared layer's gradient is a sum over its uses: norms do not add up
+            raise NotImplementedError(f"{type(mod).__name__} layer called twice in one forward pass")
+        self.seen.add(mod)
         if out.requires_grad:
             a = inputs[0].detach()
             if isinstance(mod, _BN):  # the statistics in use now (functional_call swaps them back later)

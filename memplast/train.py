@@ -148,6 +148,12 @@ def _reinit(module: torch.nn.Module, seed: int) -> None:
         init_reference(module)
 
 
+def _loaded(model, weights):
+    """``model`` holding ``weights`` (the caller reloads its own state afterwards)."""
+    model.load_state_dict(weights)
+    return model
+
+
 # --------------------------------------------------------------------------- one task of a run
 @dataclass
 class RunSpec:
@@ -257,6 +263,7 @@ def run_task(spec: RunSpec, prepared: Prepared, protocol: dict, model_cfg: dict,
 
     # ------------------------------------------------------------------ resume
     start_epoch, best, rows, order_rows = 0, None, [], []
+    saved = {}  # checkpoints written so far in this task: epoch -> weights (kept for a resume)
     if Path(resume_path).exists():
         r = torch.load(resume_path, map_location=device, weights_only=False)
         if r["spec"] == spec.name and r["task"] == t and r["config"] == json.dumps(provenance, sort_keys=True, default=str):
@@ -265,6 +272,11 @@ def run_task(spec: RunSpec, prepared: Prepared, protocol: dict, model_cfg: dict,
             generator.set_state(r["generator"].cpu())
             noise_gen.set_state(r["noise_generator"].cpu())
             base, best, rows, order_rows, start_epoch = r["base"], r["best"], r["metrics"], r["orders"], r["epoch"]
+            saved = r["saved"]
+            # Snakemake removes the outputs of a killed job: write its earlier checkpoints again
+            for g, weights in saved.items():
+                save_checkpoint(checkpoints[g], _loaded(model, weights), {**meta, "epoch": g, "task": t, "seen": seen.tolist()}, provenance)
+            model.load_state_dict(r["model"])
             log.info("%s: resuming after task-epoch %d from %s", where, start_epoch, resume_path)
         else:
             log.info("%s: ignoring stale resume file %s", where, resume_path)
@@ -294,12 +306,14 @@ def run_task(spec: RunSpec, prepared: Prepared, protocol: dict, model_cfg: dict,
             best = {"val_acc": val_acc, "epoch": g, "model": copy.deepcopy(model.state_dict())}
         if g in checkpoints and g != (t + 1) * E:
             save_checkpoint(checkpoints[g], model, {**meta, "epoch": g, "task": t, "seen": seen.tolist()}, provenance)
+            saved[g] = copy.deepcopy(model.state_dict())
         if (e + 1) % protocol["state_every"] == 0 and e + 1 < E:
             with atomic_path(resume_path) as tmp:
                 torch.save({"spec": spec.name, "task": t, "config": json.dumps(provenance, sort_keys=True, default=str),
                             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                             "generator": generator.get_state(), "noise_generator": noise_gen.get_state(),
-                            "base": base, "best": best, "metrics": rows, "orders": order_rows, "epoch": e + 1}, tmp)
+                            "base": base, "best": best, "metrics": rows, "orders": order_rows, "epoch": e + 1,
+                            "saved": saved}, tmp)
         if stop_after_epoch is not None and g >= stop_after_epoch:
             raise KeyboardInterrupt(f"stopped after epoch {g} (test hook)")
 

@@ -106,7 +106,7 @@ rule figure_conditions:
     output:
         pdf=report(
             "results/figures/{name}.pdf",
-            caption="../report/{name}.rst",
+            caption="../report/condition_figure.rst",
             category="Conditions",
         ),
         png="results/figures/{name}.png",

@@ -63,12 +63,19 @@ def reference(model, x, y, masks, direction=None):
     gradients w.r.t. parameters and input, g.G and G^T H G by double backward."""
     model = copy.deepcopy(model).eval()
     names, params = zip(*[(n, p) for n, p in model.named_parameters() if p.requires_grad], strict=True)
-    out = {k: [] for k in ("loss", "margin", "correct", "confidence", "grad_norm", "input_grad_norm", "dot", "ghg")}
+    out = {k: [] for k in ("loss", "margin", "correct", "confidence", "grad_norm", "input_grad_norm", "dot", "ghg",
+                           "dormant_t0.01", "dormant_t0.01_layers")}
     for i in range(len(y)):
+        with torch.no_grad():
+            acts = model(x[i:i + 1], return_acts=True).acts
+        rates = [[(a[0, c] > 0).double().mean().item() for c in range(a.shape[1])] for a in acts]
+        out["dormant_t0.01"].append(sum(r <= 0.01 for layer in rates for r in layer) / sum(map(len, rates)))
+        out["dormant_t0.01_layers"].append([sum(r <= 0.01 for r in layer) / len(layer) for layer in rates])
         mask = masks[i]
         if not mask[y[i]]:
-            for v in out.values():
-                v.append(math.nan)
+            for k, v in out.items():
+                if not k.startswith("dormant"):
+                    v.append(math.nan)
             continue
         xi = x[i:i + 1].clone().requires_grad_()
         z = model(xi)
@@ -105,8 +112,11 @@ def test_every_quantity_matches_per_sample_loop(arch):
     G = {n: 0.1 * torch.randn_like(p) for n, p in model.named_parameters()}
     got = probes.probe_checkpoint(model, x, y, eval_masks, NEXT, batch_size=4, direction=G, eta=0.3)
     ref = reference(model, x, y, eval_masks, G)
-    for k in ("loss", "margin", "correct", "confidence", "grad_norm", "input_grad_norm"):
+    for k in ("loss", "margin", "correct", "confidence", "grad_norm", "input_grad_norm", "dormant_t0.01"):
         close(got[k], ref[k])
+    layers = ref["dormant_t0.01_layers"]
+    close(torch.stack([got[f"dormant_t0.01_L{j}"] for j in range(layers.shape[1])], 1), layers)
+    assert f"dormant_t0.01_L{layers.shape[1]}" not in got and layers.std(0).max() > 0
     close(got["align_dot"], ref["dot"])
     g_norm = torch.sqrt(sum(v.square().sum() for v in G.values()))
     close(got["align_cos"], ref["dot"] / (ref["grad_norm"] * g_norm))
@@ -343,6 +353,19 @@ def test_unsupported_layer_is_refused():
 
     with pytest.raises(NotImplementedError, match="LayerNorm"):
         probes.probe_checkpoint(WithLayerNorm(), torch.randn(2, 4), torch.tensor([0, 1]), OLD, OLD)
+
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(C, C)
+
+        def forward(self, x, return_acts=False):
+            h = torch.relu(self.fc(x))
+            z = self.fc(h)
+            return Forward(z, [h], h) if return_acts else z
+
+    with pytest.raises(NotImplementedError, match="called twice"):
+        probes.probe_checkpoint(Shared(), torch.randn(2, C), torch.tensor([0, 1]), OLD, OLD)
 
 
 def boundary_inputs():

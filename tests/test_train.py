@@ -4,6 +4,7 @@ weighting, determinism and bitwise resume after a kill."""
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -107,9 +108,13 @@ def test_killed_and_resumed_task_ends_bitwise_identical(tmp_path, small, digits)
     _run(tmp_path / "k", small, digits, 0)
     prev = str(tmp_path / "k" / "t0" / "end.pt")
     with pytest.raises(KeyboardInterrupt):
-        _run(tmp_path / "k", small, digits, 1, prev=prev, stop=4 + 3)
+        _run(tmp_path / "k", small, digits, 1, prev=prev, stop=4 + 3, ckpt_all=True)
     assert (tmp_path / "k" / "resume" / "t1.pt").exists()
-    m, _ = _run(tmp_path / "k", small, digits, 1, prev=prev)
+    # a killed Snakemake job loses its outputs: the resumed job must write all of them again
+    for f in (tmp_path / "k" / "t1").glob("*.pt"):
+        f.unlink()
+    m, ckpts = _run(tmp_path / "k", small, digits, 1, prev=prev, ckpt_all=True)
+    assert all(Path(p).exists() for p in ckpts.values())
     assert not (tmp_path / "k" / "resume" / "t1.pt").exists()
     assert _same(_weights(tmp_path / "k" / "t1" / "end.pt"), _weights(tmp_path / "ref" / "t1" / "end.pt"))
     ref_m = pd.read_parquet(tmp_path / "ref" / "t1" / "m.parquet")

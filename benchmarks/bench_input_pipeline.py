@@ -1,0 +1,143 @@
+"""Images per second of the batched input pipeline against a reference-style torchvision pipeline.
+
+Rows (CIFAR-shaped synthetic uint8 images from memplast.data.make_synthetic, batch 90, the same
+cores for every row, i.e. torch's thread count):
+
+- ``reference``: the Dohare et al. style pipeline: a Dataset returning one normalized float image
+  at a time through torchvision's RandomCrop(32, padding=4, padding_mode="reflect"),
+  RandomHorizontalFlip and RandomRotation((0, 15)), batched by a shuffling DataLoader. Timed with
+  ``num_workers=0`` and with one worker per core; the faster of the two is the reference (ratio 1).
+- ``memplast``: memplast.train.DeviceData.batch: index the uint8 tensor, memplast.augment.normalize,
+  then memplast.augment.augment on the whole batch (one sampling grid per batch).
+- ``train epoch``: one epoch of ResNet-18 width 16 (memplast.models.ResNet18, 100 outputs) through
+  memplast.train.train_epoch with the memplast pipeline: how fast training consumes images, and how
+  much of the epoch the input pipeline takes.
+
+Goal: memplast >= 10x the reference's images/s. Usage: python benchmarks/bench_input_pipeline.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
+
+from memplast.data import Prepared, channel_stats, make_synthetic
+from memplast.models import ResNet18, class_mask
+from memplast.train import DeviceData, make_optimizer, train_epoch
+
+BATCH = 90
+N_CLASSES = 100
+AUG = {"crop_padding": 4, "flip": True, "rotation_degrees": 15.0}
+GOAL = 10.0
+
+
+def synthetic_prepared(n_images: int) -> Prepared:
+    """A Prepared training set of CIFAR-shaped synthetic images (all in the train split)."""
+    images, labels = make_synthetic(N_CLASSES, (3, 32, 32), -(-n_images // N_CLASSES), seed=0)
+    images, labels = images[:n_images], labels[:n_images]
+    mean, std = channel_stats(images)
+    n = len(labels)
+    return Prepared(name="synthetic", images=images, labels=labels, orig_labels=labels.copy(),
+                    noisy=np.zeros(n, dtype=bool), sample_id=np.arange(n), source=np.full(n, "train"),
+                    split=np.full(n, "train"), mean=mean, std=std, n_classes=N_CLASSES)
+
+
+class ReferenceDataset(Dataset):
+    """One image at a time, as the reference: uint8 tensor -> float in [0, 1] -> torchvision Normalize,
+    RandomCrop, RandomHorizontalFlip, RandomRotation."""
+
+    def __init__(self, p: Prepared):
+        self.images = torch.as_tensor(p.images)
+        self.labels = torch.as_tensor(p.labels)
+        self.transform = transforms.Compose([
+            transforms.Normalize(p.mean, p.std),
+            transforms.RandomCrop(32, padding=AUG["crop_padding"], padding_mode="reflect"),
+            transforms.RandomHorizontalFlip(),
+            transforms.RandomRotation((0, AUG["rotation_degrees"])),
+        ])
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.transform(self.images[i].float() / 255.0), self.labels[i]
+
+
+def time_reference(p: Prepared, workers: int) -> float:
+    """Images/s of one pass over the DataLoader (after its workers started and made one batch)."""
+    torch.manual_seed(0)
+    loader = DataLoader(ReferenceDataset(p), batch_size=BATCH, shuffle=True, num_workers=workers,
+                        persistent_workers=workers > 0)
+    next(iter(loader))  # warm-up: worker start-up is not counted
+    t0 = time.perf_counter()
+    n = sum(len(y) for _, y in loader)
+    return n / (time.perf_counter() - t0)
+
+
+def time_memplast(p: Prepared, min_seconds: float) -> float:
+    """Images/s of DeviceData.batch with augmentation over shuffled rows, repeated for >= min_seconds."""
+    data = DeviceData(p, torch.device("cpu"))
+    gen = torch.Generator().manual_seed(0)
+    rows = np.random.default_rng(0).permutation(len(p.labels))
+    data.batch(rows[:BATCH], gen, AUG)  # warm-up
+    n, t0 = 0, time.perf_counter()
+    while True:
+        for start in range(0, len(rows), BATCH):
+            x, y = data.batch(rows[start : start + BATCH], gen, AUG)
+            n += len(y)
+        if time.perf_counter() - t0 >= min_seconds:
+            return n / (time.perf_counter() - t0)
+
+
+def time_epoch(p: Prepared) -> float:
+    """Images/s of one train_epoch of ResNet-18 width 16 (after one warm-up batch)."""
+    torch.manual_seed(0)
+    model = ResNet18(N_CLASSES, 3, 16)
+    optimizer = make_optimizer(model, lr=0.1, momentum=0.9, weight_decay=5e-4)
+    data = DeviceData(p, torch.device("cpu"))
+    mask = class_mask(range(N_CLASSES), N_CLASSES)
+    gen = torch.Generator().manual_seed(0)
+    rows = np.random.default_rng(0).permutation(len(p.labels))
+    train_epoch(model, optimizer, data, rows[:BATCH], mask, BATCH, gen, AUG)  # warm-up
+    t0 = time.perf_counter()
+    train_epoch(model, optimizer, data, rows, mask, BATCH, gen, AUG, where="benchmark")
+    return len(rows) / (time.perf_counter() - t0)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer images (about 20 s instead of about 1 min)")
+    args = ap.parse_args(argv)
+    n_pipeline, n_epoch, min_seconds = (1800, 900, 1.0) if args.quick else (5400, 2700, 3.0)
+    cores = torch.get_num_threads()
+    print(f"torch {torch.__version__}, {cores} threads; batch {BATCH}; {n_pipeline} images "
+          f"for the pipelines, {n_epoch} for the epoch")
+
+    p = synthetic_prepared(n_pipeline)
+    rates = {
+        "reference, workers=0": time_reference(p, 0),
+        f"reference, workers={cores}": time_reference(p, cores),
+        "memplast (normalize+augment)": time_memplast(p, min_seconds),
+        "train epoch, ResNet-18 w16": time_epoch(synthetic_prepared(n_epoch)),
+    }
+    reference = max(rates["reference, workers=0"], rates[f"reference, workers={cores}"])
+    width = max(map(len, rates))
+    print(f"\n{'pipeline':<{width}} {'images/s':>10} {'x reference':>12}")
+    for name, rate in rates.items():
+        print(f"{name:<{width}} {rate:>10.0f} {rate / reference:>12.2f}")
+
+    ours, epoch = rates["memplast (normalize+augment)"], rates["train epoch, ResNet-18 w16"]
+    ratio = ours / reference
+    print(f"summary: batched augmentation {ours:.0f} images/s = {ratio:.1f}x the torchvision reference "
+          f"({reference:.0f} images/s; goal >= {GOAL:g}x: {'met' if ratio >= GOAL else 'NOT met'}); "
+          f"a ResNet-18 w16 epoch runs at {epoch:.0f} images/s, of which the input pipeline takes "
+          f"{100 * epoch / ours:.1f}%")
+
+
+if __name__ == "__main__":
+    main()

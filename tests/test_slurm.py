@@ -1,0 +1,144 @@
+"""The workflow through a real SLURM cluster (one node on localhost, ci/slurm-up.sh) with
+profiles/slurm gives the same tables as a local run of the same configuration.
+
+The fixture installs Debian's SLURM when `sinfo` is missing, starts munged, slurmctld and slurmd
+(unless a cluster is already up), and stops what it started at teardown, also when the test fails.
+It skips, with the reason, when not root, when apt fails or when the node never becomes idle.
+Without slurmdbd, `sacct` cannot report job states, so the run polls with squeue (docs/slurm.md).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import ROOT
+from test_workflow import SNAKEMAKE, TINY, parquet_tables
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+PARTITION = "debug"  # the placeholder partition of profiles/slurm, created by ci/slurm-up.sh
+# A subset of the tiny study that still crosses every stage (data, memo scores, training,
+# grouped probes, deltas, statistics, one figure): 22 jobs instead of 49, to keep the test short.
+TARGETS = ["results/stats/per_boundary.csv", "results/figures/memo_vs_dgrad.pdf"]
+SLURM_FLAGS = [
+    # No accounting database on the test cluster: sacct fails and the plugin would wait forever.
+    "--slurm-status-command", "squeue",
+    "--slurm-init-seconds-before-status-checks", "2",
+    # Keep every job's SLURM log (named <SLURM job id>.log), the evidence that SLURM ran it.
+    "--slurm-keep-successful-logs",
+]
+SUBMITTED = re.compile(r"Job (\S+) has been submitted with SLURM jobid (\d+) \(log: (\S+)\)")
+
+
+def run(cmd, timeout=600, **kw):
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def tail(text: str, n: int = 3000) -> str:
+    return text[-n:]
+
+
+def partition_state() -> str:
+    """State of the node in the test partition ('' when SLURM does not answer)."""
+    if shutil.which("sinfo") is None:
+        return ""
+    out = run(["sinfo", "-h", "-p", PARTITION, "-o", "%T"], timeout=30)
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def install_slurm() -> None:
+    """apt-get install Debian's SLURM and munge; skip the test when apt cannot."""
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for cmd in (["apt-get", "update"],
+                ["apt-get", "install", "-y", "--no-install-recommends", "slurmctld", "slurmd", "slurm-client", "munge"]):
+        out = run(cmd, env=env)
+        if out.returncode != 0:
+            pytest.skip(f"cannot install SLURM: `{' '.join(cmd)}` failed: {tail(out.stderr, 300).strip()}")
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster():
+    if os.geteuid() != 0:
+        pytest.skip("the SLURM test needs root (it installs Debian's slurm and starts its daemons); run pytest as root")
+    if shutil.which("sinfo") is None:
+        install_slurm()
+    if partition_state() in ("idle", "mixed", "allocated"):
+        yield "already running"  # someone else's cluster (e.g. a manual ci/slurm-up.sh): leave it up
+        return
+    up = run(["bash", str(ROOT / "ci" / "slurm-up.sh")], timeout=300)
+    try:
+        if up.returncode != 0:
+            pytest.skip(f"local SLURM did not come up (node never idle): {tail(up.stderr, 500).strip()}")
+        yield "started"
+    finally:
+        down = run(["bash", str(ROOT / "ci" / "slurm-down.sh")], timeout=120)
+        assert down.returncode == 0, down.stderr
+
+
+def test_tiny_workflow_through_slurm_matches_local_run(slurm_cluster, tmp_path):
+    through_slurm, local = tmp_path / "slurm", tmp_path / "local"
+    through_slurm.mkdir()
+    local.mkdir()
+    common = [*TARGETS, "--snakefile", str(ROOT / "Snakefile")]
+    # The local reference run goes alongside: the SLURM run mostly waits for status polls.
+    local_log = open(tmp_path / "local.log", "w")
+    local_run = subprocess.Popen(
+        [SNAKEMAKE, *common, "--directory", str(local), "--cores", "2", "--configfile", *TINY],
+        cwd=ROOT, stdout=local_log, stderr=subprocess.STDOUT,
+    )
+    try:
+        t0 = time.perf_counter()
+        out = run(
+            ["timeout", "-k", "10", "1200", SNAKEMAKE, *common, "--profile", str(ROOT / "profiles" / "slurm"),
+             "--directory", str(through_slurm), *SLURM_FLAGS, "--configfile", *TINY],
+            cwd=ROOT, timeout=1300,
+        )
+        seconds = time.perf_counter() - t0
+        local_rc = local_run.wait(timeout=1200)
+    finally:
+        if local_run.poll() is None:
+            local_run.kill()
+            local_run.wait()
+        local_log.close()
+    log = out.stdout + out.stderr
+    assert out.returncode != 124, f"SLURM run timed out after 1200 s:\n{tail(log)}"
+    assert out.returncode == 0, f"SLURM run failed (rc {out.returncode}):\n{tail(log)}"
+    assert local_rc == 0, f"local run failed:\n{tail((tmp_path / 'local.log').read_text())}"
+    print(f"SLURM run: {seconds:.0f} s")
+
+    # Jobs really went through SLURM: each submission has a SLURM job id and its sbatch log
+    # (<job id>.log) ends with the inner Snakemake's completion.
+    submissions = SUBMITTED.findall(log)
+    assert len(submissions) >= 15, f"only {len(submissions)} SLURM submissions:\n{tail(log)}"
+    for _, slurm_id, path in submissions:
+        slurm_log = Path(path)
+        assert slurm_log.name == f"{slurm_id}.log" and slurm_log.exists(), path
+        assert "(100%) done" in slurm_log.read_text(), f"SLURM job {slurm_id} did not finish: {path}"
+    logdir = through_slurm / ".snakemake" / "slurm_logs"
+    for rule in ("prepare", "memo_scorer", "memo_curvature", "train_task", "deltas"):
+        assert list((logdir / f"rule_{rule}").rglob("*.log")), f"no SLURM job ran rule {rule}"
+    # The 4 probe jobs share one submission (group "probes", group-components in the profile).
+    assert len(list((logdir / "group_probes_probe").glob("*.log"))) == 1
+    assert "probe" not in {p.name.removeprefix("rule_") for p in logdir.iterdir()}
+    # SLURM itself reports them COMPLETED (jobs stay in squeue for MinJobAge=300 s).
+    states = run(["squeue", "--states=all", "-h", "-o", "%i %T"], timeout=30).stdout.split("\n")
+    states = dict(line.split() for line in states if line.strip())
+    ours = [states[i] for _, i, _ in submissions if i in states]
+    assert ours and set(ours) == {"COMPLETED"}, ours
+
+    # Same numbers: every Parquet table and the targeted statistics table.
+    a, b = parquet_tables(local), parquet_tables(through_slurm)
+    assert a.keys() == b.keys() and len(a) > 10, sorted(set(a) ^ set(b))
+    for key in a:
+        pd.testing.assert_frame_equal(a[key], b[key], check_exact=True, obj=key)
+    csv = "results/stats/per_boundary.csv"
+    pd.testing.assert_frame_equal(pd.read_csv(local / csv), pd.read_csv(through_slurm / csv), check_exact=True)
+    assert (through_slurm / "results/figures/memo_vs_dgrad.pdf").stat().st_size > 1000
