@@ -203,7 +203,8 @@ class GradNormHooks:
                 raise NotImplementedError(
                     f"per-sample gradient norms support Conv2d, Linear and BatchNorm layers; "
                     f"{name or 'the model'} ({type(mod).__name__}) has trainable parameters {sorted(own)}")
-            if isinstance(mod, nn.Conv2d) and (mod.groups != 1 or mod.padding_mode != "zeros" or isinstance(mod.padding, str)):
+            conv = isinstance(mod, nn.Conv2d)
+            if conv and (mod.groups != 1 or mod.padding_mode != "zeros" or isinstance(mod.padding, str)):
                 raise NotImplementedError(f"{name}: only groups=1 convolutions with numeric zero padding are supported")
             if isinstance(mod, _BN) and mod.running_mean is None:
                 raise NotImplementedError(f"{name}: BatchNorm without running statistics is not supported")
@@ -300,7 +301,8 @@ def _as_tensor(a, dtype=None) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- alignment
-def mean_gradient(model: nn.Module, images, labels, mask, batch_size: int = 256, device="cpu", bn_mode: str = "eval") -> dict:
+def mean_gradient(model: nn.Module, images, labels, mask, batch_size: int = 256, device="cpu",
+                  bn_mode: str = "eval") -> dict:
     """G = (1/N) sum_i grad_theta loss_i (mask ``mask``) over the given samples, as a dict over
     the trainable parameters (BatchNorm per ``bn_mode``)."""
     images, labels = _as_tensor(images), _as_tensor(labels, torch.long)
