@@ -27,6 +27,21 @@ include: "rules/probe.smk"
 include: "rules/stats.smk"
 
 
+# Cheap jobs (and downloads, since compute nodes often lack internet) run on the
+# submitting node when a cluster executor is used.
+localrules:
+    all,
+    download,
+    feldman_zhang_download,
+    stats_primary,
+    stats_conditions,
+    figure_memo_vs_outcome,
+    figure_conditions,
+    figure_class_balance,
+    figure_order_diagnostics,
+    memo_validation,
+
+
 rule all:
     default_target: True
     input:

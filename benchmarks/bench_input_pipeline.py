@@ -124,7 +124,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.threads < 1:
         raise SystemExit("bench_input_pipeline.py: --threads must be >= 1")
-    n_pipeline, n_epoch, rounds = (900, 270, 2) if args.quick else (2700, 900, 3)
+    n_pipeline, n_epoch, rounds = (900, 270, 3) if args.quick else (1800, 900, 5)
     cores = args.threads
     torch.set_num_threads(cores)
     print(f"torch {torch.__version__}, {cores} threads; batch {BATCH}; pipelines: best of {rounds} "

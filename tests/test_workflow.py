@@ -49,7 +49,7 @@ def test_dry_run_demo(tmp_path):
     out = snakemake("-n", "--directory", str(tmp_path), "--configfile", *DEMO)
     counts = job_counts(out.stdout)
     assert counts["train_task"] == 2 * 5 * 5  # 2 class orders x 5 conditions x 5 tasks
-    assert counts["probe"] == 2 * 5 * 4 and counts["memo_curvature"] == 10
+    assert counts["probe"] == 2 * 4 * 4 and counts["memo_curvature"] == 5  # no probes of retrained references
 
 
 def test_dry_run_paper_scale_is_fast(tmp_path):
