@@ -21,7 +21,6 @@ Conventions shared by every function here:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
@@ -32,7 +31,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from memplast.models import masked_labels, masked_logits, per_sample_loss
+from memplast.models import eval_mode, masked_labels, masked_logits, per_sample_loss
 
 log = logging.getLogger("memplast.curvature")
 
@@ -53,16 +52,6 @@ NOT_PIECEWISE_LINEAR = (
 
 
 # --------------------------------------------------------------------------- helpers
-@contextlib.contextmanager
-def eval_mode(model: nn.Module):
-    """Put every submodule in eval mode; restore each one's previous flag on exit."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, training in flags:
-            m.training = training
 
 
 def summed_loss(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

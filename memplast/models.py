@@ -8,6 +8,7 @@ the exact curvature (``curvature.exact_ggn``) relies on.
 
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple
 
 import torch
@@ -127,6 +128,18 @@ def build_model(arch: str, num_classes: int, in_channels: int, width: int) -> nn
     if arch not in ARCHS:
         raise ValueError(f"unknown model.arch {arch!r}; choose one of {sorted(ARCHS)}")
     return ARCHS[arch](num_classes=num_classes, in_channels=in_channels, width=width)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """Every submodule in eval mode; each one's previous flag is restored on exit."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in flags:
+            m.training = training
 
 
 def head(model: nn.Module) -> nn.Linear:

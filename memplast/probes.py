@@ -47,6 +47,8 @@ from torch import nn
 from torch.func import functional_call, jvp
 from tqdm import tqdm
 
+from memplast.models import eval_mode
+
 log = logging.getLogger("memplast.probes")
 
 TAUS = (0.0, 1e-3, 1e-2)
@@ -243,16 +245,6 @@ class GradNormHooks:
 
 
 # --------------------------------------------------------------------------- model plumbing
-@contextlib.contextmanager
-def eval_mode(model: nn.Module):
-    """Every submodule in eval mode; each one's previous flag is restored on exit."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, training in flags:
-            m.training = training
 
 
 def split_state(model: nn.Module, device) -> tuple:

@@ -154,6 +154,17 @@ def _loaded(model, weights):
     return model
 
 
+def shrink_perturb_step(model, sp: dict, generator: torch.Generator):
+    """After every SGD step: theta <- shrink * theta + N(0, noise_std^2), for every parameter."""
+
+    @torch.no_grad()
+    def step():
+        for p in model.parameters():
+            p.mul_(sp["shrink"]).add_(torch.randn(p.shape, generator=generator, device=p.device) * sp["noise_std"])
+
+    return step
+
+
 # --------------------------------------------------------------------------- one task of a run
 @dataclass
 class RunSpec:
@@ -246,12 +257,7 @@ def run_task(spec: RunSpec, prepared: Prepared, protocol: dict, model_cfg: dict,
 
     after_step = None
     if spec.algorithm == "shrink_perturb":
-        sp = protocol["shrink_perturb"]
-
-        @torch.no_grad()
-        def after_step():
-            for p in model.parameters():
-                p.mul_(sp["shrink"]).add_(torch.randn(p.shape, generator=noise_gen, device=device) * sp["noise_std"])
+        after_step = shrink_perturb_step(model, protocol["shrink_perturb"], noise_gen)
 
     weight_of = None
     if spec.weighting_alpha != 0.0:

@@ -55,7 +55,7 @@ def test_bad_values_are_rejected_with_the_key_named(overrides, message):
 
 
 def test_quantile_one_is_allowed():
-    cfg = load(conditions={"filters": ["none", "per_class-q1", "global-q0.95"]})
+    load(conditions={"filters": ["none", "per_class-q1", "global-q0.95"]})
     assert mpconfig.parse_filter("per_class-q1").quantile == 1.0
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from memplast import data, train
-from memplast.models import SmallCNN, class_mask, load_checkpoint, per_sample_loss
+from memplast.models import class_mask, load_checkpoint, per_sample_loss
 
 
 def test_lr_at_every_task_epoch():
