@@ -194,13 +194,17 @@ def _rho_panel(ax, pb: pd.DataFrame, pooled: pd.DataFrame, kind: str, title: str
         ax.errorbar(x, r, yerr=np.abs(err), color=st["color"], marker=st["marker"], linestyle=st["linestyle"],
                     linewidth=0.9, markersize=4, capsize=2, elinewidth=0.7, alpha=0.85, label=f"order {order}")
     pooled = pooled[(pooled["kind"] == kind) & (pooled["level"] == "boundary")].sort_values("boundary")
-    pooled = pooled.assign(**{c: pooled[c].where(pooled["k"] >= 2) for c in ("r_pooled", "ci_low", "ci_high")})
-    if len(orders) >= 2 and np.isfinite(pooled["r_pooled"].to_numpy(float)).any():  # pooled needs >= 2 orders
+    # random-effects (DerSimonian-Laird) pooling when the table has it: class orders differ
+    re = "_re" if "r_pooled_re" in pooled else ""
+    cols = (f"r_pooled{re}", f"ci_low{re}", f"ci_high{re}")
+    pooled = pooled.assign(**{c: pooled[c].where(pooled["k"] >= 2) for c in cols})
+    if len(orders) >= 2 and np.isfinite(pooled[cols[0]].to_numpy(float)).any():  # pooled needs >= 2 orders
         b = pooled["boundary"].to_numpy(float)
-        ax.fill_between(b, pooled["ci_low"].to_numpy(float), pooled["ci_high"].to_numpy(float),
+        ax.fill_between(b, pooled[cols[1]].to_numpy(float), pooled[cols[2]].to_numpy(float),
                         color="0.2", alpha=0.18, linewidth=0)
-        ax.plot(b, pooled["r_pooled"].to_numpy(float), color="black", marker="D", linestyle="-", linewidth=2,
-                markersize=5, label=f"Fisher-z pooled ({len(orders)} orders) + 95% CI")
+        label = "random-effects" if re else "Fisher-z"
+        ax.plot(b, pooled[cols[0]].to_numpy(float), color="black", marker="D", linestyle="-", linewidth=2,
+                markersize=5, label=f"{label} pooled ({len(orders)} orders) + 95% CI")
     elif len(orders) == 1:
         ax.text(0.02, 0.02, "single class order: no pooled estimate", transform=ax.transAxes, fontsize=8, color="0.3")
     if pb.empty or not np.isfinite(pb["spearman_r"].to_numpy(float)).any():

@@ -61,7 +61,8 @@ POOLED_MODEL_COLUMNS = (
     ["scope"] + RUN_KEYS + ["memo_source", "outcome", "kind", "model", "coef", "se", "ci_low",
                             "ci_high", "p", "n", "n_groups", "n_orders", "memo_sd", "converged"]
 )
-FISHER_COLUMNS = ["k", "n_total", "r_pooled", "ci_low", "ci_high", "z", "se", "p", "Q", "Q_df", "Q_p", "I2"]
+FISHER_COLUMNS = ["k", "n_total", "r_pooled", "ci_low", "ci_high", "z", "se", "p", "Q", "Q_df", "Q_p", "I2",
+                  "tau2", "r_pooled_re", "ci_low_re", "ci_high_re", "p_re"]
 POOLED_OVER_ORDERS_COLUMNS = CONDITION_KEYS + ["memo_source", "outcome", "kind", "level", "boundary"] + FISHER_COLUMNS
 TREND_COLUMNS = ["coef", "n_boundaries", "boundaries_used", "stride", "trend_rho", "p"]
 DECILE_COLUMNS = ["term", "decile", "n", "memo_min", "memo_max", "median", "ci_low", "ci_high", "p"]
@@ -386,7 +387,9 @@ def fisher_z_pool(r, n, ci_level: float = 0.95) -> dict:
     se = 1 / sqrt(sum w_i), r_pooled = tanh(z), CI = tanh(z -+ z_{1-alpha/2} se),
     p = 2 (1 - Phi(|z| / se)) for H0 rho = 0. Heterogeneity: Cochran's
     Q = sum w_i (z_i - z)^2 with df = k - 1, Q_p = P(chi2_df > Q), I2 = max(0, (Q - df) / Q)
-    (0 when Q = 0; Q_p and I2 are NaN when k < 2). Returns the FISHER_COLUMNS as a dict.
+    (0 when Q = 0; Q_p and I2 are NaN when k < 2). Random effects (k >= 2, the columns
+    ending in _re): DerSimonian-Laird tau2 = max(0, (Q - df) / (sum w - sum w^2 / sum w)),
+    pooled z with weights 1 / (1/w_i + tau2); with high I2 this wider interval is the honest one. Returns the FISHER_COLUMNS as a dict.
     """
     r = np.asarray(r, dtype=float)
     n = np.asarray(n, dtype=float)
@@ -408,6 +411,13 @@ def fisher_z_pool(r, n, ci_level: float = 0.95) -> dict:
     if k >= 2:
         out["Q_p"] = float(stats.chi2.sf(q, k - 1))
         out["I2"] = max(0.0, (q - (k - 1)) / q) if q > 0 else 0.0
+        # DerSimonian-Laird by hand: statsmodels' combine_effects does not truncate tau2 at 0
+        # (a negative tau2 there shrinks the interval below the fixed-effect one)
+        tau2 = max(0.0, (q - (k - 1)) / (np.sum(w) - np.sum(w**2) / np.sum(w)))
+        w_re = 1 / (1 / w + tau2)
+        z_re, se_re = float(np.sum(w_re * zi) / np.sum(w_re)), float(1 / np.sqrt(np.sum(w_re)))
+        out.update(tau2=tau2, r_pooled_re=math.tanh(z_re), ci_low_re=math.tanh(z_re - crit * se_re),
+                   ci_high_re=math.tanh(z_re + crit * se_re), p_re=float(2 * stats.norm.sf(abs(z_re) / se_re)))
     return out
 
 

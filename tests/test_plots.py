@@ -67,8 +67,8 @@ def test_memo_vs_outcome(tables, tmp_path):
     assert "log scale" in ax_b.get_xlabel() and ax_b.get_xscale() == "log"  # synthetic memo is log-normal
     assert ax_c.get_xlabel().startswith("memo decile") and "rows per hexagon" in cbar.get_ylabel()
     for ax in (ax_i, ax_w):
-        assert ax.get_legend_handles_labels()[1] == ["Fisher-z pooled (2 orders) + 95% CI", "order 0", "order 1"]
-        pooled_line = next(line for line in ax.get_lines() if line.get_label().startswith("Fisher"))
+        assert ax.get_legend_handles_labels()[1] == ["random-effects pooled (2 orders) + 95% CI", "order 0", "order 1"]
+        pooled_line = next(line for line in ax.get_lines() if line.get_label().startswith("random-effects"))
         y = pooled_line.get_ydata()  # boundary 0 has only order 1 finite: no pooled value there
         assert np.isnan(y[0]) and np.isfinite(y[1])
         order0 = ax.containers[0].lines[0].get_ydata()

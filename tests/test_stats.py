@@ -485,3 +485,25 @@ def test_other_bad_inputs():
         S.mediation(df, "memo", "memo", "y")
     with pytest.raises(ValueError, match="epochs_per_task"):
         S.run_all(S.synthetic_deltas(n_orders=1, n_classes=4, n_per_class=10), None, {"window": 3})
+
+
+def test_fisher_z_random_effects_follow_dersimonian_laird():
+    r, n = np.array([0.3, 0.5, 0.1]), np.array([53, 103, 28])
+    out = S.fisher_z_pool(r, n, ci_level=0.95)
+    z, w = np.arctanh(r), n - 3.0
+    z_fe = np.sum(w * z) / w.sum()
+    q = np.sum(w * (z - z_fe) ** 2)
+    tau2 = max(0.0, (q - 2) / (w.sum() - np.sum(w**2) / w.sum()))
+    w_re = 1 / (1 / w + tau2)
+    z_re = np.sum(w_re * z) / w_re.sum()
+    se_re = 1 / np.sqrt(w_re.sum())
+    assert out["tau2"] == pytest.approx(tau2)
+    assert out["r_pooled_re"] == pytest.approx(np.tanh(z_re))
+    assert out["ci_low_re"] == pytest.approx(np.tanh(z_re - 1.959964 * se_re), rel=1e-5)
+    assert out["ci_high_re"] - out["ci_low_re"] > out["ci_high"] - out["ci_low"]  # heterogeneity widens it
+
+
+def test_random_effects_equal_fixed_effects_without_heterogeneity():
+    out = S.fisher_z_pool([0.15, 0.17], [941, 930])
+    assert out["tau2"] == 0
+    assert out["ci_low_re"] == pytest.approx(out["ci_low"]) and out["ci_high_re"] == pytest.approx(out["ci_high"])
