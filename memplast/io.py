@@ -85,7 +85,7 @@ def read_parquet(path, columns=None) -> pd.DataFrame:
 
 
 def read_provenance(path) -> dict:
-    """The provenance record of a file written by this module (Parquet, CSV, checkpoint, npz)."""
+    """The provenance record of a workflow output (Parquet, CSV, checkpoint, npz, PDF)."""
     path = Path(path)
     if path.suffix == ".parquet":
         meta = pq.read_schema(path).metadata or {}
@@ -101,6 +101,10 @@ def read_provenance(path) -> dict:
 
         with np.load(path) as z:
             return json.loads(str(z["provenance_json"]))
+    if path.suffix == ".pdf":
+        from memplast.plots import read_pdf_provenance
+
+        return read_pdf_provenance(path)
     raise ValueError(f"no provenance reader for {path}")
 
 
