@@ -29,7 +29,7 @@ from tqdm import tqdm
 from memplast import augment, orderings
 from memplast.data import Prepared
 from memplast.io import atomic_path
-from memplast.models import build_model, class_mask, head, per_sample_loss, save_checkpoint
+from memplast.models import build_model, class_mask, eval_mode, head, per_sample_loss, save_checkpoint
 
 log = logging.getLogger("memplast.train")
 
@@ -89,16 +89,14 @@ class DeviceData:
 @torch.no_grad()
 def evaluate(model, data: DeviceData, rows: np.ndarray, mask: torch.Tensor, batch_size: int) -> tuple[float, float]:
     """Mean loss and accuracy over ``rows`` with logits masked to the seen classes (eval-mode BN)."""
-    was_training = model.training
-    model.eval()
     total_loss, correct = 0.0, 0
-    for start in range(0, len(rows), batch_size):
-        x, y = data.batch(rows[start : start + batch_size])
-        logits = model(x)
-        total_loss += per_sample_loss(logits, y, mask).sum().item()
-        pred = logits.masked_fill(~mask, float("-inf")).argmax(1)
-        correct += (pred == y).sum().item()
-    model.train(was_training)
+    with eval_mode(model):
+        for start in range(0, len(rows), batch_size):
+            x, y = data.batch(rows[start : start + batch_size])
+            logits = model(x)
+            total_loss += per_sample_loss(logits, y, mask).sum().item()
+            pred = logits.masked_fill(~mask, float("-inf")).argmax(1)
+            correct += (pred == y).sum().item()
     n = max(len(rows), 1)
     return total_loss / n, correct / n
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from memplast import config as mpconfig
 from memplast import data
@@ -29,3 +30,25 @@ def paper_config() -> dict:
 @pytest.fixture(scope="session")
 def digits(demo_config) -> data.Prepared:
     return data.prepare(demo_config["dataset"])
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: OpenMP threads only add overhead (and stall on a busy machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def randomize_bn(model, seed=0):
+    """Non-trivial BatchNorm affine parameters and running statistics (returns the model)."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
+            with torch.no_grad():
+                m.weight.copy_(1 + 0.3 * torch.randn(m.weight.shape, generator=g, dtype=m.weight.dtype))
+                m.bias.copy_(0.3 * torch.randn(m.bias.shape, generator=g, dtype=m.bias.dtype))
+                m.running_mean.copy_(0.2 * torch.randn(m.running_mean.shape, generator=g, dtype=m.running_mean.dtype))
+                m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g, dtype=m.running_var.dtype))
+    return model

@@ -14,31 +14,16 @@ from memplast.data import prepare
 from memplast.memo_validation import noise_auroc
 from memplast.models import ResNet18, SmallCNN, class_mask, per_sample_loss
 
+from conftest import randomize_bn
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 C = 6
 MASK = class_mask([0, 1, 2, 4], C)  # class 3 and 5 unseen
 SHAPE = (1, 8, 8)
 D = 64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These nets are tiny: one thread is faster and does not fight other jobs for the CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def randomize_bn(model, seed=0):
-    """Non-trivial BatchNorm running statistics and affine parameters."""
-    gen = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.3)
-            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
-    return model
 
 
 def relu_cnn():

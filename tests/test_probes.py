@@ -11,31 +11,15 @@ from torch import nn
 from memplast import probes
 from memplast.models import Forward, ResNet18, SmallCNN, class_mask, per_sample_loss
 
+from conftest import randomize_bn
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 C = 10
 OLD = class_mask(range(4), C)  # task k
 NEXT = class_mask(range(6), C)  # task k+1
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: OpenMP threads only add overhead (and stall on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def randomize_bn(model, seed=0):
-    """Non-trivial BatchNorm affine parameters and running statistics."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
-            with torch.no_grad():
-                m.weight.copy_(1 + 0.3 * torch.randn(m.weight.shape, generator=g, dtype=m.weight.dtype))
-                m.bias.copy_(0.3 * torch.randn(m.bias.shape, generator=g, dtype=m.bias.dtype))
-                m.running_mean.copy_(0.2 * torch.randn(m.running_mean.shape, generator=g, dtype=m.running_mean.dtype))
-                m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g, dtype=m.running_var.dtype))
-    return model
 
 
 def small_cnn(seed=0):
