@@ -2,8 +2,11 @@
 
 Every script in ``scripts/`` ends with ``entrypoint(main, globals().get("snakemake"))``.
 Under Snakemake, named inputs, outputs and params become keyword arguments, the log goes
-to ``log[0]`` and torch uses ``threads``. From a shell, each parameter of ``main`` is a
-``--name VALUE`` flag whose value is parsed as YAML (numbers, lists and dicts work)::
+to ``log[0]`` and torch uses the rule's ``threads``. From a shell, each parameter of ``main`` is a
+``--name VALUE`` flag whose value is parsed as YAML (numbers, lists and dicts work), and
+``--threads N`` (default 1, the demo's and every light rule's ``threads``) sets torch's threads.
+Either way the thread count is set explicitly (never left to ``OMP_NUM_THREADS`` or the core
+count: CPU reductions depend on it) and recorded in the provenance of every output::
 
     python scripts/prepare.py --dataset_cfg '{name: digits}' --prepared data/digits/prepared.npz ...
 """
@@ -14,6 +17,7 @@ import argparse
 import inspect
 import json
 import logging
+import os
 import sys
 import time
 
@@ -49,30 +53,51 @@ def _parse(value: str):
         return yaml.safe_load(value)
 
 
+DEFAULT_THREADS = 1
+
+
+def set_threads(n) -> int:
+    """Set torch's intra-op threads to ``n`` (when torch is used) and record it for provenance."""
+    from memplast import io
+
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"threads={n}: give a positive thread count (--threads N or the rule's threads)")
+    io.RUNTIME["threads"] = n
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
+    else:  # torch imported later (lazily) reads its thread count from here
+        os.environ["OMP_NUM_THREADS"] = str(n)
+    return n
+
+
 def entrypoint(main, smk=None) -> None:
     """Call ``main`` with arguments taken from the Snakemake object ``smk`` or from argv."""
     accepted = inspect.signature(main).parameters
     if smk is not None:
         setup_logging(smk.log[0] if smk.log else None)
         kwargs = _snakemake_kwargs(smk)
-        if "threads" in accepted:
-            kwargs["threads"] = smk.threads
-        kwargs = {k: v for k, v in kwargs.items() if k in accepted}
+        threads = smk.threads
         job = f"{smk.rule} {dict(smk.wildcards.items())}"
     else:
         setup_logging(None)
         parser = argparse.ArgumentParser(description=(main.__doc__ or "").strip().splitlines()[0])
         for name, p in accepted.items():
+            if name == "threads":
+                continue
             parser.add_argument(f"--{name}", type=_parse, required=p.default is inspect._empty,
                                 default=None if p.default is inspect._empty else p.default)
+        parser.add_argument("--threads", type=int, default=DEFAULT_THREADS,
+                            help=f"torch intra-op threads (default {DEFAULT_THREADS}, as the rules)")
         kwargs = vars(parser.parse_args())
+        threads = kwargs.pop("threads")
         job = main.__module__
-    if "threads" in kwargs:
-        import torch
-
-        torch.set_num_threads(max(1, int(kwargs["threads"] or 1)))
+    threads = set_threads(threads)
+    if "threads" in accepted:
+        kwargs["threads"] = threads
+    kwargs = {k: v for k, v in kwargs.items() if k in accepted}
     t0 = time.perf_counter()
-    log.info("start %s", job)
+    log.info("start %s with %d thread(s)", job, threads)
     try:
         main(**kwargs)
     except Exception:

@@ -14,6 +14,7 @@ import functools
 import json
 import os
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -46,11 +47,33 @@ def code_version() -> str:
         return f"{__version__}+unknown"
 
 
+# Facts about the process that made an output but are not part of the science: the torch
+# intra-op thread count the entry point set (memplast.cli), the device, library versions.
+# They go into every provenance record under "runtime" and are left out of resume keys.
+RUNTIME: dict = {}
+
+
+def runtime() -> dict:
+    """The runtime facts of this process (threads, device, torch version when torch is loaded)."""
+    facts = dict(RUNTIME)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        facts.setdefault("threads", torch.get_num_threads())
+        facts["torch"] = torch.__version__
+    return facts
+
+
 def provenance(config_slice: dict | None = None, **extra) -> dict:
-    """The record every output carries: code version, the config slice, and extra facts."""
+    """The record every output carries: code version, the config slice, extra facts and runtime."""
     record = {"code_version": code_version(), "config": config_slice or {}}
     record.update(extra)
+    record["runtime"] = runtime()
     return record
+
+
+def science_key(prov: dict) -> str:
+    """``prov`` without its runtime facts, as canonical JSON: what decides whether a resume fits."""
+    return json.dumps({k: v for k, v in prov.items() if k != "runtime"}, sort_keys=True, default=str)
 
 
 @contextlib.contextmanager

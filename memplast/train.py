@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from memplast import augment, orderings
 from memplast.data import Prepared
-from memplast.io import atomic_path
+from memplast.io import atomic_path, science_key
 from memplast.models import build_model, class_mask, eval_mode, head, per_sample_loss, save_checkpoint
 
 log = logging.getLogger("memplast.train")
@@ -268,9 +268,24 @@ def run_task(spec: RunSpec, prepared: Prepared, protocol: dict, model_cfg: dict,
     # ------------------------------------------------------------------ resume
     start_epoch, best, rows, order_rows = 0, None, [], []
     saved = {}  # checkpoints written so far in this task: epoch -> weights (kept for a resume)
+    runtime = {"threads": torch.get_num_threads(), "device": str(device), "torch": torch.__version__}
+    provenance = {**provenance, "runtime": {**provenance.get("runtime", {}), **runtime}}
+    key = science_key(provenance)
     if Path(resume_path).exists():
         r = torch.load(resume_path, map_location=device, weights_only=False)
-        if r["spec"] == spec.name and r["task"] == t and r["config"] == json.dumps(provenance, sort_keys=True, default=str):
+        fits = r["spec"] == spec.name and r["task"] == t and r["config"] == key
+        if fits and r.get("runtime") != runtime:
+            # CPU reductions (convolution backward above all) depend on the thread count, GPU
+            # kernels on the device: a resume under other settings is not bitwise the same run.
+            change = f"saved under {r.get('runtime')}, now {runtime}"
+            if protocol.get("deterministic", True):
+                log.warning("%s: not resuming from %s (%s): protocol.deterministic promises bitwise identity, "
+                            "so the task restarts from its first epoch", where, resume_path, change)
+                fits = False
+            else:
+                log.warning("%s: resuming from %s under other runtime settings (%s): results will differ "
+                            "bitwise from an uninterrupted run", where, resume_path, change)
+        if fits:
             model.load_state_dict(r["model"])
             optimizer.load_state_dict(r["optimizer"])
             generator.set_state(r["generator"].cpu())
@@ -282,7 +297,7 @@ def run_task(spec: RunSpec, prepared: Prepared, protocol: dict, model_cfg: dict,
                 save_checkpoint(checkpoints[g], _loaded(model, weights), {**meta, "epoch": g, "task": t, "seen": seen.tolist()}, provenance)
             model.load_state_dict(r["model"])
             log.info("%s: resuming after task-epoch %d from %s", where, start_epoch, resume_path)
-        else:
+        elif r["config"] != key or r["spec"] != spec.name or r["task"] != t:
             log.info("%s: ignoring stale resume file %s", where, resume_path)
 
     best_acc = best["val_acc"] if best else -math.inf
@@ -313,7 +328,7 @@ def run_task(spec: RunSpec, prepared: Prepared, protocol: dict, model_cfg: dict,
             saved[g] = copy.deepcopy(model.state_dict())
         if (e + 1) % protocol["state_every"] == 0 and e + 1 < E:
             with atomic_path(resume_path) as tmp:
-                torch.save({"spec": spec.name, "task": t, "config": json.dumps(provenance, sort_keys=True, default=str),
+                torch.save({"spec": spec.name, "task": t, "config": key, "runtime": runtime,
                             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                             "generator": generator.get_state(), "noise_generator": noise_gen.get_state(),
                             "base": base, "best": best, "metrics": rows, "orders": order_rows, "epoch": e + 1,

@@ -121,6 +121,45 @@ def test_killed_and_resumed_task_ends_bitwise_identical(tmp_path, small, digits)
     pd.testing.assert_frame_equal(m[["epoch", "train_loss", "val_acc"]], ref_m[["epoch", "train_loss", "val_acc"]])
 
 
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_resume_under_another_thread_count_is_logged_and_refused_when_deterministic(
+        tmp_path, small, digits, deterministic, caplog):
+    """A resume state records threads and device; under other ones the task restarts (deterministic)
+    or resumes with a warning. Restarting gives exactly the run uninterrupted under the new count."""
+    cfg = copy.deepcopy(small)
+    cfg["protocol"]["deterministic"] = deterministic
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        _run(tmp_path / "k", cfg, digits, 0)
+        prev = str(tmp_path / "k" / "t0" / "end.pt")
+        with pytest.raises(KeyboardInterrupt):
+            _run(tmp_path / "k", cfg, digits, 1, prev=prev, stop=4 + 3)
+        saved = torch.load(tmp_path / "k" / "resume" / "t1.pt", weights_only=False)
+        assert saved["runtime"] == {"threads": 1, "device": "cpu", "torch": torch.__version__}
+        torch.set_num_threads(2)
+        with caplog.at_level("INFO", logger="memplast.train"):
+            _run(tmp_path / "k", cfg, digits, 1, prev=prev)
+        text = caplog.text
+        if deterministic:
+            assert "not resuming" in text and "protocol.deterministic" in text and "resuming after" not in text
+            _run(tmp_path / "ref", cfg, digits, 1, prev=prev)  # uninterrupted, 2 threads
+            assert _same(_weights(tmp_path / "k" / "t1" / "end.pt"), _weights(tmp_path / "ref" / "t1" / "end.pt"))
+        else:
+            assert "under other runtime settings" in text and "resuming after task-epoch 2" in text
+    finally:
+        torch.set_num_threads(n)
+
+
+def test_outputs_record_threads_and_device(tmp_path, small, digits):
+    from memplast import io
+
+    _run(tmp_path, small, digits, 0)
+    prov = io.read_provenance(tmp_path / "t0" / "m.parquet")
+    assert prov["runtime"]["threads"] == torch.get_num_threads() and prov["runtime"]["device"] == "cpu"
+    assert prov["runtime"]["torch"] == torch.__version__
+
+
 def test_second_task_sees_more_classes_and_algorithms_differ(tmp_path, small, digits):
     _run(tmp_path, small, digits, 0)
     prev = str(tmp_path / "t0" / "end.pt")

@@ -19,9 +19,21 @@ SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 TINY = [str(ROOT / "config.yaml"), str(ROOT / "config" / "demo.yaml"), str(ROOT / "tests" / "data" / "tiny.yaml")]
 
 
-def snakemake(*args, cwd=ROOT, timeout=1500, check=True):
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def thread_env(omp: str | None) -> dict:
+    """This environment with no thread variables (``omp=None``) or with ``OMP_NUM_THREADS=omp``:
+    results must not depend on either, since every entry point sets torch's threads itself."""
+    env = {k: v for k, v in os.environ.items() if k not in THREAD_VARS}
+    if omp is not None:
+        env["OMP_NUM_THREADS"] = omp
+    return env
+
+
+def snakemake(*args, cwd=ROOT, timeout=1500, check=True, env=None):
     cmd = [SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), *args]
-    out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
     if check and out.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed:\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}")
     return out
@@ -86,9 +98,9 @@ def test_lint_and_format_are_clean():
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr
 
 
-def run_tiny(workdir: Path, *extra):
+def run_tiny(workdir: Path, *extra, omp: str | None = None):
     workdir.mkdir(parents=True, exist_ok=True)
-    return snakemake(*extra, "--directory", str(workdir), "--cores", "2", "--configfile", *TINY)
+    return snakemake(*extra, "--directory", str(workdir), "--cores", "2", "--configfile", *TINY, env=thread_env(omp))
 
 
 def parquet_tables(root: Path) -> dict:
@@ -103,7 +115,7 @@ def parquet_tables(root: Path) -> dict:
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("tiny")
-    run_tiny(workdir)
+    run_tiny(workdir, omp=None)
     return workdir
 
 
@@ -142,8 +154,9 @@ def test_report_is_generated(tiny_run):
 
 @pytest.mark.slow
 def test_same_config_gives_identical_tables(tiny_run, tmp_path):
+    """The fixture ran with no thread variables; this run has OMP_NUM_THREADS=1: same tables."""
     again = tmp_path / "again"
-    run_tiny(again)
+    run_tiny(again, omp="1")
     a, b = parquet_tables(tiny_run), parquet_tables(again)
     assert a.keys() == b.keys() and len(a) > 20
     for key in a:
@@ -151,8 +164,10 @@ def test_same_config_gives_identical_tables(tiny_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_killed_training_job_resumes(tiny_run, tmp_path):
-    """Delete a task's outputs, leave a resume state as a kill would, rerun: same weights."""
+@pytest.mark.parametrize("kill_omp,finish_omp", [(None, "1"), ("1", None)], ids=["unset-then-omp1", "omp1-then-unset"])
+def test_killed_training_job_resumes(tiny_run, tmp_path, kill_omp, finish_omp):
+    """Delete a task's outputs, leave a resume state as a kill would (from the command line, with
+    its default --threads), rerun through Snakemake: same weights, whatever OMP_NUM_THREADS says."""
     import torch
 
     work = tmp_path / "resume"
@@ -163,7 +178,7 @@ def test_killed_training_job_resumes(tiny_run, tmp_path):
     for p in (work / run / "task1").rglob("*"):
         if p.is_file():
             p.unlink()
-    env_stop = dict(os.environ)
+    env_stop = thread_env(kill_omp)
     out = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "train_task.py"), "--prepared", "data/digits/prepared.npz",
          "--order", "results/class_orders/order0.csv", "--kept", "results/subsets/none/kept.parquet",
@@ -177,7 +192,10 @@ def test_killed_training_job_resumes(tiny_run, tmp_path):
     )
     assert out.returncode != 0 and "stopped after epoch 7" in out.stderr
     assert (work / "results/resume/order0/none/random/none/base/task1.pt").exists()
-    snakemake(f"{run}/task1/end.pt", "--directory", str(work), "--cores", "2", "--configfile", *TINY)
+    out = snakemake(f"{run}/task1/end.pt", "--directory", str(work), "--cores", "2", "--configfile", *TINY,
+                    env=thread_env(finish_omp))
+    logs = (work / "logs" / "train").rglob("task1.log")
+    assert any("resuming after task-epoch" in p.read_text() for p in logs), out.stderr[-2000:]
     resumed = torch.load(work / run / "task1/end.pt", weights_only=True)["model"]
     assert all(torch.equal(ref[k], resumed[k]) for k in ref)
 
