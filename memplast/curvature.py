@@ -16,13 +16,19 @@ Conventions shared by every function here:
   d(sum_j L_j)/dx_i = dL_i/dx_i and a sample's score never depends on its batch.
 - Probe vectors come from :func:`rademacher`, a counter-based hash of (seed, sample id,
   probe index, element index): the same sample gets the same probes in any batch.
-  Hutchinson and finite differences use the same probes for the same seed.
+  Hutchinson and finite differences use the same probes for the same seed. Every checkpoint
+  gets its own seed (:func:`checkpoint_seed`), so estimates at different checkpoints are
+  independent and the standard error of their mean is honest.
+- :func:`strict_numerics` turns TF32 off (and, on CUDA, turns deterministic algorithms on)
+  before scoring or probing.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
+import os
 import time
 
 import numpy as np
@@ -68,6 +74,29 @@ def input_grad(model, x, labels, mask) -> torch.Tensor:
 
 def _flat_norm(t: torch.Tensor) -> torch.Tensor:
     return t.flatten(1).norm(dim=1)
+
+
+# --------------------------------------------------------------------------- numerics and seeds
+def strict_numerics(device, deterministic: bool = True) -> dict:
+    """Full float32 matmuls and convolutions (TF32 off: its ~1e-3 relative error swamps a finite
+    difference at h = 1e-3); on CUDA with ``deterministic``, deterministic algorithms (warning on
+    ops that have none) and CUBLAS_WORKSPACE_CONFIG. Returns the settings, for provenance."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+    det = bool(deterministic) and torch.device(device).type == "cuda"
+    if det:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    return {"tf32_matmul": torch.backends.cuda.matmul.allow_tf32, "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+            "float32_matmul_precision": torch.get_float32_matmul_precision(), "deterministic_algorithms": det}
+
+
+def checkpoint_seed(seed: int, epoch: int) -> int:
+    """The probe seed of one checkpoint: a 63-bit hash of (seed, epoch), so every checkpoint of a
+    grid draws independent probes (a shared seed makes the errors of a grid mean correlated)."""
+    return int.from_bytes(hashlib.sha256(repr(("probes", int(seed), int(epoch))).encode()).digest()[:8], "little") >> 1
 
 
 # --------------------------------------------------------------------------- probe vectors
@@ -237,6 +266,8 @@ def exact_ggn(model, x, labels, mask, allow_smooth=False, max_elements=2**26) ->
     trH_exact  = Tr(H)   = Tr(A K)
 
     No probes, no variance; cost: one forward and C backward passes (C = seen classes).
+    J and K are formed in the model's dtype; the softmax and A K in float64, since A's entries
+    cancel to O(1 - p_y) on confidently classified samples (float32 loses them below ~1e-4).
     ``labels`` are only checked against the mask (A does not depend on y). With
     ``allow_smooth=True`` a model with smooth nonlinearities is accepted and the result is
     only the Gauss-Newton part Tr((J^T A J)^2), not Tr(H^2).
@@ -252,8 +283,9 @@ def exact_ggn(model, x, labels, mask, allow_smooth=False, max_elements=2**26) ->
         for start in range(0, len(x), chunk):
             jac, z = input_jacobian(model, x[start : start + chunk], mask)
             jac = jac.flatten(2)  # (C, n, D)
-            gram = torch.einsum("cnd,knd->nck", jac, jac)  # K, (n, C, C)
-            p = torch.softmax(z, dim=1)
+            # A = diag(p) - pp^T cancels to O(1 - p_y) on confident samples: float64 from here on
+            gram = torch.einsum("cnd,knd->nck", jac, jac).double()  # K, (n, C, C)
+            p = torch.softmax(z.double(), dim=1)
             p_gram = torch.einsum("nc,nck->nk", p, gram)  # p^T K
             a_gram = p[:, :, None] * (gram - p_gram[:, None, :])  # A K = diag(p) K - p (p^T K)
             curv.append(torch.einsum("nab,nba->n", a_gram, a_gram))

@@ -1,16 +1,24 @@
 """Boundary deltas (design §5): how each sample's probe quantities change across a task boundary.
 
-Boundary k ends task k at epoch E_k (the restored best-validation model) and starts task k+1.
-For a per-sample quantity v(e) at probed epoch e:
+Boundary k ends task k at epoch E_k with the weights of its best-validation epoch B_k (B_k = E_k
+without early stopping); task k+1 starts from them. Both windows lie on the training path: the
+before-window is B_k - w + 1 .. B_k (fewer epochs if B_k is early in the task), the after-window
+E_k + 1 .. E_k + w. For a per-sample quantity v(e) at probed epoch e:
 
-- ``immediate``: after = v(E_k + 1), before = v(E_k);
-- ``windowed``: after = mean of v over (E_k, E_k + w], before = mean over (E_k - w, E_k].
+- ``immediate``: after = v(E_k + 1), before = v(B_k);
+- ``windowed``: after = mean of v over the after-window, before = mean over the before-window.
 
 Deltas are after - before, except grad_drop = before - after (positive = the gradient shrank).
 Logs of gradient norms are taken per epoch, then averaged (windowed d_log_grad = difference of
 mean log g). A window mean is NaN if any of its values is NaN (so new-class samples, whose loss
 is undefined before the boundary, get NaN loss-based deltas), except drift, whose NaNs are
-skipped (drift is NaN at the first probed epoch).
+skipped (drift is NaN at the first probed epoch). drift_after = drift over the after-window (its
+mean; immediate: at E_k + 1), d_drift = drift_after - the same over the before-window.
+
+The rollback (the restore of B_k over the live last epoch L = E_k) is its own quantity, the same
+for both kinds: d_loss_rollback = loss(B_k) - loss(L) (likewise d_log_grad, d_margin, d_dormant*),
+drift_rollback = ||h_B(x) - h_L(x)||; all 0 when nothing was restored (B_k = E_k).
+Every row records best_epoch, before_first/before_last and after_first/after_last.
 """
 
 from __future__ import annotations
@@ -23,51 +31,72 @@ AT_BOUNDARY = ("align_dot", "align_cos", "pred_forget")
 LEGACY_COLUMNS = ["sample_id", "class_label", "memo", "delta_loss", "delta_grad_norm", "delta_dormant", "boundary"]
 
 
-def _taus(table: pd.DataFrame) -> list[str]:
-    """The tau labels of the overall dormant columns ``dormant_t{tau}`` (not the per-layer ones)."""
-    return [c[len("dormant_t"):] for c in table.columns if c.startswith("dormant_t") and "_L" not in c]
+def dormant_columns(table: pd.DataFrame) -> list[str]:
+    """The overall dormancy columns (dormant_t{tau}, dormant_score_t{tau}; not the per-layer ones)."""
+    return [c for c in table.columns if c.startswith("dormant_") and "_L" not in c]
 
 
-def _mean(values: pd.DataFrame, lo: int, hi: int, skipna: bool = False) -> pd.DataFrame:
-    """Per sample, the mean of every column over the probed epochs in (lo, hi]."""
-    sel = values[(values["epoch"] > lo) & (values["epoch"] <= hi)].drop(columns="epoch")
+def _mean(values: pd.DataFrame, epochs, skipna: bool = False) -> pd.DataFrame:
+    """Per sample, the mean of every column over the given probed epochs."""
+    sel = values[values["epoch"].isin(list(epochs))].drop(columns="epoch")
     return sel.groupby("sample_id", sort=True).mean(skipna=skipna)
 
 
 def boundary_deltas(probe_table: pd.DataFrame, boundary_epoch: int, window: int) -> pd.DataFrame:
     """One row per (sample_id, kind) for one boundary from its long probe table (one row per sample
-    and probed epoch, with ``boundary``). Columns: sample_id, label, boundary, is_old, kind, loss_t,
-    d_loss, d_log_grad, grad_drop, d_input_grad, d_dormant_t{tau}..., d_margin, drift, align_dot,
-    align_cos, pred_forget (see the module docstring; loss_t and the alignment columns are the
-    values at E_k for both kinds)."""
+    and probed epoch, with ``boundary``, ``role`` and ``best_epoch``; see ``probes.probe_boundary``).
+    Columns: sample_id, label, boundary, is_old, kind, best_epoch, before_first, before_last,
+    after_first, after_last, loss_t, d_loss, d_log_grad, grad_drop, d_input_grad, d_dormant...,
+    d_margin, drift_after, d_drift, the rollback columns, align_dot, align_cos, pred_forget (module
+    docstring; loss_t and the alignment columns are the values at B_k for both kinds)."""
     t, e = probe_table, int(boundary_epoch)
-    if "boundary" not in t.columns or t["boundary"].nunique() != 1:
-        raise ValueError("boundary_deltas: the probe table needs a 'boundary' column with one value")
-    need = range(e - window + 1, e + window + 1)
-    if missing := sorted(set(need) - set(t["epoch"].unique())):
+    for c in ("boundary", "best_epoch"):
+        if c not in t.columns or t[c].nunique() != 1:
+            raise ValueError(f"boundary_deltas: the probe table needs a '{c}' column with one value")
+    if "role" not in t.columns or not set(t["role"]) <= {"before", "after", "live"}:
+        raise ValueError("boundary_deltas: the probe table needs a 'role' column (before / after / live)")
+    best = int(t["best_epoch"].iloc[0])
+    if best > e:
+        raise ValueError(f"boundary_deltas: best epoch {best} after the boundary epoch {e}")
+    after_need = list(range(e + 1, e + window + 1))
+    t = t[((t["role"] == "before") & (t["epoch"] > best - window) & (t["epoch"] <= best))
+          | ((t["role"] == "after") & t["epoch"].isin(after_need)) | (t["role"] == "live")]
+    if t.duplicated(["sample_id", "epoch", "role"]).any():
+        raise ValueError("boundary_deltas: duplicate (sample_id, epoch, role) rows in the probe table")
+    before_ep = sorted(t.loc[t["role"] == "before", "epoch"].unique())
+    if not before_ep or before_ep[-1] != best or before_ep != list(range(before_ep[0], best + 1)):
+        raise ValueError(f"boundary_deltas: boundary epoch {e}, best epoch {best}: the before-window epochs "
+                         f"{before_ep} must be consecutive and end at the best epoch")
+    if missing := sorted(set(after_need) - set(t.loc[t["role"] == "after", "epoch"])):
         raise ValueError(f"boundary_deltas: boundary epoch {e}, window {window}: epochs {missing} not probed")
-    t = t[t["epoch"].isin(need)]
-    if t.duplicated(["sample_id", "epoch"]).any():
-        raise ValueError("boundary_deltas: duplicate (sample_id, epoch) rows in the probe table")
-    taus = _taus(t)
-    dormant = [f"dormant_t{tau}" for tau in taus]
-    values = t[["sample_id", "epoch", "loss", "margin", "grad_norm", "input_grad_norm", *dormant, "drift"]].copy()
-    values["log_grad"] = np.log(values["grad_norm"])
-    values["log_input_grad"] = np.log(values["input_grad_norm"])
-    if (t.groupby("sample_id").size() != len(need)).any():
+    n_points = len(before_ep) + window + int((t["role"] == "live").any())
+    if (t.groupby("sample_id").size() != n_points).any():
         raise ValueError("boundary_deltas: not every sample is probed at every epoch of the window")
 
-    meta = t[t["epoch"] == e].set_index("sample_id").sort_index()
+    dormant = dormant_columns(t)
+    cols = ["loss", "margin", "grad_norm", "input_grad_norm", *dormant, "drift"]
+    path = t[t["role"] != "live"]
+    values = path[["sample_id", "epoch", *cols]].copy()
+    values["log_grad"] = np.log(values["grad_norm"])
+    values["log_input_grad"] = np.log(values["input_grad_norm"])
+    at_best = values[values["epoch"] == best].set_index("sample_id").sort_index()
+    live = t[t["role"] == "live"]
+    if len(live):
+        live = live[["sample_id", *cols]].assign(log_grad=np.log(live["grad_norm"])).set_index("sample_id").sort_index()
+    else:  # nothing restored: the live last epoch is B_k itself
+        live = at_best.assign(drift=0.0)
+
+    meta = t[(t["role"] == "before") & (t["epoch"] == best)].set_index("sample_id").sort_index()
     frames = []
     for kind in KINDS:
-        lo, hi = (e - 1, e + 1) if kind == "immediate" else (e - window, e + window)
-        before, after = _mean(values, lo, e), _mean(values, e, hi)
-        drift = after["drift"] if kind == "immediate" else \
-            _mean(values[["sample_id", "epoch", "drift"]], e, hi, skipna=True)["drift"] \
-            - _mean(values[["sample_id", "epoch", "drift"]], lo, e, skipna=True)["drift"]
+        before_w, after_w = ([best], [e + 1]) if kind == "immediate" else (before_ep, after_need)
+        before, after = _mean(values, before_w), _mean(values, after_w)
+        drift_b = _mean(values[["sample_id", "epoch", "drift"]], before_w, skipna=True)["drift"]
+        drift_a = _mean(values[["sample_id", "epoch", "drift"]], after_w, skipna=True)["drift"]
         d = pd.DataFrame({"sample_id": meta.index, "label": meta["label"].to_numpy(),
                           "boundary": meta["boundary"].to_numpy(), "is_old": meta["is_old"].to_numpy(dtype=bool),
-                          "kind": kind, "loss_t": meta["loss"].to_numpy()})
+                          "kind": kind, "best_epoch": best, "before_first": before_w[0], "before_last": before_w[-1],
+                          "after_first": after_w[0], "after_last": after_w[-1], "loss_t": meta["loss"].to_numpy()})
         d["d_loss"] = (after["loss"] - before["loss"]).to_numpy()
         d["d_log_grad"] = (after["log_grad"] - before["log_grad"]).to_numpy()
         d["grad_drop"] = (before["grad_norm"] - after["grad_norm"]).to_numpy()
@@ -75,7 +104,14 @@ def boundary_deltas(probe_table: pd.DataFrame, boundary_epoch: int, window: int)
         for c in dormant:
             d[f"d_{c}"] = (after[c] - before[c]).to_numpy()
         d["d_margin"] = (after["margin"] - before["margin"]).to_numpy()
-        d["drift"] = drift.to_numpy()
+        d["drift_after"] = drift_a.to_numpy()
+        d["d_drift"] = (drift_a - drift_b).to_numpy()
+        d["d_loss_rollback"] = (at_best["loss"] - live["loss"]).to_numpy()
+        d["d_log_grad_rollback"] = (at_best["log_grad"] - live["log_grad"]).to_numpy()
+        d["d_margin_rollback"] = (at_best["margin"] - live["margin"]).to_numpy()
+        for c in dormant:
+            d[f"d_{c}_rollback"] = (at_best[c] - live[c]).to_numpy()
+        d["drift_rollback"] = live["drift"].to_numpy()
         for c in AT_BOUNDARY:
             d[c] = meta[c].to_numpy(dtype=float)
         frames.append(d)

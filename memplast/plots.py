@@ -41,7 +41,7 @@ OUTCOME_LABELS = {
     "grad_drop": "‖∇θ ℓᵢ‖ drop (before − after)",
     "d_margin": "Δ margin z_y − max_{j≠y} z_j",
     "d_input_grad": "Δ ‖∇x ℓᵢ‖",
-    "drift": "penultimate feature drift ‖h_e − h_e'‖",
+    "d_drift": "Δ feature drift ‖h_e − h_e−1‖ (after − before window)",
     "align_cos": "cos(gᵢ, G_next) at E_k",
     "align_dot": "gᵢ · G_next at E_k",
     "pred_forget": "predicted Δℓᵢ (−η g·G + η²/2 GᵀHG)",
@@ -63,7 +63,7 @@ METHOD_KEY = "exact / Hutch. / FD: Tr(H²) estimators\nCSL: cum. sample loss; FZ
 MODEL_METRICS = {
     "dormant_units": "dormant units (fraction; activation rate < 0.01)",
     "effective_rank": "effective rank exp H(s/Σs) of features",
-    "stable_rank": "stable rank Σs²/max s² of features",
+    "stable_rank": "stable rank: #s for 99% of Σs (Dohare)",
     "mean_abs_weight": "mean |θ| over all parameters",
 }
 TASK_LABEL = "task t (metric at end of task t)"

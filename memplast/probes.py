@@ -5,8 +5,10 @@ For sample i with label y_i, logits z_i and a class mask M_i (the classes the lo
 - loss_i = log sum_{j in M_i} exp z_ij - z_iy, margin, correct, confidence p_iy;
 - grad_norm_i = ||d loss_i / d theta|| over all trainable parameters;
 - input_grad_norm_i = ||d loss_i / d x_i||;
-- dormant_prop_i(tau), overall and per ReLU layer;
-- drift_i = ||h_e(x_i) - h_e'(x_i)|| of the penultimate features between probed epochs;
+- dormant_prop_i(tau) (activation rates) and dormant_score_i(tau) (graded, normalised
+  activations), overall and per ReLU layer;
+- drift_i = ||h_e(x_i) - h_e'(x_i)|| of the penultimate features between consecutive probed
+  epochs on the training path;
 - align_dot_i = g_i . G, align_cos_i, pred_forget_i (end-of-task checkpoint only).
 
 How each is computed for a whole batch at once:
@@ -52,6 +54,7 @@ from memplast.models import eval_mode
 log = logging.getLogger("memplast.probes")
 
 TAUS = (0.0, 1e-3, 1e-2)
+SCORE_TAUS = (0.0, 0.025, 0.1)
 BN_MODES = ("eval", "train")
 _BN = nn.modules.batchnorm._BatchNorm
 
@@ -124,6 +127,59 @@ def dormant_props(acts: list, taus=TAUS) -> dict:
         for j, (c, r) in enumerate(zip(counts, rates, strict=True)):
             per_layer[f"dormant_t{tau:g}_L{j}"] = c.double() / r.shape[1]
     return {**overall, **per_layer}
+
+
+def normalized_activations(acts: list) -> list:
+    """s_iu = a_iu / mean_{u' in layer} a_iu' per ReLU layer (N x units each), a_iu = spatial mean
+    of the post-ReLU map of unit u on sample i (the unit's value for pooled features); s = 0 for
+    every unit of a layer that is silent on the sample (mean 0)."""
+    out = []
+    for h in acts:
+        a = h.double().flatten(2).mean(2) if h.dim() > 2 else h.double()
+        mean = a.mean(1, keepdim=True)
+        out.append(torch.where(mean > 0, a / mean.clamp_min(torch.finfo(a.dtype).tiny), torch.zeros_like(a)))
+    return out
+
+
+def dormant_scores(acts: list, taus=SCORE_TAUS) -> dict:
+    """dormant_score_t{tau}_i = #{units u over all ReLU layers: s_iu <= tau} / #units (s from
+    :func:`normalized_activations`; Sokar et al. 2023's tau-dormancy, per sample), and per layer j
+    dormant_score_t{tau}_L{j}_i = the same fraction within layer j."""
+    scores = normalized_activations(acts)
+    n_units = sum(r.shape[1] for r in scores)
+    overall, per_layer = {}, {}
+    for tau in taus:
+        counts = [(r <= tau).sum(1) for r in scores]
+        overall[f"dormant_score_t{tau:g}"] = torch.stack(counts).sum(0).double() / n_units
+        for j, (c, r) in enumerate(zip(counts, scores, strict=True)):
+            per_layer[f"dormant_score_t{tau:g}_L{j}"] = c.double() / r.shape[1]
+    return {**overall, **per_layer}
+
+
+def degenerate_thresholds(table: pd.DataFrame) -> list[str]:
+    """Threshold pairs that give identical columns: for each family (dormant_t, dormant_score_t)
+    and each layer (and overall), 'col_a == col_b' for consecutive thresholds equal on every row."""
+    found = []
+    for family in ("dormant_t", "dormant_score_t"):
+        groups: dict[str, list] = {}
+        for c in table.columns:
+            if not c.startswith(family) or (family == "dormant_t" and c.startswith("dormant_score")):
+                continue
+            tau, _, layer = c[len(family):].partition("_L")
+            groups.setdefault(layer, []).append((float(tau), c))
+        for cols in groups.values():
+            cols = [c for _, c in sorted(cols)]
+            found += [f"{a} == {b}" for a, b in zip(cols, cols[1:]) if table[a].equals(table[b])]
+    return found
+
+
+def warn_degenerate(table: pd.DataFrame, where: str = "") -> list[str]:
+    """Log one warning listing every degenerate threshold pair of ``table``; returns the list."""
+    found = degenerate_thresholds(table)
+    if found:
+        log.warning("%sdormancy thresholds that give identical columns (they measure the same thing here): %s",
+                    f"{where}: " if where else "", "; ".join(found))
+    return found
 
 
 def feature_drift(features: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor:
@@ -333,7 +389,7 @@ def predicted_forgetting(dot: torch.Tensor, curv: torch.Tensor, eta: float) -> t
 
 
 # --------------------------------------------------------------------------- one checkpoint
-def _forward_backward(model, state, hooks, x, y, m_eval, m_native, taus) -> dict:
+def _forward_backward(model, state, hooks, x, y, m_eval, m_native, taus, score_taus=SCORE_TAUS) -> dict:
     """One forward (logits, ReLU outputs, features) and one backward of sum_i loss_i w.r.t. the
     input, during which ``hooks`` collect the per-sample parameter-gradient norms."""
     x = x.clone().requires_grad_()
@@ -347,6 +403,7 @@ def _forward_backward(model, state, hooks, x, y, m_eval, m_native, taus) -> dict
     row["grad_norm"] = hooks.sq.sqrt()
     row["input_grad_norm"] = gx.flatten(1).norm(dim=1)
     row.update(dormant_props([a.detach() for a in out.acts], taus))
+    row.update(dormant_scores([a.detach() for a in out.acts], score_taus))
     row["features"] = out.features.detach()
     return row
 
@@ -365,7 +422,8 @@ def _alignment(model, state, trainable, x, y, m_eval, direction, eta, grad_norm)
     return row
 
 
-def probe_checkpoint(model: nn.Module, images, labels, eval_mask, native_mask, *, taus=TAUS, batch_size: int = 256,
+def probe_checkpoint(model: nn.Module, images, labels, eval_mask, native_mask, *, taus=TAUS, score_taus=SCORE_TAUS,
+                     batch_size: int = 256,
                      device="cpu", bn_mode: str = "eval", direction: dict | None = None, eta: float | None = None,
                      progress: bool = False) -> dict:
     """Every per-sample quantity of one checkpoint, as float64 CPU tensors keyed by column name.
@@ -391,7 +449,7 @@ def probe_checkpoint(model: nn.Module, images, labels, eval_mask, native_mask, *
             x, y = images[rows].to(device, dtype), labels[rows].to(device)
             m_eval, m_native = eval_masks[rows].to(device), native_masks[rows].to(device)
             state = {**trainable, **frozen, **_batch_buffers(model, {**trainable, **frozen}, buffers, x, bn_mode)}
-            row = _forward_backward(model, state, hooks, x, y, m_eval, m_native, taus)
+            row = _forward_backward(model, state, hooks, x, y, m_eval, m_native, taus, score_taus)
             if direction is not None:
                 row |= _alignment(model, state, trainable, x, y, m_eval, direction, eta, row["grad_norm"])
             valid = in_mask(y, m_eval)
@@ -404,33 +462,50 @@ def probe_checkpoint(model: nn.Module, images, labels, eval_mask, native_mask, *
 
 
 # --------------------------------------------------------------------------- one boundary
-COLUMNS = ("sample_id", "epoch", "label", "is_old", "loss", "margin", "correct", "confidence", "loss_native",
-           "margin_native", "correct_native", "confidence_native", "grad_norm", "input_grad_norm")
+COLUMNS = ("sample_id", "epoch", "role", "best_epoch", "label", "is_old", "loss", "margin", "correct", "confidence",
+           "loss_native", "margin_native", "correct_native", "confidence_native", "grad_norm", "input_grad_norm")
 TAIL = ("drift", "align_dot", "align_cos", "pred_forget")
+ROLES = ("before", "after", "live")
 
 
 def probe_boundary(checkpoints: dict, boundary_epoch: int, images, labels, sample_ids, is_old, old_mask,
-                   native_masks: dict, next_task_lr: float, taus=TAUS, batch_size: int = 256, device="cpu",
-                   bn_mode: str = "eval", progress: bool = True) -> pd.DataFrame:
-    """Long probe table of one boundary E_k: one row per (sample, probed epoch).
+                   native_masks: dict, next_task_lr: float, taus=TAUS, score_taus=SCORE_TAUS, batch_size: int = 256,
+                   device="cpu", bn_mode: str = "eval", progress: bool = True, best_epoch: int | None = None,
+                   live=None) -> pd.DataFrame:
+    """Long probe table of boundary k (task k ends at epoch E_k = ``boundary_epoch``): one row per
+    (sample, probed epoch), ``role`` = before / after / live.
 
-    ``checkpoints`` maps epoch -> model (or a zero-argument loader returning one), for E_k - w + 1
-    .. E_k + w; ``native_masks`` maps epoch -> mask of the classes seen at that epoch's task.
-    Samples are all training samples of the classes seen at task k+1; ``is_old`` marks the classes
-    of ``old_mask`` (task k). Eval mask: the old mask for old samples, the native mask for new
-    samples (so their loss is NaN at task-k checkpoints). At E_k only: G = mean gradient of the
-    task-(k+1) loss (its native mask) over the new-class samples, align_dot = g_i . G,
-    align_cos = g_i . G / (||g_i|| ||G||), pred_forget with eta = ``next_task_lr``."""
+    ``checkpoints`` maps epoch -> model (or a zero-argument loader returning one) on the training
+    path: the before-window B_k - w + 1 .. B_k (B_k = ``best_epoch``, the epoch whose weights end
+    task k; default E_k; fewer epochs when B_k is early in the task) and the after-window
+    E_k + 1 .. E_k + w, which starts from B_k's weights. ``live`` (optional) is the live last epoch
+    E_k that the restore of B_k discarded (row epoch E_k, role live, native mask of B_k).
+    ``native_masks`` maps epoch -> mask of the classes seen at that epoch's task. Samples are all
+    training samples of the classes seen at task k+1; ``is_old`` marks the classes of ``old_mask``.
+    Eval mask: the old mask for old samples, the native mask for new samples (so their loss is NaN
+    at task-k checkpoints). drift: distance to the previous epoch on the path (NaN at the first
+    one); for the live row, to B_k. At B_k only: G = mean gradient of the task-(k+1) loss (its
+    native mask) over the new-class samples, align_dot = g_i . G, align_cos = g_i . G /
+    (||g_i|| ||G||), pred_forget with eta = ``next_task_lr``. Logs one warning when dormancy
+    thresholds coincide (:func:`warn_degenerate`)."""
     images = _as_tensor(images)
     labels = _as_tensor(labels, torch.long)
     sample_ids = np.asarray(sample_ids)
     is_old = torch.as_tensor(np.asarray(is_old, dtype=bool))
     old_mask = _as_tensor(old_mask).bool()
     epochs = sorted(checkpoints)
-    if boundary_epoch not in checkpoints:
-        raise ValueError(f"probe_boundary: no checkpoint for the boundary epoch {boundary_epoch} (have {epochs})")
+    best = int(boundary_epoch if best_epoch is None else best_epoch)
+    before = [e for e in epochs if e <= boundary_epoch]
+    if best not in checkpoints:
+        raise ValueError(f"probe_boundary: no checkpoint for the best epoch {best} of boundary epoch "
+                         f"{boundary_epoch} (have {epochs})")
+    if before != list(range(before[0], best + 1)):
+        raise ValueError(f"probe_boundary: the before-window {before} must be consecutive epochs ending at the "
+                         f"best epoch {best}")
     if missing := [e for e in epochs if e not in native_masks]:
         raise ValueError(f"probe_boundary: no native mask for epochs {missing}")
+    if live is not None and best == boundary_epoch:
+        raise ValueError("probe_boundary: a live checkpoint is only meaningful when the best epoch precedes E_k")
     if not (len(images) == len(labels) == len(sample_ids) == len(is_old)):
         raise ValueError("probe_boundary: images, labels, sample_ids and is_old differ in length")
     if len(np.unique(sample_ids)) != len(sample_ids):
@@ -442,31 +517,40 @@ def probe_boundary(checkpoints: dict, boundary_epoch: int, images, labels, sampl
     if not bool(next_mask[labels].all()):
         raise ValueError("probe_boundary: a sample's class is not seen at task k+1")
 
-    frames, previous = [], None
-    for epoch in tqdm(epochs, desc=f"probe boundary {boundary_epoch}", mininterval=10, disable=not progress):
+    frames, previous, at_best = [], None, None
+    points = [(e, checkpoints[e], "before" if e <= boundary_epoch else "after") for e in epochs]
+    if live is not None:
+        points.append((boundary_epoch, live, "live"))
+    for epoch, model, role in tqdm(points, desc=f"probe boundary {boundary_epoch}", mininterval=10,
+                                   disable=not progress):
         t0 = time.perf_counter()
-        model = checkpoints[epoch]
         model = model if isinstance(model, nn.Module) else model()
-        native = _as_tensor(native_masks[epoch]).bool()
+        native = _as_tensor(native_masks[best if role == "live" else epoch]).bool()
         eval_masks = torch.where(is_old[:, None], old_mask, native)
         direction = None
-        if epoch == boundary_epoch and bool((~is_old).any()):
+        if role == "before" and epoch == best and bool((~is_old).any()):
             new = ~is_old
             direction = mean_gradient(model, images[new], labels[new], next_mask, batch_size, device, bn_mode)
-        elif epoch == boundary_epoch:
+        elif role == "before" and epoch == best:
             log.warning("boundary %d: no new-class samples, alignment left NaN", boundary_epoch)
-        cols = probe_checkpoint(model, images, labels, eval_masks, native, taus=taus, batch_size=batch_size,
-                                device=device, bn_mode=bn_mode, direction=direction,
+        cols = probe_checkpoint(model, images, labels, eval_masks, native, taus=taus, score_taus=score_taus,
+                                batch_size=batch_size, device=device, bn_mode=bn_mode, direction=direction,
                                 eta=next_task_lr if direction is not None else None, progress=progress)
         features = cols.pop("features")
-        cols["drift"] = feature_drift(features, previous)
-        previous = features
+        cols["drift"] = feature_drift(features, at_best if role == "live" else previous)
+        if role != "live":
+            previous = features
+        if epoch == best and role == "before":
+            at_best = features
         df = pd.DataFrame({"sample_id": sample_ids, "epoch": np.full(len(labels), epoch, dtype=np.int64),
+                           "role": role, "best_epoch": np.full(len(labels), best, dtype=np.int64),
                            "label": labels.numpy(), "is_old": is_old.numpy()})
-        dormant = [k for k in cols if k.startswith("dormant_t")]
-        for k in COLUMNS[4:] + tuple(dormant) + TAIL:
+        dormant = [k for k in cols if k.startswith("dormant_")]
+        for k in COLUMNS[6:] + tuple(dormant) + TAIL:
             df[k] = cols[k].numpy() if k in cols else np.nan
         frames.append(df)
-        log.info("boundary %d: probed epoch %d (%d samples) in %.1fs", boundary_epoch, epoch, len(labels),
+        log.info("boundary %d: probed epoch %d (%s, %d samples) in %.1fs", boundary_epoch, epoch, role, len(labels),
                  time.perf_counter() - t0)
-    return pd.concat(frames, ignore_index=True)
+    table = pd.concat(frames, ignore_index=True)
+    warn_degenerate(table, f"boundary epoch {boundary_epoch}")
+    return table

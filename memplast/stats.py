@@ -39,7 +39,7 @@ _ELEMENTS_PER_BATCH = 5_000_000  # bootstrap batch size cap (resamples x n) to b
 
 # Sign that makes "larger = more plasticity lost" for the tails analysis (positive = worse).
 PLASTICITY_LOSS_SIGN = {
-    "d_loss": 1, "grad_drop": 1, "d_log_grad": -1, "d_margin": -1, "drift": 1,
+    "d_loss": 1, "grad_drop": 1, "d_log_grad": -1, "d_margin": -1, "d_drift": 1,
     "pred_forget": 1, "align_dot": -1, "align_cos": -1,
 }
 

@@ -7,11 +7,17 @@ by ``lr_gamma`` at the task-epochs in ``lr_milestones``. At the end of a task th
 best-validation weights (strict improvement) are restored; that model is the task's end
 checkpoint and the next task starts from it (with the optimizer and RNG states).
 
+The before-window of the boundary that ends the task lies on that path: the last ``w`` states up
+to the best epoch B (B-w+1..B; kept in memory, snapshotted at every new best), written to the
+window slots (slot j = epoch B-j). The live last epoch, which the restore discards, is written
+too so the rollback can be measured on its own. Without early stopping B is the last epoch.
+
 The memorization scorer (``train_scorer``) reuses the same epoch loop on all classes.
 """
 
 from __future__ import annotations
 
+import collections
 import copy
 import hashlib
 import json
@@ -187,11 +193,11 @@ def task_epoch_range(task: int, epochs_per_task: int) -> range:
 
 
 def probe_epochs(task: int, epochs_per_task: int, window: int, extra=()) -> list[int]:
-    """Epochs of ``task`` whose weights are saved: its first and last ``window`` epochs (the
-    windows around the boundaries before and after it) and any extra task-epochs."""
+    """Epochs of ``task`` saved under their epoch number: its first ``window`` epochs (the
+    after-window of the boundary before it), its end checkpoint and any extra task-epochs.
+    The before-window of the boundary after it goes to the window slots (see ``run_task``)."""
     first = task * epochs_per_task
-    epochs = set(range(first + 1, first + window + 1))
-    epochs |= set(range(first + epochs_per_task - window + 1, first + epochs_per_task + 1))
+    epochs = set(range(first + 1, first + window + 1)) | {first + epochs_per_task}
     epochs |= {first + e for e in extra if 1 <= e <= epochs_per_task}
     return sorted(epochs)
 
@@ -204,13 +210,16 @@ def model_meta(model_cfg: dict, num_classes: int, in_channels: int, **extra) -> 
 def run_task(spec: RunSpec, prepared: Prepared, protocol: dict, model_cfg: dict, aug_cfg: dict,
              ordering_cfg: dict, weighting_cfg: dict, prev_state: str | None, end_state: str,
              checkpoints: dict, metrics_path: str, order_log_path: str, resume_path: str,
-             provenance: dict, stop_after_epoch: int | None = None) -> pd.DataFrame:
+             provenance: dict, stop_after_epoch: int | None = None, window_paths: list | None = None,
+             live_path: str | None = None) -> pd.DataFrame:
     """Train one task of one run and write its outputs (see rules/train.smk).
 
     ``checkpoints`` maps global epoch -> path. ``resume_path`` holds the state every
     ``protocol.state_every`` epochs; a rerun continues from it and ends with the same weights
     as an uninterrupted run. ``stop_after_epoch`` (tests) raises after that global epoch,
-    as a kill would.
+    as a kill would. ``window_paths[j]`` receives the weights of epoch B - j (B = best epoch, or
+    the last epoch without early stopping); a slot before the task's first epoch gets an empty
+    marker ({"meta": {"empty": True, ...}}). ``live_path`` receives the live last-epoch weights.
     """
     device = resolve_device(protocol["device"])
     t, E, cpt = spec.task, protocol["epochs_per_task"], protocol["classes_per_task"]
@@ -271,6 +280,7 @@ def run_task(spec: RunSpec, prepared: Prepared, protocol: dict, model_cfg: dict,
     runtime = {"threads": torch.get_num_threads(), "device": str(device), "torch": torch.__version__}
     provenance = {**provenance, "runtime": {**provenance.get("runtime", {}), **runtime}}
     key = science_key(provenance)
+    recent = collections.deque(maxlen=len(window_paths or ()))  # (epoch, CPU weights) of the last w epochs
     if Path(resume_path).exists():
         r = torch.load(resume_path, map_location=device, weights_only=False)
         fits = r["spec"] == spec.name and r["task"] == t and r["config"] == key
@@ -292,6 +302,7 @@ def run_task(spec: RunSpec, prepared: Prepared, protocol: dict, model_cfg: dict,
             noise_gen.set_state(r["noise_generator"].cpu())
             base, best, rows, order_rows, start_epoch = r["base"], r["best"], r["metrics"], r["orders"], r["epoch"]
             saved = r["saved"]
+            recent.extend(r.get("recent", []))
             # Snakemake removes the outputs of a killed job: write its earlier checkpoints again
             for g, weights in saved.items():
                 save_checkpoint(checkpoints[g], _loaded(model, weights), {**meta, "epoch": g, "task": t, "seen": seen.tolist()}, provenance)
@@ -320,9 +331,11 @@ def run_task(spec: RunSpec, prepared: Prepared, protocol: dict, model_cfg: dict,
                      "train_loss": float(losses.mean()), "train_acc": train_acc, "val_loss": val_loss,
                      "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc,
                      "seconds": seconds, "images_per_sec": len(order) / seconds})
+        if recent.maxlen:
+            recent.append((g, {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}))
         if val_acc > best_acc:  # strict: the earliest best epoch wins ties
             best_acc = val_acc
-            best = {"val_acc": val_acc, "epoch": g, "model": copy.deepcopy(model.state_dict())}
+            best = {"val_acc": val_acc, "epoch": g, "model": copy.deepcopy(model.state_dict()), "window": list(recent)}
         if g in checkpoints and g != (t + 1) * E:
             save_checkpoint(checkpoints[g], model, {**meta, "epoch": g, "task": t, "seen": seen.tolist()}, provenance)
             saved[g] = copy.deepcopy(model.state_dict())
@@ -332,12 +345,27 @@ def run_task(spec: RunSpec, prepared: Prepared, protocol: dict, model_cfg: dict,
                             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                             "generator": generator.get_state(), "noise_generator": noise_gen.get_state(),
                             "base": base, "best": best, "metrics": rows, "orders": order_rows, "epoch": e + 1,
-                            "saved": saved}, tmp)
+                            "saved": saved, "recent": list(recent)}, tmp)
         if stop_after_epoch is not None and g >= stop_after_epoch:
             raise KeyboardInterrupt(f"stopped after epoch {g} (test hook)")
 
     end_epoch = (t + 1) * E
-    if protocol["early_stopping"] and best is not None:
+    restore = protocol["early_stopping"] and best is not None
+    best_epoch = best["epoch"] if restore else end_epoch
+    ckpt_meta = {**meta, "task": t, "seen": seen.tolist(), "best_epoch": best_epoch}
+    if live_path is not None:
+        save_checkpoint(live_path, model, {**ckpt_meta, "epoch": end_epoch, "live": True}, provenance)
+    window = best["window"] if restore else list(recent)
+    for j, path in enumerate(window_paths or ()):
+        if j < len(window):
+            g, weights = window[-1 - j]
+            save_checkpoint(path, _loaded(model, weights), {**ckpt_meta, "epoch": g, "slot": j}, provenance)
+        else:  # B - j precedes the task's first epoch: not on this task's path
+            with atomic_path(path) as tmp:
+                torch.save({"meta": {**ckpt_meta, "epoch": None, "slot": j, "empty": True}}, tmp)
+    if window_paths:
+        model.load_state_dict(window[-1][1] if restore else recent[-1][1])
+    if restore:
         model.load_state_dict(best["model"])
         log.info("%s: restored best-validation weights of epoch %d (val acc %.4f)", where, best["epoch"], best["val_acc"])
     val_loss, val_acc = evaluate(model, data, val_rows, mask, protocol["eval_batch_size"])

@@ -161,11 +161,12 @@ def train_runtime(wc, attempt):
 
 
 def boundary_checkpoints(wc):
-    """Checkpoints E_k-w+1 .. E_k (end of task k) and E_k+1 .. E_k+w (start of task k+1)."""
+    """The before-window slots of task k (epochs B_k, B_k-1, .., B_k-w+1 on the training path),
+    its live last epoch, and E_k+1 .. E_k+w (start of task k+1)."""
     k = int(wc.boundary)
-    before = [(k, te) for te in range(E - W + 1, E + 1)]
-    after = [(k + 1, te) for te in range(1, W + 1)]
-    return [
-        f"{RUN}/task{{t}}/ckpt/te{{te}}.pt".format(**wc, t=t, te=te)
-        for t, te in before + after
+    task_k = f"{RUN}/task{k}/ckpt".format(**wc)
+    after = [
+        f"{RUN}/task{{t}}/ckpt/te{{te}}.pt".format(**wc, t=k + 1, te=te)
+        for te in range(1, W + 1)
     ]
+    return [*(f"{task_k}/best-{j}.pt" for j in range(W)), f"{task_k}/live.pt", *after]

@@ -35,6 +35,12 @@ rule train_task:
             te=CKPT_TASK_EPOCHS,
             allow_missing=True,
         ),
+        # before-window of the boundary after this task: slot j = epoch (best - j), known only
+        # after training; live = the last epoch before the best weights are restored
+        window=expand(
+            f"{RUN}/task{{task}}/ckpt/best-{{j}}.pt", j=range(W), allow_missing=True
+        ),
+        live=f"{RUN}/task{{task}}/ckpt/live.pt",
         metrics=f"{RUN}/task{{task}}/metrics.parquet",
         order_log=f"{RUN}/task{{task}}/order_log.parquet",
     log:

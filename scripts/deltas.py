@@ -12,9 +12,9 @@ from memplast.cli import entrypoint  # noqa: E402
 from memplast.deltas import boundary_deltas, join_memo, plasticity_export  # noqa: E402
 
 
-def dynamic_memo(probe_table: pd.DataFrame, boundary_epoch: int, window: int) -> pd.Series:
-    """m_i(t): mean of the probed curvature over task k's probed epochs (E_k - w, E_k]."""
-    before = probe_table[(probe_table["epoch"] > boundary_epoch - window) & (probe_table["epoch"] <= boundary_epoch)]
+def dynamic_memo(probe_table: pd.DataFrame) -> pd.Series:
+    """m_i(t): mean of the probed curvature over task k's before-window (B_k - w, B_k] on the path."""
+    before = probe_table[probe_table["role"] == "before"]
     return before.groupby("sample_id")["curv_dyn"].mean().rename("memo_dyn")
 
 
@@ -28,7 +28,7 @@ def main(probes: list, scores: str, deltas: str, legacy: str, run: dict, score_c
         k = int(table["boundary"].iloc[0])
         d = boundary_deltas(table, (k + 1) * E, w)
         if "curv_dyn" in table:
-            d = d.merge(dynamic_memo(table, (k + 1) * E, w), on="sample_id", how="left")
+            d = d.merge(dynamic_memo(table), on="sample_id", how="left")
         frames.append(d)
     out = join_memo(pd.concat(frames, ignore_index=True), memo, score_col)
     out = out.merge(memo.loc[memo["split"] == "train", ["sample_id", "noisy"]], on="sample_id", how="left")

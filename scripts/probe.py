@@ -13,17 +13,30 @@ from memplast import io  # noqa: E402
 from memplast.augment import normalize  # noqa: E402
 from memplast.cli import entrypoint  # noqa: E402
 from memplast.config import SCORE_COLUMNS  # noqa: E402
-from memplast.curvature import curvature_scores  # noqa: E402
+from memplast.curvature import checkpoint_seed, curvature_scores, strict_numerics  # noqa: E402
 from memplast.data import load_prepared  # noqa: E402
 from memplast.models import class_mask, load_checkpoint  # noqa: E402
-from memplast.probes import probe_boundary  # noqa: E402
+from memplast.probes import degenerate_thresholds, probe_boundary  # noqa: E402
 from memplast.train import resolve_device, task_classes  # noqa: E402
 
 
+def _load(path, device):
+    """(model, meta) of a checkpoint, or (None, meta) for an empty window slot."""
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if payload["meta"].get("empty"):
+        return None, payload["meta"]
+    return load_checkpoint(path, device)
+
+
 def main(prepared: str, order: str, kept: str, checkpoints: list, probes: str, boundary: int, cfg: dict):
-    """Write the long probe table of boundary BOUNDARY from its window CHECKPOINTS."""
-    proto, pcfg = cfg["protocol"], cfg["probes"]
+    """Write the long probe table of boundary BOUNDARY from its CHECKPOINTS (before-window slots,
+    live last epoch, after-window)."""
+    proto, pcfg, memo = cfg["protocol"], cfg["probes"], cfg["memo"]
+    if pcfg["curvature"] and memo["score"] not in memo["methods"]:
+        raise ValueError(f"probes.curvature needs the curvature method memo.score={memo['score']!r} in "
+                         f"memo.methods {memo['methods']}; set memo.score to one of them or probes.curvature: false")
     device = resolve_device(proto["device"])
+    numerics = strict_numerics(device, proto["deterministic"])
     data = load_prepared(prepared)
     classes = pd.read_csv(order)["class"].to_numpy()
     old = task_classes(classes, boundary, proto["classes_per_task"])
@@ -32,30 +45,48 @@ def main(prepared: str, order: str, kept: str, checkpoints: list, probes: str, b
                           & np.isin(data.sample_id, io.read_parquet(kept)["sample_id"]))
     images = normalize(torch.as_tensor(data.images[rows]), data.mean, data.std)
     labels = torch.as_tensor(data.labels[rows])
-    models = {}
+    boundary_epoch = (boundary + 1) * proto["epochs_per_task"]
+    models, live, best = {}, None, None
     for path in checkpoints:
-        model, meta = load_checkpoint(path, device)
-        models[meta["epoch"]] = (model, class_mask(meta["seen"], data.n_classes, device))
+        model, meta = _load(path, device)
+        if model is None:
+            continue
+        mask = class_mask(meta["seen"], data.n_classes, device)
+        if meta.get("live"):
+            live = (model, mask)
+        else:
+            models[meta["epoch"]] = (model, mask)
+            if meta.get("slot") == 0:
+                best = int(meta["best_epoch"])
+    if best is None:
+        raise ValueError(f"boundary {boundary}: no before-window slot 0 among the checkpoints; retrain task {boundary}")
+    restored = live is not None and best < boundary_epoch
     table = probe_boundary(
-        {e: m for e, (m, _) in models.items()}, (boundary + 1) * proto["epochs_per_task"], images, labels,
+        {e: m for e, (m, _) in models.items()}, boundary_epoch, images, labels,
         data.sample_id[rows], np.isin(data.labels[rows], old), class_mask(old, data.n_classes, device),
-        {e: mask for e, (_, mask) in models.items()}, proto["lr"], taus=pcfg["taus"],
-        batch_size=pcfg["batch_size"], device=device, bn_mode=pcfg["bn_mode"],
+        {e: mask for e, (_, mask) in models.items()}, proto["lr"], taus=pcfg["taus"], score_taus=pcfg["score_taus"],
+        batch_size=pcfg["batch_size"], device=device, bn_mode=pcfg["bn_mode"], best_epoch=best,
+        live=live[0] if restored else None,
     )
     table.insert(2, "boundary", boundary)
     if pcfg["curvature"]:
-        # dynamic memo m_i(t): the configured curvature under each checkpoint's native mask
-        method = cfg["memo"]["score"] if cfg["memo"]["score"] in cfg["memo"]["methods"] else "exact_ggn"
+        # dynamic memo m_i(t): memo.score's curvature under each checkpoint's native mask, own probes per checkpoint
+        method = memo["score"]
         col = SCORE_COLUMNS[method]
         parts = []
-        for epoch, (model, mask) in sorted(models.items()):
+        points = [(e, m, "path") for e, m in sorted(models.items())] + ([(boundary_epoch, live, "live")] if restored else [])
+        for epoch, (model, mask), kind in points:
             inside = mask.cpu()[labels].numpy()
             c = curvature_scores(model, images[inside], labels[inside], torch.as_tensor(data.sample_id[rows][inside]),
-                                 mask, [method], n_probes=cfg["memo"]["n_probes"], fd_step=cfg["memo"]["fd_step"],
-                                 batch_size=cfg["memo"]["batch_size"], seed=cfg["memo"]["seed"], device=device)
-            parts.append(c[["sample_id", col]].rename(columns={col: "curv_dyn"}).assign(epoch=epoch))
-        table = table.merge(pd.concat(parts), on=["sample_id", "epoch"], how="left")
-    io.write_parquet(table, probes, io.provenance(cfg, boundary=boundary, checkpoints=list(map(str, checkpoints))))
+                                 mask, [method], n_probes=memo["n_probes"], fd_step=memo["fd_step"],
+                                 batch_size=memo["batch_size"], seed=checkpoint_seed(memo["seed"], epoch), device=device)
+            role = table.loc[table["epoch"] == epoch, "role"]
+            role = "live" if kind == "live" else role[role != "live"].iloc[0]
+            parts.append(c[["sample_id", col]].rename(columns={col: "curv_dyn"}).assign(epoch=epoch, role=role))
+        table = table.merge(pd.concat(parts), on=["sample_id", "epoch", "role"], how="left")
+    prov = io.provenance(cfg, boundary=boundary, checkpoints=list(map(str, checkpoints)), best_epoch=best,
+                         numerics=numerics, degenerate_thresholds=degenerate_thresholds(table))
+    io.write_parquet(table, probes, prov)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,10 @@ from memplast.train import RunSpec, run_task  # noqa: E402
 def main(prepared: str, order: str, kept: str, end: str, checkpoints: list, metrics: str, order_log: str,
          run: str, seed: int, task: int, ordering: str, alpha: float, algorithm: str, ckpt_task_epochs: list,
          resume: str, score_col: str, cfg: dict, prev_state: str | None = None, scores: str | None = None,
-         file_order: str | None = None, stop_after_epoch: int | None = None):
-    """Train task TASK of run RUN from PREV_STATE; write END, CHECKPOINTS, METRICS, ORDER_LOG."""
+         file_order: str | None = None, stop_after_epoch: int | None = None, window: list = (),
+         live: str | None = None):
+    """Train task TASK of run RUN from PREV_STATE; write END, CHECKPOINTS, WINDOW (slot j = best
+    epoch - j), LIVE (last epoch before the restore), METRICS, ORDER_LOG."""
     data = load_prepared(prepared)
     memo = None
     if scores is not None:
@@ -33,7 +35,8 @@ def main(prepared: str, order: str, kept: str, end: str, checkpoints: list, metr
     paths = {task * E + te: p for te, p in zip(ckpt_task_epochs, np.atleast_1d(checkpoints))}
     prov = io.provenance(cfg, run=run, task=task, score_col=score_col)
     run_task(spec, data, cfg["protocol"], cfg["model"], cfg["dataset"]["augmentation"], cfg["ordering"],
-             cfg["weighting"], prev_state, end, paths, metrics, order_log, resume, prov, stop_after_epoch)
+             cfg["weighting"], prev_state, end, paths, metrics, order_log, resume, prov, stop_after_epoch,
+             window_paths=list(np.atleast_1d(window)), live_path=live)
 
 
 if __name__ == "__main__":
