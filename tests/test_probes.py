@@ -1,9 +1,11 @@
 """Per-sample probes: every quantity against an independent per-sample autograd loop."""
 
 import copy
+import logging
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -48,13 +50,17 @@ def reference(model, x, y, masks, direction=None):
     model = copy.deepcopy(model).eval()
     names, params = zip(*[(n, p) for n, p in model.named_parameters() if p.requires_grad], strict=True)
     out = {k: [] for k in ("loss", "margin", "correct", "confidence", "grad_norm", "input_grad_norm", "dot", "ghg",
-                           "dormant_t0.01", "dormant_t0.01_layers")}
+                           "dormant_t0.01", "dormant_t0.01_layers", "dormant_score_t0.1", "dormant_score_t0.1_layers")}
     for i in range(len(y)):
         with torch.no_grad():
             acts = model(x[i:i + 1], return_acts=True).acts
         rates = [[(a[0, c] > 0).double().mean().item() for c in range(a.shape[1])] for a in acts]
         out["dormant_t0.01"].append(sum(r <= 0.01 for layer in rates for r in layer) / sum(map(len, rates)))
         out["dormant_t0.01_layers"].append([sum(r <= 0.01 for r in layer) / len(layer) for layer in rates])
+        means = [[a[0, c].mean().item() for c in range(a.shape[1])] for a in acts]  # a_u: spatial mean
+        scores = [[m / (sum(layer) / len(layer)) if sum(layer) > 0 else 0.0 for m in layer] for layer in means]
+        out["dormant_score_t0.1"].append(sum(v <= 0.1 for layer in scores for v in layer) / sum(map(len, scores)))
+        out["dormant_score_t0.1_layers"].append([sum(v <= 0.1 for v in layer) / len(layer) for layer in scores])
         mask = masks[i]
         if not mask[y[i]]:
             for k, v in out.items():
@@ -96,11 +102,13 @@ def test_every_quantity_matches_per_sample_loop(arch):
     G = {n: 0.1 * torch.randn_like(p) for n, p in model.named_parameters()}
     got = probes.probe_checkpoint(model, x, y, eval_masks, NEXT, batch_size=4, direction=G, eta=0.3)
     ref = reference(model, x, y, eval_masks, G)
-    for k in ("loss", "margin", "correct", "confidence", "grad_norm", "input_grad_norm", "dormant_t0.01"):
+    for k in ("loss", "margin", "correct", "confidence", "grad_norm", "input_grad_norm", "dormant_t0.01",
+              "dormant_score_t0.1"):
         close(got[k], ref[k])
-    layers = ref["dormant_t0.01_layers"]
-    close(torch.stack([got[f"dormant_t0.01_L{j}"] for j in range(layers.shape[1])], 1), layers)
-    assert f"dormant_t0.01_L{layers.shape[1]}" not in got and layers.std(0).max() > 0
+    for family in ("dormant_t0.01", "dormant_score_t0.1"):
+        layers = ref[f"{family}_layers"]
+        close(torch.stack([got[f"{family}_L{j}"] for j in range(layers.shape[1])], 1), layers)
+        assert f"{family}_L{layers.shape[1]}" not in got and layers.std(0).max() > 0
     close(got["align_dot"], ref["dot"])
     g_norm = torch.sqrt(sum(v.square().sum() for v in G.values()))
     close(got["align_cos"], ref["dot"] / (ref["grad_norm"] * g_norm))
@@ -352,6 +360,45 @@ def test_unsupported_layer_is_refused():
         probes.probe_checkpoint(Shared(), torch.randn(2, C), torch.tensor([0, 1]), OLD, OLD)
 
 
+def test_graded_dormancy_scores_on_hand_built_activations():
+    """s_u = a_u / mean over the layer of a (a = spatial mean), fraction with s_u <= tau."""
+    conv = torch.zeros(2, 4, 2, 2, dtype=torch.float64)
+    for c, a in enumerate([0.0, 0.02, 0.08, 3.9]):  # sample 0: channel means a_u, layer mean 1
+        conv[0, c, 0, 0] = 4 * a  # one position of four
+    conv[1] = 0.0  # sample 1: a silent layer, every unit dormant
+    fc = torch.tensor([[0.0, 0.0, 1.0], [0.5, 0.5, 2.0]], dtype=torch.float64)  # means 1/3 and 1
+    got = probes.dormant_scores([conv, fc], taus=(0.0, 0.025, 0.1))
+    close(got["dormant_score_t0_L0"], torch.tensor([1 / 4, 1.0], dtype=torch.float64))
+    close(got["dormant_score_t0.025_L0"], torch.tensor([2 / 4, 1.0], dtype=torch.float64))
+    close(got["dormant_score_t0.1_L0"], torch.tensor([3 / 4, 1.0], dtype=torch.float64))
+    for tau in ("0", "0.025", "0.1"):  # fc: s = (0, 0, 3) and (0.5, 0.5, 2)
+        close(got[f"dormant_score_t{tau}_L1"], torch.tensor([2 / 3, 0.0], dtype=torch.float64))
+    close(got["dormant_score_t0.1"], torch.tensor([(3 + 2) / 7, 4 / 7], dtype=torch.float64))
+    # the rate-based definition cannot tell channels 1-3 apart on 4 positions: all active at 1/4
+    rates = probes.dormant_props([conv, fc], taus=(0.0, 0.025, 0.1))
+    assert torch.equal(rates["dormant_t0_L0"], rates["dormant_t0.1_L0"])
+
+
+def test_degenerate_threshold_warning_fires_once_where_thresholds_coincide(caplog):
+    g = torch.Generator().manual_seed(0)
+    small_map = torch.relu(torch.randn(50, 6, 4, 4, generator=g, dtype=torch.float64) - 1.0)  # 16 positions
+    shift = torch.tensor([0.0, 1.5, 2.5, 3.0, 3.5, 4.5], dtype=torch.float64)[None, :, None, None]
+    shift = shift + 0.5 * torch.randn(50, 6, 1, 1, generator=g, dtype=torch.float64)  # rates differ by sample
+    large_map = torch.relu(torch.randn(50, 6, 40, 40, generator=g, dtype=torch.float64) - shift)  # 1600 positions
+    table = pd.DataFrame({k: v.numpy() for k, v in {**probes.dormant_props([small_map, large_map]),
+                                                     **probes.dormant_scores([small_map, large_map])}.items()})
+    # tau x 16 < 1 for tau = 0.001 and 0.01: "active on <= tau of the positions" = "never active"
+    assert table["dormant_t0.01_L1"].ne(table["dormant_t0_L1"]).any()  # 1600 positions: they differ
+    with caplog.at_level(logging.WARNING, logger="memplast.probes"):
+        found = probes.warn_degenerate(table, "test")
+    assert found == ["dormant_t0_L0 == dormant_t0.001_L0", "dormant_t0.001_L0 == dormant_t0.01_L0"]
+    assert len([r for r in caplog.records if "identical columns" in r.getMessage()]) == 1
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="memplast.probes"):
+        assert probes.warn_degenerate(table.drop(columns=[c for c in table if c.endswith("_L0")])) == []
+    assert not caplog.records
+
+
 def boundary_inputs():
     """Two checkpoints of task k (epochs 3, 4 = E_k) and two of task k+1 (5, 6)."""
     x, y = data((1, 8, 8))
@@ -360,18 +407,30 @@ def boundary_inputs():
     return ckpts, x, y, masks
 
 
-def test_probe_boundary_table():
+def features_of(model, x):
+    return copy.deepcopy(model).eval()(x, return_acts=True).features.detach()
+
+
+def test_probe_boundary_table(caplog):
     ckpts, x, y, masks = boundary_inputs()
     ids = np.arange(100, 100 + len(y))
     is_old = OLD[y].numpy()
     lazy = {e: (lambda m=m: m) for e, m in ckpts.items()}  # loaders are accepted too
-    df = probes.probe_boundary(lazy, 4, x, y, ids, is_old, OLD, masks, next_task_lr=0.2, batch_size=4, progress=False)
-    dormant = [c for c in df.columns if c.startswith("dormant_t")]
-    assert list(df.columns) == ["sample_id", "epoch", "label", "is_old", "loss", "margin", "correct", "confidence",
-                                "loss_native", "margin_native", "correct_native", "confidence_native", "grad_norm",
-                                "input_grad_norm", *dormant, "drift", "align_dot", "align_cos", "pred_forget"]
+    with caplog.at_level(logging.WARNING, logger="memplast.probes"):
+        df = probes.probe_boundary(lazy, 4, x, y, ids, is_old, OLD, masks, next_task_lr=0.2, batch_size=4,
+                                   progress=False)
+    # 8 x 8 inputs: tau x positions < 1 for the rate thresholds of the conv layers -> one warning
+    assert len([r for r in caplog.records if "identical columns" in r.getMessage()]) == 1
+    dormant = [c for c in df.columns if c.startswith("dormant_")]
+    assert list(df.columns) == ["sample_id", "epoch", "role", "best_epoch", "label", "is_old", "loss", "margin",
+                                "correct", "confidence", "loss_native", "margin_native", "correct_native",
+                                "confidence_native", "grad_norm", "input_grad_norm", *dormant, "drift", "align_dot",
+                                "align_cos", "pred_forget"]
     assert dormant[:3] == ["dormant_t0", "dormant_t0.001", "dormant_t0.01"] and "dormant_t0.01_L3" in dormant
+    assert "dormant_score_t0.025" in dormant and "dormant_score_t0.1_L3" in dormant
     assert len(df) == 4 * len(y) and sorted(df["epoch"].unique()) == [3, 4, 5, 6]
+    assert (df["best_epoch"] == 4).all() and df.groupby("epoch")["role"].first().to_dict() == {
+        3: "before", 4: "before", 5: "after", 6: "after"}
     new = ~df["is_old"]
     assert df.loc[new & (df["epoch"] <= 4), "loss"].isna().all()
     assert df.loc[new & (df["epoch"] >= 5), "loss"].notna().all()
@@ -388,8 +447,9 @@ def test_probe_boundary_table():
     close(torch.tensor(e5["loss_native"].to_numpy()), reference(ckpts[5], x, y, probes.row_masks(NEXT, len(y)))["loss"])
 
     # drift: distance of penultimate features to the previous probed epoch
-    feats = {e: copy.deepcopy(m).eval()(x, return_acts=True).features.detach() for e, m in ckpts.items()}
+    feats = {e: features_of(m, x) for e, m in ckpts.items()}
     close(torch.tensor(df.loc[df["epoch"] == 6, "drift"].to_numpy()), (feats[6] - feats[5]).norm(dim=1))
+    close(torch.tensor(df.loc[df["epoch"] == 5, "drift"].to_numpy()), (feats[5] - feats[4]).norm(dim=1))
 
     # G = mean gradient of the task-(k+1) loss over the new-class samples at E_k
     ref_model = copy.deepcopy(ckpts[4]).eval()
@@ -401,13 +461,42 @@ def test_probe_boundary_table():
     close(torch.tensor(e4["pred_forget"].to_numpy()), -0.2 * ref["dot"] + 0.02 * ref["ghg"])
 
 
+def test_probe_boundary_on_the_path_when_the_best_epoch_precedes_the_end():
+    """E_k = 6, best epoch B_k = 3: before-window 2, 3; live last epoch 6 (discarded by the
+    restore); after-window 7, 8 starts from B_k. Drift at 7 is measured from B_k, the live row's
+    drift is ||h_L - h_B||, and alignment is taken at B_k."""
+    x, y = data((1, 8, 8))
+    path = {e: small_cnn(seed=e) for e in (2, 3, 7, 8)}
+    live = small_cnn(seed=6)
+    masks = {2: OLD, 3: OLD, 7: NEXT, 8: NEXT}
+    is_old = OLD[y].numpy()
+    df = probes.probe_boundary(path, 6, x, y, np.arange(len(y)), is_old, OLD, masks, next_task_lr=0.2,
+                               batch_size=5, progress=False, best_epoch=3, live=live)
+    roles = df.groupby(["epoch", "role"]).size().index.tolist()
+    assert roles == [(2, "before"), (3, "before"), (6, "live"), (7, "after"), (8, "after")]
+    assert (df["best_epoch"] == 3).all()
+    feats = {e: features_of(m, x) for e, m in path.items()} | {"live": features_of(live, x)}
+    rows = {r: df[(df["epoch"] == e) & (df["role"] == r)].reset_index(drop=True)
+            for e, r in ((3, "before"), (6, "live"), (7, "after"))}
+    close(torch.tensor(rows["after"]["drift"].to_numpy()), (feats[7] - feats[3]).norm(dim=1))
+    close(torch.tensor(rows["live"]["drift"].to_numpy()), (feats["live"] - feats[3]).norm(dim=1))
+    close(torch.tensor(rows["live"]["loss"].to_numpy()), reference(live, x, y, torch.where(
+        OLD[y][:, None], OLD, OLD))["loss"])
+    assert rows["before"].loc[is_old, "align_dot"].notna().all() and rows["live"]["align_dot"].isna().all()
+    with pytest.raises(ValueError, match="consecutive"):
+        probes.probe_boundary({e: path[e] for e in (2, 7, 8)} | {4: path[3]}, 6, x, y, np.arange(len(y)), is_old,
+                              OLD, masks | {4: OLD}, 0.2, progress=False, best_epoch=4)
+    with pytest.raises(ValueError, match="live"):
+        probes.probe_boundary(path, 3, x, y, np.arange(len(y)), is_old, OLD, masks, 0.2, progress=False, live=live)
+
+
 def test_probe_boundary_rejects_inconsistent_inputs():
     ckpts, x, y, masks = boundary_inputs()
     ids = np.arange(len(y))
     is_old = OLD[y].numpy()
     with pytest.raises(ValueError, match="is_old"):
         probes.probe_boundary(ckpts, 4, x, y, ids, ~is_old, OLD, masks, 0.1, progress=False)
-    with pytest.raises(ValueError, match="boundary epoch"):
-        probes.probe_boundary(ckpts, 7, x, y, ids, is_old, OLD, masks, 0.1, progress=False)
+    with pytest.raises(ValueError, match="best epoch"):
+        probes.probe_boundary(ckpts, 4, x, y, ids, is_old, OLD, masks, 0.1, progress=False, best_epoch=2)
     with pytest.raises(ValueError, match="native mask"):
         probes.probe_boundary(ckpts, 4, x, y, ids, is_old, OLD, {3: OLD, 4: OLD}, 0.1, progress=False)

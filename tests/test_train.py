@@ -51,7 +51,7 @@ def small(demo_config):
 
 
 def _run(tmp, cfg, prepared, task, prev=None, algorithm="base", ordering="random", alpha=0.0, memo=None,
-         stop=None, name="order0/none/random/none/base", ckpt_all=False):
+         stop=None, name="order0/none/random/none/base", ckpt_all=False, window=0):
     E = cfg["protocol"]["epochs_per_task"]
     epochs = train.task_epoch_range(task, E) if ckpt_all else [task * E + E]
     ckpts = {g: str(tmp / f"t{task}" / f"e{g}.pt") for g in epochs}
@@ -60,7 +60,9 @@ def _run(tmp, cfg, prepared, task, prev=None, algorithm="base", ordering="random
     metrics = train.run_task(spec, prepared, cfg["protocol"], cfg["model"], cfg["dataset"]["augmentation"],
                              cfg["ordering"], cfg["weighting"], prev, str(tmp / f"t{task}" / "end.pt"), ckpts,
                              str(tmp / f"t{task}" / "m.parquet"), str(tmp / f"t{task}" / "o.parquet"),
-                             str(tmp / "resume" / f"t{task}.pt"), {"test": 1}, stop_after_epoch=stop)
+                             str(tmp / "resume" / f"t{task}.pt"), {"test": 1}, stop_after_epoch=stop,
+                             window_paths=[str(tmp / f"t{task}" / f"best-{j}.pt") for j in range(window)],
+                             live_path=str(tmp / f"t{task}" / "live.pt") if window else None)
     return metrics, ckpts
 
 
@@ -107,13 +109,19 @@ def test_killed_and_resumed_task_ends_bitwise_identical(tmp_path, small, digits)
     # same two tasks, but task 1 is killed after its 3rd epoch (state saved after epoch 2)
     _run(tmp_path / "k", small, digits, 0)
     prev = str(tmp_path / "k" / "t0" / "end.pt")
+    _run(tmp_path / "ref", small, digits, 1, prev=ref_prev, window=2)
     with pytest.raises(KeyboardInterrupt):
-        _run(tmp_path / "k", small, digits, 1, prev=prev, stop=4 + 3, ckpt_all=True)
+        _run(tmp_path / "k", small, digits, 1, prev=prev, stop=4 + 3, ckpt_all=True, window=2)
     assert (tmp_path / "k" / "resume" / "t1.pt").exists()
     # a killed Snakemake job loses its outputs: the resumed job must write all of them again
     for f in (tmp_path / "k" / "t1").glob("*.pt"):
         f.unlink()
-    m, ckpts = _run(tmp_path / "k", small, digits, 1, prev=prev, ckpt_all=True)
+    m, ckpts = _run(tmp_path / "k", small, digits, 1, prev=prev, ckpt_all=True, window=2)
+    for name in ("best-0.pt", "best-1.pt", "live.pt"):  # the before-window survives the kill
+        assert torch.load(tmp_path / "k" / "t1" / name, weights_only=True) ["meta"] == \
+            torch.load(tmp_path / "ref" / "t1" / name, weights_only=True)["meta"]
+        if "model" in torch.load(tmp_path / "ref" / "t1" / name, weights_only=True):
+            assert _same(_weights(tmp_path / "k" / "t1" / name), _weights(tmp_path / "ref" / "t1" / name))
     assert all(Path(p).exists() for p in ckpts.values())
     assert not (tmp_path / "k" / "resume" / "t1.pt").exists()
     assert _same(_weights(tmp_path / "k" / "t1" / "end.pt"), _weights(tmp_path / "ref" / "t1" / "end.pt"))
@@ -197,6 +205,45 @@ def test_memo_ordering_and_weighting_run(tmp_path, small, digits):
     assert log["hash"].nunique() == 1  # the same sorted order every epoch
 
 
-def test_probe_epochs_cover_both_windows():
-    assert train.probe_epochs(2, 10, 3) == [21, 22, 23, 28, 29, 30]
-    assert train.probe_epochs(0, 10, 3, extra=[5]) == [1, 2, 3, 5, 8, 9, 10]
+def test_probe_epochs_cover_the_after_window_and_the_end():
+    assert train.probe_epochs(2, 10, 3) == [21, 22, 23, 30]
+    assert train.probe_epochs(0, 10, 3, extra=[5]) == [1, 2, 3, 5, 10]
+
+
+@pytest.mark.parametrize("val_acc, early_stopping, best", [
+    ([0.5, 0.9, 0.6, 0.7, 0.8, 0.7], True, 2),  # best < E - w
+    ([0.1, 0.2, 0.3, 0.4, 0.5, 0.6], True, 6),  # best = E
+    ([0.5, 0.9, 0.6, 0.7, 0.8, 0.7], False, 6),  # early stopping off: nothing restored
+    ([0.9, 0.5, 0.6, 0.7, 0.8, 0.7], True, 1),  # best at the task's first epoch: truncated window
+])
+def test_before_window_ends_at_the_best_epoch(tmp_path, small, digits, monkeypatch, val_acc, early_stopping, best):
+    """Validation accuracies are planted (evaluate is replaced); the window slots must hold the
+    weights of epochs best, best-1, .. (compared with every epoch's saved live weights), live.pt
+    the last epoch, and the end checkpoint the best epoch's weights."""
+    real, calls = train.evaluate, []
+
+    def planted(model, data_, rows, mask, batch_size):
+        loss, _ = real(model, data_, rows, mask, batch_size)
+        calls.append(1)
+        return loss, val_acc[min((len(calls) - 1) // 2, len(val_acc) - 1)]
+
+    monkeypatch.setattr(train, "evaluate", planted)
+    cfg = copy.deepcopy(small)
+    cfg["protocol"].update(epochs_per_task=6, lr_milestones=[4], early_stopping=early_stopping)
+    metrics, ckpts = _run(tmp_path, cfg, digits, 0, ckpt_all=True, window=3)
+    live = torch.load(tmp_path / "t0" / "live.pt", weights_only=True)
+    assert live["meta"]["best_epoch"] == best and live["meta"]["epoch"] == 6 and live["meta"]["live"]
+    for j in range(3):
+        slot = torch.load(tmp_path / "t0" / f"best-{j}.pt", weights_only=True)
+        assert slot["meta"]["best_epoch"] == best and slot["meta"]["slot"] == j
+        if best - j >= 1:
+            assert slot["meta"]["epoch"] == best - j
+            if best - j < 6:  # epochs < E: the per-epoch checkpoints hold the live weights of that epoch
+                assert _same(slot["model"], _weights(ckpts[best - j]))
+        else:
+            assert slot["meta"]["empty"] and slot["meta"]["epoch"] is None and "model" not in slot
+    end = _weights(tmp_path / "t0" / "end.pt")
+    assert _same(end, torch.load(tmp_path / "t0" / "best-0.pt", weights_only=True)["model"])
+    assert _same(end, live["model"]) == (best == 6)
+    if best < 6:
+        assert _same(end, _weights(ckpts[best]))
