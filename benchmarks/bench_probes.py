@@ -14,6 +14,13 @@ other processes hurts them alike), the others as the best of 2:
 - ``loop``: grad_norm and input_grad_norm from a per-sample autograd loop.
 
 Goal: ``probe+align`` within 2.5x of ``fwd+bwd``. Usage: python benchmarks/bench_probes.py [--quick]
+
+``--pred-forget`` instead validates pred_forget (design §4) on trained demo-scale checkpoints:
+the demo protocol (config/demo.yaml, digits, small CNN, class order 0) is trained task by task;
+at each task end, for every old-class training sample, pred_forget_i = -eta g_i.G + eta^2/2 G^T H_i G
+is compared with the realised change loss_i(theta - eta G) - loss_i(theta) of one plain SGD step
+along G (the mean gradient of the next task's loss over its new-class samples), eval-mode BN, for
+eta = the next task's lr and lr / 10. Reports Spearman rho and the fraction of equal signs.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from __future__ import annotations
 import argparse
 import time
 
+import numpy as np
 import torch
 from torch.func import functional_call, grad, vmap
 
@@ -82,11 +90,82 @@ def run(width: int, n: int, repeats: int, slow_rows: bool) -> dict:
     return times
 
 
+def pred_forget_validation(n_tasks: int = 4) -> list[dict]:
+    """pred_forget vs the realised one-step loss change at the end of each of ``n_tasks`` demo tasks."""
+    import tempfile
+    from pathlib import Path
+
+    from scipy import stats
+
+    from memplast import config, data, train
+    from memplast.augment import normalize
+    from memplast.models import load_checkpoint
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = config.load(root / "config.yaml", root / "config" / "demo.yaml")
+    proto, cpt = cfg["protocol"], cfg["protocol"]["classes_per_task"]
+    prepared = data.prepare(cfg["dataset"])
+    order = data.class_order(0, prepared.n_classes)
+    x_all = normalize(torch.as_tensor(prepared.images), prepared.mean, prepared.std)
+    rows, prev = [], None
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for t in range(n_tasks):
+            spec = train.RunSpec("bench/pred_forget", 0, order, t, prepared.sample_id[prepared.split == "train"],
+                                 "random", 0.0, "base")
+            end = str(tmp / f"end{t}.pt")
+            E = proto["epochs_per_task"]
+            train.run_task(spec, prepared, proto, cfg["model"], cfg["dataset"]["augmentation"], cfg["ordering"],
+                           cfg["weighting"], prev, end, {(t + 1) * E: str(tmp / f"ckpt{t}.pt")},
+                           str(tmp / f"m{t}.parquet"), str(tmp / f"o{t}.parquet"), str(tmp / f"r{t}.pt"), {})
+            prev = end
+            model, _ = load_checkpoint(tmp / f"ckpt{t}.pt")
+            old, nxt = order[: (t + 1) * cpt], order[: (t + 2) * cpt]
+            train_rows = prepared.split == "train"
+            o = np.flatnonzero(train_rows & np.isin(prepared.labels, old))
+            n = np.flatnonzero(train_rows & np.isin(prepared.labels, nxt) & ~np.isin(prepared.labels, old))
+            old_mask = class_mask(old, prepared.n_classes)
+            next_mask = class_mask(nxt, prepared.n_classes)
+            x, y = x_all[o], torch.as_tensor(prepared.labels[o])
+            G = probes.mean_gradient(model, x_all[n], torch.as_tensor(prepared.labels[n]), next_mask)
+            params = {k: p.detach() for k, p in model.named_parameters()}
+            buffers = dict(model.named_buffers())
+            with torch.no_grad():
+                before = probes.masked_ce(functional_call(model, {**params, **buffers}, (x,)), y,
+                                          probes.row_masks(old_mask, len(y)))
+            for eta in (proto["lr"], proto["lr"] / 10):
+                pred = probes.probe_checkpoint(model, x, y, old_mask, old_mask, direction=G, eta=eta)["pred_forget"]
+                stepped = {k: v - eta * G[k] for k, v in params.items()}
+                with torch.no_grad():
+                    after = probes.masked_ce(functional_call(model, {**stepped, **buffers}, (x,)), y,
+                                             probes.row_masks(old_mask, len(y)))
+                real = (after - before).double()
+                rho = stats.spearmanr(pred.numpy(), real.numpy()).statistic
+                rows.append({"task": t, "eta": eta, "n": len(y), "spearman": float(rho),
+                             "sign_agreement": float((torch.sign(pred) == torch.sign(real)).double().mean()),
+                             "mean_pred": float(pred.mean()), "mean_real": float(real.mean())})
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer samples, width 16 only, no slow rows")
     ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--pred-forget", action="store_true", help="validate pred_forget on trained demo checkpoints")
     args = ap.parse_args()
+    if args.pred_forget:
+        rows = pred_forget_validation()
+        print(f"{'task':>4} {'eta':>7} {'n':>5} {'spearman':>9} {'sign agr.':>9} {'mean pred':>10} {'mean real':>10}")
+        for r in rows:
+            print(f"{r['task']:>4} {r['eta']:7.4f} {r['n']:>5} {r['spearman']:9.3f} {r['sign_agreement']:9.3f} "
+                  f"{r['mean_pred']:10.2e} {r['mean_real']:10.2e}")
+        by_eta = {}
+        for r in rows:
+            by_eta.setdefault(r["eta"], []).append(r)
+        print("SUMMARY pred_forget vs realised one-step change (median over tasks): " + "; ".join(
+            f"eta {eta:g}: Spearman {np.median([r['spearman'] for r in rs]):.2f}, "
+            f"sign agreement {np.median([r['sign_agreement'] for r in rs]):.2f}" for eta, rs in by_eta.items()))
+        return
     configs = [(16, 64)] if args.quick else [(16, 64), (64, 32)]
     repeats = args.repeats or 3
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; core rows: best of {repeats}")
