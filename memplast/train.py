@@ -283,7 +283,8 @@ def run_task(spec: RunSpec, prepared: Prepared, protocol: dict, model_cfg: dict,
     recent = collections.deque(maxlen=len(window_paths or ()))  # (epoch, CPU weights) of the last w epochs
     if Path(resume_path).exists():
         r = torch.load(resume_path, map_location=device, weights_only=False)
-        fits = r["spec"] == spec.name and r["task"] == t and r["config"] == key
+        # the before-window needs the states of the epochs before the kill: same window size only
+        fits = r["spec"] == spec.name and r["task"] == t and r["config"] == key and r.get("window", 0) == recent.maxlen
         if fits and r.get("runtime") != runtime:
             # CPU reductions (convolution backward above all) depend on the thread count, GPU
             # kernels on the device: a resume under other settings is not bitwise the same run.
@@ -308,7 +309,7 @@ def run_task(spec: RunSpec, prepared: Prepared, protocol: dict, model_cfg: dict,
                 save_checkpoint(checkpoints[g], _loaded(model, weights), {**meta, "epoch": g, "task": t, "seen": seen.tolist()}, provenance)
             model.load_state_dict(r["model"])
             log.info("%s: resuming after task-epoch %d from %s", where, start_epoch, resume_path)
-        elif r["config"] != key or r["spec"] != spec.name or r["task"] != t:
+        elif r["config"] != key or r["spec"] != spec.name or r["task"] != t or r.get("window", 0) != recent.maxlen:
             log.info("%s: ignoring stale resume file %s", where, resume_path)
 
     best_acc = best["val_acc"] if best else -math.inf
@@ -345,7 +346,7 @@ def run_task(spec: RunSpec, prepared: Prepared, protocol: dict, model_cfg: dict,
                             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                             "generator": generator.get_state(), "noise_generator": noise_gen.get_state(),
                             "base": base, "best": best, "metrics": rows, "orders": order_rows, "epoch": e + 1,
-                            "saved": saved, "recent": list(recent)}, tmp)
+                            "saved": saved, "recent": list(recent), "window": recent.maxlen}, tmp)
         if stop_after_epoch is not None and g >= stop_after_epoch:
             raise KeyboardInterrupt(f"stopped after epoch {g} (test hook)")
 
@@ -356,6 +357,7 @@ def run_task(spec: RunSpec, prepared: Prepared, protocol: dict, model_cfg: dict,
     if live_path is not None:
         save_checkpoint(live_path, model, {**ckpt_meta, "epoch": end_epoch, "live": True}, provenance)
     window = best["window"] if restore else list(recent)
+    live_state = copy.deepcopy(model.state_dict()) if window_paths else None
     for j, path in enumerate(window_paths or ()):
         if j < len(window):
             g, weights = window[-1 - j]
@@ -364,7 +366,7 @@ def run_task(spec: RunSpec, prepared: Prepared, protocol: dict, model_cfg: dict,
             with atomic_path(path) as tmp:
                 torch.save({"meta": {**ckpt_meta, "epoch": None, "slot": j, "empty": True}}, tmp)
     if window_paths:
-        model.load_state_dict(window[-1][1] if restore else recent[-1][1])
+        model.load_state_dict(live_state)
     if restore:
         model.load_state_dict(best["model"])
         log.info("%s: restored best-validation weights of epoch %d (val acc %.4f)", where, best["epoch"], best["val_acc"])

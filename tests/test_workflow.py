@@ -183,6 +183,7 @@ def test_killed_training_job_resumes(tiny_run, tmp_path, kill_omp, finish_omp):
         [sys.executable, str(ROOT / "scripts" / "train_task.py"), "--prepared", "data/digits/prepared.npz",
          "--order", "results/class_orders/order0.csv", "--kept", "results/subsets/none/kept.parquet",
          "--end", f"{run}/task1/end.pt", "--checkpoints", "[x1.pt, x2.pt, x3.pt, x4.pt]",
+         "--window", "[w0.pt, w1.pt]", "--live", "live.pt",
          "--metrics", f"{run}/task1/metrics.parquet", "--order_log", f"{run}/task1/order_log.parquet",
          "--run", "order0/none/random/none/base", "--seed", "0", "--task", "1", "--ordering", "random",
          "--alpha", "0", "--algorithm", "base", "--ckpt_task_epochs", "[1, 2, 3, 4]",
