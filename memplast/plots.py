@@ -32,8 +32,8 @@ LINESTYLES = ("-", "--", "-.", ":")
 PALETTE = sns.color_palette("colorblind")
 
 KIND_DELTA = {
-    "immediate": "(E_k+1 − B_k, B_k = best epoch)",
-    "windowed": "(mean (E_k, E_k+w] − mean (B_k−w, B_k])",
+    "immediate": "(E_k+1 − E_k)",
+    "windowed": "(mean (E_k, E_k+w] − mean (E_k−w, E_k])",
 }
 OUTCOME_LABELS = {
     "d_loss": "Δ loss ℓᵢ (CE, old-class mask)",
