@@ -500,3 +500,16 @@ def test_probe_boundary_rejects_inconsistent_inputs():
         probes.probe_boundary(ckpts, 4, x, y, ids, is_old, OLD, masks, 0.1, progress=False, best_epoch=2)
     with pytest.raises(ValueError, match="native mask"):
         probes.probe_boundary(ckpts, 4, x, y, ids, is_old, OLD, {3: OLD, 4: OLD}, 0.1, progress=False)
+
+
+def test_probe_script_refuses_a_dynamic_memo_without_its_method(demo_config):
+    """No silent substitution: probes.curvature with memo.score outside memo.methods is an error naming memo.score."""
+    import runpy
+    from pathlib import Path
+
+    main = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "probe.py"), run_name="test")["main"]
+    cfg = {k: copy.deepcopy(demo_config[k]) for k in ("protocol", "probes", "memo")}
+    cfg["probes"]["curvature"] = True
+    cfg["memo"].update(score="csl", methods=["exact_ggn"])
+    with pytest.raises(ValueError, match=r"memo\.score='csl'"):
+        main("missing.npz", "missing.csv", "missing.parquet", [], "out.parquet", 0, cfg)
