@@ -295,3 +295,24 @@ def test_algorithm_tasks_resume_bitwise_and_log_replacements(tmp_path, fast, dig
     assert (end["replaced"] > 0) == A.uses_cbp(algorithm) and (state["cbp"] is not None) == A.uses_cbp(algorithm)
     if A.uses_upgd(algorithm):
         assert "generator" in state["optimizer"] and all("utility" in s for s in state["optimizer"]["state"].values())
+
+
+@pytest.mark.parametrize("algorithm", ["retrained", "head_reset"])
+def test_reinitialisations_keep_momentum_unless_told_not_to(tmp_path, fast, digits, one_thread, algorithm):
+    from test_train import _run
+
+    cfg = copy.deepcopy(fast)
+    cfg["protocol"].update(epochs_per_task=1, lr_milestones=[], early_stopping=False)
+    _run(tmp_path, cfg, digits, 0)
+    prev = str(tmp_path / "t0" / "end.pt")
+    momentum = torch.load(prev, weights_only=True)["optimizer"]["state"]
+    assert momentum  # task 0 left SGD momentum buffers
+    name = f"order0/none/random/none/{algorithm}"
+    ends = {}
+    for keep in (True, False):
+        cfg["protocol"]["keep_momentum_on_reset"] = keep
+        out = tmp_path / str(keep)
+        _run(out, cfg, digits, 1, prev=prev, algorithm=algorithm, name=name)
+        ends[keep] = torch.load(out / "t1" / "end.pt", weights_only=True)["model"]
+    # same re-initialised start, same batches: only the carried momentum differs
+    assert not torch.equal(ends[True]["fc.weight"], ends[False]["fc.weight"])

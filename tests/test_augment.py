@@ -99,3 +99,21 @@ def test_crop_flip_rotate_compose_as_the_reference_transforms():
     out = augment.augment(x, torch.Generator().manual_seed(4), crop_padding=4, flip=True, rotation_degrees=15)
     ref = _reference_pipeline(x, 4, 4, True, 15)
     assert (out == ref).float().mean() > 0.999
+
+
+def test_reference_test_augmentation_changes_test_accuracy_only(tmp_path, demo_config, digits, one_thread):
+    import copy
+
+    from test_train import _run, _weights
+
+    cfg = copy.deepcopy(demo_config)
+    cfg["protocol"].update(epochs_per_task=2, lr_milestones=[])
+    cfg["dataset"]["augmentation"].update(rotation_degrees=15)
+    clean, _ = _run(tmp_path / "none", cfg, digits, 0)
+    cfg["protocol"]["test_augmentation"] = "reference"
+    augmented, _ = _run(tmp_path / "ref", cfg, digits, 0)
+    for col in ("train_loss", "val_loss", "val_acc"):
+        np.testing.assert_array_equal(clean[col].to_numpy(), augmented[col].to_numpy())
+    assert not np.array_equal(clean["test_loss"].to_numpy(), augmented["test_loss"].to_numpy())
+    a, b = _weights(tmp_path / "none" / "t0" / "end.pt"), _weights(tmp_path / "ref" / "t0" / "end.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
