@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 from memplast import augment, orderings
-from memplast.algorithms import CBP, make_upgd, shrink_perturb_step, uses_cbp, uses_upgd  # noqa: F401
+from memplast.algorithms import CBP, make_upgd, shrink_perturb_step, uses_cbp, uses_upgd
 from memplast.data import Prepared
 from memplast.io import atomic_path, science_key
 from memplast.models import build_model, class_mask, eval_mode, head, per_sample_loss, reestimate_bn, save_checkpoint
