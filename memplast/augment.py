@@ -60,8 +60,10 @@ def augment(
     xs = torch.arange(w, device=x.device, dtype=torch.float32) - cx
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")
     cos, sin = angle.cos().view(n, 1, 1), angle.sin().view(n, 1, 1)
-    ry = cos * gy - sin * gx + cy  # coordinates in the (flipped, cropped) image
-    rx = sin * gy + cos * gx + cx
+    # Source of each output pixel: counter-clockwise rotation by angle as torchvision's
+    # rotate(img, angle) (image rows point down, so the inverse map is this rotation matrix)
+    ry = cos * gy + sin * gx + cy  # coordinates in the (flipped, cropped) image
+    rx = -sin * gy + cos * gx + cx
     inside = (ry.round() >= 0) & (ry.round() <= h - 1) & (rx.round() >= 0) & (rx.round() <= w - 1)
     rx = torch.where(flips.view(n, 1, 1), (w - 1) - rx, rx)
     # The crop window starts at offset (p + d) in the padded image, i.e. d in the original.

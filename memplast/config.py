@@ -123,23 +123,30 @@ def check_config(config: dict) -> None:
 
 
 # --------------------------------------------------------------------------- run factors
-FILTER_RE = re.compile(r"^(global|per_class|balanced)-q([0-9.]+)$")
+FILTER_RE = re.compile(r"^(global|per_class|balanced)(_random)?-q([0-9.]+)$")
 
 
 @dataclass(frozen=True)
 class FilterSpec:
     mode: str  # none | global | per_class | balanced
     quantile: float | None = None
+    random: bool = False  # size-matched control: the same count per class, dropped at random
 
 
 def parse_filter(name: str) -> FilterSpec:
-    """'none' or 'MODE-qQ' -> FilterSpec."""
+    """'none', 'MODE-qQ' or 'MODE_random-qQ' -> FilterSpec."""
     if name == "none":
         return FilterSpec("none")
     m = FILTER_RE.match(name)
-    if not m or not 0 < float(m.group(2)) <= 1:
-        raise ConfigError(f"filter {name!r}: use none or MODE-qQ, MODE in global|per_class|balanced, 0 < Q <= 1")
-    return FilterSpec(m.group(1), float(m.group(2)))
+    if not m or not 0 < float(m.group(3)) <= 1:
+        raise ConfigError(f"filter {name!r}: use none or MODE-qQ / MODE_random-qQ, MODE in global|per_class|balanced, 0 < Q <= 1")
+    return FilterSpec(m.group(1), float(m.group(3)), m.group(2) is not None)
+
+
+def random_control(name: str) -> str:
+    """The size-matched random filter of memo filter ``name`` (e.g. per_class-q0.9 -> per_class_random-q0.9)."""
+    mode, q = name.split("-q")
+    return f"{mode}_random-q{q}"
 
 
 def parse_weighting(name: str) -> float:
@@ -158,13 +165,18 @@ FACTORS = ("filter", "ordering", "weighting", "algorithm")
 def conditions(config: dict) -> list[dict]:
     """The training conditions, the primary one first.
 
+    With ``random_filter_controls`` every memo filter MODE-qQ brings its size-matched random
+    control MODE_random-qQ into the filter levels.
     ``one_at_a_time``: the primary plus every other level of one factor at a time;
     ``factorial``: the full grid of all four factors; ``factorial_data``: the grid of the data
     factors (filter, ordering, weighting) with the primary algorithm, plus every other
     algorithm (e.g. the ``retrained`` reference) on the primary data condition.
     """
     conds = config["conditions"]
-    levels = {f: conds[f + "s"] for f in FACTORS}
+    levels = {f: list(conds[f + "s"]) for f in FACTORS}
+    if conds["random_filter_controls"]:  # a size-matched random filter next to every memo filter
+        memo_filters = [f for f in levels["filter"] if f != "none" and not parse_filter(f).random]
+        levels["filter"] += [c for c in map(random_control, memo_filters) if c not in levels["filter"]]
     primary = {f: conds["primary"][f] for f in FACTORS}
     if conds["design"] == "one_at_a_time":
         grid = [primary] + [{**primary, f: level} for f in FACTORS for level in levels[f] if level != primary[f]]

@@ -147,6 +147,66 @@ def head(model: nn.Module) -> nn.Linear:
     return model.fc
 
 
+class HiddenLayer(NamedTuple):
+    """A layer of hidden units for continual backprop: ``layer`` (conv or linear) makes the units,
+    ``bn`` normalises them (or None), ``next`` consumes them (its weight's dim 1 indexes the units),
+    and ``act`` indexes their ReLU output in :attr:`Forward.acts`."""
+
+    name: str
+    layer: nn.Module
+    bn: nn.Module | None
+    next: nn.Module
+    act: int
+
+
+def hidden_layers(model: nn.Module) -> list[HiddenLayer]:
+    """The hidden layers of the reference's ``res_gnt`` mapping, in forward order.
+
+    ResNet-18: the stem conv and both convs of every block (17 non-downsample convs) with their
+    BatchNorm; the next layer is the following conv (the next block's first conv after a block's
+    second conv) or the head. The shortcut convs are not hidden layers. SmallCNN: conv1-3 with
+    their BatchNorm and the hidden linear layer; next layer conv2, conv3, hidden, head.
+    """
+    if isinstance(model, ResNet18):
+        convs = [("conv1", model.conv1, model.bn1)]
+        for i, b in enumerate(model.blocks):
+            convs += [(f"blocks.{i}.conv1", b.conv1, b.bn1), (f"blocks.{i}.conv2", b.conv2, b.bn2)]
+        nexts = [c for _, c, _ in convs[1:]] + [model.fc]
+        return [HiddenLayer(n, c, bn, nx, i) for i, ((n, c, bn), nx) in enumerate(zip(convs, nexts))]
+    if isinstance(model, SmallCNN):
+        return [HiddenLayer("conv1", model.conv1, model.bn1, model.conv2, 0),
+                HiddenLayer("conv2", model.conv2, model.bn2, model.conv3, 1),
+                HiddenLayer("conv3", model.conv3, model.bn3, model.hidden, 2),
+                HiddenLayer("hidden", model.hidden, None, model.fc, 3)]
+    raise ValueError(f"no hidden-layer mapping for {type(model).__name__}; add one to models.hidden_layers")
+
+
+@torch.no_grad()
+def reestimate_bn(model: nn.Module, batches) -> int:
+    """Replace every BatchNorm's running statistics by their exact average over ``batches``
+    (an iterable of input tensors, in train mode, no gradients); returns the number of samples.
+    Running means/variances are the equal-weight average of the per-batch statistics
+    (``momentum=None``), so the last batches of a sorted epoch no longer dominate them."""
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d)]
+    saved = [(m, m.momentum) for m in bns]
+    flags = [(m, m.training) for m in model.modules()]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    n = 0
+    try:
+        for x in batches:
+            model(x)
+            n += len(x)
+    finally:
+        for m, momentum in saved:
+            m.momentum = momentum
+        for m, training in flags:
+            m.training = training
+    return n
+
+
 def class_mask(seen_classes, num_classes: int, device=None) -> torch.Tensor:
     """Boolean mask over the output units: True for the classes seen so far."""
     mask = torch.zeros(num_classes, dtype=torch.bool, device=device)

@@ -4,6 +4,9 @@ Modes (design §7): ``global`` drops samples whose memo score is at or above the
 of all training scores; ``per_class`` applies the same rule inside every class; ``balanced``
 filters per class, then subsamples every class to the smallest class count (seeded);
 ``none`` keeps everything. A class left empty, or below ``min_per_class``, is an error.
+``MODE_random-qQ`` is the size-matched control of ``MODE-qQ``: it keeps exactly as many samples
+per class as the memo filter does, chosen uniformly at random inside each class (seeded), so it
+removes the same amount of data and of SGD steps without looking at memorization.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ def apply_filter(train: pd.DataFrame, spec: FilterSpec, min_per_class: int, seed
             f"filter {spec.mode} q={spec.quantile} leaves class {c} with {low.iloc[0]} training samples "
             f"(minimum subset.min_per_class={min_per_class}); use a higher quantile"
         )
+    if spec.random:
+        return _random_matched(train, counts, seed, spec)
     if spec.mode == "balanced":
         n_min = int(counts.min())
         rng = np.random.default_rng(seed)
@@ -45,6 +50,17 @@ def apply_filter(train: pd.DataFrame, spec: FilterSpec, min_per_class: int, seed
             [g.iloc[np.sort(rng.choice(len(g), n_min, replace=False))] for _, g in kept.groupby("label", sort=True)]
         )
     return np.sort(kept["sample_id"].to_numpy())
+
+
+def _random_matched(train: pd.DataFrame, counts: pd.Series, seed: int, spec: FilterSpec) -> np.ndarray:
+    """Per class, ``counts[c]`` sample ids drawn uniformly at random (without replacement).
+    For ``balanced`` every class keeps the smallest memo-filtered count."""
+    if spec.mode == "balanced":
+        counts = pd.Series(int(counts.min()), index=counts.index)
+    rng = np.random.default_rng([seed, int(spec.quantile * 1e6), ("global", "per_class", "balanced").index(spec.mode)])
+    kept = [g["sample_id"].to_numpy()[np.sort(rng.choice(len(g), int(counts[c]), replace=False))]
+            for c, g in train.sort_values("sample_id").groupby("label", sort=True)]
+    return np.sort(np.concatenate(kept))
 
 
 def balance_report(train: pd.DataFrame, kept_ids: np.ndarray) -> tuple[pd.DataFrame, dict]:

@@ -33,9 +33,10 @@ import torch
 from tqdm import tqdm
 
 from memplast import augment, orderings
+from memplast.algorithms import CBP, make_upgd, shrink_perturb_step, uses_cbp, uses_upgd
 from memplast.data import Prepared
 from memplast.io import atomic_path, science_key
-from memplast.models import build_model, class_mask, eval_mode, head, per_sample_loss, save_checkpoint
+from memplast.models import build_model, class_mask, eval_mode, head, per_sample_loss, reestimate_bn, save_checkpoint
 
 log = logging.getLogger("memplast.train")
 
@@ -65,8 +66,15 @@ def task_classes(order, task: int, classes_per_task: int) -> np.ndarray:
 
 
 def memo_weights(memo: np.ndarray, alpha: float, lo: float, hi: float) -> np.ndarray:
-    """Per-sample loss weight w = clip(1 + alpha * memo / mean(memo), lo, hi)."""
-    return np.clip(1.0 + alpha * memo / memo.mean(), lo, hi)
+    """Per-sample loss weight over one task's training set (design §7):
+    v = clip(1 + alpha * z, lo, hi) with z = (memo - mean(memo)) / std(memo) (z = 0 if std = 0),
+    then w = v / mean(v), so mean(w) = 1 and the effective learning rate is unchanged
+    (after the renormalisation a weight may lie slightly outside [lo, hi])."""
+    memo = np.asarray(memo, dtype=np.float64)
+    sd = memo.std()
+    z = (memo - memo.mean()) / sd if sd > 0 else np.zeros_like(memo)
+    v = np.clip(1.0 + alpha * z, lo, hi)
+    return v / v.mean()
 
 
 # --------------------------------------------------------------------------- data on device
@@ -81,6 +89,11 @@ class DeviceData:
         self.labels = torch.as_tensor(prepared.labels).to(device)
         self.mean, self.std = prepared.mean, prepared.std
 
+    def batches(self, rows, batch_size: int, generator=None, aug: dict | None = None):
+        """Inputs of ``rows`` in consecutive batches (for BatchNorm re-estimation)."""
+        for start in range(0, len(rows), batch_size):
+            yield self.batch(rows[start : start + batch_size], generator, aug)[0]
+
     def batch(self, rows, generator=None, aug: dict | None = None):
         idx = torch.tensor(np.asarray(rows), device=self.device)
         x = augment.normalize(self.images[idx], self.mean, self.std)
@@ -93,12 +106,14 @@ class DeviceData:
 
 
 @torch.no_grad()
-def evaluate(model, data: DeviceData, rows: np.ndarray, mask: torch.Tensor, batch_size: int) -> tuple[float, float]:
-    """Mean loss and accuracy over ``rows`` with logits masked to the seen classes (eval-mode BN)."""
+def evaluate(model, data: DeviceData, rows: np.ndarray, mask: torch.Tensor, batch_size: int,
+             generator=None, aug: dict | None = None) -> tuple[float, float]:
+    """Mean loss and accuracy over ``rows`` with logits masked to the seen classes (eval-mode BN);
+    with ``aug`` the inputs are augmented from ``generator`` (``protocol.test_augmentation``)."""
     total_loss, correct = 0.0, 0
     with eval_mode(model):
         for start in range(0, len(rows), batch_size):
-            x, y = data.batch(rows[start : start + batch_size])
+            x, y = data.batch(rows[start : start + batch_size], generator, aug)
             logits = model(x)
             total_loss += per_sample_loss(logits, y, mask).sum().item()
             pred = logits.masked_fill(~mask, float("-inf")).argmax(1)
@@ -115,14 +130,18 @@ def train_epoch(model, optimizer, data: DeviceData, rows: np.ndarray, mask, batc
                 aug: dict | None, weights: torch.Tensor | None = None, after_step=None, where: str = ""):
     """One pass over ``rows`` in the given order. Loss per batch = mean_i w_i * loss_i.
 
-    Returns (per-sample losses in ``rows`` order as a numpy array, accuracy).
+    ``after_step`` runs after every optimizer step; if it has ``wants_acts`` it receives the
+    batch's ReLU outputs (continual backprop). Returns (per-sample losses in ``rows`` order as a
+    numpy array, accuracy).
     """
     model.train()
+    wants_acts = getattr(after_step, "wants_acts", False)
     losses = torch.empty(len(rows), device=data.device)
     correct = 0
     for start in range(0, len(rows), batch_size):
         x, y = data.batch(rows[start : start + batch_size], generator, aug)
-        logits = model(x)
+        out = model(x, return_acts=True) if wants_acts else model(x)
+        logits = out.logits if wants_acts else out
         loss_i = per_sample_loss(logits, y, mask)
         w = weights[start : start + batch_size] if weights is not None else None
         loss = (loss_i * w).mean() if w is not None else loss_i.mean()
@@ -132,7 +151,9 @@ def train_epoch(model, optimizer, data: DeviceData, rows: np.ndarray, mask, batc
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if after_step is not None:
+        if wants_acts:
+            after_step(out.acts)
+        elif after_step is not None:
             after_step()
         losses[start : start + len(y)] = loss_i.detach()
         correct += (logits.detach().masked_fill(~mask, float("-inf")).argmax(1) == y).sum().item()
@@ -156,17 +177,6 @@ def _loaded(model, weights):
     """``model`` holding ``weights`` (the caller reloads its own state afterwards)."""
     model.load_state_dict(weights)
     return model
-
-
-def shrink_perturb_step(model, sp: dict, generator: torch.Generator):
-    """After every SGD step: theta <- shrink * theta + N(0, noise_std^2), for every parameter."""
-
-    @torch.no_grad()
-    def step():
-        for p in model.parameters():
-            p.mul_(sp["shrink"]).add_(torch.randn(p.shape, generator=generator, device=p.device) * sp["noise_std"])
-
-    return step
 
 
 # --------------------------------------------------------------------------- one task of a run
@@ -200,6 +210,12 @@ def probe_epochs(task: int, epochs_per_task: int, window: int, extra=()) -> list
     epochs = set(range(first + 1, first + window + 1)) | {first + epochs_per_task}
     epochs |= {first + e for e in extra if 1 <= e <= epochs_per_task}
     return sorted(epochs)
+
+
+def _side_gen(*parts) -> torch.Generator:
+    """A CPU generator for draws outside the training stream (BN re-estimation, test augmentation),
+    seeded from ``parts``, so they never shift the run's own draws and need no resume state."""
+    return torch.Generator().manual_seed(stable_seed(*parts))
 
 
 def model_meta(model_cfg: dict, num_classes: int, in_channels: int, **extra) -> dict:
@@ -242,7 +258,13 @@ def run_task(spec: RunSpec, prepared: Prepared, protocol: dict, model_cfg: dict,
     model = build_model(meta["arch"], meta["num_classes"], meta["in_channels"], meta["width"])
     _reinit(model, init_seed)
     model.to(device)
-    optimizer = make_optimizer(model, protocol["lr"], protocol["momentum"], protocol["weight_decay"])
+    base_lr = protocol["lr"]
+    if uses_upgd(spec.algorithm):
+        base_lr = protocol["upgd"]["lr"] or protocol["lr"]
+        optimizer = make_upgd(model, protocol["upgd"], base_lr, protocol["weight_decay"], stable_seed("upgd", spec.name))
+    else:
+        optimizer = make_optimizer(model, protocol["lr"], protocol["momentum"], protocol["weight_decay"])
+    cbp = CBP(model, protocol["cbp"], stable_seed("cbp", spec.name)) if uses_cbp(spec.algorithm) else None
     generator = torch.Generator().manual_seed(stable_seed("run", spec.name))
     noise_gen = torch.Generator(device=device).manual_seed(stable_seed("noise", spec.name))
 
@@ -252,19 +274,28 @@ def run_task(spec: RunSpec, prepared: Prepared, protocol: dict, model_cfg: dict,
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"].cpu())
         noise_gen.set_state(state["noise_generator"].cpu())
+        if cbp is not None:
+            cbp.load_state_dict(state["cbp"])
+    keep = protocol["keep_momentum_on_reset"]  # the reference keeps SGD momentum across re-initialisations
     if t > 0 and spec.algorithm == "retrained":
         _reinit(model, stable_seed("init", spec.order_seed, t))
-        optimizer = make_optimizer(model, protocol["lr"], protocol["momentum"], protocol["weight_decay"])
+        if not keep:
+            optimizer = make_optimizer(model, protocol["lr"], protocol["momentum"], protocol["weight_decay"])
     elif t > 0 and spec.algorithm == "head_reset":
         _reinit(head(model), stable_seed("head", spec.order_seed, t))
-        for p in head(model).parameters():
+        for p in head(model).parameters() if not keep else ():
             optimizer.state.pop(p, None)
     if protocol["reset_momentum"]:
         optimizer.state.clear()
 
-    after_step = None
+    after_step = cbp
     if spec.algorithm == "shrink_perturb":
         after_step = shrink_perturb_step(model, protocol["shrink_perturb"], noise_gen)
+    # BatchNorm statistics re-estimated on a shuffled pass after a non-random ordering (design §7)
+    bn_reestimate = ordering_cfg["bn_reestimate"] and spec.ordering != "random"
+    test_aug = aug if protocol["test_augmentation"] == "reference" else None
+    if bn_reestimate:
+        log.info("%s: BatchNorm statistics re-estimated on a shuffled pass before every evaluation", where)
 
     weight_of = None
     if spec.weighting_alpha != 0.0:
@@ -301,6 +332,8 @@ def run_task(spec: RunSpec, prepared: Prepared, protocol: dict, model_cfg: dict,
             optimizer.load_state_dict(r["optimizer"])
             generator.set_state(r["generator"].cpu())
             noise_gen.set_state(r["noise_generator"].cpu())
+            if cbp is not None:
+                cbp.load_state_dict(r["cbp"])
             base, best, rows, order_rows, start_epoch = r["base"], r["best"], r["metrics"], r["orders"], r["epoch"]
             saved = r["saved"]
             recent.extend(r.get("recent", []))
@@ -315,7 +348,7 @@ def run_task(spec: RunSpec, prepared: Prepared, protocol: dict, model_cfg: dict,
     best_acc = best["val_acc"] if best else -math.inf
     for e in tqdm(range(start_epoch, E), desc=f"task {t}", mininterval=10, initial=start_epoch, total=E):
         g = t * E + e + 1
-        lr = lr_at(e, protocol["lr"], protocol["lr_milestones"], protocol["lr_gamma"])
+        lr = lr_at(e, base_lr, protocol["lr_milestones"], protocol["lr_gamma"])
         for group in optimizer.param_groups:
             group["lr"] = lr
         order = orderings.epoch_order(base, train_ids, generator, ordering_cfg["block_size"])
@@ -326,12 +359,17 @@ def run_task(spec: RunSpec, prepared: Prepared, protocol: dict, model_cfg: dict,
         losses, train_acc = train_epoch(model, optimizer, data, row_of.loc[order].to_numpy(), mask,
                                         protocol["batch_size"], generator, aug, w, after_step, f"{where}, epoch {g}")
         seconds = time.perf_counter() - t0
+        if bn_reestimate:
+            shuffled = row_of.to_numpy()[torch.randperm(len(row_of), generator=_side_gen("bn", spec.name, g)).numpy()]
+            reestimate_bn(model, data.batches(shuffled, protocol["batch_size"], _side_gen("bn-aug", spec.name, g), aug))
         val_loss, val_acc = evaluate(model, data, val_rows, mask, protocol["eval_batch_size"])
-        test_loss, test_acc = evaluate(model, data, test_rows, mask, protocol["eval_batch_size"])
+        test_loss, test_acc = evaluate(model, data, test_rows, mask, protocol["eval_batch_size"],
+                                       _side_gen("test-aug", spec.name, g), test_aug)
         rows.append({"kind": "epoch", "task": t, "task_epoch": e + 1, "epoch": g, "lr": lr,
                      "train_loss": float(losses.mean()), "train_acc": train_acc, "val_loss": val_loss,
                      "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc,
-                     "seconds": seconds, "images_per_sec": len(order) / seconds})
+                     "seconds": seconds, "images_per_sec": len(order) / seconds,
+                     "bn_reestimated": bn_reestimate, "replaced": cbp.pop_replaced() if cbp is not None else 0})
         if recent.maxlen:
             recent.append((g, {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}))
         if val_acc > best_acc:  # strict: the earliest best epoch wins ties
@@ -346,7 +384,8 @@ def run_task(spec: RunSpec, prepared: Prepared, protocol: dict, model_cfg: dict,
                             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                             "generator": generator.get_state(), "noise_generator": noise_gen.get_state(),
                             "base": base, "best": best, "metrics": rows, "orders": order_rows, "epoch": e + 1,
-                            "saved": saved, "recent": list(recent), "window": recent.maxlen}, tmp)
+                            "saved": saved, "recent": list(recent), "window": recent.maxlen,
+                            "cbp": cbp.state_dict() if cbp is not None else None}, tmp)
         if stop_after_epoch is not None and g >= stop_after_epoch:
             raise KeyboardInterrupt(f"stopped after epoch {g} (test hook)")
 
@@ -371,16 +410,19 @@ def run_task(spec: RunSpec, prepared: Prepared, protocol: dict, model_cfg: dict,
         model.load_state_dict(best["model"])
         log.info("%s: restored best-validation weights of epoch %d (val acc %.4f)", where, best["epoch"], best["val_acc"])
     val_loss, val_acc = evaluate(model, data, val_rows, mask, protocol["eval_batch_size"])
-    test_loss, test_acc = evaluate(model, data, test_rows, mask, protocol["eval_batch_size"])
+    test_loss, test_acc = evaluate(model, data, test_rows, mask, protocol["eval_batch_size"],
+                                   _side_gen("test-aug", spec.name, "end", t), test_aug)
     rows.append({"kind": "end", "task": t, "task_epoch": E, "epoch": end_epoch, "lr": float("nan"),
                  "train_loss": float("nan"), "train_acc": float("nan"), "val_loss": val_loss, "val_acc": val_acc,
                  "test_loss": test_loss, "test_acc": test_acc, "seconds": float("nan"), "images_per_sec": float("nan"),
-                 "best_epoch": best["epoch"] if best else end_epoch})
+                 "best_epoch": best["epoch"] if best else end_epoch, "bn_reestimated": bn_reestimate,
+                 "replaced": int(sum(r["replaced"] for r in rows if r["kind"] == "epoch" and r["task"] == t))})
     if end_epoch in checkpoints:
         save_checkpoint(checkpoints[end_epoch], model, {**meta, "epoch": end_epoch, "task": t, "seen": seen.tolist()}, provenance)
     with atomic_path(end_state) as tmp:
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
-                    "noise_generator": noise_gen.get_state(), "meta": {**meta, "epoch": end_epoch, "task": t, "seen": seen.tolist()},
+                    "noise_generator": noise_gen.get_state(), "cbp": cbp.state_dict() if cbp is not None else None,
+                    "meta": {**meta, "epoch": end_epoch, "task": t, "seen": seen.tolist()},
                     "provenance_json": json.dumps(provenance, default=str)}, tmp)
     metrics = pd.DataFrame(rows)
     from memplast.io import write_parquet

@@ -52,10 +52,10 @@ wildcard_constraints:
     boundary=r"\d+",
     epoch=r"\d+",
     te=r"\d+",
-    filter=r"none|(global|per_class|balanced)-q[0-9.]+",
+    filter=r"none|(global|per_class|balanced)(_random)?-q[0-9.]+",
     ordering="random|fixed|ascending|descending|stratified|file",
     weighting=r"none|alpha-?[0-9.]+",
-    algorithm="base|retrained|head_reset|shrink_perturb",
+    algorithm="base|retrained|head_reset|shrink_perturb|cbp|upgd|upgd_cbp",
 
 
 def log_path(name):
@@ -133,7 +133,8 @@ def memo_score_inputs(wc):
 
 
 def subset_inputs(wc):
-    """`none` keeps every sample and needs no memo scores, so the primary runs never wait for them."""
+    """`none` keeps every sample and needs no memo scores, so the primary runs never wait for them;
+    a size-matched random filter needs them for its per-class counts."""
     return {"samples": SAMPLES} | ({} if wc.filter == "none" else {"scores": SCORES})
 
 

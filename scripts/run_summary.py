@@ -44,7 +44,9 @@ def main(prepared: str, ends: list, metrics: list, summary: str, per_class: str,
                      # stable rank as Dohare et al.: smallest k whose singular values reach 99% of their sum
                      "stable_rank": m["approx_rank"], "numerical_rank": m["stable_rank"], "mean_abs_weight": m["mean_abs_weight"],
                      "dormant_units_faithful": faithful["dormant_frac"],
-                     "effective_rank_faithful": faithful["effective_rank"]})
+                     "effective_rank_faithful": faithful["effective_rank"],
+                     # units re-initialised by continual backprop in the task (0 for other algorithms)
+                     "replaced": int(end["replaced"]) if "replaced" in end and pd.notna(end["replaced"]) else 0})
     keys = {"order_seed": int(run["seed"]), **{f: run[f] for f in ("filter", "ordering", "weighting", "algorithm")}}
     prov = io.provenance(cfg, run=run)
     io.write_parquet(pd.DataFrame(rows).assign(**keys), summary, prov)

@@ -116,3 +116,62 @@ def test_order_hash_and_diagnostics():
     assert (np.diff(diag["moving_mean"]) >= -1e-12).all()
     gaps = orderings.gap_summary(diag)
     assert gaps["n_high"] == 6 and gaps["mean_gap"] == 1.0  # sorted: all high-memo samples adjacent
+
+
+@pytest.mark.parametrize("mode", ["global", "per_class", "balanced"])
+def test_random_filter_matches_the_memo_filter_counts_per_class_but_not_its_samples(train, mode):
+    memo_kept = subsets.apply_filter(train, FilterSpec(mode, 0.8), 1, 0)
+    rand_kept = subsets.apply_filter(train, FilterSpec(mode, 0.8, random=True), 1, 0)
+    label = train.set_index("sample_id")["label"]
+    pd.testing.assert_series_equal(label.loc[memo_kept].value_counts().sort_index(),
+                                   label.loc[rand_kept].value_counts().sort_index())
+    assert len(set(rand_kept)) == len(rand_kept) and set(rand_kept) <= set(train.sample_id)
+    # chosen without looking at memo: the kept samples' memo is not shifted downwards like the filter's
+    memo = train.set_index("sample_id")["memo"]
+    dropped_memo = memo.drop(memo_kept).mean()
+    assert memo.drop(rand_kept).mean() < dropped_memo
+    # per class, the random drop removes high- and low-memo samples alike (rank of kept ~ uniform)
+    ranks = train.assign(r=train.groupby("label")["memo"].rank(pct=True)).set_index("sample_id")["r"]
+    assert 0.4 < ranks.loc[rand_kept].mean() < 0.6 and ranks.loc[memo_kept].mean() < 0.45
+    # seeded: same seed same ids, another seed other ids
+    np.testing.assert_array_equal(rand_kept, subsets.apply_filter(train, FilterSpec(mode, 0.8, random=True), 1, 0))
+    assert set(rand_kept) != set(subsets.apply_filter(train, FilterSpec(mode, 0.8, random=True), 1, 1))
+
+
+def test_bn_reestimation_averages_the_batch_statistics():
+    from memplast.models import SmallCNN, reestimate_bn
+
+    torch.manual_seed(0)
+    model = SmallCNN(num_classes=3, in_channels=1, width=4)
+    x = torch.randn(60, 1, 8, 8) * 2 + 1
+    model.bn1.running_mean.fill_(7.0)  # stale statistics, as after the last batches of a sorted epoch
+    model.eval()
+    n = reestimate_bn(model, x.split(20))
+    assert n == 60 and not model.training and model.bn1.momentum == 0.1
+    h = model.conv1(x).detach()
+    batch_means = torch.stack([b.mean(dim=(0, 2, 3)) for b in h.split(20)])
+    batch_vars = torch.stack([b.transpose(0, 1).flatten(1).var(dim=1) for b in h.split(20)])
+    torch.testing.assert_close(model.bn1.running_mean, batch_means.mean(0))
+    torch.testing.assert_close(model.bn1.running_var, batch_vars.mean(0))
+
+
+def test_sorted_ordering_reestimates_bn_without_changing_the_training_path(tmp_path, demo_config, digits, one_thread):
+    import copy
+
+    from test_train import _run, _weights
+
+    cfg = copy.deepcopy(demo_config)
+    cfg["protocol"].update(epochs_per_task=2, lr_milestones=[], early_stopping=False)
+    ids = digits.sample_id[digits.split == "train"]
+    memo = pd.Series(np.random.default_rng(0).lognormal(size=len(ids)), index=ids)
+    name = "order0/none/ascending/none/base"
+    on, _ = _run(tmp_path / "on", cfg, digits, 0, ordering="ascending", memo=memo, name=name)
+    cfg["ordering"]["bn_reestimate"] = False
+    off, _ = _run(tmp_path / "off", cfg, digits, 0, ordering="ascending", memo=memo, name=name)
+    assert on["bn_reestimated"].all() and not off["bn_reestimated"].any()
+    a, b = _weights(tmp_path / "on" / "t0" / "end.pt"), _weights(tmp_path / "off" / "t0" / "end.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a if "running" not in k and "num_batches" not in k)
+    assert not torch.equal(a["bn1.running_mean"], b["bn1.running_mean"])
+    np.testing.assert_array_equal(on["train_loss"].dropna(), off["train_loss"].dropna())
+    rand, _ = _run(tmp_path / "r", cfg | {"ordering": {**cfg["ordering"], "bn_reestimate": True}}, digits, 0)
+    assert not rand["bn_reestimated"].any()  # a reshuffled order needs no re-estimation

@@ -35,11 +35,23 @@ def test_unseen_logits_get_no_gradient_and_softmax_covers_seen_only():
         per_sample_loss(logits, torch.tensor([0, 1, 1, 1]), mask)
 
 
-def test_memo_weights_and_weighted_loss_by_hand():
-    memo = np.array([1.0, 2.0, 3.0, 10.0])
-    w = train.memo_weights(memo, alpha=0.5, lo=0.5, hi=2.0)
-    np.testing.assert_allclose(w, np.clip(1 + 0.5 * memo / 4.0, 0.5, 2.0))
-    assert w[-1] == 2.0
+def test_memo_weights_z_score_clip_and_mean_one_by_hand():
+    memo = np.array([1.0, 2.0, 3.0, 10.0])  # mean 4, population sd sqrt(12.5)
+    z = (memo - 4.0) / np.sqrt(12.5)
+    # alpha 0.5: nothing clipped, the z-scored weights already average 1
+    np.testing.assert_allclose(train.memo_weights(memo, alpha=0.5, lo=0.5, hi=2.0), 1 + 0.5 * z, rtol=1e-12)
+    # alpha 1: 1 + z = [0.15, 0.43, 0.72, 2.70] -> clipped to [0.5, 0.5, 0.72, 2.0] (mean 0.93) -> renormalised
+    v = np.array([0.5, 0.5, 1 + z[2], 2.0])
+    w = train.memo_weights(memo, alpha=1.0, lo=0.5, hi=2.0)
+    np.testing.assert_allclose(w, v / v.mean(), rtol=1e-12)
+    assert w[0] == w[1] and w[3] / w[0] == pytest.approx(4.0)  # clipping kept the ratios of the clipped ends
+    # the old clip(1 + alpha memo / mean) weights averaged above 1 (a larger effective lr): no longer
+    memo = np.random.default_rng(0).lognormal(size=5000)
+    for alpha in (0.25, 0.5, 2.0, -1.0):
+        w = train.memo_weights(memo, alpha, 0.5, 2.0)
+        assert abs(w.mean() - 1.0) < 1e-12
+        assert np.corrcoef(w, memo)[0, 1] * np.sign(alpha) > 0.3
+    np.testing.assert_array_equal(train.memo_weights(np.full(7, 3.0), 0.5, 0.5, 2.0), np.ones(7))
 
 
 @pytest.fixture(scope="module")

@@ -69,10 +69,19 @@ def test_dry_run_paper_scale_is_fast(tmp_path):
     out = snakemake("-n", "--quiet", "rules", "--directory", str(tmp_path), "--configfile", str(ROOT / "config.yaml"))
     seconds = time.perf_counter() - t0
     counts = job_counts(out.stdout)
-    # 5 class orders x 6 conditions x 20 tasks; probes for the 5 non-reference conditions x 19 boundaries
-    assert counts["train_task"] == 5 * 6 * 20 and counts["probe"] == 5 * 5 * 19
+    # 5 class orders x 9 conditions x 20 tasks (primary; 2 memo filters and their 2 size-matched random
+    # controls; fixed, ascending, stratified; retrained); probes for the 8 non-reference ones x 19 boundaries
+    assert counts["train_task"] == 5 * 9 * 20 and counts["probe"] == 8 * 5 * 19
+    assert counts["subset"] == 5  # none, 2 memo filters, 2 random controls
     assert counts["memo_curvature"] == 50 and counts["download"] == 1
     assert seconds < 60, f"paper-scale DAG took {seconds:.1f} s"
+
+
+def test_dry_run_algorithms_overlay(tmp_path):
+    out = snakemake("-n", "--directory", str(tmp_path), "--configfile", *DEMO, str(ROOT / "config" / "algorithms.yaml"))
+    counts = job_counts(out.stdout)
+    # the demo's 2 x 2 data grid with base, plus retrained, shrink_perturb, cbp, upgd on the primary data
+    assert counts["train_task"] == 2 * (4 + 4) * 5 and counts["run_summary"] == 2 * 8
 
 
 def test_one_figure_does_not_train_the_grid(tmp_path):

@@ -1,0 +1,273 @@
+"""Plasticity-maintaining algorithms (the ``algorithm`` run factor): shrink-and-perturb,
+continual backprop (CBP, Dohare et al. 2024) and utility-based perturbed gradient descent
+(UPGD, Elsayed & Mahmood 2024, first order).
+
+Every random draw (replacement weights, perturbations) comes from a seeded CPU
+``torch.Generator`` and is moved to the device afterwards, so results and the generator
+state do not depend on the device. Each algorithm's whole state (utilities, ages, moments,
+generator) round-trips through ``state_dict`` / ``load_state_dict`` for a bitwise resume.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from memplast.models import HiddenLayer, head, hidden_layers
+
+ALGORITHMS = ("base", "retrained", "head_reset", "shrink_perturb", "cbp", "upgd", "upgd_cbp")
+CBP_MODES = ("faithful", "paper")
+UPGD_GATINGS = ("full", "hidden_only", "output_only")
+
+
+def uses_cbp(algorithm: str) -> bool:
+    return algorithm in ("cbp", "upgd_cbp")
+
+
+def uses_upgd(algorithm: str) -> bool:
+    return algorithm in ("upgd", "upgd_cbp")
+
+
+# --------------------------------------------------------------------------- shrink and perturb
+def shrink_perturb_step(model, sp: dict, generator: torch.Generator):
+    """After every SGD step: theta <- shrink * theta + N(0, noise_std^2), for every parameter."""
+
+    @torch.no_grad()
+    def step():
+        for p in model.parameters():
+            p.mul_(sp["shrink"]).add_(torch.randn(p.shape, generator=generator, device=p.device) * sp["noise_std"])
+
+    return step
+
+
+# --------------------------------------------------------------------------- continual backprop
+def _per_unit_mean_abs(t: torch.Tensor) -> torch.Tensor:
+    """Mean |t| over every dimension but dim 1 (units: channels of N x C x H x W, or columns of N x D)."""
+    return t.abs().mean(dim=[d for d in range(t.dim()) if d != 1])
+
+
+def outgoing_magnitude(next_layer: nn.Module) -> torch.Tensor:
+    """Mean |outgoing weight| of every unit: mean over the next layer's weight except dim 1."""
+    return _per_unit_mean_abs(next_layer.weight.detach())
+
+
+def feature_magnitude(act: torch.Tensor) -> torch.Tensor:
+    """Mean |activation| of every unit over the batch (and positions for conv maps)."""
+    return _per_unit_mean_abs(act.detach())
+
+
+class CBP:
+    """Continual backprop (generate-and-test) over :func:`models.hidden_layers`.
+
+    After every optimizer step, for each hidden layer with units j:
+    age_j += 1; contribution c_j = mean_k |w_out[k, j]| x f_j, where f_j = mean |h_j| over the
+    batch (``faithful``: the reference code's current-batch, non-decayed feature magnitude) or
+    its bias-corrected EMA f̄_j / (1 - decay^age_j) (``paper``, Eq. 1 of Dohare et al. 2024);
+    utility u_j <- decay u_j + (1 - decay) c_j (``paper`` ranks u_j / (1 - decay^age_j)).
+    ``replacement_rate`` x (number of units with age > ``maturity_threshold``) accumulates per
+    layer; its integer part is the number of eligible units with the lowest utility (ties: lower
+    index) replaced now. A replaced unit gets fresh incoming weights (the model's init: Kaiming
+    normal, fan-in, ReLU gain for convs, linear gain for linear layers), bias 0, zero outgoing
+    weights, BatchNorm gamma 1 / beta 0 / running mean 0 / running var 1, utility, feature
+    magnitude and age 0. Optimizer state (momentum) is left as it is, as in the reference.
+    """
+
+    wants_acts = True
+
+    def __init__(self, model: nn.Module, cfg: dict, seed: int):
+        if cfg["mode"] not in CBP_MODES:
+            raise ValueError(f"cbp.mode {cfg['mode']!r}: choose one of {CBP_MODES}")
+        self.layers: list[HiddenLayer] = hidden_layers(model)
+        self.rate, self.decay = cfg["replacement_rate"], cfg["decay_rate"]
+        self.maturity, self.mode = cfg["maturity_threshold"], cfg["mode"]
+        self.generator = torch.Generator().manual_seed(seed)
+        dev = next(model.parameters()).device
+        sizes = [L.layer.weight.shape[0] for L in self.layers]
+        self.util = [torch.zeros(n, device=dev) for n in sizes]
+        self.feat = [torch.zeros(n, device=dev) for n in sizes]
+        self.age = [torch.zeros(n, dtype=torch.long) for n in sizes]  # CPU: no device sync per step
+        self.accumulated = [0.0 for _ in sizes]
+        self.replaced = 0  # units replaced since the last pop_replaced()
+
+    def ranking_utility(self, i: int) -> torch.Tensor:
+        """The utility units of layer i are ranked by (bias-corrected in ``paper`` mode)."""
+        if self.mode == "faithful":
+            return self.util[i]
+        return self.util[i] / self._correction(i)
+
+    def _correction(self, i: int) -> torch.Tensor:
+        corr = 1 - self.decay ** self.age[i].double()
+        return corr.clamp_min(1e-12).to(self.util[i].device, self.util[i].dtype)
+
+    @torch.no_grad()
+    def __call__(self, acts) -> int:
+        """Update utilities from this step's ReLU outputs ``acts`` and replace units; returns the count."""
+        d, n_replaced = self.decay, 0
+        for i, L in enumerate(self.layers):
+            f = feature_magnitude(acts[L.act])
+            self.age[i] += 1
+            if self.mode == "paper":
+                self.feat[i].mul_(d).add_(f, alpha=1 - d)
+                f = self.feat[i] / self._correction(i)
+            self.util[i].mul_(d).add_(outgoing_magnitude(L.next) * f, alpha=1 - d)
+            eligible = torch.nonzero(self.age[i] > self.maturity).flatten()
+            if len(eligible) == 0:
+                continue
+            self.accumulated[i] += self.rate * len(eligible)
+            k = int(self.accumulated[i])
+            if k == 0:
+                continue
+            self.accumulated[i] -= k
+            score = self.ranking_utility(i).detach().cpu().double()[eligible]
+            units = eligible[torch.argsort(score, stable=True)[:k]]
+            self.replace(i, units)
+            n_replaced += len(units)
+        self.replaced += n_replaced
+        return n_replaced
+
+    @torch.no_grad()
+    def replace(self, i: int, units: torch.Tensor) -> None:
+        """Re-initialise ``units`` (CPU long tensor) of hidden layer i as described in the class docstring."""
+        L = self.layers[i]
+        w = L.layer.weight
+        fan_in = w[0].numel()
+        gain = math.sqrt(2.0) if isinstance(L.layer, nn.Conv2d) else 1.0
+        fresh = torch.randn((len(units), *w.shape[1:]), generator=self.generator, dtype=torch.float32) * (gain / math.sqrt(fan_in))
+        idx = units.to(w.device)
+        w[idx] = fresh.to(w.device, w.dtype)
+        if L.layer.bias is not None:
+            L.layer.bias[idx] = 0
+        if L.bn is not None:
+            L.bn.weight[idx] = 1
+            L.bn.bias[idx] = 0
+            L.bn.running_mean[idx] = 0
+            L.bn.running_var[idx] = 1
+        L.next.weight[:, idx] = 0
+        self.util[i][idx] = 0
+        self.feat[i][idx] = 0
+        self.age[i][units] = 0
+
+    def pop_replaced(self) -> int:
+        n, self.replaced = self.replaced, 0
+        return n
+
+    def state_dict(self) -> dict:
+        return {"util": [u.cpu() for u in self.util], "feat": [f.cpu() for f in self.feat],
+                "age": [a.clone() for a in self.age], "accumulated": list(self.accumulated),
+                "generator": self.generator.get_state(), "replaced": self.replaced}
+
+    def load_state_dict(self, state: dict) -> None:
+        dev = self.util[0].device
+        self.util = [u.to(dev) for u in state["util"]]
+        self.feat = [f.to(dev) for f in state["feat"]]
+        self.age = [a.cpu().clone() for a in state["age"]]
+        self.accumulated = list(state["accumulated"])
+        self.generator.set_state(state["generator"].cpu())
+        self.replaced = state["replaced"]
+
+
+# --------------------------------------------------------------------------- UPGD
+class UPGD(torch.optim.Optimizer):
+    """First-order UPGD (Elsayed & Mahmood 2024) with layer-selective gating.
+
+    Per parameter element, with gradient g: utility trace U <- beta_u U + (1 - beta_u)(-g theta),
+    bias-corrected û = U / (1 - beta_u^t); scaled utility ū = sigmoid(û / max û), the max over
+    every gated parameter (û / max û is the same with or without the bias correction, which is
+    common to all elements); gate = 1 - ū for gated parameters, ``non_gated_scale`` for the others.
+    ``sgd``:  theta <- theta (1 - lr wd) - lr (g + xi) gate, xi ~ N(0, sigma^2);
+    ``adam``: m, v Adam moments (beta1, beta2), theta <- theta (1 - lr wd) - lr (m̂ / (sqrt(v̂) + eps) + xi) gate.
+    The reference implementation's step of 2 lr is folded into lr. Parameters without a gradient
+    are skipped. Noise is drawn on the CPU from the optimizer's own generator (in its state_dict).
+    """
+
+    def __init__(self, gated, non_gated, lr: float, weight_decay: float, beta_utility: float = 0.999,
+                 sigma: float = 1e-3, variant: str = "sgd", betas=(0.9, 0.999), eps: float = 1e-5,
+                 non_gated_scale: float = 0.5, seed: int = 0):
+        if variant not in ("sgd", "adam"):
+            raise ValueError(f"upgd.variant {variant!r}: choose sgd or adam")
+        defaults = dict(lr=lr, weight_decay=weight_decay, beta_utility=beta_utility, sigma=sigma,
+                        variant=variant, betas=tuple(betas), eps=eps, non_gated_scale=non_gated_scale)
+        groups = [{"params": list(ps), "gated": gated_flag} for ps, gated_flag in ((gated, True), (non_gated, False))]
+        super().__init__([g for g in groups if g["params"]], defaults)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def _active(self):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    yield group, p
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        active = list(self._active())
+        u_maxes = []
+        for group, p in active:
+            st = self.state[p]
+            if not st:
+                st["step"] = 0
+                if group["gated"]:
+                    st["utility"] = torch.zeros_like(p)
+                if group["variant"] == "adam":
+                    st["exp_avg"], st["exp_avg_sq"] = torch.zeros_like(p), torch.zeros_like(p)
+            st["step"] += 1
+            if group["gated"]:
+                bu = group["beta_utility"]
+                st["utility"].mul_(bu).addcmul_(p.grad, p, value=-(1 - bu))
+                u_maxes.append(st["utility"].max() / (1 - bu ** st["step"]))
+        u_max = torch.stack(u_maxes).max() if u_maxes else None
+        if u_max is not None:
+            u_max = torch.where(u_max == 0, torch.ones_like(u_max), u_max)
+        numel = [p.numel() for _, p in active]
+        noise = torch.randn(sum(numel), generator=self.generator).split(numel)
+        for (group, p), xi in zip(active, noise):
+            st, lr = self.state[p], group["lr"]
+            xi = xi.view_as(p).to(p.device, p.dtype) * group["sigma"]
+            if group["variant"] == "adam":
+                b1, b2 = group["betas"]
+                st["exp_avg"].mul_(b1).add_(p.grad, alpha=1 - b1)
+                st["exp_avg_sq"].mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+                m_hat = st["exp_avg"] / (1 - b1 ** st["step"])
+                v_hat = st["exp_avg_sq"] / (1 - b2 ** st["step"])
+                direction = m_hat / (v_hat.sqrt() + group["eps"])
+            else:
+                direction = p.grad
+            if group["gated"]:
+                u_hat = st["utility"] / (1 - group["beta_utility"] ** st["step"])
+                update = (direction + xi) * (1 - torch.sigmoid(u_hat / u_max))
+            else:
+                update = (direction + xi) * group["non_gated_scale"]
+            p.mul_(1 - lr * group["weight_decay"]).sub_(update, alpha=lr)
+        return None
+
+    def state_dict(self):
+        sd = super().state_dict()
+        sd["generator"] = self.generator.get_state()
+        return sd
+
+    def load_state_dict(self, state_dict):
+        state_dict = dict(state_dict)
+        gen = state_dict.pop("generator", None)
+        super().load_state_dict(state_dict)
+        if gen is not None:
+            self.generator.set_state(gen.cpu())
+
+
+def upgd_groups(model: nn.Module, gating: str):
+    """(gated, non-gated) parameter lists: ``full`` gates all, ``hidden_only`` all but the head,
+    ``output_only`` the head only (head = the classifier layer)."""
+    if gating not in UPGD_GATINGS:
+        raise ValueError(f"upgd.gating {gating!r}: choose one of {UPGD_GATINGS}")
+    head_ids = {id(p) for p in head(model).parameters()}
+    hidden = [p for p in model.parameters() if id(p) not in head_ids]
+    out = list(head(model).parameters())
+    return {"full": (hidden + out, []), "hidden_only": (hidden, out), "output_only": (out, hidden)}[gating]
+
+
+def make_upgd(model: nn.Module, cfg: dict, lr: float, weight_decay: float, seed: int) -> UPGD:
+    """The UPGD optimizer of ``model`` from the ``protocol.upgd`` config section."""
+    gated, non_gated = upgd_groups(model, cfg["gating"])
+    return UPGD(gated, non_gated, lr=lr, weight_decay=weight_decay, beta_utility=cfg["beta_utility"],
+                sigma=cfg["sigma"], variant=cfg["variant"], betas=(cfg["beta1"], cfg["beta2"]), eps=cfg["eps"],
+                non_gated_scale=cfg["non_gated_scale"], seed=seed)
