@@ -7,7 +7,7 @@ The unit of inference is the sample. Modules by concern:
   once per replicate and applied to every cell (order x kind x boundary) as weights;
 - ``pooling``: per-cell, pooled (fixed / HKSJ random), trend and condition-difference rows;
 - ``models``: OLS of the outcome on memo's within-cell rank with fixed effects, clustered by sample;
-- ``correlations``: one-sample correlations and the legacy windowed table;
+- ``correlation``: one-sample correlations and the legacy windowed table;
 - ``effects``: deciles, tails, mediation, cross-sample; ``conditions``: accuracy differences;
 - ``tables``: the orchestration (``run_all``, ``compare_conditions``) and BH families;
 - ``synthetic`` / ``calibration``: generators with planted effects, and calibration runs.
@@ -18,7 +18,7 @@ from memplast.stats.common import (  # noqa: F401
     bootstrap_p, outcomes_of, require,
 )
 from memplast.stats.conditions import accuracy_differences  # noqa: F401
-from memplast.stats.correlations import (  # noqa: F401
+from memplast.stats.correlation import (  # noqa: F401
     CORRELATION_COLUMNS, correlations, partial_spearman, windowed_correlation_columns, windowed_correlation_results,
 )
 from memplast.stats.effects import (  # noqa: F401
@@ -26,7 +26,7 @@ from memplast.stats.effects import (  # noqa: F401
     tails,
 )
 from memplast.stats.models import ols_rank_fe  # noqa: F401
-from memplast.stats.pooling import NULL_COLUMNS, hksj  # noqa: F401
+from memplast.stats.pooling import NULL_COLUMNS, random_effects  # noqa: F401
 from memplast.stats.resampling import resample  # noqa: F401
 from memplast.stats.synthetic import synthetic_deltas, synthetic_summary  # noqa: F401
 from memplast.stats.tables import ROW_COLUMNS, TABLES, boundary_stride, compare_conditions, run_all  # noqa: F401

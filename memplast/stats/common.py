@@ -7,6 +7,7 @@ in, and the same config gives the same numbers.
 
 from __future__ import annotations
 
+import warnings
 import zlib
 from collections.abc import Iterable, Sequence
 
@@ -62,12 +63,10 @@ def key_dict(keys: Sequence[str], values) -> dict:
     return dict(zip(keys, values))
 
 
-def outcomes_of(cfg, deltas: pd.DataFrame | None = None) -> list[str]:
-    """The outcome columns to analyse: ``cfg['outcomes']`` (the one place they are named), else the
-    defaults present in ``deltas``. No outcome name is hard-coded elsewhere in the package."""
-    if cfg.get("outcomes"):
-        return list(cfg["outcomes"])
-    return [c for c in DEFAULT_OUTCOMES if deltas is None or c in deltas.columns]
+def outcomes_of(cfg) -> list[str]:
+    """The outcome columns to analyse: ``cfg['outcomes']`` (config ``stats.outcomes``, the one place
+    they are named), else ``DEFAULT_OUTCOMES`` (the schema's default)."""
+    return list(cfg.get("outcomes") or DEFAULT_OUTCOMES)
 
 
 def bh(pvalues) -> np.ndarray:
@@ -119,10 +118,11 @@ def bootstrap_p(draws: np.ndarray, axis: int = 0) -> np.ndarray:
 def percentile_ci(draws: np.ndarray, ci_level: float, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Percentile interval [q_{(1-c)/2}, q_{(1+c)/2}] of replicate estimates (NaNs ignored)."""
     a = (1 - ci_level) / 2
-    with np.errstate(invalid="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            lo, hi = np.nanquantile(np.asarray(draws, float), [a, 1 - a], axis=axis)
+    d = np.asarray(draws, float)
+    if np.isfinite(d).all():
+        lo, hi = np.quantile(d, [a, 1 - a], axis=axis)
+        return lo, hi
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        lo, hi = np.nanquantile(d, [a, 1 - a], axis=axis)
     return lo, hi

@@ -1,22 +1,27 @@
-"""Per-cell, pooled, trend and null-band rows from one ``Resampled`` (same draws for everything).
+"""Per-cell, pooled, trend and condition-difference rows from one ``Resampled`` (same draws for all).
 
-Row kinds (``pooling`` column):
+Every reported quantity is a linear combination c of the cell estimates (a mean over orders, over
+orders and boundaries, a slope over boundaries, a difference of conditions). Its estimate is
+c . theta, its bootstrap replicates c . theta*_b (same draw b for every cell, so shared samples and
+persistent per-sample effects are in them), its null replicates c . theta^0_p.
 
-- ``none``: one cell (class order x boundary), its sample-bootstrap percentile CI and p;
-- ``fixed``: the mean of the cell estimates over class orders (per boundary) or over orders and
-  boundaries (boundary ``all``), each cell weighted equally; its bootstrap distribution is the
-  same mean of each replicate's cell estimates, so shared samples and persistent per-sample
-  effects are in it. Inference is about these class orders; percentile CI, bootstrap p;
-- ``random``: Hartung-Knapp-Sidik-Jonkman random effects over the k class orders (for
-  ``all``, each order's estimate is its mean over boundaries): within-order variances v_o = the
-  bootstrap variances, DerSimonian-Laird tau^2, weights u_o = 1 / (v_o + tau^2),
-  mu = sum u y / sum u, q = sum u (y - mu)^2 / (k - 1), Var = max(q / sum u, Var_boot(mu)) (the
-  floor keeps shared samples' covariance, which the HKSJ spread alone misses),
-  CI mu -+ t_{k-1} sqrt(Var), p from t_{k-1}. Inference is about class orders like these.
+``pooling`` column:
 
-p-values: bootstrap p = 2 min(1 + #{theta* <= 0}, 1 + #{theta* >= 0}) / (1 + B) (never 0).
-Null band: the same pooled statistic over the within-class permutations, its percentile band at
-the CI level, and p_perm = (1 + #{|t* - m| >= |t - m|}) / (1 + P) with m the null mean.
+- ``none``: one cell (class order x boundary);
+- ``fixed``: equal-weight mean over class orders (per boundary) or over orders and boundaries
+  (boundary ``all``); inference about these class orders;
+- ``random``: inference about class orders like these (between-order heterogeneity). Order
+  estimates y_o (each order's mean over the pooled boundaries), sample covariance Sigma = the
+  bootstrap covariance of the y_o (shared samples make it non-diagonal), S = sum (y_o - ybar)^2,
+  tau^2 = max(0, (S - tr Sigma + 1'Sigma1 / k) / (k - 1)) (method of moments),
+  Var(ybar) = 1'Sigma1 / k^2 + tau^2 / k, CI ybar -+ t_df sqrt(Var) with Satterthwaite
+  df = Var^2 / ((tau^2 / k)^2 / (k - 1)) (k - 1 when heterogeneity dominates, normal when it is 0).
+  With independent orders and tau^2 > 0 this is exactly the equal-weight Hartung-Knapp-Sidik-
+  Jonkman interval; the Sigma terms correct it for the orders sharing samples.
+
+CIs are percentile intervals at ``ci_level``; p = 2 min(1 + #{theta* <= 0}, 1 + #{theta* >= 0}) /
+(1 + B) (never 0). Null band: percentile band of the null replicates at ``ci_level``, and
+p_perm = (1 + #{|t0 - m| >= |t - m|}) / (1 + P) with m the null mean.
 """
 
 from __future__ import annotations
@@ -31,158 +36,180 @@ from memplast.stats.common import ESTIMATORS, bootstrap_p, percentile_ci
 from memplast.stats.resampling import Resampled
 
 NULL_COLUMNS = ["null_low", "null_high", "p_perm"]
+P_FLOOR = 1e-300  # analytic p-values below this are reported as this (never as 0)
+
+
+def _filled(res: Resampled) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(estimate, boot, null) with NaN cells zero-weighted by the caller and rare NaN replicates
+    (degenerate resamples of tiny cells) replaced by the cell estimate."""
+    est = res.estimate
+    boot = np.where(np.isfinite(res.boot), res.boot, est[None])
+    null = np.where(np.isfinite(res.null), res.null, est[None])
+    return est, boot, null
+
+
+def _weights(res: Resampled, rows: np.ndarray, e: int) -> np.ndarray:
+    """Equal weights over the rows with a finite estimate (zero vector if none)."""
+    w = np.zeros(len(res.estimate))
+    ok = rows[np.isfinite(res.estimate[rows, e])]
+    if len(ok):
+        w[ok] = 1 / len(ok)
+    return w
 
 
 def _n_samples(res: Resampled, rows: np.ndarray) -> int:
-    return int(len(np.unique(np.concatenate([res.sample_idx[i] for i in rows])))) if len(rows) else 0
+    mask = np.zeros(len(res.universe.sample_id), dtype=bool)
+    for i in rows:
+        mask[res.sample_idx[i]] = True
+    return int(mask.sum())
 
 
-def _summary(est: float, draws: np.ndarray, null: np.ndarray, ci_level: float) -> dict:
+def summarise(res: Resampled, contrasts: np.ndarray, e: int, ci_level: float) -> pd.DataFrame:
+    """estimate, ci_low, ci_high, p and the null columns of each contrast (rows of ``contrasts``)."""
+    est, boot, null = _filled(res)
+    c = np.nan_to_num(contrasts)
+    dead = ~np.any(c != 0, axis=1)
+    nan = np.where(dead, np.nan, 0.0)
+    theta = np.nan_to_num(est[:, e]) @ c.T + nan
+    draws = boot[:, :, e] @ c.T
     lo, hi = percentile_ci(draws, ci_level)
-    out = {"estimate": est, "ci_low": float(lo), "ci_high": float(hi), "p": float(bootstrap_p(draws))}
-    out.update(_null_band(est, null, ci_level))
-    return out
+    out = {"estimate": theta, "ci_low": lo + nan, "ci_high": hi + nan, "p": bootstrap_p(draws) + nan}
+    if null.shape[0]:
+        nd = null[:, :, e] @ c.T
+        nlo, nhi = percentile_ci(nd, ci_level)
+        m = nd.mean(axis=0)
+        extreme = np.abs(nd - m) >= np.abs(theta - m) - 1e-12
+        out.update(null_low=nlo + nan, null_high=nhi + nan, p_perm=(1 + extreme.sum(axis=0)) / (1 + nd.shape[0]) + nan)
+    else:
+        out.update(dict.fromkeys(NULL_COLUMNS, np.full(len(c), np.nan)))
+    return pd.DataFrame(out)
 
 
-def _null_band(est: float, null: np.ndarray, ci_level: float) -> dict:
-    null = null[np.isfinite(null)]
-    if not len(null) or not np.isfinite(est):
-        return dict.fromkeys(NULL_COLUMNS, np.nan)
-    lo, hi = percentile_ci(null, ci_level)
-    m = null.mean()
-    return {"null_low": float(lo), "null_high": float(hi),
-            "p_perm": float((1 + np.sum(np.abs(null - m) >= abs(est - m) - 1e-12)) / (1 + len(null)))}
-
-
-def hksj(y: np.ndarray, v: np.ndarray, boot: np.ndarray, ci_level: float) -> dict:
-    """HKSJ random-effects pool of order estimates ``y`` with within variances ``v`` (module
-    docstring); ``boot`` (B, k) are the orders' bootstrap replicates (for the variance floor)."""
-    keep = np.isfinite(y) & np.isfinite(v) & (v > 0)
-    y, v, boot = y[keep], v[keep], boot[:, keep]
+def random_effects(y: np.ndarray, boot: np.ndarray, ci_level: float) -> dict:
+    """Sample-aware HKSJ pool of order estimates ``y`` (k,) with bootstrap replicates ``boot``
+    (B, k) (module docstring). Returns estimate, ci_low, ci_high, p, tau2, df."""
+    keep = np.isfinite(y)
+    y, boot = y[keep], boot[:, keep]
     k = len(y)
-    out = {"estimate": np.nan, "ci_low": np.nan, "ci_high": np.nan, "p": np.nan, "tau2": np.nan}
-    if k < 2:
+    out = dict.fromkeys(["estimate", "ci_low", "ci_high", "p", "tau2", "df"], np.nan)
+    if k < 2 or boot.shape[0] < 2:
         return out
-    w = 1 / v
-    mu_fe = np.sum(w * y) / w.sum()
-    q_stat = np.sum(w * (y - mu_fe) ** 2)
-    tau2 = max(0.0, (q_stat - (k - 1)) / (w.sum() - np.sum(w**2) / w.sum()))
-    u = 1 / (v + tau2)
-    mu = float(np.sum(u * y) / u.sum())
-    var_hk = np.sum(u * (y - mu) ** 2) / ((k - 1) * u.sum())
-    var_boot = np.nanvar(boot @ (u / u.sum()), ddof=1)
-    se = float(np.sqrt(max(var_hk, var_boot)))
-    crit = stats.t.ppf(0.5 + ci_level / 2, k - 1)
-    p = float(2 * stats.t.sf(abs(mu) / se, k - 1)) if se > 0 else np.nan
-    out.update(estimate=mu, ci_low=mu - crit * se, ci_high=mu + crit * se, p=p, tau2=tau2)
+    sigma = np.atleast_2d(np.cov(boot, rowvar=False))
+    s = float(np.sum((y - y.mean()) ** 2))
+    tau2 = max(0.0, (s - np.trace(sigma) + sigma.sum() / k) / (k - 1))
+    var = sigma.sum() / k**2 + tau2 / k
+    df = np.inf if tau2 == 0 else var**2 / ((tau2 / k) ** 2 / (k - 1))
+    se = float(np.sqrt(var))
+    mu = float(y.mean())
+    crit = stats.t.ppf(0.5 + ci_level / 2, df)
+    out.update(estimate=mu, ci_low=mu - crit * se, ci_high=mu + crit * se, tau2=tau2, df=float(df),
+               p=max(float(2 * stats.t.sf(abs(mu) / se, df)), P_FLOOR) if se > 0 else np.nan)
     return out
 
 
-def _nanmean(a: np.ndarray, axis: int) -> np.ndarray:
-    with np.errstate(invalid="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            return np.nanmean(a, axis=axis)
+def _groups(res: Resampled, group: Sequence[str]):
+    meta = res.rows.reset_index(drop=True)
+    for key, g in meta.groupby(list(group), sort=True):
+        yield dict(zip(group, key if isinstance(key, tuple) else (key,))), g
 
 
 def cell_rows(res: Resampled, ci_level: float) -> pd.DataFrame:
     """One row per cell and estimator (pooling ``none``)."""
-    rows = []
-    for i, meta in enumerate(res.rows.to_dict("records")):
-        for e, name in enumerate(ESTIMATORS):
-            rows.append({**meta, "estimator": name, "pooling": "none", "n_samples": meta["n"], "n_orders": 1,
-                         **_summary(res.estimate[i, e], res.boot[:, i, e], res.null[:, i, e], ci_level)})
-    return pd.DataFrame(rows).drop(columns="n")
+    meta = res.rows.reset_index(drop=True)
+    eye = np.eye(len(meta))
+    parts = []
+    for e, name in enumerate(ESTIMATORS):
+        s = summarise(res, eye, e, ci_level)
+        parts.append(pd.concat([meta.drop(columns="n"), s], axis=1).assign(
+            estimator=name, pooling="none", n_samples=meta["n"].to_numpy(), n_orders=1))
+    return pd.concat(parts, ignore_index=True)
 
 
 def pooled_rows(res: Resampled, group: Sequence[str], ci_level: float, order_key: str = "order_seed") -> pd.DataFrame:
-    """Fixed and HKSJ-random pooled rows per ``group`` (must include kind and outcome), per boundary
-    (over orders) and over all boundaries (boundary ``all``)."""
-    meta = res.rows.reset_index(drop=True)
-    out = []
-    for key, g in meta.groupby(list(group), sort=True):
-        ident = dict(zip(group, key if isinstance(key, tuple) else (key,)))
+    """Fixed and random pooled rows per ``group`` (kind, outcome, ...), per boundary and ``all``."""
+    _, boot, _ = _filled(res)
+    specs, contrasts = [], {e: [] for e in range(len(ESTIMATORS))}
+    randoms = []
+    for ident, g in _groups(res, group):
         levels = [(b, gb.index.to_numpy()) for b, gb in g.groupby("boundary", sort=True)] + [("all", g.index.to_numpy())]
         for boundary, idx in levels:
-            orders = meta.loc[idx, order_key].to_numpy()
-            base = {**ident, "boundary": boundary, "n_samples": _n_samples(res, idx), "n_orders": len(np.unique(orders))}
+            orders = res.rows[order_key].to_numpy()[idx]
+            uo = np.unique(orders)
+            base = {**ident, "boundary": boundary, "n_samples": _n_samples(res, idx), "n_orders": len(uo)}
             for e, name in enumerate(ESTIMATORS):
-                est = _nanmean(res.estimate[idx, e], 0)
-                draws = _nanmean(res.boot[:, idx, e], 1)
-                null = _nanmean(res.null[:, idx, e], 1)
-                out.append({**base, "estimator": name, "pooling": "fixed", **_summary(float(est), draws, null, ci_level)})
-                uo = np.unique(orders)
-                y = np.array([_nanmean(res.estimate[idx[orders == o], e], 0) for o in uo])
-                bo = np.stack([_nanmean(res.boot[:, idx[orders == o], e], 1) for o in uo], axis=1)
-                no = np.stack([_nanmean(res.null[:, idx[orders == o], e], 1) for o in uo], axis=1)
-                v = np.nanvar(bo, axis=0, ddof=1)
-                ran = hksj(y, v, bo, ci_level)
-                tau2 = ran.pop("tau2")
-                if np.isfinite(ran["estimate"]):
-                    u = 1 / (v + tau2)
-                    ran.update(_null_band(ran["estimate"], no @ (u / u.sum()), ci_level))
+                specs.append((e, {**base, "estimator": name, "pooling": "fixed"}))
+                contrasts[e].append(_weights(res, idx, e))
+                per_order = np.stack([_weights(res, idx[orders == o], e) for o in uo])
+                live = per_order.any(axis=1)
+                y = np.where(live, per_order @ np.nan_to_num(res.estimate[:, e]), np.nan)
+                ran = random_effects(y, boot[:, :, e] @ per_order.T, ci_level)
+                if np.isfinite(ran["estimate"]):  # the null of the same equal-weight mean over orders
+                    nul = summarise(res, per_order[live].mean(axis=0)[None], e, ci_level).iloc[0]
+                    ran.update({c: nul[c] for c in NULL_COLUMNS})
                 else:
                     ran.update(dict.fromkeys(NULL_COLUMNS, np.nan))
-                out.append({**base, "estimator": name, "pooling": "random", **ran})
-    return pd.DataFrame(out)
+                ran.pop("tau2")
+                randoms.append({**base, "estimator": name, "pooling": "random", **ran})
+    fixed = []
+    for e in range(len(ESTIMATORS)):
+        rows = [s for ee, s in specs if ee == e]
+        if rows:
+            fixed.append(pd.concat([pd.DataFrame(rows), summarise(res, np.stack(contrasts[e]), e, ci_level)], axis=1))
+    return pd.concat(fixed + [pd.DataFrame(randoms)], ignore_index=True)
 
 
 def trend_rows(res: Resampled, group: Sequence[str], ci_level: float, strides: dict) -> pd.DataFrame:
     """Slope of the fixed-pooled per-boundary estimate over boundary index, per ``group``.
 
     slope = sum_k (k - kbar)(theta_k - thetabar) / sum_k (k - kbar)^2 over the boundaries used
-    (every ``strides[kind]``-th from the first, so windowed deltas share no epochs); the
-    bootstrap CI and p come from the same slope of every replicate's pooled estimates.
+    (every ``strides[kind]``-th from the first, so windowed deltas share no epochs), as a
+    contrast of the cells (so its CI and p come from the same draws). NaN below 2 boundaries.
     """
-    meta = res.rows.reset_index(drop=True)
     out = []
-    for key, g in meta.groupby(list(group), sort=True):
-        ident = dict(zip(group, key if isinstance(key, tuple) else (key,)))
-        stride = strides.get(ident.get("kind"), 1)
-        bounds = sorted(g["boundary"].unique())
-        used = [b for b in bounds if (b - bounds[0]) % stride == 0]
-        for e, name in enumerate(ESTIMATORS):
-            th = np.array([_nanmean(res.estimate[g.index[g["boundary"] == b], e], 0) for b in used])
-            tb = np.stack([_nanmean(res.boot[:, g.index[g["boundary"] == b], e], 1) for b in used], axis=1) \
-                if used else np.empty((res.boot.shape[0], 0))
-            row = {**ident, "boundary": "all", "estimator": name, "pooling": "fixed", "n_boundaries": len(used),
-                   "boundaries_used": ",".join(str(int(b)) for b in used), "stride": stride,
-                   "n_samples": _n_samples(res, g.index.to_numpy()), "n_orders": g["order_seed"].nunique(),
-                   "estimate": np.nan, "ci_low": np.nan, "ci_high": np.nan, "p": np.nan}
-            ok = np.isfinite(th)
-            if ok.sum() >= 2:
+    for e, name in enumerate(ESTIMATORS):
+        specs, contrasts = [], []
+        for ident, g in _groups(res, group):
+            stride = strides.get(ident.get("kind"), 1)
+            bounds = sorted(g["boundary"].unique())
+            used = [b for b in bounds if (b - bounds[0]) % stride == 0]
+            per_b = [_weights(res, g.index[g["boundary"] == b].to_numpy(), e) for b in used]
+            ok = [i for i, w in enumerate(per_b) if w.any()]
+            c = np.zeros(len(res.estimate))
+            if len(ok) >= 2:
                 k = np.asarray(used, float)[ok]
-                c = (k - k.mean()) / np.sum((k - k.mean()) ** 2)
-                draws = tb[:, ok] @ c
-                lo, hi = percentile_ci(draws, ci_level)
-                row.update(estimate=float(th[ok] @ c), ci_low=float(lo), ci_high=float(hi), p=float(bootstrap_p(draws)))
-            out.append(row)
-    return pd.DataFrame(out)
+                coef = (k - k.mean()) / np.sum((k - k.mean()) ** 2)
+                c = sum(cf * per_b[i] for cf, i in zip(coef, ok))
+            specs.append({**ident, "boundary": "all", "estimator": name, "pooling": "fixed", "n_boundaries": len(ok),
+                          "boundaries_used": ",".join(str(int(used[i])) for i in ok), "stride": stride,
+                          "n_samples": _n_samples(res, g.index.to_numpy()), "n_orders": g["order_seed"].nunique()})
+            contrasts.append(c)
+        if specs:
+            s = summarise(res, np.stack(contrasts), e, ci_level).drop(columns=NULL_COLUMNS)
+            out.append(pd.concat([pd.DataFrame(specs), s], axis=1))
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
 
 
 def difference_rows(res: Resampled, factors: Sequence[str], primary: dict, group: Sequence[str],
                     ci_level: float) -> pd.DataFrame:
     """Paired difference of the fixed-pooled (all boundaries) estimate: each condition minus the
-    primary one, per ``group`` (kind, outcome) and estimator; CI and p from the same draws."""
+    primary one, per ``group`` (kind, outcome) and estimator, from the same draws."""
     meta = res.rows.reset_index(drop=True)
     is_primary = np.logical_and.reduce([meta[f] == primary[f] for f in factors])
     out = []
-    for key, g in meta.groupby(list(factors) + list(group), sort=True):
-        ident = dict(zip(list(factors) + list(group), key))
-        if all(ident[f] == primary[f] for f in factors):
-            continue
-        p_idx = meta.index[is_primary & np.logical_and.reduce([meta[c] == ident[c] for c in group])].to_numpy()
-        if not len(p_idx):
-            continue
-        idx = g.index.to_numpy()
-        for e, name in enumerate(ESTIMATORS):
-            est = float(_nanmean(res.estimate[idx, e], 0) - _nanmean(res.estimate[p_idx, e], 0))
-            draws = _nanmean(res.boot[:, idx, e], 1) - _nanmean(res.boot[:, p_idx, e], 1)
-            lo, hi = percentile_ci(draws, ci_level)
-            out.append({**ident, "boundary": "all", "estimator": name, "pooling": "fixed",
-                        "metric": "pooled_estimate_difference", "task": pd.NA, "estimate": est,
-                        "ci_low": float(lo), "ci_high": float(hi), "p": float(bootstrap_p(draws)),
-                        "n_samples": _n_samples(res, np.r_[idx, p_idx]), "n_orders": g["order_seed"].nunique()})
-    return pd.DataFrame(out)
+    for e, name in enumerate(ESTIMATORS):
+        specs, contrasts = [], []
+        for ident, g in _groups(res, list(factors) + list(group)):
+            if all(ident[f] == primary[f] for f in factors):
+                continue
+            p_idx = meta.index[is_primary & np.logical_and.reduce([meta[c] == ident[c] for c in group])].to_numpy()
+            idx = g.index.to_numpy()
+            wc, wp = _weights(res, idx, e), _weights(res, p_idx, e)
+            c = wc - wp if wc.any() and wp.any() else np.zeros_like(wc)
+            specs.append({**ident, "boundary": "all", "estimator": name, "pooling": "fixed",
+                          "metric": "pooled_estimate_difference", "task": pd.NA,
+                          "n_samples": _n_samples(res, np.r_[idx, p_idx]), "n_orders": g["order_seed"].nunique()})
+            contrasts.append(c)
+        if specs:
+            s = summarise(res, np.stack(contrasts), e, ci_level).drop(columns=NULL_COLUMNS)
+            out.append(pd.concat([pd.DataFrame(specs), s], axis=1))
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame()

@@ -20,7 +20,7 @@ the estimate itself), ranks taken within the cell:
   partial Spearman (equal to residualising the ranks on class dummies and r(loss_t) by OLS).
 
 Cost: O(B n) per cell and statistic (a gather, a cumulative sum over tie groups, a few weighted
-sums), in batches of ``BATCH`` replicates so memory stays O(BATCH n).
+sums), in batches of ``BATCH_ELEMENTS // S`` replicates (S = samples) so memory stays bounded.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from scipy import stats
 
 from memplast.stats.common import MIN_N, finite, require
 
-BATCH = 64  # replicates per batch (fixed, so results do not depend on table size)
+BATCH_ELEMENTS = 2_000_000  # replicates x samples per batch: memory O(this), set by the universe size only
 
 
 @dataclass
@@ -156,35 +156,40 @@ def build_cells(old: pd.DataFrame, universe: Universe, keys: Sequence[str], outc
     and outcome; outcomes sharing the same finite rows share one Cell (and its memo/loss ranks).
     Cells with fewer than ``MIN_N`` rows are left out (their statistics are NaN)."""
     require(old, list(keys) + ["sample_id", "label", "loss_t", memo] + list(outcomes), "build_cells")
-    class_size = np.bincount(np.searchsorted(np.unique(universe.label), universe.label))
     labels = np.unique(universe.label)
+    class_size = np.bincount(np.searchsorted(labels, universe.label), minlength=len(labels))
+    data = finite(old, [memo, "loss_t"])
+    code = data.groupby(list(keys), sort=True).ngroup().to_numpy()
+    firsts = data.groupby(list(keys), sort=True).head(1)[list(keys)].to_dict("records")
+    lab_all = np.searchsorted(labels, data["label"].to_numpy())
+    sid_all = universe.index(data["sample_id"].to_numpy())
+    memo_all = data[memo].to_numpy(float)
+    loss_all = data["loss_t"].to_numpy(float)
+    ys_all = data[list(outcomes)].apply(pd.to_numeric, errors="coerce").to_numpy(float)
+    order = np.lexsort((sid_all, lab_all, code))
+    bounds = np.flatnonzero(np.r_[True, np.diff(code[order]) != 0, True])
     cells = []
-    for key, g in old.groupby(list(keys), sort=True):
-        key = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
-        g = finite(g, [memo, "loss_t"]).sort_values(["label", "sample_id"], kind="stable")
-        if g["sample_id"].duplicated().any():
+    for gi in range(len(bounds) - 1):
+        rows = order[bounds[gi]:bounds[gi + 1]]
+        key = firsts[int(code[rows[0]])]
+        if len(np.unique(sid_all[rows])) < len(rows):
             raise ValueError(f"build_cells: sample ids repeat within cell {key}; one row per sample expected")
-        ys = g[list(outcomes)].apply(pd.to_numeric, errors="coerce").to_numpy(float)
-        ok = np.isfinite(ys)
+        ok = np.isfinite(ys_all[rows])
         groups: dict[bytes, list[int]] = {}
         for j in range(len(outcomes)):
             groups.setdefault(ok[:, j].tobytes(), []).append(j)
         for mask_bytes, js in groups.items():
-            mask = np.frombuffer(mask_bytes, dtype=bool)
-            if mask.sum() < MIN_N:
+            sub = rows[np.frombuffer(mask_bytes, dtype=bool)]
+            if len(sub) < MIN_N:
                 continue
-            sub = g[mask]
-            lab = sub["label"].to_numpy()
+            lab = lab_all[sub]
             starts = np.flatnonzero(np.r_[True, lab[1:] != lab[:-1]])
-            present = np.searchsorted(labels, lab[starts])
             counts = np.diff(np.r_[starts, len(lab)])
             cells.append(Cell(
-                key=key, outcomes=[outcomes[j] for j in js], idx=universe.index(sub["sample_id"]),
-                class_starts=starts, memo=sub[memo].to_numpy(float),
-                memo_rank=RankIndex.of(sub[memo].to_numpy(float)),
-                loss_rank=RankIndex.of(sub["loss_t"].to_numpy(float)),
-                y_rank=[RankIndex.of(ys[mask, j]) for j in js],
-                closed=bool((counts == class_size[present]).all()),
+                key=key, outcomes=[outcomes[j] for j in js], idx=sid_all[sub], class_starts=starts,
+                memo=memo_all[sub], memo_rank=RankIndex.of(memo_all[sub]), loss_rank=RankIndex.of(loss_all[sub]),
+                y_rank=[RankIndex.of(ys_all[sub, j]) for j in js],
+                closed=bool((counts == class_size[lab[starts]]).all()),
             ))
     return cells
 
@@ -239,15 +244,16 @@ def resample(old: pd.DataFrame, keys: Sequence[str], outcomes: Sequence[str], n_
         r += len(c.outcomes)
     for c, sl in zip(cells, spans):
         est[sl] = _cell_batch(c, np.ones((1, len(c.idx))))[0]
-    for b0 in range(0, n_boot, BATCH):
-        w_all = stratified_counts(universe, min(BATCH, n_boot - b0), rng)
+    batch = max(1, BATCH_ELEMENTS // len(universe.sample_id))
+    for b0 in range(0, n_boot, batch):
+        w_all = stratified_counts(universe, min(batch, n_boot - b0), rng)
         for c, sl in zip(cells, spans):
             boot[b0:b0 + len(w_all), sl] = _cell_batch(c, w_all[:, c.idx])
     static = np.full(len(universe.sample_id), np.nan)
     for c in cells:
         static[c.idx] = c.memo
-    for p0 in range(0, n_null, BATCH):
-        perm = within_class_permutations(universe, min(BATCH, n_null - p0), rng)
+    for p0 in range(0, n_null, batch):
+        perm = within_class_permutations(universe, min(batch, n_null - p0), rng)
         for c, sl in zip(cells, spans):
             ones = np.ones((len(perm), len(c.idx)))
             if c.closed:

@@ -33,7 +33,7 @@ from memplast.stats.common import (
     require, require_finite, rng_for,
 )
 from memplast.stats.conditions import accuracy_differences
-from memplast.stats.correlations import windowed_correlation_columns, windowed_correlation_results
+from memplast.stats.correlation import windowed_correlation_columns, windowed_correlation_results
 from memplast.stats.resampling import resample
 
 log = logging.getLogger("memplast.stats")
@@ -169,7 +169,7 @@ def run_all(deltas: pd.DataFrame, cfg: Mapping) -> dict[str, pd.DataFrame]:
     for key in ("epochs_per_task", "window"):
         if key not in cfg:
             raise ValueError(f"run_all: cfg is missing {key!r}")
-    outcomes = outcomes_of(cfg, deltas)
+    outcomes = outcomes_of(cfg)
     require(deltas, RUN_KEYS + ["sample_id", "label", "boundary", "is_old", "kind", "memo", "loss_t"] + outcomes,
             "run_all deltas")
     kinds = [k for k in KINDS if (deltas["kind"] == k).any()]
@@ -195,7 +195,7 @@ def compare_conditions(deltas: pd.DataFrame | None, summary: pd.DataFrame, cfg: 
     ci = float(cfg.get("ci_level", 0.95))
     parts = [accuracy_differences(summary, primary, ci)]
     if deltas is not None and len(deltas):
-        outcomes = outcomes_of(cfg, deltas)
+        outcomes = outcomes_of(cfg)
         kinds = [k for k in KINDS if (deltas["kind"] == k).any()]
         old = old_rows(deltas)
         old = old[old["kind"].isin(kinds)]

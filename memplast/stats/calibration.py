@@ -1,0 +1,139 @@
+"""Calibration of every reported interval and p-value on synthetic boundary tables.
+
+``calibration_deltas`` generates old-/new-class rows in the deltas schema with the dependence of
+a real study: the same samples at every boundary, class order and condition; a persistent
+per-sample effect s_i; memo clustered by class; an outcome that depends on class (confound).
+Per sample i of class c: u_c ~ N(0, 1) (fixed by ``design_seed``, as are the class orders: the
+inference is about samples from these classes), e_i ~ N(0, 1), memo_i = exp(a u_c + e_i),
+s_i ~ N(0, sd_s). At boundary k of order o, for old-class samples:
+loss_t = exp(0.5 u_c + 0.5 eta), outcome = (beta + trend k + delta_o + shift) e_i + gamma u_c + s_i
++ 0.3 log loss_t + eps (eta, eps ~ N(0, 1)); delta_o ~ N(0, sd_o) is between-order heterogeneity;
+shift is the planted effect of the second condition (``filter`` = "shifted"). So the within-class
+association is carried by beta only; gamma > 0 with a > 0 is a purely class-level confound.
+
+The truth of every quantity is its estimate on one very large table with the same classes and
+class orders (``truth``). ``calibration_table`` reports, per quantity, the coverage of the
+interval and the rejection rate at alpha of the p-value over replicates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+
+from memplast.stats import models, pooling
+from memplast.stats.common import CONDITION_KEYS, PRIMARY, RUN_KEYS
+from memplast.stats.resampling import resample
+
+KEYS = CONDITION_KEYS + ["kind", "order_seed", "boundary"]
+SHIFTED = {**PRIMARY, "filter": "shifted"}
+
+
+def calibration_deltas(beta: float = 0.3, trend: float = 0.0, gamma: float = 1.0, a: float = 1.0,
+                       sd_sample: float = 1.0, sd_order: float = 0.0, shift: float | None = 0.0, n_orders: int = 3,
+                       n_classes: int = 8, classes_per_task: int = 2, n_per_class: int = 30, outcome: str = "d_loss",
+                       design_seed: int = 0, seed: int = 0) -> pd.DataFrame:
+    """A deltas table (one kind, ``windowed``) from the model in the module docstring; ``shift``
+    None leaves out the second condition."""
+    design = np.random.default_rng([design_seed, 7])
+    u_class = design.normal(size=n_classes)
+    orders = [design.permutation(n_classes) for _ in range(n_orders)]
+    rng = np.random.default_rng([design_seed, seed])
+    n = n_classes * n_per_class
+    label = np.repeat(np.arange(n_classes), n_per_class)
+    u, e = u_class[label], rng.normal(size=n)
+    memo = np.exp(a * u + e)
+    s = sd_sample * rng.normal(size=n)
+    delta = sd_order * rng.normal(size=n_orders)
+    conds = [(PRIMARY, 0.0)] + ([] if shift is None else [(SHIFTED, shift)])
+    frames = []
+    for cond, sh in conds:
+        for o, order in enumerate(orders):
+            task_of_class = np.empty(n_classes, dtype=int)
+            task_of_class[order] = np.arange(n_classes) // classes_per_task
+            task = task_of_class[label]
+            for k in range(n_classes // classes_per_task - 1):
+                rows = task <= k + 1
+                old = task[rows] <= k
+                m = rows.sum()
+                loss_t = np.exp(0.5 * u[rows] + 0.5 * rng.normal(size=m))
+                y = ((beta + trend * k + delta[o] + sh) * e[rows] + gamma * u[rows] + s[rows] + 0.3 * np.log(loss_t)
+                     + rng.normal(size=m))
+                frames.append(pd.DataFrame({
+                    "order_seed": o, **cond, "sample_id": np.flatnonzero(rows), "label": label[rows], "boundary": k,
+                    "is_old": old, "kind": "windowed", "memo": memo[rows], "loss_t": np.where(old, loss_t, np.nan),
+                    outcome: np.where(old, y, np.nan)}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def evaluate(deltas: pd.DataFrame, n_boot: int, n_null: int, seed: int, ci_level: float = 0.95,
+             outcome: str = "d_loss") -> pd.DataFrame:
+    """Every reported quantity of one table, one row each: quantity, key, estimate, ci, p."""
+    old = deltas[deltas["is_old"]]
+    rng = np.random.default_rng([seed, 99])
+    res = resample(old, KEYS, [outcome], n_boot, n_null, rng)
+    group = CONDITION_KEYS + ["kind", "outcome"]
+    parts = []
+    cells = pooling.cell_rows(res, ci_level)
+    cells = cells[cells["filter"] == PRIMARY["filter"]]
+    parts.append(cells.assign(quantity="cell " + cells["estimator"],
+                              key=cells["order_seed"].astype(str) + "/" + cells["boundary"].astype(str)))
+    pooled = pooling.pooled_rows(res, group, ci_level)
+    pooled = pooled[pooled["filter"] == PRIMARY["filter"]]
+    level = np.where(pooled["boundary"].astype(str) == "all", "all", "boundary")
+    parts.append(pooled.assign(quantity=pooled["pooling"] + " " + level + " " + pooled["estimator"],
+                               key=pooled["boundary"].astype(str)))
+    perm = pooled[pooled["pooling"] == "fixed"]
+    parts.append(perm.assign(quantity="p_perm " + np.where(perm["boundary"].astype(str) == "all", "all", "boundary")
+                             + " " + perm["estimator"], key=perm["boundary"].astype(str), p=perm["p_perm"],
+                             ci_low=np.nan, ci_high=np.nan))
+    trend = pooling.trend_rows(res, group, ci_level, {"windowed": 1})
+    trend = trend[trend["filter"] == PRIMARY["filter"]]
+    parts.append(trend.assign(quantity="trend " + trend["estimator"], key="all"))
+    if (deltas["filter"] != PRIMARY["filter"]).any():
+        diff = pooling.difference_rows(res, CONDITION_KEYS, PRIMARY, ["kind", "outcome"], ci_level)
+        parts.append(diff.assign(quantity="condition difference " + diff["estimator"], key="all"))
+    prim = old[old["filter"] == PRIMARY["filter"]]
+    fit = models.ols_rank_fe(prim, outcome, ci_level)
+    parts.append(pd.DataFrame([{"quantity": "ols_rank_fe", "key": "all", **fit}]))
+    cols = ["quantity", "key", "estimate", "ci_low", "ci_high", "p"]
+    return pd.concat([p[cols] for p in parts], ignore_index=True)
+
+
+def truth(scenario: Mapping, n_per_class: int = 4000) -> pd.DataFrame:
+    """Estimate of every quantity on one table with ``n_per_class`` samples per class (population)."""
+    big = calibration_deltas(**{**scenario, "n_per_class": n_per_class, "sd_order": 0.0}, seed=10**6)
+    return evaluate(big, 2, 0, 0)[["quantity", "key", "estimate"]].rename(columns={"estimate": "truth"})
+
+
+def calibration_runs(scenario: Mapping, n_rep: int, n_boot: int = 200, n_null: int = 100, alpha: float = 0.05,
+                     seed: int = 0, truth_table: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per replicate and quantity: covered (truth within the CI) and rejected (p < alpha)."""
+    t = truth(scenario) if truth_table is None else truth_table
+    parts = []
+    for rep in range(n_rep):
+        out = evaluate(calibration_deltas(**scenario, seed=seed * 100_000 + rep), n_boot, n_null, seed=rep)
+        out = out.merge(t, on=["quantity", "key"], how="left")
+        covered = ((out["ci_low"] <= out["truth"]) & (out["truth"] <= out["ci_high"])).astype(float)
+        out["covered"] = covered.where(out["ci_low"].notna() & out["truth"].notna())
+        out["rejected"] = (out["p"] < alpha).astype(float).where(out["p"].notna())
+        parts.append(out.assign(rep=rep))
+    return pd.concat(parts, ignore_index=True)
+
+
+def calibration_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per quantity: replicates, mean truth, coverage, rejection rate, and Monte Carlo SEs
+    (binomial sd over replicates of the per-replicate mean, so correlated cells count once)."""
+    per_rep = runs.groupby(["quantity", "rep"]).agg(covered=("covered", "mean"), rejected=("rejected", "mean"),
+                                                   truth=("truth", "mean"))
+    g = per_rep.groupby("quantity")
+    out = g.agg(n_rep=("covered", "size"), truth=("truth", "mean"), coverage=("covered", "mean"),
+                rejection=("rejected", "mean"))
+    out["coverage_se"] = g["covered"].std() / np.sqrt(out["n_rep"])
+    out["rejection_se"] = g["rejected"].std() / np.sqrt(out["n_rep"])
+    return out.reset_index()
+
+
+__all__ = ["RUN_KEYS", "calibration_deltas", "calibration_runs", "calibration_table", "evaluate", "truth"]
