@@ -540,3 +540,14 @@ def test_other_bad_inputs():
         resampling.Universe.of(two)
     with pytest.raises(ValueError, match="primary condition"):
         S.accuracy_differences(S.synthetic_summary(n_orders=2), {**S.PRIMARY, "ordering": "ascending"})
+
+
+def test_cell_keys_do_not_depend_on_row_order():
+    df = two_order_table(seed=3)
+    a = resampling.resample(df, S.CONDITION_KEYS + KEYS, ["y"], 5, 0, np.random.default_rng(0))
+    b = resampling.resample(df.iloc[::-1], S.CONDITION_KEYS + KEYS, ["y"], 5, 0, np.random.default_rng(0))
+    pd.testing.assert_frame_equal(a.rows, b.rows)
+    np.testing.assert_allclose(a.estimate, b.estimate)
+    for (o, bd), e in zip(a.rows[["order_seed", "boundary"]].itertuples(index=False), a.estimate[:, 0]):
+        sub = df[(df.order_seed == o) & (df.boundary == bd)]
+        assert e == pytest.approx(stats.spearmanr(sub["memo"], sub["y"]).statistic)

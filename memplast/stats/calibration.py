@@ -68,59 +68,79 @@ def calibration_deltas(beta: float = 0.3, trend: float = 0.0, gamma: float = 1.0
     return pd.concat(frames, ignore_index=True)
 
 
+REP = "weighting"  # replicate tables are stacked with the replicate number in this factor
+
+
+def stack(tables: list[pd.DataFrame]) -> pd.DataFrame:
+    """Independent replicate tables as one table: replicate r gets its own sample ids and class
+    labels (so draws and permutations stay within replicate) and ``weighting`` = r."""
+    n_s = max(int(t["sample_id"].max()) + 1 for t in tables)
+    n_c = max(int(t["label"].max()) + 1 for t in tables)
+    return pd.concat([t.assign(sample_id=t["sample_id"] + r * n_s, label=t["label"] + r * n_c, **{REP: r})
+                      for r, t in enumerate(tables)], ignore_index=True)
+
+
 def evaluate(deltas: pd.DataFrame, n_boot: int, n_null: int, seed: int, ci_level: float = 0.95,
              outcome: str = "d_loss") -> pd.DataFrame:
-    """Every reported quantity of one table, one row each: quantity, key, estimate, ci, p."""
+    """Every reported quantity of each replicate (``weighting``) of ``deltas``: rep, quantity, key,
+    estimate, ci_low, ci_high, p (the workflow's own pooling functions on one shared resample)."""
     old = deltas[deltas["is_old"]]
     rng = np.random.default_rng([seed, 99])
     res = resample(old, KEYS, [outcome], n_boot, n_null, rng)
     group = CONDITION_KEYS + ["kind", "outcome"]
+    prim = PRIMARY["filter"]
     parts = []
     cells = pooling.cell_rows(res, ci_level)
-    cells = cells[cells["filter"] == PRIMARY["filter"]]
+    cells = cells[cells["filter"] == prim]
     parts.append(cells.assign(quantity="cell " + cells["estimator"],
                               key=cells["order_seed"].astype(str) + "/" + cells["boundary"].astype(str)))
     pooled = pooling.pooled_rows(res, group, ci_level)
-    pooled = pooled[pooled["filter"] == PRIMARY["filter"]]
+    pooled = pooled[pooled["filter"] == prim]
     level = np.where(pooled["boundary"].astype(str) == "all", "all", "boundary")
     parts.append(pooled.assign(quantity=pooled["pooling"] + " " + level + " " + pooled["estimator"],
                                key=pooled["boundary"].astype(str)))
     perm = pooled[pooled["pooling"] == "fixed"]
-    parts.append(perm.assign(quantity="p_perm " + np.where(perm["boundary"].astype(str) == "all", "all", "boundary")
-                             + " " + perm["estimator"], key=perm["boundary"].astype(str), p=perm["p_perm"],
-                             ci_low=np.nan, ci_high=np.nan))
+    perm_level = np.where(perm["boundary"].astype(str) == "all", "all", "boundary")
+    parts.append(perm.assign(quantity="p_perm " + perm_level + " " + perm["estimator"], key=perm["boundary"].astype(str),
+                             p=perm["p_perm"], ci_low=np.nan, ci_high=np.nan))
     trend = pooling.trend_rows(res, group, ci_level, {"windowed": 1})
-    trend = trend[trend["filter"] == PRIMARY["filter"]]
+    trend = trend[trend["filter"] == prim]
     parts.append(trend.assign(quantity="trend " + trend["estimator"], key="all"))
-    if (deltas["filter"] != PRIMARY["filter"]).any():
-        diff = pooling.difference_rows(res, CONDITION_KEYS, PRIMARY, ["kind", "outcome"], ci_level)
+    if (deltas["filter"] != prim).any():
+        diff = pooling.difference_rows(res, ["filter"], {"filter": prim}, [REP, "kind", "outcome"], ci_level)
         parts.append(diff.assign(quantity="condition difference " + diff["estimator"], key="all"))
-    prim = old[old["filter"] == PRIMARY["filter"]]
-    fit = models.ols_rank_fe(prim, outcome, ci_level)
-    parts.append(pd.DataFrame([{"quantity": "ols_rank_fe", "key": "all", **fit}]))
-    cols = ["quantity", "key", "estimate", "ci_low", "ci_high", "p"]
-    return pd.concat([p[cols] for p in parts], ignore_index=True)
+    fits = []
+    for rep, g in old[old["filter"] == prim].groupby(REP, sort=True):
+        fits.append({REP: rep, "quantity": "ols_rank_fe", "key": "all", **models.ols_rank_fe(g, outcome, ci_level)})
+    parts.append(pd.DataFrame(fits))
+    cols = [REP, "quantity", "key", "estimate", "ci_low", "ci_high", "p"]
+    return pd.concat([p[cols] for p in parts], ignore_index=True).rename(columns={REP: "rep"})
 
 
 def truth(scenario: Mapping, n_per_class: int = 4000) -> pd.DataFrame:
     """Estimate of every quantity on one table with ``n_per_class`` samples per class (population)."""
     big = calibration_deltas(**{**scenario, "n_per_class": n_per_class, "sd_order": 0.0}, seed=10**6)
-    return evaluate(big, 2, 0, 0)[["quantity", "key", "estimate"]].rename(columns={"estimate": "truth"})
+    out = evaluate(stack([big]), 2, 0, 0)
+    return out[["quantity", "key", "estimate"]].rename(columns={"estimate": "truth"})
 
 
 def calibration_runs(scenario: Mapping, n_rep: int, n_boot: int = 200, n_null: int = 100, alpha: float = 0.05,
-                     seed: int = 0, truth_table: pd.DataFrame | None = None) -> pd.DataFrame:
-    """One row per replicate and quantity: covered (truth within the CI) and rejected (p < alpha)."""
+                     seed: int = 0, truth_table: pd.DataFrame | None = None, per_call: int = 100) -> pd.DataFrame:
+    """One row per replicate and quantity: covered (truth within the CI) and rejected (p < alpha).
+    Replicates are evaluated ``per_call`` at a time (stacked tables, independent draws)."""
     t = truth(scenario) if truth_table is None else truth_table
     parts = []
-    for rep in range(n_rep):
-        out = evaluate(calibration_deltas(**scenario, seed=seed * 100_000 + rep), n_boot, n_null, seed=rep)
-        out = out.merge(t, on=["quantity", "key"], how="left")
-        covered = ((out["ci_low"] <= out["truth"]) & (out["truth"] <= out["ci_high"])).astype(float)
-        out["covered"] = covered.where(out["ci_low"].notna() & out["truth"].notna())
-        out["rejected"] = (out["p"] < alpha).astype(float).where(out["p"].notna())
-        parts.append(out.assign(rep=rep))
-    return pd.concat(parts, ignore_index=True)
+    for start in range(0, n_rep, per_call):
+        reps = range(start, min(n_rep, start + per_call))
+        tables = [calibration_deltas(**scenario, seed=seed * 100_000 + rep) for rep in reps]
+        out = evaluate(stack(tables), n_boot, n_null, seed=seed * 100_000 + start)
+        out["rep"] += start
+        parts.append(out)
+    out = pd.concat(parts, ignore_index=True).merge(t, on=["quantity", "key"], how="left")
+    covered = ((out["ci_low"] <= out["truth"]) & (out["truth"] <= out["ci_high"])).astype(float)
+    out["covered"] = covered.where(out["ci_low"].notna() & out["truth"].notna())
+    out["rejected"] = (out["p"] < alpha).astype(float).where(out["p"].notna())
+    return out
 
 
 def calibration_table(runs: pd.DataFrame) -> pd.DataFrame:

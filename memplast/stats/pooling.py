@@ -30,31 +30,28 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import sparse, stats
 
 from memplast.stats.common import ESTIMATORS, bootstrap_p, percentile_ci
 from memplast.stats.resampling import Resampled
 
 NULL_COLUMNS = ["null_low", "null_high", "p_perm"]
 P_FLOOR = 1e-300  # analytic p-values below this are reported as this (never as 0)
+EMPTY = (np.empty(0, dtype=np.int64), np.empty(0))
 
 
-def _filled(res: Resampled) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(estimate, boot, null) with NaN cells zero-weighted by the caller and rare NaN replicates
-    (degenerate resamples of tiny cells) replaced by the cell estimate."""
-    est = res.estimate
-    boot = np.where(np.isfinite(res.boot), res.boot, est[None])
-    null = np.where(np.isfinite(res.null), res.null, est[None])
-    return est, boot, null
+def _weights(res: Resampled, rows: np.ndarray, e: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sparse contrast (rows, weights): equal weights over the rows with a finite estimate."""
+    ok = np.asarray(rows)[np.isfinite(res.estimate[rows, e])]
+    return (ok, np.full(len(ok), 1 / len(ok))) if len(ok) else EMPTY
 
 
-def _weights(res: Resampled, rows: np.ndarray, e: int) -> np.ndarray:
-    """Equal weights over the rows with a finite estimate (zero vector if none)."""
-    w = np.zeros(len(res.estimate))
-    ok = rows[np.isfinite(res.estimate[rows, e])]
-    if len(ok):
-        w[ok] = 1 / len(ok)
-    return w
+def _combine(parts, coefs) -> tuple[np.ndarray, np.ndarray]:
+    """sum_j coef_j * contrast_j (contrasts as (rows, weights))."""
+    parts = [(r, w * c) for (r, w), c in zip(parts, coefs) if len(r)]
+    if not parts:
+        return EMPTY
+    return np.concatenate([r for r, _ in parts]), np.concatenate([w for _, w in parts])
 
 
 def _n_samples(res: Resampled, rows: np.ndarray) -> int:
@@ -64,24 +61,26 @@ def _n_samples(res: Resampled, rows: np.ndarray) -> int:
     return int(mask.sum())
 
 
-def summarise(res: Resampled, contrasts: np.ndarray, e: int, ci_level: float) -> pd.DataFrame:
-    """estimate, ci_low, ci_high, p and the null columns of each contrast (rows of ``contrasts``)."""
-    est, boot, null = _filled(res)
-    c = np.nan_to_num(contrasts)
-    dead = ~np.any(c != 0, axis=1)
-    nan = np.where(dead, np.nan, 0.0)
-    theta = np.nan_to_num(est[:, e]) @ c.T + nan
-    draws = boot[:, :, e] @ c.T
+def summarise(res: Resampled, contrasts: list, e: int, ci_level: float) -> pd.DataFrame:
+    """estimate, ci_low, ci_high, p and the null columns of each contrast ((rows, weights) pairs)."""
+    q = len(contrasts)
+    rows = np.concatenate([r for r, _ in contrasts]) if q else np.empty(0, dtype=np.int64)
+    data = np.concatenate([w for _, w in contrasts]) if q else np.empty(0)
+    which = np.repeat(np.arange(q), [len(r) for r, _ in contrasts])
+    c = sparse.csr_matrix((data, (which, rows)), shape=(q, len(res.estimate)))
+    nan = np.where(np.diff(c.indptr) == 0, np.nan, 0.0)
+    theta = c @ np.nan_to_num(res.estimate[:, e]) + nan
+    draws = (c @ res.boot[:, :, e].T).T
     lo, hi = percentile_ci(draws, ci_level)
     out = {"estimate": theta, "ci_low": lo + nan, "ci_high": hi + nan, "p": bootstrap_p(draws) + nan}
-    if null.shape[0]:
-        nd = null[:, :, e] @ c.T
+    if res.null.shape[0]:
+        nd = (c @ res.null[:, :, e].T).T
         nlo, nhi = percentile_ci(nd, ci_level)
         m = nd.mean(axis=0)
         extreme = np.abs(nd - m) >= np.abs(theta - m) - 1e-12
         out.update(null_low=nlo + nan, null_high=nhi + nan, p_perm=(1 + extreme.sum(axis=0)) / (1 + nd.shape[0]) + nan)
     else:
-        out.update(dict.fromkeys(NULL_COLUMNS, np.full(len(c), np.nan)))
+        out.update(dict.fromkeys(NULL_COLUMNS, np.full(q, np.nan)))
     return pd.DataFrame(out)
 
 
@@ -116,10 +115,9 @@ def _groups(res: Resampled, group: Sequence[str]):
 def cell_rows(res: Resampled, ci_level: float) -> pd.DataFrame:
     """One row per cell and estimator (pooling ``none``)."""
     meta = res.rows.reset_index(drop=True)
-    eye = np.eye(len(meta))
     parts = []
     for e, name in enumerate(ESTIMATORS):
-        s = summarise(res, eye, e, ci_level)
+        s = summarise(res, [(np.array([i]), np.ones(1)) for i in range(len(meta))], e, ci_level)
         parts.append(pd.concat([meta.drop(columns="n"), s], axis=1).assign(
             estimator=name, pooling="none", n_samples=meta["n"].to_numpy(), n_orders=1))
     return pd.concat(parts, ignore_index=True)
@@ -127,35 +125,38 @@ def cell_rows(res: Resampled, ci_level: float) -> pd.DataFrame:
 
 def pooled_rows(res: Resampled, group: Sequence[str], ci_level: float, order_key: str = "order_seed") -> pd.DataFrame:
     """Fixed and random pooled rows per ``group`` (kind, outcome, ...), per boundary and ``all``."""
-    _, boot, _ = _filled(res)
-    specs, contrasts = [], {e: [] for e in range(len(ESTIMATORS))}
-    randoms = []
-    for ident, g in _groups(res, group):
-        levels = [(b, gb.index.to_numpy()) for b, gb in g.groupby("boundary", sort=True)] + [("all", g.index.to_numpy())]
-        for boundary, idx in levels:
-            orders = res.rows[order_key].to_numpy()[idx]
-            uo = np.unique(orders)
-            base = {**ident, "boundary": boundary, "n_samples": _n_samples(res, idx), "n_orders": len(uo)}
-            for e, name in enumerate(ESTIMATORS):
-                specs.append((e, {**base, "estimator": name, "pooling": "fixed"}))
-                contrasts[e].append(_weights(res, idx, e))
-                per_order = np.stack([_weights(res, idx[orders == o], e) for o in uo])
-                live = per_order.any(axis=1)
-                y = np.where(live, per_order @ np.nan_to_num(res.estimate[:, e]), np.nan)
-                ran = random_effects(y, boot[:, :, e] @ per_order.T, ci_level)
-                if np.isfinite(ran["estimate"]):  # the null of the same equal-weight mean over orders
-                    nul = summarise(res, per_order[live].mean(axis=0)[None], e, ci_level).iloc[0]
-                    ran.update({c: nul[c] for c in NULL_COLUMNS})
-                else:
-                    ran.update(dict.fromkeys(NULL_COLUMNS, np.nan))
+    parts = []
+    orders_all = res.rows[order_key].to_numpy()
+    n_samples = {}
+    for e, name in enumerate(ESTIMATORS):
+        boot_e = res.boot[:, :, e]
+        specs, fixed_c, random_rows, random_c = [], [], [], []
+        for ident, g in _groups(res, group):
+            levels = [(b, gb.index.to_numpy()) for b, gb in g.groupby("boundary", sort=True)] + [("all", g.index.to_numpy())]
+            for boundary, idx in levels:
+                orders = orders_all[idx]
+                uo = np.unique(orders)
+                key = (tuple(ident.values()), boundary)
+                if key not in n_samples:
+                    n_samples[key] = _n_samples(res, idx)
+                base = {**ident, "boundary": boundary, "n_samples": n_samples[key], "n_orders": len(uo)}
+                specs.append({**base, "estimator": name, "pooling": "fixed"})
+                fixed_c.append(_weights(res, idx, e))
+                per_order = [_weights(res, idx[orders == o], e) for o in uo]
+                live = [po for po in per_order if len(po[0])]
+                y = np.array([res.estimate[r, e] @ w for r, w in live])
+                ran = random_effects(y, np.stack([boot_e[:, r] @ w for r, w in live], axis=1) if live
+                                     else np.empty((0, 0)), ci_level)
                 ran.pop("tau2")
-                randoms.append({**base, "estimator": name, "pooling": "random", **ran})
-    fixed = []
-    for e in range(len(ESTIMATORS)):
-        rows = [s for ee, s in specs if ee == e]
-        if rows:
-            fixed.append(pd.concat([pd.DataFrame(rows), summarise(res, np.stack(contrasts[e]), e, ci_level)], axis=1))
-    return pd.concat(fixed + [pd.DataFrame(randoms)], ignore_index=True)
+                random_rows.append({**base, "estimator": name, "pooling": "random", **ran})
+                # the null of the same equal-weight mean over orders
+                random_c.append(_combine(live, [1 / len(live)] * len(live)) if np.isfinite(ran["estimate"]) else EMPTY)
+        if not specs:
+            continue
+        parts.append(pd.concat([pd.DataFrame(specs), summarise(res, fixed_c, e, ci_level)], axis=1))
+        nul = summarise(res, random_c, e, ci_level)[NULL_COLUMNS]
+        parts.append(pd.concat([pd.DataFrame(random_rows), nul], axis=1))
+    return pd.concat(parts, ignore_index=True)
 
 
 def trend_rows(res: Resampled, group: Sequence[str], ci_level: float, strides: dict) -> pd.DataFrame:
@@ -173,18 +174,17 @@ def trend_rows(res: Resampled, group: Sequence[str], ci_level: float, strides: d
             bounds = sorted(g["boundary"].unique())
             used = [b for b in bounds if (b - bounds[0]) % stride == 0]
             per_b = [_weights(res, g.index[g["boundary"] == b].to_numpy(), e) for b in used]
-            ok = [i for i, w in enumerate(per_b) if w.any()]
-            c = np.zeros(len(res.estimate))
+            ok = [i for i, w in enumerate(per_b) if len(w[0])]
+            c = EMPTY
             if len(ok) >= 2:
                 k = np.asarray(used, float)[ok]
-                coef = (k - k.mean()) / np.sum((k - k.mean()) ** 2)
-                c = sum(cf * per_b[i] for cf, i in zip(coef, ok))
+                c = _combine([per_b[i] for i in ok], (k - k.mean()) / np.sum((k - k.mean()) ** 2))
             specs.append({**ident, "boundary": "all", "estimator": name, "pooling": "fixed", "n_boundaries": len(ok),
                           "boundaries_used": ",".join(str(int(used[i])) for i in ok), "stride": stride,
                           "n_samples": _n_samples(res, g.index.to_numpy()), "n_orders": g["order_seed"].nunique()})
             contrasts.append(c)
         if specs:
-            s = summarise(res, np.stack(contrasts), e, ci_level).drop(columns=NULL_COLUMNS)
+            s = summarise(res, contrasts, e, ci_level).drop(columns=NULL_COLUMNS)
             out.append(pd.concat([pd.DataFrame(specs), s], axis=1))
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
 
@@ -195,21 +195,23 @@ def difference_rows(res: Resampled, factors: Sequence[str], primary: dict, group
     primary one, per ``group`` (kind, outcome) and estimator, from the same draws."""
     meta = res.rows.reset_index(drop=True)
     is_primary = np.logical_and.reduce([meta[f] == primary[f] for f in factors])
+    prim_rows = {k: g.index.to_numpy() for k, g in meta[is_primary].groupby(list(group), sort=True)}
     out = []
     for e, name in enumerate(ESTIMATORS):
         specs, contrasts = [], []
         for ident, g in _groups(res, list(factors) + list(group)):
             if all(ident[f] == primary[f] for f in factors):
                 continue
-            p_idx = meta.index[is_primary & np.logical_and.reduce([meta[c] == ident[c] for c in group])].to_numpy()
+            gkey = tuple(ident[c] for c in group)
+            p_idx = prim_rows.get(gkey if len(gkey) > 1 else gkey[0], np.empty(0, dtype=np.int64))
             idx = g.index.to_numpy()
             wc, wp = _weights(res, idx, e), _weights(res, p_idx, e)
-            c = wc - wp if wc.any() and wp.any() else np.zeros_like(wc)
+            c = _combine([wc, wp], [1.0, -1.0]) if len(wc[0]) and len(wp[0]) else EMPTY
             specs.append({**ident, "boundary": "all", "estimator": name, "pooling": "fixed",
                           "metric": "pooled_estimate_difference", "task": pd.NA,
                           "n_samples": _n_samples(res, np.r_[idx, p_idx]), "n_orders": g["order_seed"].nunique()})
             contrasts.append(c)
         if specs:
-            s = summarise(res, np.stack(contrasts), e, ci_level).drop(columns=NULL_COLUMNS)
+            s = summarise(res, contrasts, e, ci_level).drop(columns=NULL_COLUMNS)
             out.append(pd.concat([pd.DataFrame(specs), s], axis=1))
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame()

@@ -20,7 +20,8 @@ the estimate itself), ranks taken within the cell:
   partial Spearman (equal to residualising the ranks on class dummies and r(loss_t) by OLS).
 
 Cost: O(B n) per cell and statistic (a gather, a cumulative sum over tie groups, a few weighted
-sums), in batches of ``BATCH_ELEMENTS // S`` replicates (S = samples) so memory stays bounded.
+sums); draws in batches of ``COUNT_ELEMENTS // S`` replicates (S = samples), each cell evaluated
+in chunks of ``CELL_ELEMENTS // n`` replicates, so memory stays bounded at any scale.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from scipy import stats
 
 from memplast.stats.common import MIN_N, finite, require
 
-BATCH_ELEMENTS = 2_000_000  # replicates x samples per batch: memory O(this), set by the universe size only
+COUNT_ELEMENTS = 20_000_000  # replicates x samples of one batch of draws (uint16): set by the universe size only
+CELL_ELEMENTS = 2_000_000  # replicates x rows of one cell evaluated at once (float64 work arrays)
 
 
 @dataclass
@@ -63,7 +65,7 @@ class Universe:
 def stratified_counts(universe: Universe, n: int, rng: np.random.Generator) -> np.ndarray:
     """(n, S) multiplicities of one class-stratified bootstrap draw per row: within each class of
     size n_c, counts ~ Multinomial(n_c, 1/n_c each), so every class keeps its size."""
-    out = np.zeros((n, len(universe.sample_id)), dtype=np.float64)
+    out = np.zeros((n, len(universe.sample_id)), dtype=np.uint16)
     for idx in universe.strata:
         out[:, idx] = rng.multinomial(len(idx), np.full(len(idx), 1 / len(idx)), size=n)
     return out
@@ -159,8 +161,11 @@ def build_cells(old: pd.DataFrame, universe: Universe, keys: Sequence[str], outc
     labels = np.unique(universe.label)
     class_size = np.bincount(np.searchsorted(labels, universe.label), minlength=len(labels))
     data = finite(old, [memo, "loss_t"])
+    if data.empty:
+        raise ValueError("build_cells: no old-class rows with finite memo and loss_t")
     code = data.groupby(list(keys), sort=True).ngroup().to_numpy()
-    firsts = data.groupby(list(keys), sort=True).head(1)[list(keys)].to_dict("records")
+    first_row = np.unique(code, return_index=True)[1]  # first row of group g, g = 0, 1, ... (sorted keys)
+    firsts = data[list(keys)].iloc[first_row].to_dict("records")
     lab_all = np.searchsorted(labels, data["label"].to_numpy())
     sid_all = universe.index(data["sample_id"].to_numpy())
     memo_all = data[memo].to_numpy(float)
@@ -194,9 +199,16 @@ def build_cells(old: pd.DataFrame, universe: Universe, keys: Sequence[str], outc
     return cells
 
 
+def _cell_chunks(cell: Cell, w: np.ndarray) -> np.ndarray:
+    """``_cell_batch`` over replicate chunks of at most ``CELL_ELEMENTS`` weights."""
+    step = max(1, CELL_ELEMENTS // len(cell.idx))
+    return np.concatenate([_cell_batch(cell, w[i:i + step].astype(np.float64)) for i in range(0, len(w), step)])
+
+
 def _cell_batch(cell: Cell, w: np.ndarray, memo_ranks: np.ndarray | None = None) -> np.ndarray:
     """(b, n_outcomes, 2) statistics of ``cell`` under multiplicities ``w`` (b, n); ``memo_ranks``
     overrides the memo ranks (permutation null, unit weights)."""
+    w = np.asarray(w, dtype=np.float64)
     xr = cell.memo_rank.ranks(w) if memo_ranks is None else memo_ranks
     x = _Moments(xr, w, cell.class_starts)
     l = _Moments(cell.loss_rank.ranks(w), w, cell.class_starts)
@@ -212,7 +224,8 @@ def _cell_batch(cell: Cell, w: np.ndarray, memo_ranks: np.ndarray | None = None)
 @dataclass
 class Resampled:
     """Cell estimates: ``rows`` (key columns, outcome, n), ``estimate`` (R, 2), ``boot`` (B, R, 2),
-    ``null`` (P, R, 2); axis -1 is the estimator (raw, partial); ``sample_idx`` universe indices per row."""
+    ``null`` (P, R, 2); axis -1 is the estimator (raw, partial); ``sample_idx`` universe indices per row.
+    NaN replicates (degenerate resamples of tiny cells) are replaced by the cell's estimate."""
 
     rows: pd.DataFrame
     estimate: np.ndarray
@@ -244,25 +257,28 @@ def resample(old: pd.DataFrame, keys: Sequence[str], outcomes: Sequence[str], n_
         r += len(c.outcomes)
     for c, sl in zip(cells, spans):
         est[sl] = _cell_batch(c, np.ones((1, len(c.idx))))[0]
-    batch = max(1, BATCH_ELEMENTS // len(universe.sample_id))
+    batch = max(1, COUNT_ELEMENTS // len(universe.sample_id))
     for b0 in range(0, n_boot, batch):
         w_all = stratified_counts(universe, min(batch, n_boot - b0), rng)
         for c, sl in zip(cells, spans):
-            boot[b0:b0 + len(w_all), sl] = _cell_batch(c, w_all[:, c.idx])
+            boot[b0:b0 + len(w_all), sl] = _cell_chunks(c, w_all[:, c.idx])
     static = np.full(len(universe.sample_id), np.nan)
     for c in cells:
         static[c.idx] = c.memo
     for p0 in range(0, n_null, batch):
         perm = within_class_permutations(universe, min(batch, n_null - p0), rng)
         for c, sl in zip(cells, spans):
-            ones = np.ones((len(perm), len(c.idx)))
             if c.closed:
                 pos = np.full(len(universe.sample_id), -1)
                 pos[c.idx] = np.arange(len(c.idx))
-                base = c.memo_rank.ranks(ones[:1])[0]
-                xr = base[pos[perm[:, c.idx]]]
-            else:
-                xr = stats.rankdata(static[perm[:, c.idx]], axis=1)
-            null[p0:p0 + len(perm), sl] = _cell_batch(c, ones, memo_ranks=xr)
+                base = c.memo_rank.ranks(np.ones((1, len(c.idx))))[0]
+            step = max(1, CELL_ELEMENTS // len(c.idx))
+            for i in range(0, len(perm), step):
+                pp = perm[i:i + step, c.idx]
+                xr = base[pos[pp]] if c.closed else stats.rankdata(static[pp], axis=1)
+                null[p0 + i:p0 + i + len(pp), sl] = _cell_batch(c, np.ones(pp.shape), memo_ranks=xr)
+    # a degenerate resample of a tiny cell (constant ranks) gives NaN: count it as the estimate
+    boot = np.where(np.isfinite(boot), boot, est[None])
+    null = np.where(np.isfinite(null), null, est[None])
     sample_idx = [c.idx for c, sl in zip(cells, spans) for _ in range(sl.stop - sl.start)]
     return Resampled(pd.DataFrame(meta), est, boot, null, sample_idx, universe)
