@@ -18,7 +18,10 @@ mpconfig.validate(config)
 
 
 # The landing page: the question, and the answer generated from results/stats/headline.csv.
-report: landing_page(f"{workflow.basedir}/report/workflow.rst", ci_level=config["stats"]["ci_level"])
+report:
+    landing_page(
+        f"{workflow.basedir}/report/workflow.rst", ci_level=config["stats"]["ci_level"]
+    )
 
 
 include: "rules/common.smk"

@@ -43,39 +43,46 @@ def paper_table(scale: float) -> pd.DataFrame:
 
 
 def timed(fn):
+    """(result, wall s, CPU s of this process, peak traced MiB of Python/numpy allocations)."""
     tracemalloc.start()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     out = fn()
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     peak = tracemalloc.get_traced_memory()[1] / 2**20
     tracemalloc.stop()
-    return out, seconds, peak
+    return out, seconds, cpu, peak
 
 
 def scale_mode(args) -> None:
     t0 = time.perf_counter()
     deltas = paper_table(args.scale)
     old = deltas[deltas["is_old"]].sort_values("sample_id", kind="stable")
-    print(f"table: {len(deltas):,} rows, {deltas['sample_id'].nunique():,} samples, "
-          f"{deltas['boundary'].nunique()} boundaries, {deltas['order_seed'].nunique()} orders "
-          f"(built in {time.perf_counter() - t0:.0f} s; {deltas.memory_usage(deep=True).sum() / 2**20:.0f} MiB)")
+    del deltas
+    print(f"table: {len(old):,} old-class rows, {old['sample_id'].nunique():,} samples, "
+          f"{old['boundary'].nunique()} boundaries, {old['order_seed'].nunique()} orders, 2 kinds "
+          f"(built in {time.perf_counter() - t0:.0f} s; {old.memory_usage(deep=True).sum() / 2**20:.0f} MiB)")
     outcomes = list(stats.DEFAULT_OUTCOMES)
     kinds = list(stats.KINDS)
-    base_cfg = {"seed": 0, "ci_level": 0.95, "epochs_per_task": 30, "window": 5}
-    _, t_base, m_base = timed(lambda: association_tables(old, {**base_cfg, "n_boot": 1, "n_permutations": 0},
-                                                         outcomes, kinds))
-    print(f"baseline (cells + 1 replicate): {t_base:.1f} s, peak traced {m_base:.0f} MiB")
+    base_cfg = {"seed": 0, "ci_level": 0.95, "epochs_per_task": 30, "window": 5, "threads": args.threads}
+    _, t_base, c_base, m_base = timed(lambda: association_tables(
+        old, {**base_cfg, "n_boot": 2, "n_permutations": 0}, outcomes, kinds))
+    print(f"baseline (cells, estimates, pooling; 2 replicates): wall {t_base:.1f} s, CPU {c_base:.1f} s, "
+          f"peak traced {m_base:.0f} MiB")
     cfg = {**base_cfg, "n_boot": args.n_boot, "n_permutations": args.n_perm}
-    tables, t_full, m_full = timed(lambda: association_tables(old, cfg, outcomes, kinds))
-    print(f"bootstrap {args.n_boot} + null {args.n_perm}: {t_full:.1f} s, peak traced {m_full:.0f} MiB; "
-          f"{len(tables['pooled'])} pooled rows")
-    _, t_models, m_models = timed(lambda: model_table(old, cfg, outcomes, kinds))
-    print(f"OLS rank/FE clustered by sample ({len(outcomes) * len(kinds)} fits): {t_models:.1f} s, "
-          f"peak traced {m_models:.0f} MiB")
+    tables, t_full, c_full, m_full = timed(lambda: association_tables(old, cfg, outcomes, kinds))
+    print(f"bootstrap {args.n_boot} + null {args.n_perm}: wall {t_full:.1f} s, CPU {c_full:.1f} s, "
+          f"peak traced {m_full:.0f} MiB; {len(tables['pooled'])} pooled rows")
+    per_rep = (c_full - c_base) / max(1, args.n_boot - 2)
+    print(f"CPU per bootstrap replicate (all cells, outcomes, kinds): {per_rep:.2f} s -> 2000 replicates "
+          f"~{per_rep * 2000 / 60:.0f} CPU min (linear in replicates; divide by the rule's threads)")
+    _, t_models, c_models, m_models = timed(lambda: model_table(old, cfg, outcomes, kinds))
+    print(f"OLS rank/FE clustered by sample ({len(outcomes) * len(kinds)} fits): wall {t_models:.1f} s, "
+          f"CPU {c_models:.1f} s, peak traced {m_models:.0f} MiB")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"process max RSS {rss:.0f} MiB")
-    print(f"summary: resampling/baseline time ratio {t_full / t_base:.1f}x; association tables {t_full:.0f} s, "
-          f"models {t_models:.0f} s, max RSS {rss:.0f} MiB at scale {args.scale}")
+    print(f"summary: scale {args.scale}, {args.n_boot} bootstrap + {args.n_perm} null replicates: resampling/baseline "
+          f"CPU ratio {c_full / c_base:.1f}x; association tables CPU {c_full:.0f} s, models CPU {c_models:.0f} s, "
+          f"{per_rep:.2f} CPU s per replicate, max RSS {rss:.0f} MiB")
 
 
 def calibration_mode(args) -> None:
@@ -103,6 +110,7 @@ def main():
     parser.add_argument("--n-boot", type=int, default=None)
     parser.add_argument("--n-perm", type=int, default=None)
     parser.add_argument("--reps", type=int, default=500)
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     if args.mode == "scale":
         args.n_boot = args.n_boot or 2000

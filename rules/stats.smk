@@ -45,13 +45,13 @@ rule stats_primary:
         bench_path("stats/primary")
     conda:
         ENV_STATS
-    threads: 1
+    threads: job("stats", "threads")
     resources:
-        mem_mb=job("light", "mem_mb"),
-        runtime=job("light", "runtime"),
+        mem_mb=job("stats", "mem_mb"),
+        runtime=job("stats", "runtime"),
     params:
         names=PRIMARY_TABLES,
-        cfg=STATS_CFG,
+        cfg={**STATS_CFG, "threads": job("stats", "threads")},
     script:
         "../scripts/stats_primary.py"
 
@@ -65,14 +65,16 @@ rule stats_conditions:
         summary="results/stats/run_summaries.parquet",
     log:
         log_path("stats/conditions"),
+    benchmark:
+        bench_path("stats/conditions")
     conda:
         ENV_STATS
-    threads: 1
+    threads: job("stats", "threads")
     resources:
-        mem_mb=job("light", "mem_mb"),
-        runtime=job("light", "runtime"),
+        mem_mb=job("stats", "mem_mb"),
+        runtime=job("stats", "runtime"),
     params:
-        cfg=STATS_CFG,
+        cfg={**STATS_CFG, "threads": job("stats", "threads")},
     script:
         "../scripts/stats_conditions.py"
 

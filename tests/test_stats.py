@@ -284,14 +284,14 @@ def test_cell_statistics_equal_scipy_and_statsmodels_on_the_explicit_resample():
     df = cell_table()
     universe = resampling.Universe.of(df)
     cell = resampling.build_cells(df, universe, KEYS, ["y"])[0]
-    est = resampling._cell_batch(cell, np.ones((1, len(cell.idx))))[0, 0]
+    est = resampling._cell_batch(cell, np.ones((len(cell.idx), 1)))[0, 0]
     assert est[0] == pytest.approx(stats.spearmanr(df["memo"], df["y"]).statistic, abs=1e-12)
     assert est[1] == pytest.approx(S.partial_spearman(df, "memo", "y", ["loss_t"], ["label"])["r"], abs=1e-10)
     counts = resampling.stratified_counts(universe, 3, np.random.default_rng(1))
     for w in counts:
         by_id = dict(zip(universe.sample_id, w))
         rows = df.loc[df.index.repeat([int(by_id[s]) for s in df["sample_id"]])]
-        got = resampling._cell_batch(cell, w[None, cell.idx])[0, 0]
+        got = resampling._cell_batch(cell, w[cell.idx, None])[0, 0]
         assert got[0] == pytest.approx(stats.spearmanr(rows["memo"], rows["y"]).statistic, abs=1e-12)
         assert got[1] == pytest.approx(S.partial_spearman(rows, "memo", "y", ["loss_t"], ["label"])["r"], abs=1e-10)
 
@@ -551,3 +551,19 @@ def test_cell_keys_do_not_depend_on_row_order():
     for (o, bd), e in zip(a.rows[["order_seed", "boundary"]].itertuples(index=False), a.estimate[:, 0]):
         sub = df[(df.order_seed == o) & (df.boundary == bd)]
         assert e == pytest.approx(stats.spearmanr(sub["memo"], sub["y"]).statistic)
+
+
+def test_null_of_closed_cells_equals_the_general_computation():
+    df = cell_table(seed=6)
+    df["z"] = np.round(df["y"] * 0.5 + np.random.default_rng(1).normal(size=len(df)), 1)
+    universe = resampling.Universe.of(df)
+    cell = resampling.build_cells(df, universe, KEYS, ["y", "z"])[0]
+    assert cell.closed
+    perm = resampling.within_class_permutations(universe, 7, np.random.default_rng(2))
+    pos = np.full(len(universe.sample_id), -1)
+    pos[cell.idx] = np.arange(len(cell.idx))
+    base = cell.memo_rank.ranks(np.ones((len(cell.idx), 1)))[:, 0]
+    xr = base[pos[perm[:, cell.idx].T]]
+    fast = resampling._null_closed(cell, xr)
+    slow = resampling._cell_batch(cell, np.ones(xr.shape), memo_ranks=xr)
+    np.testing.assert_allclose(fast, slow, atol=1e-10)

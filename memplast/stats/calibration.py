@@ -48,24 +48,28 @@ def calibration_deltas(beta: float = 0.3, trend: float = 0.0, gamma: float = 1.0
     s = sd_sample * rng.normal(size=n)
     delta = sd_order * rng.normal(size=n_orders)
     conds = [(PRIMARY, 0.0)] + ([] if shift is None else [(SHIFTED, shift)])
-    frames = []
+    cols = {k: [] for k in ("order_seed", "filter", "sample_id", "boundary", "is_old", "loss_t", outcome)}
     for cond, sh in conds:
         for o, order in enumerate(orders):
             task_of_class = np.empty(n_classes, dtype=int)
             task_of_class[order] = np.arange(n_classes) // classes_per_task
             task = task_of_class[label]
             for k in range(n_classes // classes_per_task - 1):
-                rows = task <= k + 1
+                rows = np.flatnonzero(task <= k + 1)
                 old = task[rows] <= k
-                m = rows.sum()
+                m = len(rows)
                 loss_t = np.exp(0.5 * u[rows] + 0.5 * rng.normal(size=m))
                 y = ((beta + trend * k + delta[o] + sh) * e[rows] + gamma * u[rows] + s[rows] + 0.3 * np.log(loss_t)
                      + rng.normal(size=m))
-                frames.append(pd.DataFrame({
-                    "order_seed": o, **cond, "sample_id": np.flatnonzero(rows), "label": label[rows], "boundary": k,
-                    "is_old": old, "kind": "windowed", "memo": memo[rows], "loss_t": np.where(old, loss_t, np.nan),
-                    outcome: np.where(old, y, np.nan)}))
-    return pd.concat(frames, ignore_index=True)
+                for key, val in (("order_seed", np.full(m, o)), ("filter", np.full(m, cond["filter"], dtype=object)),
+                                 ("sample_id", rows), ("boundary", np.full(m, k)), ("is_old", old),
+                                 ("loss_t", np.where(old, loss_t, np.nan)), (outcome, np.where(old, y, np.nan))):
+                    cols[key].append(val)
+    out = pd.DataFrame({k: np.concatenate(v) for k, v in cols.items()})
+    sid = out["sample_id"].to_numpy()
+    return out.assign(ordering=PRIMARY["ordering"], weighting=PRIMARY["weighting"], algorithm=PRIMARY["algorithm"],
+                      label=label[sid], kind="windowed", memo=memo[sid])[RUN_KEYS + [
+                          "sample_id", "label", "boundary", "is_old", "kind", "memo", "loss_t", outcome]]
 
 
 REP = "weighting"  # replicate tables are stacked with the replicate number in this factor
@@ -156,4 +160,4 @@ def calibration_table(runs: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
-__all__ = ["RUN_KEYS", "calibration_deltas", "calibration_runs", "calibration_table", "evaluate", "truth"]
+__all__ = ["calibration_deltas", "calibration_runs", "calibration_table", "evaluate", "stack", "truth"]

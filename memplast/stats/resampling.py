@@ -27,6 +27,7 @@ in chunks of ``CELL_ELEMENTS // n`` replicates, so memory stays bounded at any s
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,7 +37,7 @@ from scipy import stats
 from memplast.stats.common import MIN_N, finite, require
 
 COUNT_ELEMENTS = 20_000_000  # replicates x samples of one batch of draws (uint16): set by the universe size only
-CELL_ELEMENTS = 2_000_000  # replicates x rows of one cell evaluated at once (float64 work arrays)
+CELL_ELEMENTS = 1_000_000  # replicates x rows of one cell evaluated at once (~12 float64 work arrays)
 
 
 @dataclass
@@ -98,36 +99,41 @@ class RankIndex:
         return cls(order, np.flatnonzero(new), inverse)
 
     def ranks(self, w: np.ndarray) -> np.ndarray:
-        """Average ranks under multiplicities ``w`` (b, n): cumsum(g) - (g - 1) / 2 per tie group."""
-        g = np.add.reduceat(w[:, self.order], self.starts, axis=1)
-        return (np.cumsum(g, axis=1) - (g - 1) / 2)[:, self.inverse]
+        """Average ranks under multiplicities ``w`` (n, b): cumsum(g) - (g - 1) / 2 per tie group
+        (samples along axis 0, so every gather and segment sum moves whole rows of b replicates)."""
+        g = w[self.order]
+        if len(self.starts) < len(self.order):
+            g = np.add.reduceat(g, self.starts, axis=0)
+        avg = np.cumsum(g, axis=0)
+        avg -= (g - 1) / 2
+        return avg[self.inverse]
 
 
-def _rowsum(a, b):
-    return np.einsum("ij,ij->i", a, b)
+def _colsum(a, b):
+    return np.einsum("ij,ij->j", a, b)
 
 
 class _Moments:
     """Weighted centred ranks of one variable, and its class sums, for one batch of weights."""
 
-    def __init__(self, r: np.ndarray, w: np.ndarray, class_starts: np.ndarray):
-        n_w = w.sum(axis=1, keepdims=True)
-        self.c = r - (n_w + 1) / 2  # weighted mean rank is (N + 1) / 2 exactly
+    def __init__(self, r: np.ndarray, w: np.ndarray, n_w: np.ndarray, class_starts: np.ndarray):
+        self.c = r
+        self.c -= (n_w + 1) / 2  # weighted mean rank is (N + 1) / 2 exactly
         self.wc = w * self.c
-        self.by_class = np.add.reduceat(self.wc, class_starts, axis=1)
+        self.by_class = np.add.reduceat(self.wc, class_starts, axis=0)
 
 
 def _within(sab, a: _Moments, b: _Moments, w_class):
     """Class-demeaned weighted cross-product: S_ab - sum_c A_c B_c / W_c."""
     with np.errstate(invalid="ignore", divide="ignore"):
         corr = np.where(w_class > 0, a.by_class * b.by_class / np.where(w_class > 0, w_class, 1), 0.0)
-    return sab - corr.sum(axis=1)
+    return sab - corr.sum(axis=0)
 
 
 def cell_statistics(w: np.ndarray, x: _Moments, l: _Moments, y: _Moments, w_class: np.ndarray,
                     sxx: np.ndarray, sll: np.ndarray, sxl: np.ndarray) -> np.ndarray:
     """(b, 2): raw Spearman and within-class partial Spearman given r(loss_t) (module docstring)."""
-    sxy, syy, syl = _rowsum(x.wc, y.c), _rowsum(y.wc, y.c), _rowsum(l.wc, y.c)
+    sxy, syy, syl = _colsum(x.wc, y.c), _colsum(y.wc, y.c), _colsum(l.wc, y.c)
     with np.errstate(invalid="ignore", divide="ignore"):
         raw = sxy / np.sqrt(sxx * syy)
         txx, tyy, tll = _within(sxx, x, x, w_class), _within(syy, y, y, w_class), _within(sll, l, l, w_class)
@@ -202,23 +208,58 @@ def build_cells(old: pd.DataFrame, universe: Universe, keys: Sequence[str], outc
 def _cell_chunks(cell: Cell, w: np.ndarray) -> np.ndarray:
     """``_cell_batch`` over replicate chunks of at most ``CELL_ELEMENTS`` weights."""
     step = max(1, CELL_ELEMENTS // len(cell.idx))
-    return np.concatenate([_cell_batch(cell, w[i:i + step].astype(np.float64)) for i in range(0, len(w), step)])
+    return np.concatenate([_cell_batch(cell, w[:, i:i + step].astype(np.float64))
+                           for i in range(0, w.shape[1], step)])
 
 
 def _cell_batch(cell: Cell, w: np.ndarray, memo_ranks: np.ndarray | None = None) -> np.ndarray:
-    """(b, n_outcomes, 2) statistics of ``cell`` under multiplicities ``w`` (b, n); ``memo_ranks``
-    overrides the memo ranks (permutation null, unit weights)."""
+    """(b, n_outcomes, 2) statistics of ``cell`` under multiplicities ``w`` (n, b); ``memo_ranks``
+    (n, b) overrides the memo ranks (permutation null, unit weights)."""
     w = np.asarray(w, dtype=np.float64)
-    xr = cell.memo_rank.ranks(w) if memo_ranks is None else memo_ranks
-    x = _Moments(xr, w, cell.class_starts)
-    l = _Moments(cell.loss_rank.ranks(w), w, cell.class_starts)
-    w_class = np.add.reduceat(w, cell.class_starts, axis=1)
-    sxx, sll, sxl = _rowsum(x.wc, x.c), _rowsum(l.wc, l.c), _rowsum(x.wc, l.c)
-    out = np.empty((w.shape[0], len(cell.outcomes), 2))
+    n_w = w.sum(axis=0)
+    xr = cell.memo_rank.ranks(w) if memo_ranks is None else np.array(memo_ranks, dtype=np.float64)
+    x = _Moments(xr, w, n_w, cell.class_starts)
+    l = _Moments(cell.loss_rank.ranks(w), w, n_w, cell.class_starts)
+    w_class = np.add.reduceat(w, cell.class_starts, axis=0)
+    sxx, sll, sxl = _colsum(x.wc, x.c), _colsum(l.wc, l.c), _colsum(x.wc, l.c)
+    out = np.empty((w.shape[1], len(cell.outcomes), 2))
     for j, yr in enumerate(cell.y_rank):
-        y = _Moments(yr.ranks(w), w, cell.class_starts)
+        y = _Moments(yr.ranks(w), w, n_w, cell.class_starts)
         out[:, j] = cell_statistics(w, x, l, y, w_class, sxx, sll, sxl)
     return out
+
+
+def _null_closed(cell: Cell, xr: np.ndarray) -> np.ndarray:
+    """(p, n_outcomes, 2) statistics of a closed cell with unit weights and permuted memo ranks
+    ``xr`` (n, p): the outcome and loss ranks, every class sum of the memo ranks and S_xx do not
+    change under a within-class permutation, so only S_xy and S_xl are new: one matrix product."""
+    n = len(cell.idx)
+    one = np.ones((n, 1))
+    centre = (n + 1) / 2
+    x0 = cell.memo_rank.ranks(one)[:, 0] - centre
+    lc = cell.loss_rank.ranks(one)[:, 0] - centre
+    ycs = np.stack([yr.ranks(one)[:, 0] - centre for yr in cell.y_rank], axis=1)  # (n, J)
+    starts = cell.class_starts
+    wc = np.diff(np.r_[starts, n]).astype(float)
+    xc_class, lc_class = np.add.reduceat(x0, starts), np.add.reduceat(lc, starts)
+    yc_class = np.add.reduceat(ycs, starts, axis=0)  # (C, J)
+    sxx, sll = x0 @ x0, lc @ lc
+    syy, syl = np.einsum("ij,ij->j", ycs, ycs), lc @ ycs
+    txx, tll = sxx - np.sum(xc_class**2 / wc), sll - np.sum(lc_class**2 / wc)
+    tyy = syy - np.sum(yc_class**2 / wc[:, None], axis=0)
+    tyl = syl - (lc_class / wc) @ yc_class
+    xc = xr - centre  # (n, p)
+    prod = xc.T @ np.column_stack([ycs, lc])  # (p, J + 1)
+    sxy, sxl = prod[:, :-1], prod[:, -1]
+    txy = sxy - (xc_class / wc) @ yc_class
+    txl = sxl - np.sum(xc_class * lc_class / wc)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        raw = sxy / np.sqrt(sxx * syy)
+        pxx = txx - txl**2 / tll
+        pyy = tyy - tyl**2 / tll
+        pxy = txy - txl[:, None] * tyl[None, :] / tll
+        partial = pxy / np.sqrt(pxx[:, None] * pyy[None, :])
+    return np.clip(np.stack([raw, partial], axis=2), -1, 1)
 
 
 @dataclass
@@ -236,13 +277,14 @@ class Resampled:
 
 
 def resample(old: pd.DataFrame, keys: Sequence[str], outcomes: Sequence[str], n_boot: int, n_null: int,
-             rng: np.random.Generator, memo: str = "memo") -> Resampled:
+             rng: np.random.Generator, memo: str = "memo", threads: int = 1) -> Resampled:
     """Estimates, bootstrap replicates and permutation-null replicates of every cell of ``old``.
 
     Bootstrap: ``n_boot`` class-stratified sample-id draws (``stratified_counts``), each applied to
     every cell. Null: ``n_null`` within-class permutations of memo across samples
     (``within_class_permutations``), each shared by every cell; ranks of the permuted memo in
-    the cell (a re-indexing of the memo ranks when the cell holds whole classes).
+    the cell (a re-indexing of the memo ranks when the cell holds whole classes). Cells are
+    evaluated on ``threads`` threads (numpy releases the GIL; results do not depend on it).
     """
     universe = Universe.of(old)
     cells = build_cells(old, universe, keys, outcomes, memo)
@@ -256,12 +298,18 @@ def resample(old: pd.DataFrame, keys: Sequence[str], outcomes: Sequence[str], n_
         spans.append(slice(r, r + len(c.outcomes)))
         r += len(c.outcomes)
     for c, sl in zip(cells, spans):
-        est[sl] = _cell_batch(c, np.ones((1, len(c.idx))))[0]
+        est[sl] = _cell_batch(c, np.ones((len(c.idx), 1)))[0]
     batch = max(1, COUNT_ELEMENTS // len(universe.sample_id))
     for b0 in range(0, n_boot, batch):
-        w_all = stratified_counts(universe, min(batch, n_boot - b0), rng)
-        for c, sl in zip(cells, spans):
-            boot[b0:b0 + len(w_all), sl] = _cell_chunks(c, w_all[:, c.idx])
+        w_all = np.ascontiguousarray(stratified_counts(universe, min(batch, n_boot - b0), rng).T)  # (S, b)
+
+
+        def one(c_sl, w_all=w_all, b0=b0):
+            c, sl = c_sl
+            boot[b0:b0 + w_all.shape[1], sl] = _cell_chunks(c, w_all[c.idx])
+
+        with ThreadPoolExecutor(max(1, int(threads))) as pool:
+            list(pool.map(one, zip(cells, spans)))
     static = np.full(len(universe.sample_id), np.nan)
     for c in cells:
         static[c.idx] = c.memo
@@ -271,12 +319,13 @@ def resample(old: pd.DataFrame, keys: Sequence[str], outcomes: Sequence[str], n_
             if c.closed:
                 pos = np.full(len(universe.sample_id), -1)
                 pos[c.idx] = np.arange(len(c.idx))
-                base = c.memo_rank.ranks(np.ones((1, len(c.idx))))[0]
+                base = c.memo_rank.ranks(np.ones((len(c.idx), 1)))[:, 0]
             step = max(1, CELL_ELEMENTS // len(c.idx))
             for i in range(0, len(perm), step):
-                pp = perm[i:i + step, c.idx]
-                xr = base[pos[pp]] if c.closed else stats.rankdata(static[pp], axis=1)
-                null[p0 + i:p0 + i + len(pp), sl] = _cell_batch(c, np.ones(pp.shape), memo_ranks=xr)
+                pp = perm[i:i + step, c.idx].T  # (n, p)
+                xr = base[pos[pp]] if c.closed else stats.rankdata(static[pp], axis=0)
+                null[p0 + i:p0 + i + pp.shape[1], sl] = (_null_closed(c, xr) if c.closed else
+                                                          _cell_batch(c, np.ones(pp.shape), memo_ranks=xr))
     # a degenerate resample of a tiny cell (constant ranks) gives NaN: count it as the estimate
     boot = np.where(np.isfinite(boot), boot, est[None])
     null = np.where(np.isfinite(null), null, est[None])

@@ -65,7 +65,8 @@ def association_tables(old: pd.DataFrame, cfg: Mapping, outcomes: list, kinds: l
     """headline, pooled, per_boundary and trend for the condition(s) in ``old`` (one draw set)."""
     seed, ci = int(cfg.get("seed", 0)), float(cfg.get("ci_level", 0.95))
     res = resample(old[old["kind"].isin(kinds)], CONDITION_KEYS + ["kind", "order_seed", "boundary"], outcomes,
-                   int(cfg.get("n_boot", 2000)), int(cfg.get("n_permutations", 2000)), rng_for(seed, "resample"))
+                   int(cfg.get("n_boot", 2000)), int(cfg.get("n_permutations", 2000)), rng_for(seed, "resample"),
+                   threads=int(cfg.get("threads", 1)))
     group = CONDITION_KEYS + ["kind", "outcome"]
     cells = pooling.cell_rows(res, ci)
     cells = add_bh(cells, ["estimator"])
@@ -200,7 +201,7 @@ def compare_conditions(deltas: pd.DataFrame | None, summary: pd.DataFrame, cfg: 
         old = old_rows(deltas)
         old = old[old["kind"].isin(kinds)]
         res = resample(old, CONDITION_KEYS + ["kind", "order_seed", "boundary"], outcomes, int(cfg.get("n_boot", 2000)), 0,
-                       rng_for(int(cfg.get("seed", 0)), "conditions"))
+                       rng_for(int(cfg.get("seed", 0)), "conditions"), threads=int(cfg.get("threads", 1)))
         diff = pooling.difference_rows(res, CONDITION_KEYS, primary, ["kind", "outcome"], ci)
         parts.append(diff)
     table = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) else pd.DataFrame(
