@@ -14,13 +14,13 @@ persistent per-sample effects are in them), its null replicates c . theta^0_p.
   estimates y_o (each order's mean over the pooled boundaries), sample covariance Sigma = the
   bootstrap covariance of the y_o (shared samples make it non-diagonal), S = sum (y_o - ybar)^2,
   tau^2 = max(0, (S - tr Sigma + 1'Sigma1 / k) / (k - 1)) (method of moments),
-  Var(ybar) = 1'Sigma1 / k^2 + tau^2 / k, CI ybar -+ t_df sqrt(Var) with Satterthwaite
-  df = Var^2 / ((tau^2 / k)^2 / (k - 1)) (k - 1 when heterogeneity dominates, normal when it is 0).
+  Var(ybar) = 1'Sigma1 / k^2 + tau^2 / k, CI ybar -+ t_df sqrt(Var), df = k - 1 when tau^2 > 0
+  (HKSJ's t), normal when tau^2 = 0 (then only the sample-level variance is left).
   With independent orders and tau^2 > 0 this is exactly the equal-weight Hartung-Knapp-Sidik-
   Jonkman interval; the Sigma terms correct it for the orders sharing samples.
 
-CIs are percentile intervals at ``ci_level``; p = 2 min(1 + #{theta* <= 0}, 1 + #{theta* >= 0}) /
-(1 + B) (never 0). Null band: percentile band of the null replicates at ``ci_level``, and
+CIs are bias-corrected (BC) percentile intervals at ``ci_level`` and p inverts them
+(``common.bc_interval``; never 0). Null band: percentile band of the null replicates at ``ci_level``, and
 p_perm = (1 + #{|t0 - m| >= |t - m|}) / (1 + P) with m the null mean.
 """
 
@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse, stats
 
-from memplast.stats.common import ESTIMATORS, bootstrap_p, percentile_ci
+from memplast.stats.common import ESTIMATORS, bc_interval, percentile_ci
 from memplast.stats.resampling import Resampled
 
 NULL_COLUMNS = ["null_low", "null_high", "p_perm"]
@@ -71,8 +71,8 @@ def summarise(res: Resampled, contrasts: list, e: int, ci_level: float) -> pd.Da
     nan = np.where(np.diff(c.indptr) == 0, np.nan, 0.0)
     theta = c @ np.nan_to_num(res.estimate[:, e]) + nan
     draws = (c @ res.boot[:, :, e].T).T
-    lo, hi = percentile_ci(draws, ci_level)
-    out = {"estimate": theta, "ci_low": lo + nan, "ci_high": hi + nan, "p": bootstrap_p(draws) + nan}
+    lo, hi, p = bc_interval(draws, theta, ci_level)
+    out = {"estimate": theta, "ci_low": lo + nan, "ci_high": hi + nan, "p": p + nan}
     if res.null.shape[0]:
         nd = (c @ res.null[:, :, e].T).T
         nlo, nhi = percentile_ci(nd, ci_level)
@@ -97,7 +97,7 @@ def random_effects(y: np.ndarray, boot: np.ndarray, ci_level: float) -> dict:
     s = float(np.sum((y - y.mean()) ** 2))
     tau2 = max(0.0, (s - np.trace(sigma) + sigma.sum() / k) / (k - 1))
     var = sigma.sum() / k**2 + tau2 / k
-    df = np.inf if tau2 == 0 else var**2 / ((tau2 / k) ** 2 / (k - 1))
+    df = np.inf if tau2 == 0 else k - 1
     se = float(np.sqrt(var))
     mu = float(y.mean())
     crit = stats.t.ppf(0.5 + ci_level / 2, df)
