@@ -184,7 +184,6 @@ def memo_vs_outcome(per_boundary: pd.DataFrame, pooled: pd.DataFrame, deltas: pd
     ax_c.set_ylabel(f"median {outcome_label(outcome, kind)}\n({_pct(ci_level)} bootstrap CI)")
     kinds = [k for k in common.KINDS if (pooled["kind"] == k).any()]
     fig.suptitle(f"memo vs {outcome}: per-sample association at task boundaries (old-class samples)\n"
-                 f"{_headline_text(pooled, outcome, kinds, ci_level)}", fontsize=10)
-    fig.text(0.5, 0.001, ANSWER, ha="center", va="bottom", fontsize=8, color="0.2")
+                 f"{_headline_text(pooled, outcome, kinds, ci_level)}\n{ANSWER}", fontsize=9)
     save(fig, path, prov)
     return fig

@@ -17,6 +17,7 @@ over replicates of the per-replicate mean). The full table with more replicates:
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from memplast.stats import calibration as C
@@ -37,11 +38,13 @@ WITHIN_NULL = ["cell partial", "fixed boundary partial", "fixed all partial", "t
 
 
 @pytest.fixture(scope="module")
-def tables():
+def tables(tmp_path_factory):
     out = {}
     for name, (scenario, reps) in SCENARIOS.items():
         runs = C.calibration_runs(scenario, reps, n_boot=200, n_null=100, alpha=ALPHA, seed=7)
         out[name] = (runs, C.calibration_table(runs).set_index("quantity"))
+    summary = pd.concat([t.assign(scenario=name) for name, (_, t) in out.items()])
+    summary.round(4).to_csv(tmp_path_factory.getbasetemp() / "calibration_table.csv")  # for the record
     return out
 
 
