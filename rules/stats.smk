@@ -51,7 +51,7 @@ rule stats_primary:
         runtime=job("stats", "runtime"),
     params:
         names=PRIMARY_TABLES,
-        cfg={**STATS_CFG, "threads": job("stats", "threads")},
+        cfg=STATS_CFG,
     script:
         "../scripts/stats_primary.py"
 
@@ -74,7 +74,7 @@ rule stats_conditions:
         mem_mb=job("stats", "mem_mb"),
         runtime=job("stats", "runtime"),
     params:
-        cfg={**STATS_CFG, "threads": job("stats", "threads")},
+        cfg=STATS_CFG,
     script:
         "../scripts/stats_conditions.py"
 

@@ -12,11 +12,11 @@ from memplast import io, stats  # noqa: E402
 from memplast.cli import entrypoint  # noqa: E402
 
 
-def main(summaries: list, deltas: list, conditions: str, summary: str, cfg: dict):
+def main(summaries: list, deltas: list, conditions: str, summary: str, cfg: dict, threads: int = 1):
     """Write CONDITIONS (see memplast.stats.tables.compare_conditions) and the pooled SUMMARY."""
     table = pd.concat([io.read_parquet(p) for p in summaries], ignore_index=True)
     pooled = pd.concat([io.read_parquet(p) for p in deltas], ignore_index=True) if deltas else None
-    result = stats.compare_conditions(pooled, table, cfg)
+    result = stats.compare_conditions(pooled, table, {**cfg, "threads": threads})
     prov = io.provenance({"stats": cfg}, runs=list(map(str, summaries)))
     io.write_csv(result, conditions, prov)
     io.write_parquet(table, summary, prov)
