@@ -8,6 +8,7 @@ min_version("9.0")
 
 sys.path.insert(0, workflow.basedir)
 from memplast import config as mpconfig
+from memplast.report import landing_page
 
 
 configfile: "config.yaml"
@@ -16,7 +17,11 @@ configfile: "config.yaml"
 mpconfig.validate(config)
 
 
-report: "report/workflow.rst"
+# The landing page: the question, and the answer generated from results/stats/headline.csv.
+report:
+    landing_page(
+        f"{workflow.basedir}/report/workflow.rst", ci_level=config["stats"]["ci_level"]
+    )
 
 
 include: "rules/common.smk"

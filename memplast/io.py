@@ -13,6 +13,7 @@ import contextlib
 import functools
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -125,10 +126,31 @@ def read_provenance(path) -> dict:
         with np.load(path) as z:
             return json.loads(str(z["provenance_json"]))
     if path.suffix == ".pdf":
-        from memplast.plots import read_pdf_provenance
-
         return read_pdf_provenance(path)
     raise ValueError(f"no provenance reader for {path}")
+
+
+def read_pdf_provenance(path) -> dict:
+    """The provenance dict that ``memplast.plots.save`` put in a PDF's ``Subject`` (literal-string parse)."""
+    raw = Path(path).read_bytes()
+    m = re.search(rb"/Subject\s*\(", raw)
+    if m is None:
+        raise ValueError(f"{path}: no /Subject entry in the PDF metadata")
+    escapes = {ord("n"): b"\n", ord("r"): b"\r", ord("t"): b"\t", ord("("): b"(", ord(")"): b")", ord("\\"): b"\\"}
+    out, i, depth = bytearray(), m.end(), 0
+    while True:
+        c = raw[i]
+        if c == ord("\\"):
+            out += escapes.get(raw[i + 1], bytes([raw[i + 1]]))
+            i += 2
+            continue
+        if c == ord("(") or (c == ord(")") and depth):
+            depth += 1 if c == ord("(") else -1
+        elif c == ord(")"):
+            break
+        out.append(c)
+        i += 1
+    return json.loads(out.decode("latin-1"))
 
 
 def write_csv(df: pd.DataFrame, path, prov: dict) -> None:

@@ -3,7 +3,7 @@
 Every public function draws one figure from tables the workflow already wrote, saves it as a
 vector PDF plus a PNG with the same stem (for the HTML report) and returns the Figure, so tests
 can inspect its axes. Provenance travels with the file: ``json.dumps(prov)`` is the PDF's
-``Subject`` (read it back with :func:`read_pdf_provenance`) and the PNG's ``Description``.
+``Subject`` (read it back with :func:`memplast.io.read_pdf_provenance`) and the PNG's ``Description``.
 Figures are built on ``matplotlib.figure.Figure`` with the Agg canvas (never pyplot), so
 nothing accumulates in pyplot's figure registry. Lines differ by marker and line style as well
 as colour, so every figure reads in greyscale.
@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import seaborn as sns
-from matplotlib import patheffects
 from matplotlib import ticker as mticker
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from scipy import stats as sstats
 
-from memplast import io, stats
+from memplast import io
+from memplast.io import read_pdf_provenance  # noqa: F401  (re-exported; lives in io)
+from memplast.stats import common as stats
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 LINESTYLES = ("-", "--", "-.", ":")
@@ -86,29 +86,6 @@ def save(fig: Figure, path, prov: Mapping) -> tuple[Path, Path]:
     with io.atomic_path(png) as tmp:
         fig.savefig(tmp, format="png", dpi=150, metadata={"Title": pdf.stem, "Description": prov_json})
     return pdf, png
-
-
-def read_pdf_provenance(path) -> dict:
-    """The provenance dict that :func:`save` put in a PDF's ``Subject`` (literal-string parse)."""
-    raw = Path(path).read_bytes()
-    m = re.search(rb"/Subject\s*\(", raw)
-    if m is None:
-        raise ValueError(f"{path}: no /Subject entry in the PDF metadata")
-    escapes = {ord("n"): b"\n", ord("r"): b"\r", ord("t"): b"\t", ord("("): b"(", ord(")"): b")", ord("\\"): b"\\"}
-    out, i, depth = bytearray(), m.end(), 0
-    while True:
-        c = raw[i]
-        if c == ord("\\"):
-            out += escapes.get(raw[i + 1], bytes([raw[i + 1]]))
-            i += 2
-            continue
-        if c == ord("(") or (c == ord(")") and depth):
-            depth += 1 if c == ord("(") else -1
-        elif c == ord(")"):
-            break
-        out.append(c)
-        i += 1
-    return json.loads(out.decode("latin-1"))
 
 
 # --------------------------------------------------------------------------- helpers
@@ -177,157 +154,12 @@ def _band(ax, table: pd.DataFrame, x: str, y: str, i: int, label: str) -> None:
         ax.fill_between(agg[x], agg["min"], agg["max"], color=_style(i)["color"], alpha=0.2, linewidth=0)
 
 
-# --------------------------------------------------------------------------- headline figure
-
-def _rho_panel(ax, pb: pd.DataFrame, pooled: pd.DataFrame, kind: str, title: str) -> None:
-    """Per-boundary Spearman rho with bootstrap CI, one line per order, plus the Fisher-z pool."""
-    ax.axhline(0, color="0.5", linewidth=0.8)
-    pb = pb[pb["kind"] == kind]
-    orders = sorted(pb["order_seed"].unique())
-    width = 0.3 / max(len(orders), 1)
-    for i, order in enumerate(orders):
-        g = pb[pb["order_seed"] == order].sort_values("boundary")
-        x = g["boundary"].to_numpy(float) + (i - (len(orders) - 1) / 2) * width
-        r = g["spearman_r"].to_numpy(float)
-        err = np.vstack([r - g["spearman_ci_low"].to_numpy(float), g["spearman_ci_high"].to_numpy(float) - r])
-        st = _style(i)
-        ax.errorbar(x, r, yerr=np.abs(err), color=st["color"], marker=st["marker"], linestyle=st["linestyle"],
-                    linewidth=0.9, markersize=4, capsize=2, elinewidth=0.7, alpha=0.85, label=f"order {order}")
-    pooled = pooled[(pooled["kind"] == kind) & (pooled["level"] == "boundary")].sort_values("boundary")
-    # random-effects (DerSimonian-Laird) pooling when the table has it: class orders differ
-    re = "_re" if "r_pooled_re" in pooled else ""
-    cols = (f"r_pooled{re}", f"ci_low{re}", f"ci_high{re}")
-    pooled = pooled.assign(**{c: pooled[c].where(pooled["k"] >= 2) for c in cols})
-    if len(orders) >= 2 and np.isfinite(pooled[cols[0]].to_numpy(float)).any():  # pooled needs >= 2 orders
-        b = pooled["boundary"].to_numpy(float)
-        ax.fill_between(b, pooled[cols[1]].to_numpy(float), pooled[cols[2]].to_numpy(float),
-                        color="0.2", alpha=0.18, linewidth=0)
-        label = "random-effects" if re else "Fisher-z"
-        ax.plot(b, pooled[cols[0]].to_numpy(float), color="black", marker="D", linestyle="-", linewidth=2,
-                markersize=5, label=f"{label} pooled ({len(orders)} orders) + 95% CI")
-    elif len(orders) == 1:
-        ax.text(0.02, 0.02, "single class order: no pooled estimate", transform=ax.transAxes, fontsize=8, color="0.3")
-    if pb.empty or not np.isfinite(pb["spearman_r"].to_numpy(float)).any():
-        _note(ax, f"no finite {kind} correlations")
-    ax.set_title(title)
-    ax.set_xlabel("boundary k (end of task k → task k+1)")
-    ax.set_ylabel("Spearman ρ(memo, outcome)\n(95% bootstrap CI)")
-    if len(pb):
-        ax.set_xticks(sorted(pb["boundary"].unique()))
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7, loc="best")
-
-
-def _decile_rows(deciles: pd.DataFrame, deltas: pd.DataFrame, memo_source: str, outcome: str, kind: str,
-                 boundary) -> pd.DataFrame:
-    """Decile rows (term 'decile') per order at ``boundary``: from the table, else recomputed."""
-    have = not deciles.empty and {"outcome", "kind", "memo_source"} <= set(deciles.columns)
-    rows = deciles[(deciles["outcome"] == outcome) & (deciles["kind"] == kind) & (deciles["memo_source"] == memo_source)
-                   & (deciles["boundary"] == boundary) & (deciles["term"] == "decile")] if have else pd.DataFrame()
-    if not rows.empty:
-        return rows
-    parts = []
-    old = deltas[deltas["is_old"].astype(bool) & (deltas["kind"] == kind) & (deltas["boundary"] == boundary)]
-    for order, g in old.groupby("order_seed", sort=True):
-        try:
-            d = stats.decile_effects(g.sort_values("sample_id"), memo_source, outcome, n_boot=1000, seed=int(order))
-        except ValueError:  # fewer than 2 finite samples per decile
-            continue
-        parts.append(d[d["term"] == "decile"].assign(order_seed=order))
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
-
-
-def memo_vs_outcome(per_boundary: pd.DataFrame, pooled_over_orders: pd.DataFrame, deltas: pd.DataFrame,
-                    deciles: pd.DataFrame, outcome: str, path, prov: Mapping, memo_source: str = "memo") -> Figure:
-    """Headline figure: does memo predict ``outcome`` at task boundaries? (primary condition).
-
-    (a) immediate and (a') windowed: per-boundary Spearman rho with bootstrap CI, one line per
-    class order, and the Fisher-z pooled rho with CI (only with >= 2 orders);
-    (b) hexbin of memo vs outcome, old-class samples at all boundaries and orders (windowed
-    kind, immediate if absent), log memo axis when heavy-tailed, with the OLS line;
-    (c) median outcome per memo decile with bootstrap CI at the last boundary, one line per
-    order (from ``deciles``; recomputed with ``stats.decile_effects`` if it lacks the outcome).
-    """
-    for name, table in (("per_boundary", per_boundary), ("pooled_over_orders", pooled_over_orders), ("deltas", deltas),
-                        ("deciles", deciles)):
-        present = [c for c in stats.CONDITION_KEYS if c in table.columns]
-        if len(table) and len(table.drop_duplicates(present)) > 1:
-            raise ValueError(f"memo_vs_outcome: {name} holds several conditions; select one (e.g. the primary) first")
-    pb = per_boundary[(per_boundary["memo_source"] == memo_source) & (per_boundary["outcome"] == outcome)]
-    pooled = pooled_over_orders[(pooled_over_orders["memo_source"] == memo_source)
-                                & (pooled_over_orders["outcome"] == outcome)]
-    fig = _figure(11, 8.5)
-    grid = fig.add_gridspec(2, 2)
-    ax_i = fig.add_subplot(grid[0, 0])
-    ax_w = fig.add_subplot(grid[0, 1], sharey=ax_i)
-    ax_b = fig.add_subplot(grid[1, 0])
-    ax_c = fig.add_subplot(grid[1, 1])
-    _rho_panel(ax_i, pb, pooled, "immediate", f"(a) immediate Δ {KIND_DELTA['immediate']}")
-    _rho_panel(ax_w, pb, pooled, "windowed", "(a′) windowed Δ (w-epoch means)")
-
-    kind = "windowed" if (deltas["kind"] == "windowed").any() else "immediate"
-    old = deltas[deltas["is_old"].astype(bool) & (deltas["kind"] == kind)]
-    xy = old[[memo_source, outcome]].apply(pd.to_numeric, errors="coerce").to_numpy(float)
-    xy = xy[np.isfinite(xy).all(axis=1)]
-    memo_label = MEMO_LABELS.get(memo_source, memo_source)
-    ax_b.set_title(f"(b) old-class samples, {kind} Δ, pooled")
-    ax_b.set_ylabel(outcome_label(outcome, kind))
-    if len(xy) >= 3 and np.ptp(xy[:, 0]) > 0:
-        log_x = _heavy_tailed(xy[:, 0])
-        hb = ax_b.hexbin(xy[:, 0], xy[:, 1], gridsize=40, bins="log", mincnt=1, cmap="viridis",
-                         xscale="log" if log_x else "linear", linewidths=0.2)
-        if log_x:
-            _log_axis(ax_b, "x")
-        cbar = fig.colorbar(hb, ax=ax_b, label="rows per hexagon (log colour scale)")
-        cbar.ax.yaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
-        cbar.ax.yaxis.set_major_locator(mticker.LogLocator(subs=(1, 2, 5)))
-        cbar.ax.yaxis.set_minor_formatter(mticker.NullFormatter())
-        fx = np.log10(xy[:, 0]) if log_x else xy[:, 0]
-        fit = sstats.linregress(fx, xy[:, 1])
-        grid_x = np.linspace(fx.min(), fx.max(), 100)
-        ax_b.plot(10**grid_x if log_x else grid_x, fit.intercept + fit.slope * grid_x, color="black", linestyle="--",
-                  linewidth=2, path_effects=[patheffects.withStroke(linewidth=4, foreground="white")],
-                  label=f"OLS: slope {fit.slope:.3g} per {'decade of memo' if log_x else 'unit memo'}\n"
-                        f"n = {len(xy)} (sample × boundary × order)")
-        ax_b.legend(fontsize=8, loc="best")
-        ax_b.set_xlabel(f"{memo_label}{', log scale' if log_x else ''}")
-    else:
-        ax_b.set_xlabel(memo_label)
-        _note(ax_b, "fewer than 3 finite (memo, outcome) pairs")
-
-    boundaries = sorted(old["boundary"].unique())
-    rows = pd.DataFrame()
-    for boundary in reversed(boundaries):  # last boundary with decile estimates
-        rows = _decile_rows(deciles, deltas, memo_source, outcome, kind, boundary)
-        if not rows.empty:
-            break
-    if rows.empty:
-        ax_c.set_title("(c) by memo decile")
-        _note(ax_c, "too few samples for deciles")
-    else:
-        ax_c.set_title(f"(c) by memo decile, boundary {boundary}")
-        for i, (order, g) in enumerate(rows.groupby("order_seed", sort=True)):
-            g = g.sort_values("decile")
-            d = g["decile"].to_numpy(float) + (i - (rows["order_seed"].nunique() - 1) / 2) * 0.08
-            med = g["median"].to_numpy(float)
-            err = np.abs(np.vstack([med - g["ci_low"].to_numpy(float), g["ci_high"].to_numpy(float) - med]))
-            st = _style(i)
-            ax_c.errorbar(d, med, yerr=err, capsize=2, linewidth=1, markersize=4, label=f"order {order}", **st)
-        ax_c.set_xticks(range(1, int(rows["decile"].max()) + 1))
-        ax_c.legend(fontsize=8, loc="best")
-    ax_c.set_xlabel("memo decile (1 = lowest memo, equal-count bins)")
-    ax_c.set_ylabel(f"median {outcome_label(outcome, kind)}\n(95% bootstrap CI)")
-    fig.suptitle(f"memo vs {outcome}: per-sample association at task boundaries (old-class samples)")
-    save(fig, path, prov)
-    return fig
-
-
 # --------------------------------------------------------------------------- model-level figures
 
 def accuracy_curves(summary: pd.DataFrame, path, prov: Mapping) -> Figure:
     """Test accuracy per task and condition (mean over class orders, min–max band), and the
     accuracy relative to the ``retrained`` run of the same filter/ordering/weighting, order and task."""
-    stats._require(summary, stats.RUN_KEYS + ["task", "test_acc"], "accuracy_curves")
+    stats.require(summary, stats.RUN_KEYS + ["task", "test_acc"], "accuracy_curves")
     fig = _figure(11, 4.5)
     ax_a, ax_r = fig.subplots(1, 2)
     ref_keys = ["order_seed", "filter", "ordering", "weighting", "task"]
@@ -367,7 +199,7 @@ def accuracy_curves(summary: pd.DataFrame, path, prov: Mapping) -> Figure:
 def dormant_and_rank(summary: pd.DataFrame, path, prov: Mapping) -> Figure:
     """Dormant units, effective rank, stable rank and mean |weight| over tasks per condition
     (mean over class orders, min–max band); a missing metric column leaves a note."""
-    stats._require(summary, stats.RUN_KEYS + ["task"], "dormant_and_rank")
+    stats.require(summary, stats.RUN_KEYS + ["task"], "dormant_and_rank")
     fig = _figure(11, 8)
     axes = fig.subplots(2, 2).ravel()
     conds = _conditions(summary)
@@ -392,7 +224,7 @@ def dormant_and_rank(summary: pd.DataFrame, path, prov: Mapping) -> Figure:
 def class_balance(balance: pd.DataFrame, path, prov: Mapping) -> Figure:
     """Per filter: fraction of each class kept (classes sorted by it) with CV and min/max ratio
     of the kept counts."""
-    stats._require(balance, ["label", "fraction_kept", "filter", "summary_cv", "summary_min_max_ratio"],
+    stats.require(balance, ["label", "fraction_kept", "filter", "summary_cv", "summary_min_max_ratio"],
                    "class_balance")
     filters = sorted(balance["filter"].unique(), key=lambda f: (f != "none", str(f)))  # unfiltered first
     ncols = min(3, max(len(filters), 1))
@@ -427,7 +259,7 @@ def order_diagnostics(diag: pd.DataFrame, path, prov: Mapping) -> Figure:
     """One row per ordering: moving mean and moving variance of memo along the epoch's order
     (position normalized to 0..1), and the histogram of gaps between consecutive high-memo samples
     (dotted line: the mean gap (n+1)/(k+1) of a random order)."""
-    stats._require(diag, ["ordering", "position", "memo", "moving_mean", "moving_var", "high_memo"],
+    stats.require(diag, ["ordering", "position", "memo", "moving_mean", "moving_var", "high_memo"],
                    "order_diagnostics")
     orderings = list(dict.fromkeys(diag["ordering"]))
     fig = _figure(12, 2.6 * len(orderings) + 0.6)

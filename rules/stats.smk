@@ -5,7 +5,9 @@ from memplast.stats import TABLES
 
 PRIMARY_RUNS = run_dirs([PRIMARY])
 ALL_RUNS = run_dirs()
-PRIMARY_TABLES = [t for t in TABLES if t != "conditions"]
+# runs with per-sample probes (the `retrained` references have none)
+PROBED_RUNS = run_dirs([c for c in CONDITIONS if c["algorithm"] != "retrained"])
+PRIMARY_TABLES = list(TABLES)
 FIGURE_OUTCOMES = {
     "dgrad": "d_log_grad",
     "dloss": "d_loss",
@@ -27,8 +29,12 @@ rule stats_primary:
         tables=[
             report(
                 f"results/stats/{t}.csv",
-                caption="../report/stats_table.rst",
-                category="Statistics",
+                caption=(
+                    "../report/headline_table.rst"
+                    if t == "headline"
+                    else "../report/stats_table.rst"
+                ),
+                category="Answer" if t == "headline" else "Statistical tables",
             )
             for t in PRIMARY_TABLES
         ],
@@ -39,10 +45,10 @@ rule stats_primary:
         bench_path("stats/primary")
     conda:
         ENV_STATS
-    threads: 1
+    threads: job("stats", "threads")
     resources:
-        mem_mb=job("light", "mem_mb"),
-        runtime=job("light", "runtime"),
+        mem_mb=job("stats", "mem_mb"),
+        runtime=job("stats", "runtime"),
     params:
         names=PRIMARY_TABLES,
         cfg=STATS_CFG,
@@ -53,17 +59,20 @@ rule stats_primary:
 rule stats_conditions:
     input:
         summaries=[f"{r}/summary.parquet" for r in ALL_RUNS],
+        deltas=[f"{r}/deltas.parquet" for r in PROBED_RUNS],
     output:
         conditions="results/stats/conditions.csv",
         summary="results/stats/run_summaries.parquet",
     log:
         log_path("stats/conditions"),
+    benchmark:
+        bench_path("stats/conditions")
     conda:
         ENV_STATS
-    threads: 1
+    threads: job("stats", "threads")
     resources:
-        mem_mb=job("light", "mem_mb"),
-        runtime=job("light", "runtime"),
+        mem_mb=job("stats", "mem_mb"),
+        runtime=job("stats", "runtime"),
     params:
         cfg=STATS_CFG,
     script:
@@ -73,7 +82,7 @@ rule stats_conditions:
 rule figure_memo_vs_outcome:
     input:
         per_boundary="results/stats/per_boundary.csv",
-        pooled="results/stats/pooled_over_orders.csv",
+        pooled="results/stats/pooled.csv",
         deciles="results/stats/deciles.csv",
         deltas="results/stats/primary_deltas.parquet",
     output:

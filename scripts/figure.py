@@ -7,7 +7,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent if "snakemake" in global
 
 import pandas as pd  # noqa: E402
 
-from memplast import io, plots  # noqa: E402
+from memplast import io, plots, plots_headline  # noqa: E402
 from memplast.cli import entrypoint  # noqa: E402
 
 
@@ -22,8 +22,8 @@ def main(pdf: str, png: str, cfg: dict, outcome: str | None = None, per_boundary
     name = Path(pdf).stem
     prov = io.provenance(cfg, figure=name)
     if name.startswith("memo_vs_"):
-        plots.memo_vs_outcome(pd.read_csv(per_boundary), pd.read_csv(pooled), io.read_parquet(deltas),
-                              pd.read_csv(deciles), outcome, pdf, prov)
+        plots_headline.memo_vs_outcome(pd.read_csv(per_boundary), pd.read_csv(pooled), io.read_parquet(deltas),
+                                       pd.read_csv(deciles), outcome, pdf, prov, float(cfg.get("ci_level", 0.95)))
     elif name == "accuracy_curves":
         plots.accuracy_curves(io.read_parquet(summary), pdf, prov)
     elif name == "dormant_and_rank":

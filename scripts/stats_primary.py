@@ -11,10 +11,10 @@ from memplast import io, stats  # noqa: E402
 from memplast.cli import entrypoint  # noqa: E402
 
 
-def main(deltas: list, tables: list, pooled: str, names: list, cfg: dict):
-    """Pool the DELTAS of the primary runs, run every analysis, write one CSV per table."""
+def main(deltas: list, tables: list, pooled: str, names: list, cfg: dict, threads: int = 1):
+    """Pool the DELTAS of the primary runs, run every analysis (cells on THREADS threads), write one CSV per table."""
     table = pd.concat([io.read_parquet(p) for p in deltas], ignore_index=True)
-    results = stats.run_all(table, None, cfg)
+    results = stats.run_all(table, {**cfg, "threads": threads})
     prov = io.provenance({"stats": cfg}, runs=list(map(str, deltas)))
     for name, path in zip(names, tables):
         io.write_csv(results[name], path, prov)

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from memplast import orderings, plots, stats
+from memplast import orderings, plots, plots_headline, stats
 from memplast import memo_validation as mv
 
 PROV = {"code_version": "0.test", "config": {"note": "parens ( ) and \\ backslash", "unicode": "Δρ"}, "seed": 3}
@@ -39,8 +39,8 @@ def tables():
     # boundary 0 of order 0 has no finite d_log_grad at all: a NaN-only boundary
     deltas.loc[(deltas["order_seed"] == 0) & (deltas["boundary"] == 0), "d_log_grad"] = np.nan
     cfg = {"epochs_per_task": 20, "window": 5, "n_boot": 50, "n_permutations": 50, "mediation_sims": 10,
-           "outcomes": ["d_loss", "d_log_grad", "d_dormant_t0.01"], "n_deciles": 5}
-    return deltas, stats.run_all(deltas, None, cfg)
+           "outcomes": ["d_loss", "d_log_grad", "d_dormant_t0.01"], "n_deciles": 5, "ci_level": 0.9}
+    return deltas, stats.run_all(deltas, cfg)
 
 
 def test_save_is_atomic_and_carries_provenance(tmp_path):
@@ -56,23 +56,30 @@ def test_save_is_atomic_and_carries_provenance(tmp_path):
 def test_memo_vs_outcome(tables, tmp_path):
     deltas, out = tables
     path = tmp_path / "memo_vs_dgrad.pdf"
-    fig = plots.memo_vs_outcome(out["per_boundary"], out["pooled_over_orders"], deltas, out["deciles"], "d_log_grad",
-                                path, PROV)
+    fig = plots_headline.memo_vs_outcome(out["per_boundary"], out["pooled"], deltas, out["deciles"], "d_log_grad",
+                                         path, PROV, ci_level=0.9)
     check_files(path)
     ax_i, ax_w, ax_b, ax_c, cbar = fig.axes
     assert ax_i.get_title().startswith("(a) immediate") and ax_w.get_title().startswith("(a′) windowed")
     assert ax_b.get_title().startswith("(b)") and ax_c.get_title() == "(c) by memo decile, boundary 1"
     assert ax_i.get_xlabel().startswith("boundary k") and "Spearman ρ" in ax_i.get_ylabel()
+    assert "90% sample-bootstrap CI" in ax_i.get_ylabel()  # CI level from the config
     assert "Δ log ‖∇θ ℓᵢ‖" in ax_b.get_ylabel() and "mean (E_k, E_k+w]" in ax_b.get_ylabel()
     assert "log scale" in ax_b.get_xlabel() and ax_b.get_xscale() == "log"  # synthetic memo is log-normal
     assert ax_c.get_xlabel().startswith("memo decile") and "rows per hexagon" in cbar.get_ylabel()
     for ax in (ax_i, ax_w):
-        assert ax.get_legend_handles_labels()[1] == ["random-effects pooled (2 orders) + 95% CI", "order 0", "order 1"]
-        pooled_line = next(line for line in ax.get_lines() if line.get_label().startswith("random-effects"))
-        y = pooled_line.get_ydata()  # boundary 0 has only order 1 finite: no pooled value there
-        assert np.isnan(y[0]) and np.isfinite(y[1])
-        order0 = ax.containers[0].lines[0].get_ydata()
-        assert np.isnan(order0[0]) and np.isfinite(order0[1])  # the NaN-only boundary is a gap
+        labels = ax.get_legend_handles_labels()[1]
+        assert labels[:2] == ["raw ρ, order 0", "raw ρ, order 1"]
+        assert "raw ρ, pooled over orders + 90% CI" in labels
+        assert "within-class ρ (answer), pooled + 90% CI" in labels
+        assert "null band (90%): memo permuted within class" in labels
+        pooled = out["pooled"]
+        want = pooled[(pooled.outcome == "d_log_grad") & (pooled.estimator == "partial") & (pooled.pooling == "fixed")
+                      & (pooled.kind == ("immediate" if ax is ax_i else "windowed"))
+                      & (pooled.boundary.astype(str) != "all")]
+        line = next(li for li in ax.get_lines() if li.get_label().startswith("within-class"))
+        np.testing.assert_allclose(line.get_ydata(), want.sort_values("boundary")["estimate"].to_numpy(float))
+    assert "the within-class association" in texts(fig) and "within-class ρ =" in fig.get_suptitle()
     assert any(t.startswith("OLS: slope") for t in ax_b.get_legend_handles_labels()[1])
     assert ax_c.get_legend_handles_labels()[1] == ["order 0", "order 1"]
 
@@ -81,14 +88,13 @@ def test_memo_vs_outcome_single_order_and_missing_deciles(tables, tmp_path):
     deltas, out = tables
     one = deltas[deltas["order_seed"] == 0]
     pb = out["per_boundary"][out["per_boundary"]["order_seed"] == 0]
-    pooled = stats.pooled_over_orders(pb, pd.DataFrame())  # k = 1 per boundary
     no_deciles = out["deciles"][out["deciles"]["outcome"] != "d_dormant_t0.01"]
     path = tmp_path / "memo_vs_ddormant.pdf"
-    fig = plots.memo_vs_outcome(pb, pooled, one, no_deciles, "d_dormant_t0.01", path, PROV)
+    fig = plots_headline.memo_vs_outcome(pb, out["pooled"].iloc[:0], one, no_deciles, "d_dormant_t0.01", path, PROV)
     check_files(path)
     ax_i, ax_w, ax_b, ax_c, _ = fig.axes
-    assert ax_w.get_legend_handles_labels()[1] == ["order 0"]  # no pooled line from one order
-    assert "single class order: no pooled estimate" in texts(fig)
+    assert ax_w.get_legend_handles_labels()[1] == ["raw ρ, order 0"]  # nothing pooled
+    assert "no finite windowed estimates" in texts(fig)
     assert ax_c.get_legend_handles_labels()[1] == ["order 0"]  # recomputed with decile_effects
     assert "dormant" in ax_c.get_ylabel() and "τ = 0.01" in ax_b.get_ylabel()
 
@@ -221,8 +227,7 @@ def test_memo_vs_outcome_refuses_mixed_conditions(tables, tmp_path):
     deltas, out = tables
     mixed = pd.concat([out["per_boundary"], out["per_boundary"].assign(filter="global_q0.9")])
     with pytest.raises(ValueError, match="per_boundary holds several conditions"):
-        plots.memo_vs_outcome(mixed, out["pooled_over_orders"], deltas, out["deciles"], "d_loss", tmp_path / "x.pdf",
-                              PROV)
+        plots_headline.memo_vs_outcome(mixed, out["pooled"], deltas, out["deciles"], "d_loss", tmp_path / "x.pdf", PROV)
     assert not list(tmp_path.iterdir())
 
 

@@ -1,5 +1,6 @@
-"""Tests for memplast.stats: agreement with scipy/statsmodels called directly, planted effects
-recovered, CI coverage, documented table schemas, and clear errors on bad input."""
+"""Tests for memplast.stats: the sample bootstrap against explicit resampling, scipy/statsmodels
+called directly, planted effects recovered, documented table schemas, clear errors on bad input.
+(Coverage and rejection rates of the pooled quantities: tests/test_calibration.py.)"""
 
 import math
 
@@ -11,6 +12,7 @@ from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
 from memplast import stats as S
+from memplast.stats import correlation, pooling, resampling
 
 
 def bivariate(n, rho, seed):
@@ -36,18 +38,6 @@ def confounded_table(n_classes=8, n_per_class=150, within=0.0, seed=0):
     outcome = u + within * z + 0.5 * loss_t + rng.normal(size=len(label))
     return pd.DataFrame({"label": label, "memo": memo, "loss_t": loss_t, "outcome": outcome})
 
-
-@pytest.fixture(scope="module")
-def demo():
-    deltas = S.synthetic_deltas(n_orders=2, n_classes=8, classes_per_task=2, n_per_class=40, seed=1)
-    summary = S.synthetic_summary(n_orders=3)
-    cfg = dict(seed=0, n_boot=200, ci_level=0.95, n_permutations=200, tail_quantile=0.05, n_deciles=5,
-               mediation_sims=30, outcomes=list(S.DEFAULT_OUTCOMES), epochs_per_task=12, window=3,
-               taus=[0.0, 0.001, 0.01], primary=S.PRIMARY)
-    return deltas, summary, cfg, S.run_all(deltas, summary, cfg)
-
-
-# --------------------------------------------------------------------------- correlations
 
 def test_correlations_point_estimates_match_scipy_and_drop_nans():
     x, y = bivariate(300, 0.4, seed=0)
@@ -82,7 +72,7 @@ def test_fast_average_ranks_equal_rankdata():
     rng = np.random.default_rng(0)
     values = rng.integers(0, 7, size=(50, 40)).astype(float)
     codes = np.unique(values, return_inverse=True)[1].reshape(values.shape)
-    np.testing.assert_allclose(S._average_ranks(codes), stats.rankdata(values, axis=-1))
+    np.testing.assert_allclose(correlation._average_ranks(codes), stats.rankdata(values, axis=-1))
 
 
 def test_planted_correlation_recovered_within_ci():
@@ -116,8 +106,6 @@ def test_correlations_constant_input_gives_nan_and_too_few_pairs_raise():
         S.correlations([1.0, np.nan, 3], [1.0, 2, np.nan], n_boot=10)
 
 
-# --------------------------------------------------------------------------- partial Spearman
-
 def test_partial_spearman_matches_first_order_formula_on_ranks():
     rng = np.random.default_rng(2)
     c = rng.normal(size=400)
@@ -143,60 +131,6 @@ def test_partial_spearman_removes_class_confounder_and_keeps_real_effect():
     assert real["r"] > 0.25 and real["p"] < 1e-10
 
 
-# --------------------------------------------------------------------------- per boundary
-
-def test_per_boundary_rows_columns_and_values(demo):
-    deltas, _, _, out = demo
-    pb = out["per_boundary"]
-    assert list(pb.columns[: len(S.PER_BOUNDARY_COLUMNS)]) == S.PER_BOUNDARY_COLUMNS
-    assert {"spearman_p_bh", "partial_spearman_p_bh"} <= set(pb.columns)
-    n_groups = deltas[deltas.is_old].groupby(S.RUN_KEYS + ["kind", "boundary"]).ngroups
-    assert len(pb) == n_groups * len(S.DEFAULT_OUTCOMES)
-    row = pb[(pb.order_seed == 1) & (pb.kind == "windowed") & (pb.boundary == 2) & (pb.outcome == "d_log_grad")].iloc[0]
-    sub = deltas[(deltas.order_seed == 1) & (deltas.kind == "windowed") & (deltas.boundary == 2) & deltas.is_old]
-    sub = sub.dropna(subset=["d_log_grad"])
-    assert row["n"] == len(sub) < (deltas.is_old & (deltas.order_seed == 1) & (deltas.kind == "windowed") & (deltas.boundary == 2)).sum()
-    assert row["spearman_r"] == pytest.approx(stats.spearmanr(sub["memo"], sub["d_log_grad"]).statistic)
-    # planted: memo raises d_loss everywhere
-    assert (pb[pb.outcome == "d_loss"]["spearman_r"] > 0.2).all()
-
-
-def test_per_boundary_is_deterministic_given_seed():
-    deltas = S.synthetic_deltas(n_orders=1, n_classes=4, n_per_class=20, seed=4)
-    a = S.per_boundary(deltas, ["memo"], ["d_loss"], n_boot=100, seed=7)
-    b = S.per_boundary(deltas.sample(frac=1, random_state=0), ["memo"], ["d_loss"], n_boot=100, seed=7)
-    pd.testing.assert_frame_equal(a, b)
-    c = S.per_boundary(deltas, ["memo"], ["d_loss"], n_boot=100, seed=8)
-    assert not np.allclose(a["spearman_ci_low"], c["spearman_ci_low"])
-
-
-# --------------------------------------------------------------------------- models
-
-def test_ols_cluster_and_mixedlm_match_statsmodels_formulas():
-    deltas = S.synthetic_deltas(n_orders=2, n_classes=6, n_per_class=30, seed=2)
-    out = S.pooled_models(deltas, ["memo"], ["d_loss"], ["immediate"], ci_level=0.9)
-    old = deltas[deltas.is_old & (deltas.kind == "immediate")].dropna(subset=["d_loss"])
-    for scope, data, extra in (("run", old[old.order_seed == 0], ""), ("pooled", old, " + C(order_seed)")):
-        data = data.reset_index(drop=True)
-        ols = smf.ols("d_loss ~ memo + loss_t + C(label) + C(boundary)" + extra, data).fit(
-            cov_type="cluster", cov_kwds={"groups": data["sample_id"]})
-        row = out[(out.scope == scope) & (out.model == "ols_cluster") & (out.order_seed.fillna(0) == 0)].iloc[0]
-        assert row["coef"] == pytest.approx(ols.params["memo"])
-        assert row["se"] == pytest.approx(ols.bse["memo"])
-        assert row["p"] == pytest.approx(ols.pvalues["memo"])
-        assert row["ci_low"] == pytest.approx(ols.conf_int(0.1).loc["memo", 0])
-        assert row["n"] == len(data) and row["n_groups"] == data["sample_id"].nunique()
-        mixed = smf.mixedlm("d_loss ~ memo + loss_t + C(boundary)" + extra, data, groups=data["label"]).fit(reml=True)
-        row = out[(out.scope == scope) & (out.model == "mixedlm") & (out.order_seed.fillna(0) == 0)].iloc[0]
-        assert row["coef"] == pytest.approx(mixed.fe_params["memo"], rel=1e-4)
-        assert row["se"] == pytest.approx(mixed.bse_fe["memo"], rel=1e-3)
-        assert row["converged"] == mixed.converged
-    assert set(out.scope) == {"run", "pooled"} and out[out.scope == "pooled"].order_seed.isna().all()
-    assert list(out.columns) == S.POOLED_MODEL_COLUMNS
-
-
-# --------------------------------------------------------------------------- multiple testing, pooling
-
 def test_bh_matches_multipletests_and_keeps_nans():
     p = np.array([0.01, 0.04, np.nan, 0.03, 0.2, 0.001])
     out = S.bh(p)
@@ -209,48 +143,6 @@ def test_bh_matches_multipletests_and_keeps_nans():
         np.testing.assert_allclose(adjusted.loc[g.index, "p_bh"], S.bh(g["p"]))
     assert not np.allclose(adjusted["p_bh"].to_numpy()[keep], out[keep])  # families matter
 
-
-def test_fisher_z_pool_on_hand_numbers():
-    out = S.fisher_z_pool([0.3, 0.5, 0.1], [53, 103, 28], ci_level=0.95)
-    z = [math.atanh(0.3), math.atanh(0.5), math.atanh(0.1)]
-    w = [50, 100, 25]
-    zbar = (50 * z[0] + 100 * z[1] + 25 * z[2]) / 175
-    se = 1 / math.sqrt(175)
-    q = 50 * (z[0] - zbar) ** 2 + 100 * (z[1] - zbar) ** 2 + 25 * (z[2] - zbar) ** 2
-    assert out["k"] == 3 and out["n_total"] == 184
-    assert out["r_pooled"] == pytest.approx(math.tanh(zbar))
-    assert out["se"] == pytest.approx(se)
-    assert out["ci_low"] == pytest.approx(math.tanh(zbar - 1.959963984540054 * se))
-    assert out["ci_high"] == pytest.approx(math.tanh(zbar + 1.959963984540054 * se))
-    assert out["p"] == pytest.approx(math.erfc(abs(zbar) / se / math.sqrt(2)))
-    assert out["Q"] == pytest.approx(q) and out["Q_df"] == 2
-    assert out["Q_p"] == pytest.approx(math.exp(-q / 2))  # chi2 with 2 df: sf = exp(-q/2)
-    assert out["I2"] == pytest.approx(max(0, (q - 2) / q))
-    assert sum(w) == 175
-    same = S.fisher_z_pool([0.4, 0.4], [50, 80])
-    assert same["Q"] == pytest.approx(0) and same["I2"] == 0
-    one = S.fisher_z_pool([0.4, np.nan], [50, 80])
-    assert one["k"] == 1 and np.isnan(one["I2"])
-
-
-# --------------------------------------------------------------------------- trend
-
-def test_boundary_trend_exact_permutation_and_non_overlapping_windows():
-    rows = [{"order_seed": 0, "kind": kind, "outcome": "d_loss", "boundary": b, "spearman_r": 0.1 * b}
-            for kind in ("immediate", "windowed") for b in range(8)]
-    table = pd.DataFrame(rows)
-    out = S.boundary_trend(table, epochs_per_task=10, window=10, n_permutations=5000, seed=0).set_index("kind")
-    assert out.loc["immediate", "stride"] == 1 and out.loc["immediate", "n_boundaries"] == 8
-    assert out.loc["windowed", "stride"] == 2 and out.loc["windowed", "boundaries_used"] == "0,2,4,6"
-    assert out.loc["windowed", "trend_rho"] == pytest.approx(1.0)
-    assert out.loc["windowed", "p"] == pytest.approx(2 / 24)  # exact: all 4! orders
-    wide = S.boundary_trend(table, epochs_per_task=10, window=12, n_permutations=100, seed=0).set_index("kind")
-    assert wide.loc["windowed", "stride"] == 3 and wide.loc["windowed", "boundaries_used"] == "0,3,6"
-    flat = S.boundary_trend(table.assign(spearman_r=0.3), 10, 5, 100, 0)
-    assert flat["trend_rho"].isna().all()
-
-
-# --------------------------------------------------------------------------- deciles, tails
 
 def planted_shift_table(seed, shift=2.0, n=3000):
     rng = np.random.default_rng(seed)
@@ -304,8 +196,6 @@ def test_tails_exact_top_k_enrichment_fisher_and_jaccard():
     assert S.tails(tie, 0.5, "score", threshold_quantile=0.5).iloc[0]["n_tail_high"] == 1  # ids 1, 3 -> memo 4, 2
 
 
-# --------------------------------------------------------------------------- mediation
-
 def test_mediation_recovers_planted_indirect_and_direct_effects():
     rng = np.random.default_rng(4)
     n = 3000
@@ -326,8 +216,6 @@ def test_mediation_recovers_planted_indirect_and_direct_effects():
     assert none["acme_ci_low"] < 0 < none["acme_ci_high"]
 
 
-# --------------------------------------------------------------------------- cross-sample
-
 def test_cross_sample_means_and_spearman():
     rows = []
     for b, (new_memo, old_loss) in enumerate([(1.0, 0.1), (3.0, 0.4), (2.0, 0.2), (4.0, 0.9)]):
@@ -345,41 +233,6 @@ def test_cross_sample_means_and_spearman():
         S.cross_sample(df[df.is_old])
 
 
-# --------------------------------------------------------------------------- conditions
-
-def test_compare_conditions_switches_from_descriptive_to_wilcoxon_at_five_pairs():
-    other = {**S.PRIMARY, "filter": "per_class-q0.9"}
-    conds = [S.PRIMARY, other, {**S.PRIMARY, "algorithm": "retrained"}]
-    key = tuple(other[k] for k in S.CONDITION_KEYS)
-    for n_orders, tested in ((4, False), (5, True)):
-        summary = S.synthetic_summary(n_orders=n_orders, conditions=conds, shift={key: 0.05}, seed=n_orders)
-        out = S.compare_conditions(summary, S.PRIMARY)
-        assert list(out.columns) == S.CONDITIONS_COLUMNS
-        row = out[(out["filter"] == "per_class-q0.9") & (out.metric == "final_acc")].iloc[0]
-        assert row["n_pairs"] == n_orders
-        assert row["mean_diff"] == pytest.approx(0.05, abs=0.02)
-        runs = S.condition_metrics(summary)
-        a = runs[runs["filter"] == "per_class-q0.9"].sort_values("order_seed")["final_acc"].to_numpy()
-        b = runs[(runs["filter"] == "none") & (runs.algorithm == "base")].sort_values("order_seed")["final_acc"].to_numpy()
-        if tested:
-            assert row["test"] == "wilcoxon"
-            assert row["p"] == pytest.approx(stats.wilcoxon(a, b).pvalue)
-            assert row["statistic"] == pytest.approx(stats.wilcoxon(a, b).statistic)
-        else:
-            assert row["test"].startswith("descriptive") and np.isnan(row["p"])
-        assert (out[out.is_primary]["test"] == "primary").all()
-    # relative accuracy: final accuracy over the retrained run's of the same order
-    base = runs[(runs["filter"] == "none") & (runs.algorithm == "base")].set_index("order_seed")
-    ref = runs[runs.algorithm == "retrained"].set_index("order_seed")
-    np.testing.assert_allclose(base["rel_acc"], base["final_acc"] / ref["final_acc"])
-    assert runs.loc[runs.algorithm == "retrained", "rel_acc"].eq(1).all()
-    summary = S.synthetic_summary(n_orders=3)
-    with pytest.raises(ValueError, match="primary condition"):
-        S.compare_conditions(summary, {**S.PRIMARY, "ordering": "ascending"})
-
-
-# --------------------------------------------------------------------------- legacy table, run_all
-
 def test_windowed_correlation_results_legacy_schema_and_signs():
     deltas = S.synthetic_deltas(n_orders=1, n_classes=6, n_per_class=30, seed=3)
     out = S.windowed_correlation_results(deltas, tau=0.01)
@@ -396,49 +249,11 @@ def test_windowed_correlation_results_legacy_schema_and_signs():
     assert list(two.columns) == ["order_seed"] + S.windowed_correlation_columns()
 
 
-def test_run_all_writes_every_documented_table(demo):
-    _, _, _, out = demo
-    assert set(out) == set(S.TABLES)
-    expected = {
-        "pooled_models": S.POOLED_MODEL_COLUMNS + ["p_bh"],
-        "pooled_over_orders": S.POOLED_OVER_ORDERS_COLUMNS + ["p_bh"],
-        "cross_sample": S.CROSS_SAMPLE_COLUMNS,
-        "conditions": S.CONDITIONS_COLUMNS + ["p_bh"],
-        "windowed_correlation_results": ["order_seed"] + S.windowed_correlation_columns(),
-    }
-    for name, columns in expected.items():
-        assert list(out[name].columns) == columns, name
-    assert set(S.TREND_COLUMNS + ["scope", "p_bh"]) <= set(out["trend"].columns)
-    assert set(S.DECILE_COLUMNS + ["outcome", "boundary", "p_bh"]) <= set(out["deciles"].columns)
-    assert set(S.TAIL_COLUMNS + ["score", "direction", "p_bh"]) <= set(out["tails"].columns)
-    assert set(S.MEDIATION_COLUMNS + ["mediator", "acme_p_bh"]) <= set(out["mediation"].columns)
-    for name, table in out.items():
-        assert len(table) > 0, name
-
-
-def test_run_all_recovers_planted_effects(demo):
-    _, _, _, out = demo
-    pooled = out["pooled_over_orders"]
-    overall = pooled[(pooled.level == "overall") & (pooled.outcome == "d_loss")]
-    assert (overall["r_pooled"] > 0.3).all() and (overall["p_bh"] < 1e-3).all()
-    assert (overall["k"] == 2).all()
-    med = out["mediation"]
-    dorm = med[med.mediator == "d_dormant_t0.01"]
-    assert (dorm["acme"] > 0).mean() > 0.9  # planted path memo -> d_dormant -> d_loss
-    models = out["pooled_models"]
-    assert (models[(models.outcome == "d_loss") & (models.scope == "pooled")]["coef"] > 0).all()
-    deciles = out["deciles"]
-    diff = deciles[(deciles.term == "top_minus_bottom") & (deciles.outcome == "d_loss")]
-    assert (diff["median"] > 0).all()
-    tails = out["tails"]
-    assert tails[tails.score == "d_loss"]["enrichment"].mean() > 1.5
-
-
 def test_synthetic_deltas_schema():
     d = S.synthetic_deltas(n_orders=2, n_classes=6, n_per_class=10)
     required = S.RUN_KEYS + ["sample_id", "label", "boundary", "is_old", "noisy", "kind", "memo", "memo_pct", "loss_t",
                              "d_loss", "d_log_grad", "grad_drop", "d_input_grad", "d_margin", "d_dormant_t0",
-                             "d_dormant_t0.001", "d_dormant_t0.01", "drift", "align_dot", "align_cos", "pred_forget"]
+                             "d_dormant_t0.001", "d_dormant_t0.01", "drift_after", "d_drift", "align_dot", "align_cos", "pred_forget"]
     assert set(required) <= set(d.columns)
     assert set(d["kind"]) == set(S.KINDS) and d["is_old"].any() and (~d["is_old"]).any()
     wide = d.pivot_table(index=["order_seed", "sample_id", "boundary"], columns="kind", values="align_cos")
@@ -447,14 +262,264 @@ def test_synthetic_deltas_schema():
     assert (d["memo"] > 0).all() and d["memo"].mean() > d["memo"].median() and d["memo"].skew() > 1  # heavy tail
 
 
+# --------------------------------------------------------------------------- the sample bootstrap
+
+def cell_table(n_classes=5, n_per_class=40, seed=0, ties=True):
+    """One cell (one order, kind, boundary) with class structure, ties and a baseline loss."""
+    rng = np.random.default_rng(seed)
+    label = np.repeat(np.arange(n_classes), n_per_class)
+    memo = rng.normal(size=len(label)) + 0.4 * label
+    y = 0.3 * memo + rng.normal(size=len(label)) + 0.3 * label
+    if ties:
+        memo, y = np.round(memo, 1), np.round(y, 1)
+    return pd.DataFrame({"sample_id": rng.permutation(len(label)) + 100, "label": label, "memo": memo, "y": y,
+                         "loss_t": rng.gamma(2.0, size=len(label)) + 0.2 * memo, "order_seed": 0, "kind": "windowed",
+                         "boundary": 0})
+
+
+KEYS = ["order_seed", "kind", "boundary"]
+
+
+def test_cell_statistics_equal_scipy_and_statsmodels_on_the_explicit_resample():
+    df = cell_table()
+    universe = resampling.Universe.of(df)
+    cell = resampling.build_cells(df, universe, KEYS, ["y"])[0]
+    est = resampling._cell_batch(cell, np.ones((len(cell.idx), 1)))[0, 0]
+    assert est[0] == pytest.approx(stats.spearmanr(df["memo"], df["y"]).statistic, abs=1e-12)
+    assert est[1] == pytest.approx(S.partial_spearman(df, "memo", "y", ["loss_t"], ["label"])["r"], abs=1e-10)
+    counts = resampling.stratified_counts(universe, 3, np.random.default_rng(1))
+    for w in counts:
+        by_id = dict(zip(universe.sample_id, w))
+        rows = df.loc[df.index.repeat([int(by_id[s]) for s in df["sample_id"]])]
+        got = resampling._cell_batch(cell, w[cell.idx, None])[0, 0]
+        assert got[0] == pytest.approx(stats.spearmanr(rows["memo"], rows["y"]).statistic, abs=1e-12)
+        assert got[1] == pytest.approx(S.partial_spearman(rows, "memo", "y", ["loss_t"], ["label"])["r"], abs=1e-10)
+
+
+def test_bootstrap_is_class_stratified_and_one_draw_serves_every_cell():
+    df = cell_table(seed=2)
+    universe = resampling.Universe.of(df)
+    counts = resampling.stratified_counts(universe, 50, np.random.default_rng(0))
+    for idx in universe.strata:
+        assert (counts[:, idx].sum(axis=1) == len(idx)).all()  # every class keeps its size
+    assert counts.std() > 0.5
+    # two cells holding the same samples (two boundaries) get identical replicates: one draw per replicate
+    two = pd.concat([df, df.assign(boundary=1)], ignore_index=True)
+    res = resampling.resample(two, KEYS, ["y"], 40, 0, np.random.default_rng(3))
+    np.testing.assert_array_equal(res.boot[:, 0], res.boot[:, 1])
+
+
+def test_within_class_permutation_stays_in_class_and_closed_cells_match_rankdata():
+    df = cell_table(seed=4, ties=False)
+    universe = resampling.Universe.of(df)
+    perm = resampling.within_class_permutations(universe, 20, np.random.default_rng(0))
+    np.testing.assert_array_equal(universe.label[perm], np.broadcast_to(universe.label, perm.shape))
+    assert all(sorted(p) == list(range(len(universe.sample_id))) for p in perm)
+    res = resampling.resample(df, KEYS, ["y"], 0, 20, np.random.default_rng(5))
+    rng = np.random.default_rng(5)
+    perm = resampling.within_class_permutations(universe, 20, rng)
+    memo_u = df.set_index("sample_id").loc[universe.sample_id, "memo"].to_numpy()
+    y_u = df.set_index("sample_id").loc[universe.sample_id, "y"].to_numpy()
+    expected = [stats.spearmanr(memo_u[p], y_u).statistic for p in perm]
+    np.testing.assert_allclose(res.null[:, 0, 0], expected, atol=1e-12)
+
+
+def test_bc_interval_corrects_median_bias_and_its_p_inverts_it():
+    rng = np.random.default_rng(0)
+    draws = rng.normal(0.1, 1.0, size=(40000, 1))  # replicates centred 0.1 above the estimate 0
+    lo, hi, p = S.common.bc_interval(draws, np.zeros(1), 0.9)
+    plain = np.quantile(draws[:, 0], [0.05, 0.95])
+    assert lo[0] < plain[0] - 0.1 and hi[0] < plain[1] - 0.1  # shifted back by ~2 x 0.1
+    assert (lo[0] + hi[0]) / 2 == pytest.approx(-0.1, abs=0.04)
+    # p < alpha exactly when 0 is outside the interval at 1 - alpha
+    for est in (0.0, 1.2, 1.8, 2.5):
+        lo, hi, p = S.common.bc_interval(draws + est, np.array([est]), 0.9)
+        assert (p[0] < 0.1) == (not lo[0] <= 0 <= hi[0])
+        assert p[0] > 0
+    assert S.common.bc_interval(np.full((99, 1), 3.0), np.array([3.0]), 0.95)[2][0] > 0
+
+
+def test_bootstrap_p_is_never_zero_and_inverts_the_percentile_interval():
+    draws = np.r_[np.full(999, 0.3)]
+    assert S.bootstrap_p(draws) == pytest.approx(2 / 1000)
+    draws = np.r_[np.full(30, -0.1), np.full(70, 0.2)]
+    assert S.bootstrap_p(draws) == pytest.approx(2 * 31 / 101)
+    assert S.bootstrap_p(-draws) == pytest.approx(2 * 31 / 101)
+    assert S.bootstrap_p(np.zeros(10)) == 1.0
+
+
+def two_order_table(seed=0):
+    a = cell_table(seed=seed)
+    b = a.assign(order_seed=1, y=a["y"] + np.random.default_rng(seed + 1).normal(size=len(a)))
+    c = a.assign(boundary=1, y=a["y"] * 0.5 + np.random.default_rng(seed + 2).normal(size=len(a)))
+    d = b.assign(boundary=1, y=b["y"] * 0.5 + np.random.default_rng(seed + 3).normal(size=len(a)))
+    return pd.concat([a, b, c, d], ignore_index=True).assign(**S.PRIMARY, outcome_name="y")
+
+
+def test_pooled_and_trend_rows_are_the_same_contrasts_of_every_replicate():
+    df = two_order_table()
+    res = resampling.resample(df, S.CONDITION_KEYS + KEYS, ["y"], 60, 30, np.random.default_rng(0))
+    group = S.CONDITION_KEYS + ["kind", "outcome"]
+    pooled = pooling.pooled_rows(res, group, 0.9)
+    meta = res.rows
+    fixed_all = pooled[(pooled.boundary.astype(str) == "all") & (pooled.pooling == "fixed") & (pooled.estimator == "partial")].iloc[0]
+    assert fixed_all["estimate"] == pytest.approx(res.estimate[:, 1].mean())
+    lo, hi, p = S.common.bc_interval(res.boot[:, :, 1].mean(axis=1)[:, None], np.array([fixed_all["estimate"]]), 0.9)
+    assert (fixed_all["ci_low"], fixed_all["ci_high"], fixed_all["p"]) == pytest.approx((lo[0], hi[0], p[0]))
+    assert fixed_all["n_samples"] == df["sample_id"].nunique() and fixed_all["n_orders"] == 2
+    b1 = pooled[(pooled.boundary.astype(str) == "1") & (pooled.pooling == "fixed") & (pooled.estimator == "raw")].iloc[0]
+    assert b1["estimate"] == pytest.approx(res.estimate[(meta.boundary == 1).to_numpy(), 0].mean())
+    trend = pooling.trend_rows(res, group, 0.9, {"windowed": 1})
+    t = trend[trend.estimator == "raw"].iloc[0]
+    per_b = [res.estimate[(meta.boundary == b).to_numpy(), 0].mean() for b in (0, 1)]
+    assert t["estimate"] == pytest.approx(per_b[1] - per_b[0])  # slope over boundaries 0, 1
+    boot_slope = res.boot[:, (meta.boundary == 1).to_numpy(), 0].mean(1) - res.boot[:, (meta.boundary == 0).to_numpy(), 0].mean(1)
+    assert t["p"] == pytest.approx(S.common.bc_interval(boot_slope[:, None], np.array([t["estimate"]]), 0.9)[2][0])
+
+
+def test_random_effects_reduce_to_hksj_for_independent_orders_and_to_the_sample_variance_without_heterogeneity():
+    rng = np.random.default_rng(0)
+    y = np.array([0.1, 0.4, 0.25, 0.6])
+    v = np.array([0.002, 0.003, 0.0025, 0.002])
+    boot = y + rng.normal(size=(200_000, 4)) * np.sqrt(v)  # independent orders
+    out = S.random_effects(y, boot, 0.95)
+    k = 4
+    var_hk = np.sum((y - y.mean()) ** 2) / (k * (k - 1))  # equal-weight HKSJ
+    sigma = np.cov(boot, rowvar=False)
+    tau2 = (np.sum((y - y.mean()) ** 2) - np.trace(sigma) + sigma.sum() / k) / (k - 1)
+    assert out["tau2"] == pytest.approx(tau2)
+    assert out["estimate"] == pytest.approx(y.mean())
+    se = (out["ci_high"] - out["ci_low"]) / (2 * stats.t.ppf(0.975, out["df"]))
+    assert se**2 == pytest.approx(var_hk, rel=0.02)
+    assert out["df"] == k - 1
+    # orders that agree (shared samples, no heterogeneity): the sample-level variance, normal reference
+    shared = rng.normal(size=(5000, 1)) * 0.05
+    boot2 = 0.3 + shared + rng.normal(size=(5000, 3)) * 0.001
+    out2 = S.random_effects(np.array([0.3, 0.3005, 0.2995]), boot2, 0.95)
+    assert out2["tau2"] == 0 and np.isinf(out2["df"])
+    assert (out2["ci_high"] - out2["ci_low"]) / 2 == pytest.approx(1.96 * boot2.mean(axis=1).std(), rel=0.05)
+
+
+def test_ols_rank_fe_equals_the_dummy_regression_clustered_by_sample():
+    df = pd.concat([cell_table(seed=5).assign(order_seed=o, boundary=b) for o in (0, 1) for b in (0, 1)], ignore_index=True)
+    df["y"] += np.random.default_rng(9).normal(size=len(df))
+    out = S.ols_rank_fe(df, "y", 0.9)
+    d = df.copy()
+    d["q"] = d.groupby(["order_seed", "boundary"])["memo"].rank(pct=True)
+    d["ql"] = d.groupby(["order_seed", "boundary"])["loss_t"].rank(pct=True)
+    fit = smf.ols("y ~ q + ql + C(label):C(boundary):C(order_seed)", d).fit(cov_type="cluster", cov_kwds={"groups": d["sample_id"]})
+    assert out["estimate"] == pytest.approx(fit.params["q"], rel=1e-8)
+    # same cluster-robust meat; the dummy fit counts the absorbed fixed effects in its small-sample factor
+    n, g = len(d), d["sample_id"].nunique()
+    ratio = math.sqrt(((n - 1) / (n - 2)) / ((n - 1) / (n - fit.df_model - 1)))
+    assert (out["ci_high"] - out["estimate"]) == pytest.approx((fit.conf_int(0.1).loc["q", 1] - fit.params["q"]) * ratio, rel=1e-6)
+    assert out["n_samples"] == g and out["p"] > 0
+
+
+@pytest.fixture(scope="module")
+def demo():
+    deltas = S.synthetic_deltas(n_orders=2, n_classes=8, classes_per_task=2, n_per_class=40, seed=1)
+    cfg = dict(seed=0, n_boot=200, ci_level=0.9, n_permutations=100, tail_quantile=0.05, n_deciles=5,
+               mediation_sims=20, outcomes=list(S.DEFAULT_OUTCOMES), epochs_per_task=12, window=3,
+               taus=[0.0, 0.001, 0.01], primary=S.PRIMARY)
+    return deltas, cfg, S.run_all(deltas, cfg)
+
+
+def test_run_all_writes_every_documented_table_with_the_pooled_columns(demo):
+    _, _, out = demo
+    assert set(out) == set(S.TABLES)
+    for name in ("headline", "pooled", "per_boundary", "trend", "models"):
+        table = out[name]
+        assert len(table) > 0, name
+        assert set(S.CONDITION_KEYS + S.POOLED_COLUMNS) <= set(table.columns), name
+        p = table["p"].dropna()
+        assert (p > 0).all() and (p <= 1).all(), name  # never printed as 0
+        assert set(table["pooling"]) <= {"none", "fixed", "random"}
+    assert set(out["pooled"]["pooling"]) == {"fixed", "random"}
+    assert set(out["pooled"]["estimator"]) == {"raw", "partial"}
+    head = out["headline"]
+    assert set(head["boundary"].astype(str)) == {"all"} and set(head["pooling"]) == {"fixed"}
+    assert len(head) == 2 * 2 * len(S.DEFAULT_OUTCOMES)  # estimator x kind x outcome
+    assert list(out["windowed_correlation_results"].columns) == ["order_seed"] + S.windowed_correlation_columns()
+    assert set(S.TAIL_COLUMNS + ["score", "direction", "p_bh"]) <= set(out["tails"].columns)
+    assert set(S.MEDIATION_COLUMNS + ["mediator", "acme_p_bh"]) <= set(out["mediation"].columns)
+    assert list(out["cross_sample"].columns) == S.CROSS_SAMPLE_COLUMNS
+
+
+def test_p_bh_adjusts_the_reported_p_within_the_documented_family(demo):
+    _, _, out = demo
+    pooled = out["pooled"]
+    level = np.where(pooled["boundary"].astype(str) == "all", "all", "boundary")
+    for _, g in pooled.groupby([pooled["estimator"], pooled["pooling"], level]):
+        np.testing.assert_allclose(g["p_bh"], S.bh(g["p"]))
+    merged = out["headline"].merge(pooled, on=S.CONDITION_KEYS + ["outcome", "kind", "estimator", "pooling"],
+                                   suffixes=("", "_pooled"))
+    merged = merged[merged["boundary_pooled"].astype(str) == "all"]
+    np.testing.assert_allclose(merged["p_bh"], merged["p_bh_pooled"])
+
+
+def test_run_all_recovers_planted_effects_within_class(demo):
+    deltas, _, out = demo
+    head = out["headline"].set_index(["outcome", "kind", "estimator"])
+    # planted: memo's within-class part raises d_loss (effect 0.5 on standardized log memo)
+    for kind in ("immediate", "windowed"):
+        r = head.loc[("d_loss", kind, "partial")]
+        assert r["estimate"] > 0.2 and r["ci_low"] > 0 and r["p_bh"] < 0.05
+        assert not (r["null_low"] <= r["estimate"] <= r["null_high"])
+        assert head.loc[("d_log_grad", kind, "partial"), "ci_high"] < 0  # planted negative
+    models = out["models"]
+    assert (models[models.outcome == "d_loss"]["estimate"] > 0).all()
+    assert (models[models.outcome == "d_loss"]["ci_low"] > 0).all()
+
+
+def test_class_level_confound_moves_raw_but_not_within_class():
+    deltas = S.synthetic_deltas(n_orders=2, n_classes=8, n_per_class=40, effect=0.0, mediated=(0.0, 0.0),
+                                class_confound=2.0, seed=3)
+    cfg = dict(seed=1, n_boot=200, ci_level=0.95, n_permutations=100, epochs_per_task=12, window=3, outcomes=["d_loss"])
+    old = deltas[deltas.is_old]
+    out = S.tables.association_tables(old, cfg, ["d_loss"], ["windowed"])["headline"].set_index("estimator")
+    assert out.loc["raw", "ci_low"] > 0.1  # the class confound shows in the raw association ...
+    assert out.loc["partial", "ci_low"] < 0 < out.loc["partial", "ci_high"]  # ... not within class
+    assert out.loc["raw", "null_low"] > 0  # and the within-class null band of raw sits at the confound
+
+
+def test_outcomes_come_from_the_config_so_renamed_columns_work():
+    deltas = S.synthetic_deltas(n_orders=1, n_classes=4, n_per_class=20, seed=2)
+    cfg = dict(seed=0, n_boot=50, n_permutations=20, epochs_per_task=12, window=3, outcomes=["drift_after", "d_loss"],
+               n_deciles=4, mediation_sims=10)
+    out = S.run_all(deltas, cfg)
+    assert set(out["headline"]["outcome"]) == {"drift_after", "d_loss"}
+
+
+def test_accuracy_differences_are_paired_t_intervals_and_conditions_compare_pooled_estimates():
+    other = {**S.PRIMARY, "filter": "per_class-q0.9"}
+    summary = S.synthetic_summary(n_orders=4, conditions=[S.PRIMARY, other], shift={tuple(other.values()): 0.05}, seed=1)
+    acc = S.accuracy_differences(summary, S.PRIMARY, 0.95)
+    row = acc[(acc.metric == "test_acc") & (acc.task == 2)].iloc[0]
+    a = summary[(summary["filter"] == "per_class-q0.9") & (summary.task == 2)].sort_values("order_seed")["test_acc"]
+    b = summary[(summary["filter"] == "none") & (summary.task == 2)].sort_values("order_seed")["test_acc"]
+    d = a.to_numpy() - b.to_numpy()
+    assert row["estimate"] == pytest.approx(d.mean())
+    assert row["p"] == pytest.approx(stats.ttest_rel(a, b).pvalue)
+    half = stats.t.ppf(0.975, 3) * d.std(ddof=1) / 2
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((d.mean() - half, d.mean() + half))
+    deltas = S.synthetic_deltas(n_orders=2, n_classes=6, n_per_class=30, seed=2, conditions=[S.PRIMARY, other])
+    shifted = deltas["filter"] == "per_class-q0.9"
+    deltas.loc[shifted, "d_loss"] += 3.0 * np.log(deltas.loc[shifted, "memo"])  # planted: stronger association
+    cfg = dict(seed=0, n_boot=200, ci_level=0.95, outcomes=["d_loss"], primary=S.PRIMARY)
+    table = S.compare_conditions(deltas, summary, cfg)
+    assert set(S.CONDITION_KEYS + S.POOLED_COLUMNS + ["metric"]) <= set(table.columns)
+    diff = table[(table.metric == "pooled_estimate_difference") & (table.estimator == "partial")]
+    assert len(diff) == 2 and (diff["ci_low"] > 0).all()
+
+
 # --------------------------------------------------------------------------- bad input
 
 @pytest.mark.parametrize("call", [
-    lambda d: S.per_boundary(d.drop(columns="loss_t"), ["memo"], ["d_loss"], n_boot=10),
-    lambda d: S.pooled_models(d.drop(columns="label"), ["memo"], ["d_loss"]),
     lambda d: S.windowed_correlation_results(d.drop(columns="grad_drop")),
     lambda d: S.tails(d.drop(columns="memo"), 0.1, "d_loss"),
-    lambda d: S.run_all(d.drop(columns="pred_forget"), None, {"epochs_per_task": 12, "window": 3}),
+    lambda d: S.ols_rank_fe(d.drop(columns="label"), "d_loss"),
+    lambda d: S.run_all(d.drop(columns="pred_forget"), {"epochs_per_task": 12, "window": 3}),
 ])
 def test_missing_column_is_a_one_line_value_error(call):
     d = S.synthetic_deltas(n_orders=1, n_classes=4, n_per_class=10)
@@ -464,11 +529,9 @@ def test_missing_column_is_a_one_line_value_error(call):
 
 
 @pytest.mark.parametrize("call", [
-    lambda d: S.per_boundary(d, ["memo"], ["d_loss"], n_boot=10),
-    lambda d: S.pooled_models(d, ["memo"], ["d_loss"]),
     lambda d: S.tails(d, 0.1, "d_loss"),
     lambda d: S.mediation(d, "memo", "align_cos", "d_loss", sims=10),
-    lambda d: S.run_all(d, None, {"epochs_per_task": 12, "window": 3}),
+    lambda d: S.run_all(d, {"epochs_per_task": 12, "window": 3}),
 ])
 def test_all_nan_column_is_a_one_line_value_error(call):
     d = S.synthetic_deltas(n_orders=1, n_classes=4, n_per_class=10).assign(d_loss=np.nan)
@@ -484,26 +547,38 @@ def test_other_bad_inputs():
     with pytest.raises(ValueError, match="must differ"):
         S.mediation(df, "memo", "memo", "y")
     with pytest.raises(ValueError, match="epochs_per_task"):
-        S.run_all(S.synthetic_deltas(n_orders=1, n_classes=4, n_per_class=10), None, {"window": 3})
+        S.run_all(S.synthetic_deltas(n_orders=1, n_classes=4, n_per_class=10), {"window": 3})
+    two = cell_table()
+    two.loc[1, "label"] = 99
+    two.loc[1, "sample_id"] = two.loc[0, "sample_id"]
+    with pytest.raises(ValueError, match="more than one label"):
+        resampling.Universe.of(two)
+    with pytest.raises(ValueError, match="primary condition"):
+        S.accuracy_differences(S.synthetic_summary(n_orders=2), {**S.PRIMARY, "ordering": "ascending"})
 
 
-def test_fisher_z_random_effects_follow_dersimonian_laird():
-    r, n = np.array([0.3, 0.5, 0.1]), np.array([53, 103, 28])
-    out = S.fisher_z_pool(r, n, ci_level=0.95)
-    z, w = np.arctanh(r), n - 3.0
-    z_fe = np.sum(w * z) / w.sum()
-    q = np.sum(w * (z - z_fe) ** 2)
-    tau2 = max(0.0, (q - 2) / (w.sum() - np.sum(w**2) / w.sum()))
-    w_re = 1 / (1 / w + tau2)
-    z_re = np.sum(w_re * z) / w_re.sum()
-    se_re = 1 / np.sqrt(w_re.sum())
-    assert out["tau2"] == pytest.approx(tau2)
-    assert out["r_pooled_re"] == pytest.approx(np.tanh(z_re))
-    assert out["ci_low_re"] == pytest.approx(np.tanh(z_re - 1.959964 * se_re), rel=1e-5)
-    assert out["ci_high_re"] - out["ci_low_re"] > out["ci_high"] - out["ci_low"]  # heterogeneity widens it
+def test_cell_keys_do_not_depend_on_row_order():
+    df = two_order_table(seed=3)
+    a = resampling.resample(df, S.CONDITION_KEYS + KEYS, ["y"], 5, 0, np.random.default_rng(0))
+    b = resampling.resample(df.iloc[::-1], S.CONDITION_KEYS + KEYS, ["y"], 5, 0, np.random.default_rng(0))
+    pd.testing.assert_frame_equal(a.rows, b.rows)
+    np.testing.assert_allclose(a.estimate, b.estimate)
+    for (o, bd), e in zip(a.rows[["order_seed", "boundary"]].itertuples(index=False), a.estimate[:, 0]):
+        sub = df[(df.order_seed == o) & (df.boundary == bd)]
+        assert e == pytest.approx(stats.spearmanr(sub["memo"], sub["y"]).statistic)
 
 
-def test_random_effects_equal_fixed_effects_without_heterogeneity():
-    out = S.fisher_z_pool([0.15, 0.17], [941, 930])
-    assert out["tau2"] == 0
-    assert out["ci_low_re"] == pytest.approx(out["ci_low"]) and out["ci_high_re"] == pytest.approx(out["ci_high"])
+def test_null_of_closed_cells_equals_the_general_computation():
+    df = cell_table(seed=6)
+    df["z"] = np.round(df["y"] * 0.5 + np.random.default_rng(1).normal(size=len(df)), 1)
+    universe = resampling.Universe.of(df)
+    cell = resampling.build_cells(df, universe, KEYS, ["y", "z"])[0]
+    assert cell.closed
+    perm = resampling.within_class_permutations(universe, 7, np.random.default_rng(2))
+    pos = np.full(len(universe.sample_id), -1)
+    pos[cell.idx] = np.arange(len(cell.idx))
+    base = cell.memo_rank.ranks(np.ones((len(cell.idx), 1)))[:, 0]
+    xr = base[pos[perm[:, cell.idx].T]]
+    fast = resampling._null_closed(cell, xr)
+    slow = resampling._cell_batch(cell, np.ones(xr.shape), memo_ranks=xr)
+    np.testing.assert_allclose(fast, slow, atol=1e-10)

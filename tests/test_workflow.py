@@ -147,6 +147,12 @@ def test_tiny_run_produces_figures_tables_and_provenance(tiny_run):
                                     "delta_dormant", "boundary"]
     wcr = pd.read_csv(tiny_run / "results/stats/windowed_correlation_results.csv")
     assert "memo_delta_loss_spearman_r" in wcr and "n_samples" in wcr
+    pooled_columns = ["filter", "ordering", "weighting", "algorithm", "outcome", "kind", "boundary", "estimator",
+                      "pooling", "estimate", "ci_low", "ci_high", "p", "p_bh", "n_samples", "n_orders"]
+    for name in ("headline", "pooled", "trend", "models", "conditions"):
+        table = pd.read_csv(tiny_run / f"results/stats/{name}.csv")
+        assert set(pooled_columns) <= set(table.columns), name
+        assert (table["p"].dropna() > 0).all(), name
     scores = pd.read_parquet(tiny_run / "results/memo/scores.parquet")
     assert {"curv_exact", "curv_hutch", "curv_hutch_se", "csl", "curv_exact_pct_class"} <= set(scores.columns)
     assert set(scores["split"]) == {"train", "val"}
@@ -154,11 +160,35 @@ def test_tiny_run_produces_figures_tables_and_provenance(tiny_run):
     assert not list((tiny_run / "results" / "resume").rglob("*.pt"))
 
 
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def rendered_dom(html: Path, profile: Path) -> str:
+    """The DOM of ``html`` after its scripts ran, from headless Debian chromium."""
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.skip("chromium is not installed (Debian: apt-get install -y chromium)")
+    out = subprocess.run([exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=20000",
+                          "--dump-dom", html.as_uri()], capture_output=True, text=True, timeout=300)
+    if out.returncode != 0 or "<html" not in out.stdout:
+        pytest.skip(f"chromium could not render here (exit {out.returncode}): {out.stderr[-300:]}")
+    return out.stdout
+
+
 @pytest.mark.slow
-def test_report_is_generated(tiny_run):
+def test_report_opens_on_the_answer(tiny_run, tmp_path):
     snakemake("--directory", str(tiny_run), "--report", "results/report.html", "--configfile", *TINY)
-    html = (tiny_run / "results" / "report.html").read_text(errors="ignore")
-    assert "memo_vs_dgrad" in html and len(html) > 100_000
+    html = tiny_run / "results" / "report.html"
+    text = html.read_text(errors="ignore")
+    assert "memo_vs_dgrad" in text and len(text) > 100_000
+    dom = rendered_dom(html, tmp_path / "chromium")
+    assert "System Message" not in dom and "Duplicate explicit target" not in dom
+    assert "Answer: within-class association of memo" in dom  # the answer table's caption
+    head = pd.read_csv(tiny_run / "results/stats/headline.csv")
+    for outcome in head["outcome"].unique():
+        assert f"<strong>{outcome}</strong>" in dom  # one generated sentence per outcome
+    assert dom.index("Answer: within-class") < dom.index("Setup: dataset")  # it opens on the answer
 
 
 @pytest.mark.slow

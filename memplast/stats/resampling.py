@@ -1,0 +1,333 @@
+"""The sample bootstrap and the within-class permutation: one draw per replicate, every cell at once.
+
+The unit of inference is the sample: the same sample ids recur at every boundary, in every class
+order and every condition, carry persistent effects of their own, and cluster by class. So a
+bootstrap replicate draws sample ids, stratified by class (each class keeps its size), once; every
+cell (condition x class order x kind x boundary) is then re-estimated from that same draw, as
+weighted statistics with the draw's multiplicity counts w_i as weights. Pooled estimates over
+orders and boundaries, trends and condition differences are functions of the cell estimates of
+one replicate, so their bootstrap distributions carry every dependence between cells.
+
+Cell statistics (``cell_statistics``), with w_i the multiplicity of sample i in the draw (all 1 for
+the estimate itself), ranks taken within the cell:
+
+- rank r(v)_i = sum_{j: v_j < v_i} w_j + (sum_{j: v_j = v_i} w_j + 1) / 2 (average ranks of the
+  resampled data, ties averaged exactly as ``scipy.stats.rankdata``);
+- raw = weighted Pearson correlation of r(memo) and r(outcome) = Spearman rho of the resample;
+- partial = weighted partial correlation of r(memo) and r(outcome) given class (fixed effects)
+  and r(loss_t): with S_ab = sum_i w_i a~_i b~_i of class-demeaned (weighted) ranks,
+  S'_ab = S_ab - S_al S_bl / S_ll and partial = S'_xy / sqrt(S'_xx S'_yy), the within-class
+  partial Spearman (equal to residualising the ranks on class dummies and r(loss_t) by OLS).
+
+Cost: O(B n) per cell and statistic (a gather, a cumulative sum over tie groups, a few weighted
+sums); draws in batches of ``COUNT_ELEMENTS // S`` replicates (S = samples), each cell evaluated
+in chunks of ``CELL_ELEMENTS // n`` replicates, so memory stays bounded at any scale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from memplast.stats.common import MIN_N, finite, require
+
+COUNT_ELEMENTS = 20_000_000  # replicates x samples of one batch of draws (uint16): set by the universe size only
+CELL_ELEMENTS = 1_000_000  # replicates x rows of one cell evaluated at once (~12 float64 work arrays)
+
+
+@dataclass
+class Universe:
+    """The samples that can be drawn: sorted ids, their class, and universe indices per class."""
+
+    sample_id: np.ndarray
+    label: np.ndarray
+    strata: list = field(default_factory=list)
+
+    @classmethod
+    def of(cls, rows: pd.DataFrame) -> Universe:
+        """Universe of the sample ids in ``rows`` (columns sample_id, label; one label per id)."""
+        ids = rows[["sample_id", "label"]].drop_duplicates()
+        if ids["sample_id"].duplicated().any():
+            raise ValueError("Universe: a sample_id has more than one label in the deltas table")
+        ids = ids.sort_values("sample_id")
+        sid, lab = ids["sample_id"].to_numpy(), ids["label"].to_numpy()
+        strata = [np.flatnonzero(lab == c) for c in np.unique(lab)]
+        return cls(sid, lab, strata)
+
+    def index(self, sample_ids) -> np.ndarray:
+        return np.searchsorted(self.sample_id, np.asarray(sample_ids))
+
+
+def stratified_counts(universe: Universe, n: int, rng: np.random.Generator) -> np.ndarray:
+    """(n, S) multiplicities of one class-stratified bootstrap draw per row: within each class of
+    size n_c, counts ~ Multinomial(n_c, 1/n_c each), so every class keeps its size."""
+    out = np.zeros((n, len(universe.sample_id)), dtype=np.uint16)
+    for idx in universe.strata:
+        out[:, idx] = rng.multinomial(len(idx), np.full(len(idx), 1 / len(idx)), size=n)
+    return out
+
+
+def within_class_permutations(universe: Universe, n: int, rng: np.random.Generator) -> np.ndarray:
+    """(n, S) universe indices: row p maps sample i to the sample whose memo it takes, a uniform
+    random permutation within each class (shared by every boundary, order and condition)."""
+    out = np.empty((n, len(universe.sample_id)), dtype=np.int64)
+    for idx in universe.strata:
+        out[:, idx] = idx[rng.permuted(np.broadcast_to(np.arange(len(idx)), (n, len(idx))), axis=1)]
+    return out
+
+
+@dataclass
+class RankIndex:
+    """Sort order and tie groups of one value vector, so weighted ranks need no sort."""
+
+    order: np.ndarray
+    starts: np.ndarray
+    inverse: np.ndarray
+
+    @classmethod
+    def of(cls, values: np.ndarray) -> RankIndex:
+        order = np.argsort(values, kind="stable")
+        s = values[order]
+        new = np.r_[True, s[1:] != s[:-1]]
+        inverse = np.empty(len(values), dtype=np.int64)
+        inverse[order] = np.cumsum(new) - 1
+        return cls(order, np.flatnonzero(new), inverse)
+
+    def ranks(self, w: np.ndarray) -> np.ndarray:
+        """Average ranks under multiplicities ``w`` (n, b): cumsum(g) - (g - 1) / 2 per tie group
+        (samples along axis 0, so every gather and segment sum moves whole rows of b replicates)."""
+        g = w[self.order]
+        if len(self.starts) < len(self.order):
+            g = np.add.reduceat(g, self.starts, axis=0)
+        avg = np.cumsum(g, axis=0)
+        avg -= (g - 1) / 2
+        return avg[self.inverse]
+
+
+def _colsum(a, b):
+    return np.einsum("ij,ij->j", a, b)
+
+
+class _Moments:
+    """Weighted centred ranks of one variable, and its class sums, for one batch of weights."""
+
+    def __init__(self, r: np.ndarray, w: np.ndarray, n_w: np.ndarray, class_starts: np.ndarray):
+        self.c = r
+        self.c -= (n_w + 1) / 2  # weighted mean rank is (N + 1) / 2 exactly
+        self.wc = w * self.c
+        self.by_class = np.add.reduceat(self.wc, class_starts, axis=0)
+
+
+def _within(sab, a: _Moments, b: _Moments, w_class):
+    """Class-demeaned weighted cross-product: S_ab - sum_c A_c B_c / W_c."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        corr = np.where(w_class > 0, a.by_class * b.by_class / np.where(w_class > 0, w_class, 1), 0.0)
+    return sab - corr.sum(axis=0)
+
+
+def cell_statistics(w: np.ndarray, x: _Moments, l: _Moments, y: _Moments, w_class: np.ndarray,
+                    sxx: np.ndarray, sll: np.ndarray, sxl: np.ndarray) -> np.ndarray:
+    """(b, 2): raw Spearman and within-class partial Spearman given r(loss_t) (module docstring)."""
+    sxy, syy, syl = _colsum(x.wc, y.c), _colsum(y.wc, y.c), _colsum(l.wc, y.c)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        raw = sxy / np.sqrt(sxx * syy)
+        txx, tyy, tll = _within(sxx, x, x, w_class), _within(syy, y, y, w_class), _within(sll, l, l, w_class)
+        txy, txl, tyl = _within(sxy, x, y, w_class), _within(sxl, x, l, w_class), _within(syl, y, l, w_class)
+        pxx, pyy, pxy = txx - txl**2 / tll, tyy - tyl**2 / tll, txy - txl * tyl / tll
+        partial = pxy / np.sqrt(pxx * pyy)
+    return np.clip(np.stack([raw, partial], axis=1), -1, 1)
+
+
+@dataclass
+class Cell:
+    """One (cell key, outcome set): rows sorted by class, rank indexes of memo, loss_t, outcomes."""
+
+    key: dict
+    outcomes: list
+    idx: np.ndarray  # universe index per row
+    class_starts: np.ndarray
+    memo: np.ndarray
+    memo_rank: RankIndex
+    loss_rank: RankIndex
+    y_rank: list
+    closed: bool  # every class in the cell is complete, so a within-class permutation maps it onto itself
+
+
+def build_cells(old: pd.DataFrame, universe: Universe, keys: Sequence[str], outcomes: Sequence[str],
+                memo: str = "memo") -> list[Cell]:
+    """Cells of ``old`` (old-class rows) per combination of ``keys``; rows need finite memo, loss_t
+    and outcome; outcomes sharing the same finite rows share one Cell (and its memo/loss ranks).
+    Cells with fewer than ``MIN_N`` rows are left out (their statistics are NaN)."""
+    require(old, list(keys) + ["sample_id", "label", "loss_t", memo] + list(outcomes), "build_cells")
+    labels = np.unique(universe.label)
+    class_size = np.bincount(np.searchsorted(labels, universe.label), minlength=len(labels))
+    data = finite(old, [memo, "loss_t"])
+    if data.empty:
+        raise ValueError("build_cells: no old-class rows with finite memo and loss_t")
+    code = data.groupby(list(keys), sort=True).ngroup().to_numpy()
+    first_row = np.unique(code, return_index=True)[1]  # first row of group g, g = 0, 1, ... (sorted keys)
+    firsts = data[list(keys)].iloc[first_row].to_dict("records")
+    lab_all = np.searchsorted(labels, data["label"].to_numpy())
+    sid_all = universe.index(data["sample_id"].to_numpy())
+    memo_all = data[memo].to_numpy(float)
+    loss_all = data["loss_t"].to_numpy(float)
+    ys_all = data[list(outcomes)].apply(pd.to_numeric, errors="coerce").to_numpy(float)
+    order = np.lexsort((sid_all, lab_all, code))
+    bounds = np.flatnonzero(np.r_[True, np.diff(code[order]) != 0, True])
+    cells = []
+    for gi in range(len(bounds) - 1):
+        rows = order[bounds[gi]:bounds[gi + 1]]
+        key = firsts[int(code[rows[0]])]
+        if len(np.unique(sid_all[rows])) < len(rows):
+            raise ValueError(f"build_cells: sample ids repeat within cell {key}; one row per sample expected")
+        ok = np.isfinite(ys_all[rows])
+        groups: dict[bytes, list[int]] = {}
+        for j in range(len(outcomes)):
+            groups.setdefault(ok[:, j].tobytes(), []).append(j)
+        for mask_bytes, js in groups.items():
+            sub = rows[np.frombuffer(mask_bytes, dtype=bool)]
+            if len(sub) < MIN_N:
+                continue
+            lab = lab_all[sub]
+            starts = np.flatnonzero(np.r_[True, lab[1:] != lab[:-1]])
+            counts = np.diff(np.r_[starts, len(lab)])
+            cells.append(Cell(
+                key=key, outcomes=[outcomes[j] for j in js], idx=sid_all[sub], class_starts=starts,
+                memo=memo_all[sub], memo_rank=RankIndex.of(memo_all[sub]), loss_rank=RankIndex.of(loss_all[sub]),
+                y_rank=[RankIndex.of(ys_all[sub, j]) for j in js],
+                closed=bool((counts == class_size[lab[starts]]).all()),
+            ))
+    return cells
+
+
+def _cell_chunks(cell: Cell, w: np.ndarray) -> np.ndarray:
+    """``_cell_batch`` over replicate chunks of at most ``CELL_ELEMENTS`` weights."""
+    step = max(1, CELL_ELEMENTS // len(cell.idx))
+    return np.concatenate([_cell_batch(cell, w[:, i:i + step].astype(np.float64))
+                           for i in range(0, w.shape[1], step)])
+
+
+def _cell_batch(cell: Cell, w: np.ndarray, memo_ranks: np.ndarray | None = None) -> np.ndarray:
+    """(b, n_outcomes, 2) statistics of ``cell`` under multiplicities ``w`` (n, b); ``memo_ranks``
+    (n, b) overrides the memo ranks (permutation null, unit weights)."""
+    w = np.asarray(w, dtype=np.float64)
+    n_w = w.sum(axis=0)
+    xr = cell.memo_rank.ranks(w) if memo_ranks is None else np.array(memo_ranks, dtype=np.float64)
+    x = _Moments(xr, w, n_w, cell.class_starts)
+    l = _Moments(cell.loss_rank.ranks(w), w, n_w, cell.class_starts)
+    w_class = np.add.reduceat(w, cell.class_starts, axis=0)
+    sxx, sll, sxl = _colsum(x.wc, x.c), _colsum(l.wc, l.c), _colsum(x.wc, l.c)
+    out = np.empty((w.shape[1], len(cell.outcomes), 2))
+    for j, yr in enumerate(cell.y_rank):
+        y = _Moments(yr.ranks(w), w, n_w, cell.class_starts)
+        out[:, j] = cell_statistics(w, x, l, y, w_class, sxx, sll, sxl)
+    return out
+
+
+def _null_closed(cell: Cell, xr: np.ndarray) -> np.ndarray:
+    """(p, n_outcomes, 2) statistics of a closed cell with unit weights and permuted memo ranks
+    ``xr`` (n, p): the outcome and loss ranks, every class sum of the memo ranks and S_xx do not
+    change under a within-class permutation, so only S_xy and S_xl are new: one matrix product."""
+    n = len(cell.idx)
+    one = np.ones((n, 1))
+    centre = (n + 1) / 2
+    x0 = cell.memo_rank.ranks(one)[:, 0] - centre
+    lc = cell.loss_rank.ranks(one)[:, 0] - centre
+    ycs = np.stack([yr.ranks(one)[:, 0] - centre for yr in cell.y_rank], axis=1)  # (n, J)
+    starts = cell.class_starts
+    wc = np.diff(np.r_[starts, n]).astype(float)
+    xc_class, lc_class = np.add.reduceat(x0, starts), np.add.reduceat(lc, starts)
+    yc_class = np.add.reduceat(ycs, starts, axis=0)  # (C, J)
+    sxx, sll = x0 @ x0, lc @ lc
+    syy, syl = np.einsum("ij,ij->j", ycs, ycs), lc @ ycs
+    txx, tll = sxx - np.sum(xc_class**2 / wc), sll - np.sum(lc_class**2 / wc)
+    tyy = syy - np.sum(yc_class**2 / wc[:, None], axis=0)
+    tyl = syl - (lc_class / wc) @ yc_class
+    xc = xr - centre  # (n, p)
+    prod = xc.T @ np.column_stack([ycs, lc])  # (p, J + 1)
+    sxy, sxl = prod[:, :-1], prod[:, -1]
+    txy = sxy - (xc_class / wc) @ yc_class
+    txl = sxl - np.sum(xc_class * lc_class / wc)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        raw = sxy / np.sqrt(sxx * syy)
+        pxx = txx - txl**2 / tll
+        pyy = tyy - tyl**2 / tll
+        pxy = txy - txl[:, None] * tyl[None, :] / tll
+        partial = pxy / np.sqrt(pxx[:, None] * pyy[None, :])
+    return np.clip(np.stack([raw, partial], axis=2), -1, 1)
+
+
+@dataclass
+class Resampled:
+    """Cell estimates: ``rows`` (key columns, outcome, n), ``estimate`` (R, 2), ``boot`` (B, R, 2),
+    ``null`` (P, R, 2); axis -1 is the estimator (raw, partial); ``sample_idx`` universe indices per row.
+    NaN replicates (degenerate resamples of tiny cells) are replaced by the cell's estimate."""
+
+    rows: pd.DataFrame
+    estimate: np.ndarray
+    boot: np.ndarray
+    null: np.ndarray
+    sample_idx: list
+    universe: Universe
+
+
+def resample(old: pd.DataFrame, keys: Sequence[str], outcomes: Sequence[str], n_boot: int, n_null: int,
+             rng: np.random.Generator, memo: str = "memo", threads: int = 1) -> Resampled:
+    """Estimates, bootstrap replicates and permutation-null replicates of every cell of ``old``.
+
+    Bootstrap: ``n_boot`` class-stratified sample-id draws (``stratified_counts``), each applied to
+    every cell. Null: ``n_null`` within-class permutations of memo across samples
+    (``within_class_permutations``), each shared by every cell; ranks of the permuted memo in
+    the cell (a re-indexing of the memo ranks when the cell holds whole classes). Cells are
+    evaluated on ``threads`` threads (numpy releases the GIL; results do not depend on it).
+    """
+    universe = Universe.of(old)
+    cells = build_cells(old, universe, keys, outcomes, memo)
+    meta = [{**c.key, "outcome": o, "n": len(c.idx)} for c in cells for o in c.outcomes]
+    n_rows = len(meta)
+    est = np.empty((n_rows, 2))
+    boot = np.empty((n_boot, n_rows, 2))
+    null = np.empty((n_null, n_rows, 2))
+    spans, r = [], 0
+    for c in cells:
+        spans.append(slice(r, r + len(c.outcomes)))
+        r += len(c.outcomes)
+    for c, sl in zip(cells, spans):
+        est[sl] = _cell_batch(c, np.ones((len(c.idx), 1)))[0]
+    batch = max(1, COUNT_ELEMENTS // len(universe.sample_id))
+    for b0 in range(0, n_boot, batch):
+        w_all = np.ascontiguousarray(stratified_counts(universe, min(batch, n_boot - b0), rng).T)  # (S, b)
+
+
+        def one(c_sl, w_all=w_all, b0=b0):
+            c, sl = c_sl
+            boot[b0:b0 + w_all.shape[1], sl] = _cell_chunks(c, w_all[c.idx])
+
+        with ThreadPoolExecutor(max(1, int(threads))) as pool:
+            list(pool.map(one, zip(cells, spans)))
+    static = np.full(len(universe.sample_id), np.nan)
+    for c in cells:
+        static[c.idx] = c.memo
+    for p0 in range(0, n_null, batch):
+        perm = within_class_permutations(universe, min(batch, n_null - p0), rng)
+        for c, sl in zip(cells, spans):
+            if c.closed:
+                pos = np.full(len(universe.sample_id), -1)
+                pos[c.idx] = np.arange(len(c.idx))
+                base = c.memo_rank.ranks(np.ones((len(c.idx), 1)))[:, 0]
+            step = max(1, CELL_ELEMENTS // len(c.idx))
+            for i in range(0, len(perm), step):
+                pp = perm[i:i + step, c.idx].T  # (n, p)
+                xr = base[pos[pp]] if c.closed else stats.rankdata(static[pp], axis=0)
+                null[p0 + i:p0 + i + pp.shape[1], sl] = (_null_closed(c, xr) if c.closed else
+                                                          _cell_batch(c, np.ones(pp.shape), memo_ranks=xr))
+    # a degenerate resample of a tiny cell (constant ranks) gives NaN: count it as the estimate
+    boot = np.where(np.isfinite(boot), boot, est[None])
+    null = np.where(np.isfinite(null), null, est[None])
+    sample_idx = [c.idx for c, sl in zip(cells, spans) for _ in range(sl.stop - sl.start)]
+    return Resampled(pd.DataFrame(meta), est, boot, null, sample_idx, universe)
