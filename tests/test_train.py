@@ -234,8 +234,8 @@ def test_before_window_ends_at_the_best_epoch(tmp_path, small, digits, monkeypat
     the last epoch, and the end checkpoint the best epoch's weights."""
     real, calls = train.evaluate, []
 
-    def planted(model, data_, rows, mask, batch_size):
-        loss, _ = real(model, data_, rows, mask, batch_size)
+    def planted(model, data_, rows, mask, batch_size, *aug):
+        loss, _ = real(model, data_, rows, mask, batch_size, *aug)
         calls.append(1)
         return loss, val_acc[min((len(calls) - 1) // 2, len(val_acc) - 1)]
 
