@@ -12,6 +12,7 @@ import torch  # noqa: E402
 from memplast import io  # noqa: E402
 from memplast.augment import normalize  # noqa: E402
 from memplast.cli import entrypoint  # noqa: E402
+from memplast.runtime import resolve as runtime_of  # noqa: E402
 from memplast.config import SCORE_COLUMNS  # noqa: E402
 from memplast.curvature import curvature_scores  # noqa: E402
 from memplast.data import load_prepared  # noqa: E402
@@ -20,10 +21,12 @@ from memplast.probes import probe_boundary  # noqa: E402
 from memplast.train import resolve_device, task_classes  # noqa: E402
 
 
-def main(prepared: str, order: str, kept: str, checkpoints: list, probes: str, boundary: int, cfg: dict):
+def main(prepared: str, order: str, kept: str, checkpoints: list, probes: str, boundary: int, cfg: dict,
+         runtime: dict | None = None):
     """Write the long probe table of boundary BOUNDARY from its window CHECKPOINTS."""
     proto, pcfg = cfg["protocol"], cfg["probes"]
-    device = resolve_device(proto["device"])
+    rt = runtime_of(cfg, runtime)
+    device = resolve_device(rt["device"])
     data = load_prepared(prepared)
     classes = pd.read_csv(order)["class"].to_numpy()
     old = task_classes(classes, boundary, proto["classes_per_task"])
@@ -40,7 +43,7 @@ def main(prepared: str, order: str, kept: str, checkpoints: list, probes: str, b
         {e: m for e, (m, _) in models.items()}, (boundary + 1) * proto["epochs_per_task"], images, labels,
         data.sample_id[rows], np.isin(data.labels[rows], old), class_mask(old, data.n_classes, device),
         {e: mask for e, (_, mask) in models.items()}, proto["lr"], taus=pcfg["taus"],
-        batch_size=pcfg["batch_size"], device=device, bn_mode=pcfg["bn_mode"],
+        batch_size=pcfg.get("batch_size", rt["probe_batch_size"]), device=device, bn_mode=pcfg["bn_mode"],
     )
     table.insert(2, "boundary", boundary)
     if pcfg["curvature"]:
