@@ -16,7 +16,7 @@ import os
 # config section -> keys that are runtime settings in it
 RUNTIME_KEYS = {
     "protocol": ("device", "eval_batch_size", "state_every"),
-    "probes": ("batch_size",),
+    "probes": ("batch_size", "keep_checkpoints"),  # keep_checkpoints: disk only (rules/train.smk)
 }
 # rule -> its family under config `resources:` (for the fix named by check_gpu)
 RULE_FAMILY = {"train_task": "train", "memo_scorer": "memo_scorer", "memo_curvature": "curvature",

@@ -76,6 +76,11 @@ def cfg_slice(*keys):
     return {k: runtime.science(k, config[k]) for k in keys}
 
 
+def maybe_temp(paths):
+    """Window checkpoints: temp() when probes.keep_checkpoints is false (deleted after use)."""
+    return paths if config["probes"]["keep_checkpoints"] else temp(paths)
+
+
 def job(family, key):
     """A resource value of a rule family from config['resources']."""
     return config["resources"][family][key]
@@ -101,6 +106,7 @@ def expand_all_targets():
         "class_balance",
         "order_diagnostics",
         "memo_validation",
+        "training_curves",
     ]
     return [
         *expand("results/figures/{name}.pdf", name=figures),

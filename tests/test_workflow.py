@@ -60,7 +60,8 @@ DEMO = [str(ROOT / "config.yaml"), str(ROOT / "config" / "demo.yaml")]
 def test_dry_run_demo(tmp_path):
     out = snakemake("-n", "--directory", str(tmp_path), "--configfile", *DEMO)
     counts = job_counts(out.stdout)
-    assert counts["train_task"] == 2 * 5 * 5  # 2 class orders x 5 conditions x 5 tasks
+    # 2 class orders x 5 tasks x (4 probed conditions + the retrained reference, without window checkpoints)
+    assert counts["train_task"] == 2 * 4 * 5 and counts["train_task_reference"] == 2 * 1 * 5
     assert counts["probe"] == 2 * 4 * 4 and counts["memo_curvature"] == 5  # no probes of retrained references
 
 
@@ -70,7 +71,8 @@ def test_dry_run_paper_scale_is_fast(tmp_path):
     seconds = time.perf_counter() - t0
     counts = job_counts(out.stdout)
     # 5 class orders x 6 conditions x 20 tasks; probes for the 5 non-reference conditions x 19 boundaries
-    assert counts["train_task"] == 5 * 6 * 20 and counts["probe"] == 5 * 5 * 19
+    assert counts["train_task"] == 5 * 5 * 20 and counts["train_task_reference"] == 5 * 1 * 20
+    assert counts["probe"] == 5 * 5 * 19
     assert counts["memo_curvature"] == 50 and counts["download"] == 1
     assert seconds < 60, f"paper-scale DAG took {seconds:.1f} s"
 
