@@ -12,6 +12,7 @@ No heavy imports here: the Snakefile imports this module at DAG-build time.
 from __future__ import annotations
 
 import os
+import sys
 
 # config section -> keys that are runtime settings in it
 RUNTIME_KEYS = {
@@ -71,8 +72,9 @@ def check_gpu(job: str, family: str | None, gpu: int, device: str, cuda_availabl
     if not gpu or gpu <= 0 or device == "cpu":
         return
     if cuda_available is None:
-        import torch
-
+        torch = sys.modules.get("torch")
+        if torch is None:  # the job's script never imported torch: it cannot use a GPU anyway
+            return
         cuda_available = torch.cuda.is_available()
     if cuda_available:
         return
