@@ -24,10 +24,12 @@ HEADLINE = "results/figures/memo_vs_dgrad.pdf"
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--configfile", nargs="+", default=[str(ROOT / "config.yaml")])
+    ap.add_argument("--configfile", nargs="+", default=["config.yaml"], help="relative to the repository root")
     ap.add_argument("--target", default=HEADLINE, help=f"the headline target (default {HEADLINE})")
     args = ap.parse_args(argv)
-    cfg = mpconfig.load(*args.configfile)
+    args.configfile = [str(Path(c).resolve().relative_to(ROOT)) if Path(c).resolve().is_relative_to(ROOT) else c
+                       for c in args.configfile]
+    cfg = mpconfig.load(*(ROOT / c for c in args.configfile))
     sizes = budget.Sizes(cfg)
     proto = cfg["protocol"]
     print(f"config: {' + '.join(args.configfile)}; model {cfg['model']['arch']} width {cfg['model']['width']}: "
