@@ -4,6 +4,7 @@ configuration (outputs, provenance, determinism), lint and formatting."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -148,6 +149,31 @@ def test_tiny_run_produces_figures_tables_and_provenance(tiny_run):
 
 
 @pytest.mark.slow
+def test_runtime_settings_rerun_nothing_and_training_is_watchable(tiny_run, tmp_path):
+    import yaml
+
+    from memplast import curves
+
+    runtime_only = tmp_path / "runtime.yaml"
+    runtime_only.write_text(yaml.safe_dump({"protocol": {"eval_batch_size": 7, "state_every": 3, "device": "cpu"},
+                                            "probes": {"batch_size": 13, "keep_checkpoints": True}}))
+    out = snakemake("-n", "--directory", str(tiny_run), "--configfile", *TINY, str(runtime_only))
+    assert "Nothing to be done" in out.stdout + out.stderr
+    science = tmp_path / "science.yaml"  # control: a science setting does rerun training
+    science.write_text(yaml.safe_dump({"protocol": {"lr": 0.07}}))
+    out = snakemake("-n", "--quiet", "rules", "--directory", str(tiny_run), "--configfile", *TINY, str(science))
+    assert job_counts(out.stdout)["train_task"] > 0
+    # one log line per epoch, and every run's epochs in the study-wide curves
+    log = (tiny_run / "logs/train/order0/none/random/none/base/task1.log").read_text()
+    assert [int(e) for e in re.findall(r"task 1: epoch (\d+)/4 train loss [0-9.]+ acc [0-9.]+ \| val acc", log)] == [1, 2, 3, 4]
+    assert re.search(r"img/s \| ETA \d+:\d\d:\d\d", log)
+    table = pd.read_parquet(tiny_run / "results/stats/training_curves.parquet")
+    assert len(table) == 2 * 2 * 3 * 4 and table.groupby("run")["epoch"].nunique().eq(12).all()  # runs x tasks x E
+    assert (curves.flag_runs(table)["status"] == "ok").all()
+    assert (tiny_run / "results/figures/training_curves.pdf").stat().st_size > 1000
+
+
+@pytest.mark.slow
 def test_report_is_generated(tiny_run):
     snakemake("--directory", str(tiny_run), "--report", "results/report.html", "--configfile", *TINY)
     html = (tiny_run / "results" / "report.html").read_text(errors="ignore")
@@ -200,6 +226,7 @@ def test_killed_training_job_resumes(tiny_run, tmp_path, kill_omp, finish_omp):
     assert any("resuming after task-epoch" in p.read_text() for p in logs), out.stderr[-2000:]
     resumed = torch.load(work / run / "task1/end.pt", weights_only=True)["model"]
     assert all(torch.equal(ref[k], resumed[k]) for k in ref)
+    assert "resuming after task-epoch" in (work / "logs/train/order0/none/random/none/base/task1.log").read_text()
 
 
 def _cfg_slice():
@@ -208,4 +235,7 @@ def _cfg_slice():
     from memplast import config as mpconfig
 
     cfg = mpconfig.load(*TINY)
-    return json.dumps({k: cfg[k] for k in ("dataset", "model", "protocol", "ordering", "weighting")})
+    from memplast import runtime
+
+    # as the rule passes it (rules/common.smk cfg_slice): without the runtime settings
+    return json.dumps({k: runtime.science(k, cfg[k]) for k in ("dataset", "model", "protocol", "ordering", "weighting")})
