@@ -1,13 +1,20 @@
 # Two entry points for a fresh machine (README): `make demo` and `make test`.
 # Each creates .venv and installs the pinned dependencies on first use.
-PYTHON ?= python3
+# pyproject.toml requires Python 3.11: use python3.11 when present, else `make ... PYTHON=/path/to/python3.11`.
+PYTHON ?= $(shell command -v python3.11 2>/dev/null)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+# Config files for `make status` / `make budget` (paper-scale defaults; the demo: CONFIG="config.yaml config/demo.yaml").
+CONFIG ?= config.yaml
 
-.PHONY: demo test lint dag dryrun-paper bench clean
+.PHONY: demo test lint dag dryrun-paper bench budget status check-python clean
 
-$(STAMP): pyproject.toml
+check-python:
+	@test -n "$(PYTHON)" || { echo "memplast needs Python 3.11 (pyproject.toml: requires-python >=3.11,<3.12) and found no python3.11 on PATH; install it or run make with PYTHON=/path/to/python3.11"; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null || { echo "memplast needs Python 3.11 but PYTHON=$(PYTHON) is not Python 3.11 (or does not run); run make with PYTHON=/path/to/python3.11"; exit 1; }
+
+$(STAMP): pyproject.toml | check-python
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
@@ -33,6 +40,15 @@ dag: $(STAMP)
 # Paper-scale dry run: job counts per rule and DAG build time.
 dryrun-paper: $(STAMP)
 	$(BIN)/python benchmarks/bench_dryrun.py
+
+# Jobs per rule, GPU-hours by rule and disk by output kind of the whole study and of the headline
+# figure alone, from the config (paper-scale defaults unless CONFIG is given).
+budget: $(STAMP)
+	$(BIN)/python scripts/budget.py --configfile $(CONFIG)
+
+# Per-rule jobs done / remaining / total of the run in this directory (demo: CONFIG="config.yaml config/demo.yaml").
+status: $(STAMP)
+	$(BIN)/python scripts/status.py --configfile $(CONFIG)
 
 clean:
 	rm -rf results/* logs .snakemake benchmarks/*/

@@ -30,6 +30,7 @@ include: "rules/memo.smk"
 include: "rules/train.smk"
 include: "rules/probe.smk"
 include: "rules/stats.smk"
+include: "rules/curves.smk"
 
 
 # Cheap jobs (and downloads, since compute nodes often lack internet) run on the
@@ -45,6 +46,7 @@ localrules:
     figure_class_balance,
     figure_order_diagnostics,
     memo_validation,
+    training_curves,
 
 
 rule all:

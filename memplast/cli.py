@@ -23,6 +23,8 @@ import time
 
 import yaml
 
+from memplast import runtime
+
 log = logging.getLogger("memplast")
 
 
@@ -43,6 +45,15 @@ def _snakemake_kwargs(smk) -> dict:
                 raise RuntimeError(f"rule {smk.rule}: name {name!r} used twice among input/output/params")
             kwargs[name] = value
     return kwargs
+
+
+def _runtime(smk) -> dict:
+    """Runtime settings from the config (not from params: they must not trigger reruns), after
+    stopping a job that requested a GPU it cannot see."""
+    settings = runtime.settings(smk.config)
+    gpu = int(smk.resources.get("gpu", 0) or 0)
+    runtime.check_gpu(f"rule {smk.rule}", runtime.RULE_FAMILY.get(smk.rule), gpu, settings["device"])
+    return settings
 
 
 def _parse(value: str):
@@ -77,6 +88,11 @@ def entrypoint(main, smk=None) -> None:
     if smk is not None:
         setup_logging(smk.log[0] if smk.log else None)
         kwargs = _snakemake_kwargs(smk)
+        try:
+            kwargs["runtime"] = _runtime(smk)
+        except runtime.NoGPUError as exc:  # one line naming the fix, no traceback
+            log.error("%s", exc)
+            raise SystemExit(1) from None
         threads = smk.threads
         job = f"{smk.rule} {dict(smk.wildcards.items())}"
     else:

@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm import tqdm
+from memplast.progress import tqdm
 
 from memplast.models import eval_mode, masked_labels, masked_logits, per_sample_loss
 

@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, jvp
-from tqdm import tqdm
+from memplast.progress import tqdm
 
 from memplast.models import eval_mode
 

@@ -30,7 +30,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from memplast import augment, orderings
 from memplast.algorithms import CBP, make_upgd, shrink_perturb_step, uses_cbp, uses_upgd
@@ -120,6 +119,18 @@ def evaluate(model, data: DeviceData, rows: np.ndarray, mask: torch.Tensor, batc
             correct += (pred == y).sum().item()
     n = max(len(rows), 1)
     return total_loss / n, correct / n
+
+
+def log_epoch(where: str, row: dict, n_epochs: int, eta_seconds: float) -> None:
+    """One progress line per epoch: task-epoch, train loss/acc, val acc, lr, images/s, ETA of the task."""
+    log.info("%s: epoch %d/%d train loss %.4f acc %.4f | val acc %.4f | lr %.3g | %.0f img/s | ETA %s",
+             where, row["task_epoch"], n_epochs, row["train_loss"], row["train_acc"], row["val_acc"], row["lr"],
+             row["images_per_sec"], _hms(eta_seconds))
+
+
+def _hms(seconds: float) -> str:
+    s = int(round(max(seconds, 0.0)))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -307,7 +318,11 @@ def run_task(spec: RunSpec, prepared: Prepared, protocol: dict, model_cfg: dict,
 
     # ------------------------------------------------------------------ resume
     start_epoch, best, rows, order_rows = 0, None, [], []
-    saved = {}  # checkpoints written so far in this task: epoch -> weights (kept for a resume)
+    # Window checkpoints are written to a staging directory next to the resume file (which Snakemake
+    # does not delete when it kills a job) and moved onto the outputs when the task ends, so a
+    # resume finds them on disk and the resume file never holds copies of them.
+    staging = Path(resume_path).with_suffix(".ckpt")
+    staged = lambda g: staging / f"e{g}.pt"  # noqa: E731
     runtime = {"threads": torch.get_num_threads(), "device": str(device), "torch": torch.__version__}
     provenance = {**provenance, "runtime": {**provenance.get("runtime", {}), **runtime}}
     key = science_key(provenance)
@@ -316,6 +331,9 @@ def run_task(spec: RunSpec, prepared: Prepared, protocol: dict, model_cfg: dict,
         r = torch.load(resume_path, map_location=device, weights_only=False)
         # the before-window needs the states of the epochs before the kill: same window size only
         fits = r["spec"] == spec.name and r["task"] == t and r["config"] == key and r.get("window", 0) == recent.maxlen
+        if fits and not ("staged" in r and all(staged(g).exists() for g in r["staged"])):
+            log.info("%s: resume file %s lacks its staged window checkpoints; the task restarts", where, resume_path)
+            fits = False
         if fits and r.get("runtime") != runtime:
             # CPU reductions (convolution backward above all) depend on the thread count, GPU
             # kernels on the device: a resume under other settings is not bitwise the same run.
@@ -335,18 +353,14 @@ def run_task(spec: RunSpec, prepared: Prepared, protocol: dict, model_cfg: dict,
             if cbp is not None:
                 cbp.load_state_dict(r["cbp"])
             base, best, rows, order_rows, start_epoch = r["base"], r["best"], r["metrics"], r["orders"], r["epoch"]
-            saved = r["saved"]
             recent.extend(r.get("recent", []))
-            # Snakemake removes the outputs of a killed job: write its earlier checkpoints again
-            for g, weights in saved.items():
-                save_checkpoint(checkpoints[g], _loaded(model, weights), {**meta, "epoch": g, "task": t, "seen": seen.tolist()}, provenance)
-            model.load_state_dict(r["model"])
             log.info("%s: resuming after task-epoch %d from %s", where, start_epoch, resume_path)
         elif r["config"] != key or r["spec"] != spec.name or r["task"] != t or r.get("window", 0) != recent.maxlen:
             log.info("%s: ignoring stale resume file %s", where, resume_path)
 
     best_acc = best["val_acc"] if best else -math.inf
-    for e in tqdm(range(start_epoch, E), desc=f"task {t}", mininterval=10, initial=start_epoch, total=E):
+    t_start = time.perf_counter()
+    for e in range(start_epoch, E):
         g = t * E + e + 1
         lr = lr_at(e, base_lr, protocol["lr_milestones"], protocol["lr_gamma"])
         for group in optimizer.param_groups:
@@ -370,21 +384,22 @@ def run_task(spec: RunSpec, prepared: Prepared, protocol: dict, model_cfg: dict,
                      "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc,
                      "seconds": seconds, "images_per_sec": len(order) / seconds,
                      "bn_reestimated": bn_reestimate, "replaced": cbp.pop_replaced() if cbp is not None else 0})
+        log_epoch(where, rows[-1], E, (time.perf_counter() - t_start) / (e + 1 - start_epoch) * (E - e - 1))
         if recent.maxlen:
             recent.append((g, {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}))
         if val_acc > best_acc:  # strict: the earliest best epoch wins ties
             best_acc = val_acc
             best = {"val_acc": val_acc, "epoch": g, "model": copy.deepcopy(model.state_dict()), "window": list(recent)}
         if g in checkpoints and g != (t + 1) * E:
-            save_checkpoint(checkpoints[g], model, {**meta, "epoch": g, "task": t, "seen": seen.tolist()}, provenance)
-            saved[g] = copy.deepcopy(model.state_dict())
+            save_checkpoint(staged(g), model, {**meta, "epoch": g, "task": t, "seen": seen.tolist()}, provenance)
         if (e + 1) % protocol["state_every"] == 0 and e + 1 < E:
             with atomic_path(resume_path) as tmp:
                 torch.save({"spec": spec.name, "task": t, "config": key, "runtime": runtime,
                             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                             "generator": generator.get_state(), "noise_generator": noise_gen.get_state(),
                             "base": base, "best": best, "metrics": rows, "orders": order_rows, "epoch": e + 1,
-                            "saved": saved, "recent": list(recent), "window": recent.maxlen,
+                            "staged": [g for g in checkpoints if g <= t * E + e + 1 and g != (t + 1) * E],
+                            "recent": list(recent), "window": recent.maxlen,
                             "cbp": cbp.state_dict() if cbp is not None else None}, tmp)
         if stop_after_epoch is not None and g >= stop_after_epoch:
             raise KeyboardInterrupt(f"stopped after epoch {g} (test hook)")
@@ -417,6 +432,12 @@ def run_task(spec: RunSpec, prepared: Prepared, protocol: dict, model_cfg: dict,
                  "test_loss": test_loss, "test_acc": test_acc, "seconds": float("nan"), "images_per_sec": float("nan"),
                  "best_epoch": best["epoch"] if best else end_epoch, "bn_reestimated": bn_reestimate,
                  "replaced": int(sum(r["replaced"] for r in rows if r["kind"] == "epoch" and r["task"] == t))})
+    for g in sorted(checkpoints):
+        if g != end_epoch:
+            Path(checkpoints[g]).parent.mkdir(parents=True, exist_ok=True)
+            staged(g).replace(checkpoints[g])
+    if staging.is_dir() and not any(staging.iterdir()):
+        staging.rmdir()
     if end_epoch in checkpoints:
         save_checkpoint(checkpoints[end_epoch], model, {**meta, "epoch": end_epoch, "task": t, "seen": seen.tolist()}, provenance)
     with atomic_path(end_state) as tmp:
@@ -467,7 +488,8 @@ def train_scorer(prepared: Prepared, scorer: dict, aug_cfg: dict, checkpoints: d
     milestones = [math.floor(f * scorer["epochs"]) for f in scorer["milestones_frac"]]
     csl = CSLAccumulator()
     rows = []
-    for e in tqdm(range(scorer["epochs"]), desc="scorer", mininterval=10):
+    t_start = time.perf_counter()
+    for e in range(scorer["epochs"]):
         lr = lr_at(e, scorer["lr"], milestones, scorer["lr_gamma"])
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -481,7 +503,9 @@ def train_scorer(prepared: Prepared, scorer: dict, aug_cfg: dict, checkpoints: d
         test_loss, test_acc = evaluate(model, data, test_rows, mask, eval_batch_size)
         rows.append({"epoch": e + 1, "lr": lr, "train_loss": float(losses.mean()), "train_acc": train_acc,
                      "val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc,
-                     "seconds": seconds})
+                     "seconds": seconds, "images_per_sec": len(order) / seconds})
+        log_epoch("memo scorer", {**rows[-1], "task_epoch": e + 1}, scorer["epochs"],
+                  (time.perf_counter() - t_start) / (e + 1) * (scorer["epochs"] - e - 1))
         if e + 1 in checkpoints:
             save_checkpoint(checkpoints[e + 1], model, {**meta, "epoch": e + 1}, provenance)
     log.info("scorer: final train acc %.4f, val acc %.4f, test acc %.4f", train_acc, val_acc, test_acc)

@@ -1,6 +1,7 @@
 # Paths, the run grid and small helpers shared by every rule family.
 import math
 
+from memplast import runtime
 from memplast.config import FACTORS, condition_path, conditions, n_classes
 from memplast.train import probe_epochs
 
@@ -69,8 +70,15 @@ def bench_path(name):
 
 
 def cfg_slice(*keys):
-    """The config sections a rule depends on, passed as params (changes trigger reruns)."""
-    return {k: config[k] for k in keys}
+    """The config sections a rule depends on, passed as params (changes trigger reruns).
+    Runtime settings (device, eval/probe batch sizes, state_every) are left out: the scripts
+    read them from the config (memplast/runtime.py), so changing them reruns nothing."""
+    return {k: runtime.science(k, config[k]) for k in keys}
+
+
+def maybe_temp(paths):
+    """Window checkpoints: temp() when probes.keep_checkpoints is false (deleted after use)."""
+    return paths if config["probes"]["keep_checkpoints"] else temp(paths)
 
 
 def job(family, key):
@@ -98,6 +106,7 @@ def expand_all_targets():
         "class_balance",
         "order_diagnostics",
         "memo_validation",
+        "training_curves",
     ]
     return [
         *expand("results/figures/{name}.pdf", name=figures),

@@ -30,10 +30,12 @@ rule train_task:
         unpack(train_inputs),
     output:
         end=f"{RUN}/task{{task}}/end.pt",
-        checkpoints=expand(
-            f"{RUN}/task{{task}}/ckpt/te{{te}}.pt",
-            te=CKPT_TASK_EPOCHS,
-            allow_missing=True,
+        checkpoints=maybe_temp(
+            expand(
+                f"{RUN}/task{{task}}/ckpt/te{{te}}.pt",
+                te=CKPT_TASK_EPOCHS,
+                allow_missing=True,
+            )
         ),
         # before-window of the boundary after this task: slot j = epoch (best - j), known only
         # after training; live = the last epoch before the best weights are restored
@@ -47,6 +49,8 @@ rule train_task:
         log_path(f"train/{RUN_ID}/task{{task}}"),
     benchmark:
         bench_path(f"train/{RUN_ID}/task{{task}}")
+    wildcard_constraints:
+        algorithm=r"(?!retrained/)[^/]+",  # retrained: rule train_task_reference
     conda:
         ENV_TORCH
     threads: job("train", "threads")
@@ -67,3 +71,26 @@ rule train_task:
         cfg=cfg_slice("dataset", "model", "protocol", "ordering", "weighting"),
     script:
         "../scripts/train_task.py"
+
+
+# The `retrained` accuracy references are never probed: they save only the end-of-task checkpoint
+# (for their summary), not the probe windows.
+use rule train_task as train_task_reference with:
+    output:
+        end=f"{RUN}/task{{task}}/end.pt",
+        checkpoints=maybe_temp([f"{RUN}/task{{task}}/ckpt/te{E}.pt"]),
+        metrics=f"{RUN}/task{{task}}/metrics.parquet",
+        order_log=f"{RUN}/task{{task}}/order_log.parquet",
+    wildcard_constraints:
+        algorithm="retrained",
+    params:
+        run=lambda wc: RUN_ID.format(**wc),
+        seed=lambda wc: int(wc.seed),
+        task=lambda wc: int(wc.task),
+        ordering=lambda wc: wc.ordering,
+        alpha=lambda wc: parse_weighting(wc.weighting),
+        algorithm=lambda wc: wc.algorithm,
+        ckpt_task_epochs=[E],
+        resume=lambda wc: f"results/resume/{RUN_ID}/task{{task}}.pt".format(**wc),
+        score_col=score_column(config),
+        cfg=cfg_slice("dataset", "model", "protocol", "ordering", "weighting"),

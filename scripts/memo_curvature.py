@@ -14,13 +14,14 @@ from memplast.cli import entrypoint  # noqa: E402
 from memplast.curvature import checkpoint_seed, curvature_scores, strict_numerics  # noqa: E402
 from memplast.data import load_prepared  # noqa: E402
 from memplast.models import class_mask, load_checkpoint  # noqa: E402
+from memplast.runtime import resolve as runtime_of  # noqa: E402
 from memplast.train import resolve_device  # noqa: E402
 
 
-def main(prepared: str, checkpoint: str, curvature: str, cfg: dict):
+def main(prepared: str, checkpoint: str, curvature: str, cfg: dict, runtime: dict | None = None):
     """Score the samples of memo.splits at CHECKPOINT with memo.methods; write CURVATURE."""
     memo = cfg["memo"]
-    device = resolve_device(cfg["protocol"]["device"])
+    device = resolve_device(runtime_of(cfg, runtime)["device"])
     numerics = strict_numerics(device, cfg["protocol"]["deterministic"])
     data = load_prepared(prepared)
     model, meta = load_checkpoint(checkpoint, device)

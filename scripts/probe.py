@@ -12,6 +12,7 @@ import torch  # noqa: E402
 from memplast import io  # noqa: E402
 from memplast.augment import normalize  # noqa: E402
 from memplast.cli import entrypoint  # noqa: E402
+from memplast.runtime import resolve as runtime_of  # noqa: E402
 from memplast.config import SCORE_COLUMNS  # noqa: E402
 from memplast.curvature import checkpoint_seed, curvature_scores, strict_numerics  # noqa: E402
 from memplast.data import load_prepared  # noqa: E402
@@ -28,14 +29,16 @@ def _load(path, device):
     return load_checkpoint(path, device)
 
 
-def main(prepared: str, order: str, kept: str, checkpoints: list, probes: str, boundary: int, cfg: dict):
+def main(prepared: str, order: str, kept: str, checkpoints: list, probes: str, boundary: int, cfg: dict,
+         runtime: dict | None = None):
     """Write the long probe table of boundary BOUNDARY from its CHECKPOINTS (before-window slots,
     live last epoch, after-window)."""
     proto, pcfg, memo = cfg["protocol"], cfg["probes"], cfg["memo"]
     if pcfg["curvature"] and memo["score"] not in memo["methods"]:
         raise ValueError(f"probes.curvature needs the curvature method memo.score={memo['score']!r} in "
                          f"memo.methods {memo['methods']}; set memo.score to one of them or probes.curvature: false")
-    device = resolve_device(proto["device"])
+    rt = runtime_of(cfg, runtime)
+    device = resolve_device(rt["device"])
     numerics = strict_numerics(device, proto["deterministic"])
     data = load_prepared(prepared)
     classes = pd.read_csv(order)["class"].to_numpy()
@@ -65,8 +68,8 @@ def main(prepared: str, order: str, kept: str, checkpoints: list, probes: str, b
         {e: m for e, (m, _) in models.items()}, boundary_epoch, images, labels,
         data.sample_id[rows], np.isin(data.labels[rows], old), class_mask(old, data.n_classes, device),
         {e: mask for e, (_, mask) in models.items()}, proto["lr"], taus=pcfg["taus"], score_taus=pcfg["score_taus"],
-        batch_size=pcfg["batch_size"], device=device, bn_mode=pcfg["bn_mode"], best_epoch=best,
-        live=live[0] if restored else None,
+        batch_size=pcfg.get("batch_size", rt["probe_batch_size"]), device=device, bn_mode=pcfg["bn_mode"],
+        best_epoch=best, live=live[0] if restored else None,
     )
     table.insert(2, "boundary", boundary)
     if pcfg["curvature"]:

@@ -12,15 +12,18 @@ import torch  # noqa: E402
 from memplast import io  # noqa: E402
 from memplast.augment import normalize  # noqa: E402
 from memplast.cli import entrypoint  # noqa: E402
+from memplast.runtime import resolve as runtime_of  # noqa: E402
 from memplast.data import load_prepared  # noqa: E402
 from memplast.model_metrics import model_metrics, per_class_accuracy  # noqa: E402
 from memplast.models import class_mask, load_checkpoint  # noqa: E402
 from memplast.train import resolve_device  # noqa: E402
 
 
-def main(prepared: str, ends: list, metrics: list, summary: str, per_class: str, run: dict, cfg: dict):
+def main(prepared: str, ends: list, metrics: list, summary: str, per_class: str, run: dict, cfg: dict,
+         runtime: dict | None = None):
     """Write SUMMARY (one row per task) and PER_CLASS (test accuracy per class and task)."""
-    device = resolve_device(cfg["protocol"]["device"])
+    rt = runtime_of(cfg, runtime)
+    device = resolve_device(rt["device"])
     data = load_prepared(prepared)
     rows, classes = [], []
     for path, mpath in zip(ends, metrics):
@@ -32,11 +35,11 @@ def main(prepared: str, ends: list, metrics: list, summary: str, per_class: str,
         # reference's 1000-sample train-mode-BN variant for comparison with the paper)
         tr = np.flatnonzero((data.split == "train") & np.isin(data.labels, seen))
         x, y = normalize(torch.as_tensor(data.images[tr]), data.mean, data.std), torch.as_tensor(data.labels[tr])
-        m = model_metrics(model, x, y, mask, cfg["probes"]["batch_size"], device)
-        faithful = model_metrics(model, x, y, mask, cfg["probes"]["batch_size"], device, faithful=True, seed=0)
+        m = model_metrics(model, x, y, mask, rt["probe_batch_size"], device)
+        faithful = model_metrics(model, x, y, mask, rt["probe_batch_size"], device, faithful=True, seed=0)
         te = np.flatnonzero((data.split == "test") & np.isin(data.labels, seen))
         acc = per_class_accuracy(model, normalize(torch.as_tensor(data.images[te]), data.mean, data.std),
-                                 torch.as_tensor(data.labels[te]), mask, cfg["probes"]["batch_size"], device)
+                                 torch.as_tensor(data.labels[te]), mask, rt["probe_batch_size"], device)
         classes.append(acc.assign(task=meta["task"]))
         rows.append({"task": meta["task"], "epoch": meta["epoch"], "best_epoch": end["best_epoch"],
                      "test_acc": end["test_acc"], "val_acc": end["val_acc"], "dormant_units": m["dormant_frac"],

@@ -10,6 +10,8 @@ import pandas as pd  # noqa: E402
 
 from memplast import io  # noqa: E402
 from memplast.cli import entrypoint  # noqa: E402
+from memplast.runtime import resolve as runtime_of  # noqa: E402
+from memplast.runtime import with_runtime  # noqa: E402
 from memplast.data import load_prepared  # noqa: E402
 from memplast.train import RunSpec, run_task  # noqa: E402
 
@@ -18,7 +20,7 @@ def main(prepared: str, order: str, kept: str, end: str, checkpoints: list, metr
          run: str, seed: int, task: int, ordering: str, alpha: float, algorithm: str, ckpt_task_epochs: list,
          resume: str, score_col: str, cfg: dict, prev_state: str | None = None, scores: str | None = None,
          file_order: str | None = None, stop_after_epoch: int | None = None, window: list = (),
-         live: str | None = None):
+         live: str | None = None, runtime: dict | None = None):
     """Train task TASK of run RUN from PREV_STATE; write END, CHECKPOINTS, WINDOW (slot j = best
     epoch - j), LIVE (last epoch before the restore), METRICS, ORDER_LOG."""
     data = load_prepared(prepared)
@@ -34,7 +36,8 @@ def main(prepared: str, order: str, kept: str, end: str, checkpoints: list, metr
     E = cfg["protocol"]["epochs_per_task"]
     paths = {task * E + te: p for te, p in zip(ckpt_task_epochs, np.atleast_1d(checkpoints))}
     prov = io.provenance(cfg, run=run, task=task, score_col=score_col)
-    run_task(spec, data, cfg["protocol"], cfg["model"], cfg["dataset"]["augmentation"], cfg["ordering"],
+    protocol = with_runtime(cfg["protocol"], runtime_of(cfg, runtime))
+    run_task(spec, data, protocol, cfg["model"], cfg["dataset"]["augmentation"], cfg["ordering"],
              cfg["weighting"], prev_state, end, paths, metrics, order_log, resume, prov, stop_after_epoch,
              window_paths=list(np.atleast_1d(window)), live_path=live)
 

@@ -82,6 +82,18 @@ def _weights(path):
     return torch.load(path, weights_only=True)["model"]
 
 
+def _tensors(obj):
+    """Every tensor inside nested dicts, lists and tuples."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _tensors(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _tensors(v)
+
+
 def _same(a, b):
     return all(torch.equal(a[k], b[k]) for k in a)
 
@@ -125,6 +137,13 @@ def test_killed_and_resumed_task_ends_bitwise_identical(tmp_path, small, digits)
     with pytest.raises(KeyboardInterrupt):
         _run(tmp_path / "k", small, digits, 1, prev=prev, stop=4 + 3, ckpt_all=True, window=2)
     assert (tmp_path / "k" / "resume" / "t1.pt").exists()
+    # the resume file holds model, best model and momentum, not copies of the window checkpoints
+    # (those wait in the staging directory next to it, which Snakemake does not delete)
+    state = torch.load(tmp_path / "k" / "resume" / "t1.pt", weights_only=False)
+    model_bytes = sum(v.numel() * v.element_size() for v in state["model"].values())
+    tensor_bytes = sum(v.numel() * v.element_size() for v in _tensors(state))
+    assert state["staged"] == [5, 6] and tensor_bytes < 3.5 * model_bytes
+    assert sorted(p.name for p in (tmp_path / "k" / "resume" / "t1.ckpt").iterdir()) == ["e5.pt", "e6.pt", "e7.pt"]
     # a killed Snakemake job loses its outputs: the resumed job must write all of them again
     for f in (tmp_path / "k" / "t1").glob("*.pt"):
         f.unlink()

@@ -4,6 +4,7 @@ configuration (outputs, provenance, determinism), lint and formatting."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -60,7 +61,8 @@ DEMO = [str(ROOT / "config.yaml"), str(ROOT / "config" / "demo.yaml")]
 def test_dry_run_demo(tmp_path):
     out = snakemake("-n", "--directory", str(tmp_path), "--configfile", *DEMO)
     counts = job_counts(out.stdout)
-    assert counts["train_task"] == 2 * 5 * 5  # 2 class orders x 5 conditions x 5 tasks
+    # 2 class orders x 5 tasks x (4 probed conditions + the retrained reference, without window checkpoints)
+    assert counts["train_task"] == 2 * 4 * 5 and counts["train_task_reference"] == 2 * 1 * 5
     assert counts["probe"] == 2 * 4 * 4 and counts["memo_curvature"] == 5  # no probes of retrained references
 
 
@@ -70,8 +72,10 @@ def test_dry_run_paper_scale_is_fast(tmp_path):
     seconds = time.perf_counter() - t0
     counts = job_counts(out.stdout)
     # 5 class orders x 9 conditions x 20 tasks (primary; 2 memo filters and their 2 size-matched random
-    # controls; fixed, ascending, stratified; retrained); probes for the 8 non-reference ones x 19 boundaries
-    assert counts["train_task"] == 5 * 9 * 20 and counts["probe"] == 8 * 5 * 19
+    # controls; fixed, ascending, stratified; retrained, which trains by its own rule without probe
+    # windows); probes for the 8 non-reference ones x 19 boundaries
+    assert counts["train_task"] == 5 * 8 * 20 and counts["train_task_reference"] == 5 * 1 * 20
+    assert counts["probe"] == 8 * 5 * 19
     assert counts["subset"] == 5  # none, 2 memo filters, 2 random controls
     assert counts["memo_curvature"] == 50 and counts["download"] == 1
     assert seconds < 60, f"paper-scale DAG took {seconds:.1f} s"
@@ -177,6 +181,31 @@ def rendered_dom(html: Path, profile: Path) -> str:
 
 
 @pytest.mark.slow
+def test_runtime_settings_rerun_nothing_and_training_is_watchable(tiny_run, tmp_path):
+    import yaml
+
+    from memplast import curves
+
+    runtime_only = tmp_path / "runtime.yaml"
+    runtime_only.write_text(yaml.safe_dump({"protocol": {"eval_batch_size": 7, "state_every": 3, "device": "cpu"},
+                                            "probes": {"batch_size": 13, "keep_checkpoints": True}}))
+    out = snakemake("-n", "--directory", str(tiny_run), "--configfile", *TINY, str(runtime_only))
+    assert "Nothing to be done" in out.stdout + out.stderr
+    science = tmp_path / "science.yaml"  # control: a science setting does rerun training
+    science.write_text(yaml.safe_dump({"protocol": {"lr": 0.07}}))
+    out = snakemake("-n", "--quiet", "rules", "--directory", str(tiny_run), "--configfile", *TINY, str(science))
+    assert job_counts(out.stdout)["train_task"] > 0
+    # one log line per epoch, and every run's epochs in the study-wide curves
+    log = (tiny_run / "logs/train/order0/none/random/none/base/task1.log").read_text()
+    assert [int(e) for e in re.findall(r"task 1: epoch (\d+)/4 train loss [0-9.]+ acc [0-9.]+ \| val acc", log)] == [1, 2, 3, 4]
+    assert re.search(r"img/s \| ETA \d+:\d\d:\d\d", log)
+    table = pd.read_parquet(tiny_run / "results/stats/training_curves.parquet")
+    assert len(table) == 2 * 2 * 3 * 4 and table.groupby("run")["epoch"].nunique().eq(12).all()  # runs x tasks x E
+    assert (curves.flag_runs(table)["status"] == "ok").all()
+    assert (tiny_run / "results/figures/training_curves.pdf").stat().st_size > 1000
+
+
+@pytest.mark.slow
 def test_report_opens_on_the_answer(tiny_run, tmp_path):
     snakemake("--directory", str(tiny_run), "--report", "results/report.html", "--configfile", *TINY)
     html = tiny_run / "results" / "report.html"
@@ -227,7 +256,8 @@ def test_killed_training_job_resumes(tiny_run, tmp_path, kill_omp, finish_omp):
          "--run", "order0/none/random/none/base", "--seed", "0", "--task", "1", "--ordering", "random",
          "--alpha", "0", "--algorithm", "base", "--ckpt_task_epochs", "[1, 2, 3, 4]",
          "--resume", "results/resume/order0/none/random/none/base/task1.pt", "--score_col", "curv_exact",
-         "--cfg", str(_cfg_slice()), "--prev_state", f"{run}/task0/end.pt", "--stop_after_epoch", "7"],
+         "--cfg", str(_cfg_slice()), "--runtime", _runtime_settings(), "--prev_state", f"{run}/task0/end.pt",
+         "--stop_after_epoch", "7"],
         cwd=work, capture_output=True, text=True, env=env_stop,
     )
     assert out.returncode != 0 and "stopped after epoch 7" in out.stderr
@@ -244,6 +274,18 @@ def _cfg_slice():
     import json
 
     from memplast import config as mpconfig
+    from memplast import runtime
 
     cfg = mpconfig.load(*TINY)
-    return json.dumps({k: cfg[k] for k in ("dataset", "model", "protocol", "ordering", "weighting")})
+    # as the rule passes it (rules/common.smk cfg_slice): without the runtime settings
+    return json.dumps({k: runtime.science(k, cfg[k]) for k in ("dataset", "model", "protocol", "ordering", "weighting")})
+
+
+def _runtime_settings():
+    """The runtime settings (state_every above all) the rule's script reads from the config."""
+    import json
+
+    from memplast import config as mpconfig
+    from memplast import runtime
+
+    return json.dumps(runtime.settings(mpconfig.load(*TINY)))

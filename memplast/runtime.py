@@ -1,0 +1,93 @@
+"""Runtime settings: how a job runs, never what it computes.
+
+The device, the batch sizes used only for evaluation and probing (eval-mode BatchNorm, so the
+numbers do not depend on them) and the resume interval live in the config next to the science,
+but they are kept out of the rules' ``params`` (which Snakemake tracks for reruns) and out of the
+resume key: :func:`science` strips them from a config section, :func:`settings` collects them,
+and the scripts receive them as a ``runtime`` argument read from ``snakemake.config``.
+
+No heavy imports here: the Snakefile imports this module at DAG-build time.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# config section -> keys that are runtime settings in it
+RUNTIME_KEYS = {
+    "protocol": ("device", "eval_batch_size", "state_every"),
+    "probes": ("batch_size", "keep_checkpoints"),  # keep_checkpoints: disk only (rules/train.smk)
+}
+# rule -> its family under config `resources:` (for the fix named by check_gpu)
+RULE_FAMILY = {"train_task": "train", "memo_scorer": "memo_scorer", "memo_curvature": "curvature",
+               "probe": "probe", "run_summary": "probe"}
+DEFAULTS = {"device": "auto", "eval_batch_size": 1000, "state_every": 10, "probe_batch_size": 500}
+
+
+class NoGPUError(RuntimeError):
+    """A job that requested a GPU sees none."""
+
+
+def _runtime_keys(section: str, values: dict) -> tuple[str, ...]:
+    keys = RUNTIME_KEYS.get(section, ())
+    if section == "probes" and values.get("bn_mode") == "train":
+        # train-mode BatchNorm normalizes with batch statistics: the batch size changes the numbers
+        keys = tuple(k for k in keys if k != "batch_size")
+    return keys
+
+
+def science(section: str, values):
+    """``values`` of config ``section`` without its runtime settings (what params and resume keys see)."""
+    if not isinstance(values, dict):
+        return values
+    drop = _runtime_keys(section, values)
+    return {k: v for k, v in values.items() if k not in drop}
+
+
+def settings(config: dict) -> dict:
+    """The runtime settings of a (validated) config: device, eval_batch_size, state_every,
+    probe_batch_size (defaults for keys a partial config lacks)."""
+    proto, probes = config.get("protocol", {}), config.get("probes", {})
+    return {
+        "device": proto.get("device", DEFAULTS["device"]),
+        "eval_batch_size": proto.get("eval_batch_size", DEFAULTS["eval_batch_size"]),
+        "state_every": proto.get("state_every", DEFAULTS["state_every"]),
+        "probe_batch_size": probes.get("batch_size", DEFAULTS["probe_batch_size"]),
+    }
+
+
+def with_runtime(protocol: dict, runtime: dict | None) -> dict:
+    """The protocol section as the training code reads it: science keys plus the runtime ones."""
+    rt = {**DEFAULTS, **(runtime or {})}
+    return {**protocol, **{k: rt[k] for k in RUNTIME_KEYS["protocol"]}}
+
+
+def check_gpu(job: str, family: str | None, gpu: int, device: str, cuda_available=None) -> None:
+    """Stop a job that requested ``gpu`` > 0 GPUs but sees no CUDA device, unless ``device`` is cpu.
+
+    ``family`` is the config key under ``resources:`` that sized the job (train, probe, ...).
+    Raises :class:`NoGPUError` with one line naming the fix.
+    """
+    if not gpu or gpu <= 0 or device == "cpu":
+        return
+    if cuda_available is None:
+        torch = sys.modules.get("torch")
+        if torch is None:  # the job's script never imported torch: it cannot use a GPU anyway
+            return
+        cuda_available = torch.cuda.is_available()
+    if cuda_available:
+        return
+    key = f"resources.{family}.gpu" if family else "resources.<job>.gpu"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    where = f" (CUDA_VISIBLE_DEVICES={visible!r})" if visible is not None else ""
+    raise NoGPUError(
+        f"{job} requested gpu={gpu} but sees no CUDA device{where}; run it on a GPU node, or set "
+        f"{key}: 0 and protocol.device: cpu in the config to train on CPU"
+    )
+
+
+def resolve(cfg: dict, runtime: dict | None = None) -> dict:
+    """A script's runtime settings: those Snakemake passed (``runtime``) over any found in ``cfg``
+    (a full config given on the command line), over the defaults."""
+    return {**settings(cfg), **(runtime or {})}

@@ -1,0 +1,87 @@
+"""The budget (memplast/budget.py, scripts/budget.py): jobs and resources parsed from Snakemake's
+dry run, GPU-hours equal to the config's runtime model, checkpoint sizes equal to real files."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import yaml
+
+from conftest import ROOT
+from memplast import budget
+from memplast.models import build_model, save_checkpoint
+
+DRY_RUN = """\
+[Mon Nov 30 12:20:33 2026]
+rule train_task:
+    input: a.npz
+    output: results/runs/order0/none/random/none/base/task0/end.pt, results/runs/order0/none/random/none/base/task0/ckpt/te1.pt
+    jobid: 3
+    resources: tmpdir=/tmp, runtime=130, gpu=1, mem_mb=2000, mem=2 GB, mem_mib=1908
+
+group job probes (jobs in lexicogr. order):
+
+    [Mon Nov 30 12:20:33 2026]
+    rule probe:
+        output: results/runs/order0/none/random/none/base/probes/boundary0.parquet
+        resources: tmpdir=/tmp, runtime=30, gpu=2, mem_mb=2000, mem=2 GB, mem_mib=1908
+[Mon Nov 30 12:20:33 2026]
+localrule stats_primary:
+    output: results/stats/per_boundary.csv
+    resources: tmpdir=/tmp, runtime=60, mem_mb=4000, mem=4 GB, mem_mib=3815
+localrule all:
+    input: x
+"""
+
+
+def test_parse_jobs_reads_grouped_and_local_jobs():
+    jobs = budget.parse_jobs(DRY_RUN)
+    assert [j["rule"] for j in jobs] == ["train_task", "probe", "stats_primary", "all"]
+    assert jobs[0]["output"][1].endswith("ckpt/te1.pt") and jobs[0]["resources"]["runtime"] == 130
+    assert jobs[1]["resources"]["gpu"] == 2 and jobs[2]["resources"]["tmpdir"] == "/tmp"
+
+
+def test_summary_hours_and_disk_kinds(demo_config):
+    sizes = budget.Sizes(demo_config)
+    s = budget.summarize(budget.parse_jobs(DRY_RUN), sizes)
+    assert s["rules"]["train_task"] == {"jobs": 1, "gpu_hours": pytest.approx(130 / 60), "cpu_hours": 0.0}
+    assert s["rules"]["probe"]["gpu_hours"] == pytest.approx(2 * 30 / 60)
+    assert s["rules"]["stats_primary"]["cpu_hours"] == pytest.approx(1.0) and "all" not in s["rules"]
+    assert s["disk"]["window checkpoints"] == sizes.weights
+    assert s["disk"]["task-end states"] == sizes.weights + sizes.params
+    per_class, cpt, w = sizes.per_class, demo_config["protocol"]["classes_per_task"], demo_config["probes"]["window"]
+    assert s["disk"]["probe tables"] == 2 * cpt * per_class * 2 * w * budget.PROBE_ROW_BYTES
+
+
+@pytest.mark.parametrize("arch,width", [("small_cnn", 16), ("resnet18", 8)])
+def test_checkpoint_size_matches_a_saved_checkpoint(tmp_path, arch, width):
+    weights, params = budget.model_bytes(arch, 10, 3, width)
+    model = build_model(arch, 10, 3, width)
+    assert params == 4 * sum(p.numel() for p in model.parameters())
+    save_checkpoint(tmp_path / "c.pt", model, {"arch": arch}, {"p": 1})
+    size = (tmp_path / "c.pt").stat().st_size
+    assert weights <= size < weights * 1.1 + 40_000  # torch.save adds names and a zip header
+
+
+@pytest.mark.slow
+def test_gpu_hours_of_training_follow_the_runtime_model(tmp_path, demo_config):
+    """Training GPU-hours of the demo with gpu: 1 = sum over (run, task) of the runtime formula."""
+    overlay = tmp_path / "gpu.yaml"
+    overlay.write_text(yaml.safe_dump({"resources": {"train": {"gpu": 1}}}))
+    jobs = budget.dry_run([ROOT / "config.yaml", ROOT / "config" / "demo.yaml", overlay])
+    s = budget.summarize(jobs, budget.Sizes(demo_config))
+    p, res = demo_config["protocol"], demo_config["resources"]["train"]
+    runs = len([j for j in jobs if j["rule"] in ("train_task", "train_task_reference")]) // p["n_tasks"]
+    per_class = budget.images_per_class(demo_config)
+    minutes = sum(math.ceil(p["epochs_per_task"] * (t + 1) * p["classes_per_task"] * per_class
+                            * res["seconds_per_image"] / 60 + 10) for t in range(p["n_tasks"]))
+    got = s["rules"]["train_task"]["gpu_hours"] + s["rules"]["train_task_reference"]["gpu_hours"]
+    assert runs == 10 and got == pytest.approx(runs * minutes / 60)
+    assert s["rules"]["memo_scorer"]["gpu_hours"] == 0  # the demo's other families stay on CPU
+    # the retrained references save one checkpoint per task, the probed runs 2 w
+    n_ref = s["rules"]["train_task_reference"]["jobs"]
+    n_probed = s["rules"]["train_task"]["jobs"]
+    w = demo_config["probes"]["window"]
+    assert s["disk"]["window checkpoints"] == pytest.approx((n_ref + n_probed * 2 * w) * budget.Sizes(demo_config).weights)
