@@ -95,13 +95,13 @@ def to_host(*tensors: torch.Tensor) -> list[np.ndarray]:
     exact for float32 and for integers below 2^53); each comes back in its own dtype and shape."""
     flat = torch.cat([t.detach().reshape(-1).to(torch.float64) for t in tensors])
     host = flat.cpu()  # the one synchronisation
+    out, start = [], 0
     with _host_side():
         values = host.numpy()
-    out, start = [], 0
-    for t in tensors:
-        n = t.numel()
-        out.append(values[start : start + n].astype(torch.empty((), dtype=t.dtype).numpy().dtype).reshape(t.shape))
-        start += n
+        for t in tensors:
+            n, dtype = t.numel(), torch.empty((), dtype=t.dtype).numpy().dtype
+            out.append(values[start : start + n].astype(dtype).reshape(tuple(t.shape)))
+            start += n
     return out
 
 
