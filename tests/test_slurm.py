@@ -5,6 +5,9 @@ The fixture installs Debian's SLURM when `sinfo` is missing, starts munged, slur
 (unless a cluster is already up), and stops what it started at teardown, also when the test fails.
 It skips, with the reason, when not root, when apt fails or when the node never becomes idle.
 Without slurmdbd, `sacct` cannot report job states, so the run polls with squeue (docs/slurm.md).
+The test cluster declares 4 GPUs (bookkeeping only) and the run asks for them as at paper scale
+(tests/data/slurm_gpu.yaml): every `sbatch` call the plugin logs is checked against the job sizes,
+a probe group included (1 GPU, its jobs run one after another: the sum of their runtimes).
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ SLURM_FLAGS = [
     # Keep every job's SLURM log (named <SLURM job id>.log), the evidence that SLURM ran it.
     "--slurm-keep-successful-logs",
 ]
+GPU_SIZES = ROOT / "tests" / "data" / "slurm_gpu.yaml"
+SBATCH = re.compile(r"sbatch call: (sbatch .*?--wrap=.*?)(?:\n\S|\Z)", re.S)
 SUBMITTED = re.compile(r"Job (\S+) has been submitted with SLURM jobid (\d+) \(log: (\S+)\)")
 
 
@@ -74,6 +79,10 @@ def slurm_cluster():
     if shutil.which("sinfo") is None:
         install_slurm()
     if partition_state() in ("idle", "mixed", "allocated"):
+        gres = run(["sinfo", "-h", "-p", PARTITION, "-o", "%G"], timeout=30).stdout
+        if "gpu" not in gres:
+            pytest.skip(f"a SLURM cluster without GPUs is already running (gres {gres.strip()!r}); stop it with "
+                        "ci/slurm-down.sh so the test starts its own (ci/slurm-up.sh declares 4 GPUs)")
         yield "already running"  # someone else's cluster (e.g. a manual ci/slurm-up.sh): leave it up
         return
     up = run(["bash", str(ROOT / "ci" / "slurm-up.sh")], timeout=300)
@@ -94,14 +103,14 @@ def test_tiny_workflow_through_slurm_matches_local_run(slurm_cluster, tmp_path):
     # The local reference run goes alongside: the SLURM run mostly waits for status polls.
     local_log = open(tmp_path / "local.log", "w")
     local_run = subprocess.Popen(
-        [SNAKEMAKE, *common, "--directory", str(local), "--cores", "2", "--configfile", *TINY],
+        [SNAKEMAKE, *common, "--directory", str(local), "--cores", "2", "--configfile", *TINY, str(GPU_SIZES)],
         cwd=ROOT, stdout=local_log, stderr=subprocess.STDOUT,
     )
     try:
         t0 = time.perf_counter()
         out = run(
             ["timeout", "-k", "10", "1200", SNAKEMAKE, *common, "--profile", str(ROOT / "profiles" / "slurm"),
-             "--directory", str(through_slurm), *SLURM_FLAGS, "--configfile", *TINY],
+             "--directory", str(through_slurm), *SLURM_FLAGS, "--verbose", "--configfile", *TINY, str(GPU_SIZES)],
             cwd=ROOT, timeout=1300,
         )
         seconds = time.perf_counter() - t0
@@ -131,6 +140,8 @@ def test_tiny_workflow_through_slurm_matches_local_run(slurm_cluster, tmp_path):
     # The 4 probe jobs share one submission (group "probes", group-components in the profile).
     assert len(list((logdir / "group_probes_probe").glob("*.log"))) == 1
     assert "probe" not in {p.name.removeprefix("rule_") for p in logdir.iterdir()}
+    check_sbatch_requests(log)
+
     # SLURM itself reports them COMPLETED (jobs stay in squeue for MinJobAge=300 s).
     states = run(["squeue", "--states=all", "-h", "-o", "%i %T"], timeout=30).stdout.split("\n")
     states = dict(line.split() for line in states if line.strip())
@@ -145,3 +156,39 @@ def test_tiny_workflow_through_slurm_matches_local_run(slurm_cluster, tmp_path):
     csv = "results/stats/per_boundary.csv"
     pd.testing.assert_frame_equal(pd.read_csv(local / csv), pd.read_csv(through_slurm / csv), check_exact=True)
     assert (through_slurm / "results/figures/memo_vs_dgrad.pdf").stat().st_size > 1000
+
+
+def _option(call: str, pattern: str):
+    m = re.search(pattern, call.split("--wrap=")[0])
+    return m.group(1) if m else None
+
+
+def check_sbatch_requests(log: str) -> None:
+    """Every sbatch call asks for what its job(s) need, given that the executor runs a
+    submission's jobs one at a time on one GPU (sizes from tests/data/slurm_gpu.yaml)."""
+    import yaml
+
+    res = yaml.safe_load(GPU_SIZES.read_text())["resources"]
+    family = {"train_task": "train", "memo_scorer": "memo_scorer", "memo_curvature": "curvature", "probe": "probe",
+              "run_summary": "probe"}
+    calls = SBATCH.findall(log)
+    assert len(calls) == len(SUBMITTED.findall(log)) > 0, "sbatch calls not logged (--verbose)"
+    seen = set()
+    for call in calls:
+        targets = re.findall(r"'(\w+):[^']*'", call.split("--target-jobs", 1)[1].split(" --", 1)[0])
+        assert targets, call
+        rules = set(targets)
+        assert len(rules) == 1, call
+        (rule,) = rules
+        seen.add((rule, len(targets)))
+        gpus, minutes = _option(call, r"--gpus=(\d+)"), _option(call, r" -t '?(\d+)")
+        mem, cpus = _option(call, r"--mem '?(\d+)"), _option(call, r"--cpus-per-task=(\d+)")
+        if rule not in family:
+            assert gpus is None, f"{rule} asks for a GPU: {call}"
+            continue
+        size = res[family[rule]]
+        assert gpus == "1", f"{rule} x{len(targets)} asks for {gpus} GPUs, runs on 1: {call}"
+        assert int(mem) == size["mem_mb"] and int(cpus) == size["threads"], call
+        if rule != "train_task":  # train_task's runtime comes from the task size
+            assert int(minutes) == size["runtime"] * len(targets), f"{rule} x{len(targets)}: -t {minutes}: {call}"
+    assert ("probe", 4) in seen, sorted(seen)  # the 4 probe jobs went as one group
