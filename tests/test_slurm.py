@@ -192,3 +192,39 @@ def check_sbatch_requests(log: str) -> None:
         if rule != "train_task":  # train_task's runtime comes from the task size
             assert int(minutes) == size["runtime"] * len(targets), f"{rule} x{len(targets)}: -t {minutes}: {call}"
     assert ("probe", 4) in seen, sorted(seen)  # the 4 probe jobs went as one group
+
+
+GROUP_SNAKEFILE = """
+rule all:
+    input: expand("out/{i}.txt", i=range(4))
+
+rule probe_like:
+    output: "out/{i}.txt"
+    group: "probes"
+    threads: 1
+    resources: mem_mb=300, runtime=7, gpu=1, serial=1
+    shell: "echo $CUDA_VISIBLE_DEVICES > {output}"
+"""
+
+
+def test_probe_group_asks_for_one_gpu_and_the_sum_of_runtimes(slurm_cluster, tmp_path):
+    """Four jobs sized like probes (serial=1, as rules/probe.smk) in group `probes`, through
+    profiles/slurm: one submission with 1 GPU, one job's threads and memory, and 4 x 7 min.
+    (Before: 4 GPUs and 2 x 7 min, while the executor ran the 4 jobs one after another on one GPU.)"""
+    (tmp_path / "Snakefile").write_text(GROUP_SNAKEFILE)
+    out = run(["timeout", "-k", "10", "600", SNAKEMAKE, "--snakefile", str(tmp_path / "Snakefile"), "--directory",
+               str(tmp_path), "--profile", str(ROOT / "profiles" / "slurm"), "--workflow-profile", "none", *SLURM_FLAGS,
+               "--verbose"], cwd=tmp_path, timeout=700)
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, tail(log)
+    (call,) = SBATCH.findall(log)
+    assert len(re.findall(r"'probe_like:i=\d'", call)) == 4, call
+    assert _option(call, r"--gpus=(\d+)") == "1" and _option(call, r" -t '?(\d+)") == "28", call
+    assert _option(call, r"--mem '?(\d+)") == "300" and _option(call, r"--cpus-per-task=(\d+)") == "1", call
+    assert all((tmp_path / "out" / f"{i}.txt").read_text().strip() for i in range(4))  # SLURM gave them a GPU
+    # the project's probe rule claims serial=1 too (dry run of the tiny study)
+    dry = run([SNAKEMAKE, "-n", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path / "dry"),
+               "--workflow-profile", "none", "--configfile", *TINY, "results/runs/order0/none/random/none/base/probes/boundary0.parquet"],
+              cwd=ROOT)
+    probe_block = dry.stdout.split("rule probe:", 1)[1].split("resources:", 1)[1].splitlines()[0]
+    assert "serial=1" in probe_block, probe_block
