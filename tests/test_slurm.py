@@ -223,8 +223,9 @@ def test_probe_group_asks_for_one_gpu_and_the_sum_of_runtimes(slurm_cluster, tmp
     assert _option(call, r"--mem '?(\d+)") == "300" and _option(call, r"--cpus-per-task=(\d+)") == "1", call
     assert all((tmp_path / "out" / f"{i}.txt").read_text().strip() for i in range(4))  # SLURM gave them a GPU
     # the project's probe rule claims serial=1 too (dry run of the tiny study)
-    dry = run([SNAKEMAKE, "-n", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path / "dry"),
-               "--workflow-profile", "none", "--configfile", *TINY, "results/runs/order0/none/random/none/base/probes/boundary0.parquet"],
-              cwd=ROOT)
-    probe_block = dry.stdout.split("rule probe:", 1)[1].split("resources:", 1)[1].splitlines()[0]
+    dry = run([SNAKEMAKE, "results/runs/order0/none/random/none/base/probes/boundary0.parquet", "-n", "--snakefile",
+               str(ROOT / "Snakefile"), "--directory", str(tmp_path / "dry"), "--workflow-profile", "none",
+               "--configfile", *TINY], cwd=ROOT)
+    assert dry.returncode == 0, tail(dry.stderr)
+    probe_block = (dry.stdout + dry.stderr).split("rule probe:", 1)[1].split("resources:", 1)[1].splitlines()[0]
     assert "serial=1" in probe_block, probe_block
