@@ -10,9 +10,12 @@
 # Environment:
 #   SLURM_PARTITION    partition name (default: debug, the profile's placeholder)
 #   SLURM_REAL_MEMORY  memory of the node in MB (default: 80% of what `slurmd -C` reports)
+#   SLURM_GPUS         GPUs the node declares (default: 4). They are bookkeeping only (gres without
+#                      device files): sbatch --gpus=N is accepted and counted, no GPU is needed.
 set -euo pipefail
 
 PARTITION=${SLURM_PARTITION:-debug}
+GPUS=${SLURM_GPUS:-4}
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "ci/slurm-up.sh: must run as root (it installs packages and starts daemons); run it with sudo" >&2
@@ -50,6 +53,22 @@ else
     detected=$(slurmd -C | sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p')
     real_memory=$((detected * 8 / 10))
 fi
+# GPUs for bookkeeping: slurmd wants a character device per GPU; each is a copy of /dev/null.
+gres_types="" node_gres=""
+if [ "$GPUS" -gt 0 ]; then
+    for i in $(seq 0 $((GPUS - 1))); do
+        f=/var/spool/slurmd/fake-gpu$i
+        [ -c "$f" ] || { rm -f "$f"; mknod "$f" c 1 3; } || { GPUS=0; break; }
+    done
+fi
+if [ "$GPUS" -gt 0 ]; then
+    gres_types="GresTypes=gpu"
+    node_gres="Gres=gpu:$GPUS"
+    echo "NodeName=localhost Name=gpu File=/var/spool/slurmd/fake-gpu[0-$((GPUS - 1))]" >/etc/slurm/gres.conf
+else
+    echo "ci/slurm-up.sh: no GPUs declared (SLURM_GPUS=0 or mknod failed)" >&2
+    rm -f /etc/slurm/gres.conf
+fi
 cat >/etc/slurm/slurm.conf <<EOF
 # Written by ci/slurm-up.sh: a one-node cluster on localhost for testing (docs/slurm.md).
 ClusterName=localcluster
@@ -75,7 +94,8 @@ AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
 MinJobAge=300
-NodeName=localhost NodeAddr=127.0.0.1 CPUs=$(nproc) RealMemory=$real_memory State=UNKNOWN
+$gres_types
+NodeName=localhost NodeAddr=127.0.0.1 CPUs=$(nproc) RealMemory=$real_memory $node_gres State=UNKNOWN
 PartitionName=$PARTITION Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF
 
@@ -93,6 +113,8 @@ state=""
 for _ in $(seq 1 60); do
     state=$(sinfo -h -n localhost -o %T 2>/dev/null || true)
     [ "$state" = idle ] && break
+    # a drain recorded by an earlier configuration (saved state) is stale: resume the node
+    case "$state" in drained | draining | drain) scontrol update NodeName=localhost State=RESUME || true ;; esac
     sleep 0.5
 done
 if [ "$state" != idle ]; then

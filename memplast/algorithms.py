@@ -32,12 +32,22 @@ def uses_upgd(algorithm: str) -> bool:
 
 # --------------------------------------------------------------------------- shrink and perturb
 def shrink_perturb_step(model, sp: dict, generator: torch.Generator):
-    """After every SGD step: theta <- shrink * theta + N(0, noise_std^2), for every parameter."""
+    """After every SGD step: theta <- shrink * theta + N(0, noise_std^2), for every parameter.
+
+    ``generator`` is a CPU generator (its state is saved, so it loads on any device); it draws
+    one seed per step, and the noise is drawn on the parameters' device from a generator seeded
+    with it, so no noise crosses the host-device link and the step never waits for the device.
+    """
+    from memplast.device import host_int
+
+    device = next(model.parameters()).device
+    on_device = torch.Generator(device=device)
 
     @torch.no_grad()
     def step():
+        on_device.manual_seed(host_int(torch.randint(0, 2**62, (1,), generator=generator)))
         for p in model.parameters():
-            p.mul_(sp["shrink"]).add_(torch.randn(p.shape, generator=generator, device=p.device) * sp["noise_std"])
+            p.mul_(sp["shrink"]).add_(torch.randn(p.shape, generator=on_device, device=p.device) * sp["noise_std"])
 
     return step
 

@@ -16,11 +16,17 @@ import math
 import torch
 import torch.nn.functional as F
 
+from memplast.device import to_device
+
 
 def normalize(images_u8: torch.Tensor, mean, std) -> torch.Tensor:
-    """uint8 N x C x H x W -> float32 (x / 255 - mean) / std per channel."""
-    mean = torch.as_tensor(mean, dtype=torch.float32, device=images_u8.device).view(1, -1, 1, 1)
-    std = torch.as_tensor(std, dtype=torch.float32, device=images_u8.device).view(1, -1, 1, 1)
+    """uint8 N x C x H x W -> float32 (x / 255 - mean) / std per channel. ``mean`` and ``std`` may
+    be float32 tensors already on the images' device (no copy per batch)."""
+    if not (isinstance(mean, torch.Tensor) and mean.device == images_u8.device):
+        mean = torch.as_tensor(mean, dtype=torch.float32, device=images_u8.device)
+    if not (isinstance(std, torch.Tensor) and std.device == images_u8.device):
+        std = torch.as_tensor(std, dtype=torch.float32, device=images_u8.device)
+    mean, std = mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1)
     return (images_u8.float() / 255.0 - mean) / std
 
 
@@ -42,7 +48,7 @@ def augment(
 
     Per sample: crop offset (dy, dx) uniform in {-p..p}^2, flip with probability 1/2,
     rotation angle uniform in [0, rotation_degrees]. Draws come from ``generator``
-    (on the CPU, so the result is reproducible on any device).
+    (on the CPU, so the result is reproducible on any device), moved in one non-blocking copy.
     """
     n, _, h, w = x.shape
     if crop_padding == 0 and not flip and rotation_degrees == 0:
@@ -52,7 +58,8 @@ def augment(
     dx = torch.randint(-p, p + 1, (n,), generator=generator).float()
     flips = torch.rand(n, generator=generator) < 0.5 if flip else torch.zeros(n, dtype=torch.bool)
     angle = torch.rand(n, generator=generator) * math.radians(rotation_degrees)
-    dy, dx, flips, angle = (t.to(x.device) for t in (dy, dx, flips, angle))
+    dy, dx, flips, angle = to_device(torch.stack((dy, dx, flips.float(), angle)), x.device)
+    flips = flips > 0.5
 
     # Output pixel grid (pixel units, centred), rotated by each sample's angle.
     cy, cx = (h - 1) / 2, (w - 1) / 2

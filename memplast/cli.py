@@ -95,6 +95,9 @@ def entrypoint(main, smk=None) -> None:
             raise SystemExit(1) from None
         threads = smk.threads
         job = f"{smk.rule} {dict(smk.wildcards.items())}"
+        from memplast import gpu_slots  # a GPU of its own on a multi-GPU machine (no torch import)
+
+        gpu_slots.assign(int(dict(smk.resources.items()).get("gpu", 0) or 0), job)
     else:
         setup_logging(None)
         parser = argparse.ArgumentParser(description=(main.__doc__ or "").strip().splitlines()[0])

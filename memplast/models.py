@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -214,13 +215,45 @@ def class_mask(seen_classes, num_classes: int, device=None) -> torch.Tensor:
     return mask
 
 
+class SeenClasses(NamedTuple):
+    """The seen classes as the training step uses them, built once per task (:func:`seen_classes`):
+    index tensors instead of a boolean mask, so selecting logits needs no host synchronisation."""
+
+    mask: torch.Tensor  # bool over output units
+    index: torch.Tensor  # long: the seen classes in increasing order (the kept logit columns)
+    position: torch.Tensor  # long over output units: column of each seen class, -1 if unseen
+    classes: np.ndarray  # the seen classes on the host (label checks without touching the device)
+
+
+def seen_classes(mask_or_classes, num_classes: int | None = None, device=None) -> SeenClasses:
+    """:class:`SeenClasses` from a boolean mask (one synchronisation on a GPU) or from class ids."""
+    if isinstance(mask_or_classes, SeenClasses):
+        return mask_or_classes
+    if isinstance(mask_or_classes, torch.Tensor) and mask_or_classes.dtype == torch.bool:
+        mask = mask_or_classes
+        classes = np.flatnonzero(mask.cpu().numpy())
+    else:
+        classes = np.unique(np.asarray(list(mask_or_classes), dtype=np.int64))
+        mask = class_mask(classes, num_classes, device)
+    position = np.full(len(mask), -1, dtype=np.int64)
+    position[classes] = np.arange(len(classes))
+    index = torch.as_tensor(classes, dtype=torch.long).to(mask.device)
+    return SeenClasses(mask, index, torch.as_tensor(position).to(mask.device), classes)
+
+
 def masked_logits(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Logits of the seen classes only (N x n_seen), in class-index order."""
+    if isinstance(mask, SeenClasses):
+        return logits.index_select(1, mask.index)
     return logits[:, mask]
 
 
 def masked_labels(labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Labels re-indexed into the seen-class columns of :func:`masked_logits`."""
+    """Labels re-indexed into the seen-class columns of :func:`masked_logits`. With a boolean
+    mask, raises if a label is unseen (a host synchronisation); with :class:`SeenClasses` the
+    caller checks labels on the host once (an unseen label maps to -1, which cross-entropy rejects)."""
+    if isinstance(mask, SeenClasses):
+        return mask.position[labels]
     position = torch.cumsum(mask.long(), 0) - 1
     if not bool(mask[labels].all()):
         raise ValueError("a label is outside the class mask: the sample's class has not been seen")
@@ -229,7 +262,8 @@ def masked_labels(labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of each sample over the seen classes, -log softmax(z[mask])_y, not averaged.
-    Unseen-class logits take no part, so they receive no gradient."""
+    Unseen-class logits take no part, so they receive no gradient. ``mask`` is a boolean mask or
+    :class:`SeenClasses` (same values, no host synchronisation)."""
     return F.cross_entropy(masked_logits(logits, mask), masked_labels(labels, mask), reduction="none")
 
 

@@ -34,8 +34,9 @@ import torch
 from memplast import augment, orderings
 from memplast.algorithms import CBP, make_upgd, shrink_perturb_step, uses_cbp, uses_upgd
 from memplast.data import Prepared
+from memplast.device import cpu_generator, load_generator_state, to_device, to_host
 from memplast.io import atomic_path, science_key
-from memplast.models import build_model, class_mask, eval_mode, head, per_sample_loss, reestimate_bn, save_checkpoint
+from memplast.models import build_model, eval_mode, head, per_sample_loss, reestimate_bn, save_checkpoint, seen_classes
 
 log = logging.getLogger("memplast.train")
 
@@ -79,7 +80,7 @@ def memo_weights(memo: np.ndarray, alpha: float, lo: float, hi: float) -> np.nda
 # --------------------------------------------------------------------------- data on device
 class DeviceData:
     """The prepared dataset as uint8 tensors on the training device; batches are normalized
-    (and optionally augmented) on the fly."""
+    (and optionally augmented) on the fly, from row indices already on the device."""
 
     def __init__(self, prepared: Prepared, device: torch.device):
         self.p = prepared
@@ -87,38 +88,58 @@ class DeviceData:
         self.images = torch.as_tensor(prepared.images).to(device)
         self.labels = torch.as_tensor(prepared.labels).to(device)
         self.mean, self.std = prepared.mean, prepared.std
+        self._mean = to_device(np.asarray(prepared.mean, dtype=np.float32), device).view(1, -1, 1, 1)
+        self._std = to_device(np.asarray(prepared.std, dtype=np.float32), device).view(1, -1, 1, 1)
 
     def batches(self, rows, batch_size: int, generator=None, aug: dict | None = None):
         """Inputs of ``rows`` in consecutive batches (for BatchNorm re-estimation)."""
+        idx = self.index(rows)
         for start in range(0, len(rows), batch_size):
-            yield self.batch(rows[start : start + batch_size], generator, aug)[0]
+            yield self.take(idx[start : start + batch_size], generator, aug)[0]
 
-    def batch(self, rows, generator=None, aug: dict | None = None):
-        idx = torch.tensor(np.asarray(rows), device=self.device)
-        x = augment.normalize(self.images[idx], self.mean, self.std)
+    def index(self, rows) -> torch.Tensor:
+        """Row numbers on the device (one non-blocking copy, e.g. once per epoch)."""
+        return to_device(np.asarray(rows, dtype=np.int64), self.device)
+
+    def take(self, idx: torch.Tensor, generator=None, aug: dict | None = None):
+        """Normalized (augmented) images and labels of the rows ``idx`` (a device tensor)."""
+        x = augment.normalize(self.images[idx], self._mean, self._std)
         if aug is not None:
             x = augment.augment(x, generator, aug["crop_padding"], aug["flip"], aug["rotation_degrees"])
         return x, self.labels[idx]
 
+    def batch(self, rows, generator=None, aug: dict | None = None):
+        return self.take(self.index(rows), generator, aug)
+
     def rows(self, split: str, classes) -> np.ndarray:
         return np.flatnonzero((self.p.split == split) & np.isin(self.p.labels, classes))
+
+    def check_labels(self, rows: np.ndarray, seen) -> None:
+        """On the host: every row's class is among the seen ones (no device synchronisation)."""
+        if not np.isin(self.p.labels[rows], seen.classes).all():
+            raise ValueError("a label is outside the class mask: the sample's class has not been seen")
 
 
 @torch.no_grad()
 def evaluate(model, data: DeviceData, rows: np.ndarray, mask: torch.Tensor, batch_size: int,
              generator=None, aug: dict | None = None) -> tuple[float, float]:
     """Mean loss and accuracy over ``rows`` with logits masked to the seen classes (eval-mode BN);
-    with ``aug`` the inputs are augmented from ``generator`` (``protocol.test_augmentation``)."""
-    total_loss, correct = 0.0, 0
+    with ``aug`` the inputs are augmented from ``generator`` (``protocol.test_augmentation``).
+    Sums stay on the device and are read once."""
+    seen = seen_classes(mask)
+    data.check_labels(rows, seen)
+    idx = data.index(rows)
+    total_loss = torch.zeros((), dtype=torch.float64, device=data.device)
+    correct = torch.zeros((), dtype=torch.long, device=data.device)
     with eval_mode(model):
         for start in range(0, len(rows), batch_size):
-            x, y = data.batch(rows[start : start + batch_size], generator, aug)
+            x, y = data.take(idx[start : start + batch_size], generator, aug)
             logits = model(x)
-            total_loss += per_sample_loss(logits, y, mask).sum().item()
-            pred = logits.masked_fill(~mask, float("-inf")).argmax(1)
-            correct += (pred == y).sum().item()
+            total_loss += per_sample_loss(logits, y, seen).sum().double()
+            correct += (logits.masked_fill(~seen.mask, float("-inf")).argmax(1) == y).sum()
+    total_loss, correct = to_host(total_loss, correct)
     n = max(len(rows), 1)
-    return total_loss / n, correct / n
+    return float(total_loss) / n, int(correct) / n
 
 
 def log_epoch(where: str, row: dict, n_epochs: int, eta_seconds: float) -> None:
@@ -142,23 +163,27 @@ def train_epoch(model, optimizer, data: DeviceData, rows: np.ndarray, mask, batc
     """One pass over ``rows`` in the given order. Loss per batch = mean_i w_i * loss_i.
 
     ``after_step`` runs after every optimizer step; if it has ``wants_acts`` it receives the
-    batch's ReLU outputs (continual backprop). Returns (per-sample losses in ``rows`` order as a
-    numpy array, accuracy).
+    batch's ReLU outputs (continual backprop). The step never waits for the device: rows go to
+    the device once, the mask is an index tensor, and losses, accuracy and the finite-loss check
+    are read once, after the epoch (a non-finite loss raises then, before any state is saved).
+    Returns (per-sample losses in ``rows`` order as a numpy array, accuracy).
     """
     model.train()
     wants_acts = getattr(after_step, "wants_acts", False)
+    seen = seen_classes(mask)
+    data.check_labels(rows, seen)
+    idx = data.index(rows)
     losses = torch.empty(len(rows), device=data.device)
-    correct = 0
-    for start in range(0, len(rows), batch_size):
-        x, y = data.batch(rows[start : start + batch_size], generator, aug)
+    batch_loss = torch.empty(math.ceil(len(rows) / batch_size), device=data.device)
+    correct = torch.zeros((), dtype=torch.long, device=data.device)
+    for b, start in enumerate(range(0, len(rows), batch_size)):
+        x, y = data.take(idx[start : start + batch_size], generator, aug)
         out = model(x, return_acts=True) if wants_acts else model(x)
         logits = out.logits if wants_acts else out
-        loss_i = per_sample_loss(logits, y, mask)
+        loss_i = per_sample_loss(logits, y, seen)
         w = weights[start : start + batch_size] if weights is not None else None
         loss = (loss_i * w).mean() if w is not None else loss_i.mean()
-        if not torch.isfinite(loss):
-            raise NonFiniteLoss(f"non-finite loss ({loss.item()}) in {where}, batch starting at {start}; "
-                                "lower protocol.lr or check the data")
+        batch_loss[b] = loss.detach()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -166,9 +191,14 @@ def train_epoch(model, optimizer, data: DeviceData, rows: np.ndarray, mask, batc
             after_step(out.acts)
         elif after_step is not None:
             after_step()
-        losses[start : start + len(y)] = loss_i.detach()
-        correct += (logits.detach().masked_fill(~mask, float("-inf")).argmax(1) == y).sum().item()
-    return losses.cpu().numpy(), correct / max(len(rows), 1)
+        losses[start : start + y.shape[0]] = loss_i.detach()
+        correct += (logits.detach().masked_fill(~seen.mask, float("-inf")).argmax(1) == y).sum()
+    losses, batch_loss, correct = to_host(losses, batch_loss, correct)
+    bad = np.flatnonzero(~np.isfinite(batch_loss))
+    if len(bad):
+        raise NonFiniteLoss(f"non-finite loss ({batch_loss[bad[0]]}) in {where}, batch starting at {bad[0] * batch_size}; "
+                            "lower protocol.lr or check the data")
+    return losses, int(correct) / max(len(rows), 1)
 
 
 def make_optimizer(model, lr: float, momentum: float, weight_decay: float):
@@ -176,12 +206,17 @@ def make_optimizer(model, lr: float, momentum: float, weight_decay: float):
 
 
 def _reinit(module: torch.nn.Module, seed: int) -> None:
-    """Re-draw a module's parameters with the reference init, from ``seed``."""
+    """Re-draw a module's parameters with the reference init from ``seed``: drawn on the CPU
+    (a copy of the module) and copied to the module's device, so the same on any device."""
     from memplast.models import init_reference
 
+    cpu = copy.deepcopy(module).cpu()
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        init_reference(module)
+        torch.random.default_generator.manual_seed(seed)  # CPU only: CUDA generators untouched
+        init_reference(cpu)
+    with torch.no_grad():
+        for p, q in zip(module.parameters(), cpu.parameters(), strict=True):
+            p.copy_(q)
 
 
 def _loaded(model, weights):
@@ -253,7 +288,7 @@ def run_task(spec: RunSpec, prepared: Prepared, protocol: dict, model_cfg: dict,
     where = f"run {spec.name}, task {t}"
     data = DeviceData(prepared, device)
     seen = task_classes(spec.class_order, t, cpt)
-    mask = class_mask(seen, prepared.n_classes, device)
+    mask = seen_classes(seen, prepared.n_classes, device)  # index tensors, built once per task
     in_task = np.isin(prepared.labels, seen) & (prepared.split == "train")
     kept = in_task & np.isin(prepared.sample_id, spec.kept_ids)
     train_rows = np.flatnonzero(kept)
@@ -276,15 +311,15 @@ def run_task(spec: RunSpec, prepared: Prepared, protocol: dict, model_cfg: dict,
     else:
         optimizer = make_optimizer(model, protocol["lr"], protocol["momentum"], protocol["weight_decay"])
     cbp = CBP(model, protocol["cbp"], stable_seed("cbp", spec.name)) if uses_cbp(spec.algorithm) else None
-    generator = torch.Generator().manual_seed(stable_seed("run", spec.name))
-    noise_gen = torch.Generator(device=device).manual_seed(stable_seed("noise", spec.name))
+    generator = cpu_generator(stable_seed("run", spec.name))
+    noise_gen = cpu_generator(stable_seed("noise", spec.name))  # CPU whatever the device (saved states)
 
     if prev_state is not None:
         state = torch.load(prev_state, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"].cpu())
-        noise_gen.set_state(state["noise_generator"].cpu())
+        load_generator_state(generator, state["generator"], f"{prev_state}: generator")
+        load_generator_state(noise_gen, state["noise_generator"], f"{prev_state}: noise_generator")
         if cbp is not None:
             cbp.load_state_dict(state["cbp"])
     keep = protocol["keep_momentum_on_reset"]  # the reference keeps SGD momentum across re-initialisations
@@ -348,8 +383,8 @@ def run_task(spec: RunSpec, prepared: Prepared, protocol: dict, model_cfg: dict,
         if fits:
             model.load_state_dict(r["model"])
             optimizer.load_state_dict(r["optimizer"])
-            generator.set_state(r["generator"].cpu())
-            noise_gen.set_state(r["noise_generator"].cpu())
+            load_generator_state(generator, r["generator"], f"{resume_path}: generator")
+            load_generator_state(noise_gen, r["noise_generator"], f"{resume_path}: noise_generator")
             if cbp is not None:
                 cbp.load_state_dict(r["cbp"])
             base, best, rows, order_rows, start_epoch = r["base"], r["best"], r["metrics"], r["orders"], r["epoch"]
@@ -368,7 +403,7 @@ def run_task(spec: RunSpec, prepared: Prepared, protocol: dict, model_cfg: dict,
         order = orderings.epoch_order(base, train_ids, generator, ordering_cfg["block_size"])
         order_rows.append({"task": t, "epoch": g, "n": len(order), "hash": orderings.order_hash(order),
                            **({"order": order.tolist()} if ordering_cfg["log_full_order"] else {})})
-        w = None if weight_of is None else torch.tensor(weight_of.loc[order].to_numpy(), dtype=torch.float32, device=device)
+        w = None if weight_of is None else to_device(weight_of.loc[order].to_numpy(), device, torch.float32)
         t0 = time.perf_counter()
         losses, train_acc = train_epoch(model, optimizer, data, row_of.loc[order].to_numpy(), mask,
                                         protocol["batch_size"], generator, aug, w, after_step, f"{where}, epoch {g}")
@@ -475,7 +510,7 @@ def train_scorer(prepared: Prepared, scorer: dict, aug_cfg: dict, checkpoints: d
     device = resolve_device(device)
     data = DeviceData(prepared, device)
     classes = np.arange(prepared.n_classes)
-    mask = class_mask(classes, prepared.n_classes, device)
+    mask = seen_classes(classes, prepared.n_classes, device)
     train_rows, val_rows, test_rows = (data.rows(s, classes) for s in ("train", "val", "test"))
     meta = {"arch": scorer["arch"], "width": scorer["width"], "num_classes": prepared.n_classes,
             "in_channels": prepared.images.shape[1]}
@@ -483,7 +518,7 @@ def train_scorer(prepared: Prepared, scorer: dict, aug_cfg: dict, checkpoints: d
     _reinit(model, stable_seed("scorer", seed))
     model.to(device)
     optimizer = make_optimizer(model, scorer["lr"], scorer["momentum"], scorer["weight_decay"])
-    generator = torch.Generator().manual_seed(stable_seed("scorer-run", seed))
+    generator = cpu_generator(stable_seed("scorer-run", seed))
     aug = aug_cfg if scorer["augment"] else None
     milestones = [math.floor(f * scorer["epochs"]) for f in scorer["milestones_frac"]]
     csl = CSLAccumulator()

@@ -23,6 +23,8 @@ rule probe:
         mem_mb=lambda wc, attempt: job("probe", "mem_mb") * attempt,
         runtime=lambda wc, attempt: job("probe", "runtime") * attempt,
         gpu=job("probe", "gpu"),
+        # grouped jobs run one at a time in a SLURM submission (profiles/slurm: serial=1)
+        serial=1,
     params:
         boundary=lambda wc: int(wc.boundary),
         cfg=cfg_slice("protocol", "probes", "memo"),

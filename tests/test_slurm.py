@@ -5,6 +5,9 @@ The fixture installs Debian's SLURM when `sinfo` is missing, starts munged, slur
 (unless a cluster is already up), and stops what it started at teardown, also when the test fails.
 It skips, with the reason, when not root, when apt fails or when the node never becomes idle.
 Without slurmdbd, `sacct` cannot report job states, so the run polls with squeue (docs/slurm.md).
+The test cluster declares 4 GPUs (bookkeeping only) and the run asks for them as at paper scale
+(tests/data/slurm_gpu.yaml): every `sbatch` call the plugin logs is checked against the job sizes,
+a probe group included (1 GPU, its jobs run one after another: the sum of their runtimes).
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ SLURM_FLAGS = [
     # Keep every job's SLURM log (named <SLURM job id>.log), the evidence that SLURM ran it.
     "--slurm-keep-successful-logs",
 ]
+GPU_SIZES = ROOT / "tests" / "data" / "slurm_gpu.yaml"
+SBATCH = re.compile(r"sbatch call: (sbatch .*?--wrap=.*?)(?:\n\S|\Z)", re.S)
 SUBMITTED = re.compile(r"Job (\S+) has been submitted with SLURM jobid (\d+) \(log: (\S+)\)")
 
 
@@ -74,6 +79,10 @@ def slurm_cluster():
     if shutil.which("sinfo") is None:
         install_slurm()
     if partition_state() in ("idle", "mixed", "allocated"):
+        gres = run(["sinfo", "-h", "-p", PARTITION, "-o", "%G"], timeout=30).stdout
+        if "gpu" not in gres:
+            pytest.skip(f"a SLURM cluster without GPUs is already running (gres {gres.strip()!r}); stop it with "
+                        "ci/slurm-down.sh so the test starts its own (ci/slurm-up.sh declares 4 GPUs)")
         yield "already running"  # someone else's cluster (e.g. a manual ci/slurm-up.sh): leave it up
         return
     up = run(["bash", str(ROOT / "ci" / "slurm-up.sh")], timeout=300)
@@ -94,14 +103,14 @@ def test_tiny_workflow_through_slurm_matches_local_run(slurm_cluster, tmp_path):
     # The local reference run goes alongside: the SLURM run mostly waits for status polls.
     local_log = open(tmp_path / "local.log", "w")
     local_run = subprocess.Popen(
-        [SNAKEMAKE, *common, "--directory", str(local), "--cores", "2", "--configfile", *TINY],
+        [SNAKEMAKE, *common, "--directory", str(local), "--cores", "2", "--configfile", *TINY, str(GPU_SIZES)],
         cwd=ROOT, stdout=local_log, stderr=subprocess.STDOUT,
     )
     try:
         t0 = time.perf_counter()
         out = run(
             ["timeout", "-k", "10", "1200", SNAKEMAKE, *common, "--profile", str(ROOT / "profiles" / "slurm"),
-             "--directory", str(through_slurm), *SLURM_FLAGS, "--configfile", *TINY],
+             "--directory", str(through_slurm), *SLURM_FLAGS, "--verbose", "--configfile", *TINY, str(GPU_SIZES)],
             cwd=ROOT, timeout=1300,
         )
         seconds = time.perf_counter() - t0
@@ -131,6 +140,8 @@ def test_tiny_workflow_through_slurm_matches_local_run(slurm_cluster, tmp_path):
     # The 4 probe jobs share one submission (group "probes", group-components in the profile).
     assert len(list((logdir / "group_probes_probe").glob("*.log"))) == 1
     assert "probe" not in {p.name.removeprefix("rule_") for p in logdir.iterdir()}
+    check_sbatch_requests(log)
+
     # SLURM itself reports them COMPLETED (jobs stay in squeue for MinJobAge=300 s).
     states = run(["squeue", "--states=all", "-h", "-o", "%i %T"], timeout=30).stdout.split("\n")
     states = dict(line.split() for line in states if line.strip())
@@ -145,3 +156,76 @@ def test_tiny_workflow_through_slurm_matches_local_run(slurm_cluster, tmp_path):
     csv = "results/stats/per_boundary.csv"
     pd.testing.assert_frame_equal(pd.read_csv(local / csv), pd.read_csv(through_slurm / csv), check_exact=True)
     assert (through_slurm / "results/figures/memo_vs_dgrad.pdf").stat().st_size > 1000
+
+
+def _option(call: str, pattern: str):
+    m = re.search(pattern, call.split("--wrap=")[0])
+    return m.group(1) if m else None
+
+
+def check_sbatch_requests(log: str) -> None:
+    """Every sbatch call asks for what its job(s) need, given that the executor runs a
+    submission's jobs one at a time on one GPU (sizes from tests/data/slurm_gpu.yaml)."""
+    import yaml
+
+    res = yaml.safe_load(GPU_SIZES.read_text())["resources"]
+    family = {"train_task": "train", "memo_scorer": "memo_scorer", "memo_curvature": "curvature", "probe": "probe",
+              "run_summary": "probe"}
+    calls = SBATCH.findall(log)
+    assert len(calls) == len(SUBMITTED.findall(log)) > 0, "sbatch calls not logged (--verbose)"
+    seen = set()
+    for call in calls:
+        targets = re.findall(r"'(\w+):[^']*'", call.split("--target-jobs", 1)[1].split(" --", 1)[0])
+        assert targets, call
+        rules = set(targets)
+        assert len(rules) == 1, call
+        (rule,) = rules
+        seen.add((rule, len(targets)))
+        gpus, minutes = _option(call, r"--gpus=(\d+)"), _option(call, r" -t '?(\d+)")
+        mem, cpus = _option(call, r"--mem '?(\d+)"), _option(call, r"--cpus-per-task=(\d+)")
+        if rule not in family:
+            assert gpus is None, f"{rule} asks for a GPU: {call}"
+            continue
+        size = res[family[rule]]
+        assert gpus == "1", f"{rule} x{len(targets)} asks for {gpus} GPUs, runs on 1: {call}"
+        assert int(mem) == size["mem_mb"] and int(cpus) == size["threads"], call
+        if rule != "train_task":  # train_task's runtime comes from the task size
+            assert int(minutes) == size["runtime"] * len(targets), f"{rule} x{len(targets)}: -t {minutes}: {call}"
+    assert ("probe", 4) in seen, sorted(seen)  # the 4 probe jobs went as one group
+
+
+GROUP_SNAKEFILE = """
+rule all:
+    input: expand("out/{i}.txt", i=range(4))
+
+rule probe_like:
+    output: "out/{i}.txt"
+    group: "probes"
+    threads: 1
+    resources: mem_mb=300, runtime=7, gpu=1, serial=1
+    shell: "echo $CUDA_VISIBLE_DEVICES > {output}"
+"""
+
+
+def test_probe_group_asks_for_one_gpu_and_the_sum_of_runtimes(slurm_cluster, tmp_path):
+    """Four jobs sized like probes (serial=1, as rules/probe.smk) in group `probes`, through
+    profiles/slurm: one submission with 1 GPU, one job's threads and memory, and 4 x 7 min.
+    (Before: 4 GPUs and 2 x 7 min, while the executor ran the 4 jobs one after another on one GPU.)"""
+    (tmp_path / "Snakefile").write_text(GROUP_SNAKEFILE)
+    out = run(["timeout", "-k", "10", "600", SNAKEMAKE, "--snakefile", str(tmp_path / "Snakefile"), "--directory",
+               str(tmp_path), "--profile", str(ROOT / "profiles" / "slurm"), "--workflow-profile", "none", *SLURM_FLAGS,
+               "--verbose"], cwd=tmp_path, timeout=700)
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, tail(log)
+    (call,) = SBATCH.findall(log)
+    assert len(re.findall(r"'probe_like:i=\d'", call)) == 4, call
+    assert _option(call, r"--gpus=(\d+)") == "1" and _option(call, r" -t '?(\d+)") == "28", call
+    assert _option(call, r"--mem '?(\d+)") == "300" and _option(call, r"--cpus-per-task=(\d+)") == "1", call
+    assert all((tmp_path / "out" / f"{i}.txt").read_text().strip() for i in range(4))  # SLURM gave them a GPU
+    # the project's probe rule claims serial=1 too (dry run of the tiny study)
+    dry = run([SNAKEMAKE, "results/runs/order0/none/random/none/base/probes/boundary0.parquet", "-n", "--snakefile",
+               str(ROOT / "Snakefile"), "--directory", str(tmp_path / "dry"), "--workflow-profile", "none",
+               "--configfile", *TINY], cwd=ROOT)
+    assert dry.returncode == 0, tail(dry.stderr)
+    probe_block = (dry.stdout + dry.stderr).split("rule probe:", 1)[1].split("resources:", 1)[1].splitlines()[0]
+    assert "serial=1" in probe_block, probe_block
