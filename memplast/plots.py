@@ -12,7 +12,6 @@ as colour, so every figure reads in greyscale.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -418,5 +417,5 @@ def memo_validation(scores: pd.DataFrame, agreement: pd.DataFrame, auroc: pd.Dat
     return fig
 
 
-__all__ = ["save", "read_pdf_provenance", "outcome_label", "memo_vs_outcome", "accuracy_curves", "dormant_and_rank",
+__all__ = ["save", "read_pdf_provenance", "outcome_label", "accuracy_curves", "dormant_and_rank",
            "class_balance", "order_diagnostics", "memo_validation"]
