@@ -175,7 +175,7 @@ class RunSpec:
     """Everything that identifies a run and its task job."""
 
     name: str  # run path, e.g. order0/none/random/none/base
-    order_seed: int
+    order_seed: int  # seeds init, data order, augmentation and noise: shared by all runs of the order
     class_order: np.ndarray
     task: int
     kept_ids: np.ndarray  # training sample ids kept by the filter
@@ -243,8 +243,10 @@ def run_task(spec: RunSpec, prepared: Prepared, protocol: dict, model_cfg: dict,
     _reinit(model, init_seed)
     model.to(device)
     optimizer = make_optimizer(model, protocol["lr"], protocol["momentum"], protocol["weight_decay"])
-    generator = torch.Generator().manual_seed(stable_seed("run", spec.name))
-    noise_gen = torch.Generator(device=device).manual_seed(stable_seed("noise", spec.name))
+    # Common random numbers: the streams depend on the class-order seed only, so every run of a
+    # class order (any algorithm or data condition) shares init, data order and augmentation.
+    generator = torch.Generator().manual_seed(stable_seed("run", spec.order_seed))
+    noise_gen = torch.Generator(device=device).manual_seed(stable_seed("noise", spec.order_seed))
 
     if prev_state is not None:
         state = torch.load(prev_state, map_location=device, weights_only=True)
