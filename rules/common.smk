@@ -99,6 +99,8 @@ def expand_all_targets():
         "order_diagnostics",
         "memo_validation",
     ]
+    if "retrained" in config["conditions"]["algorithms"]:
+        figures.append("plasticity_gap")  # accuracy relative to retrained, rules/plasticity.smk
     return [
         *expand("results/figures/{name}.pdf", name=figures),
         "results/stats/conditions.csv",
