@@ -49,6 +49,14 @@ SETTINGS = {
                                   "augmentation": {"crop_padding": 0}},
                       "protocol": {"epochs_per_task": 60, "lr_milestones": [30, 45], "lr_gamma": 0.1,
                                    "weight_decay": 0.0}},
+    "digits30-hard": {"dataset": {"split_fractions": {"val": 0.15, "test": 0.55},
+                                  "augmentation": {"crop_padding": 0}},
+                      "protocol": {"epochs_per_task": 30, "lr_milestones": [15, 22], "lr_gamma": 0.1,
+                                   "weight_decay": 0.0}},
+    # full demo data, but no augmentation and no weight decay (warm-start setting)
+    "digits30-full": {"dataset": {"augmentation": {"crop_padding": 0}},
+                      "protocol": {"epochs_per_task": 30, "lr_milestones": [15, 22], "lr_gamma": 0.1,
+                                   "weight_decay": 0.0}},
     "digits30": {"protocol": {"epochs_per_task": 30, "lr_milestones": [15, 22], "lr_gamma": 0.1}},
 }
 
@@ -111,6 +119,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("setting", choices=sorted(SETTINGS))
     ap.add_argument("--orders", type=int, default=5)
+    ap.add_argument("--seeds", default=None, help="comma-separated class-order seeds (default: 0..orders-1)")
+    ap.add_argument("--merge", action="store_true", help="summarize every stored row of --label instead of running")
     ap.add_argument("--algorithms", default="base,retrained")
     ap.add_argument("--set", default="{}", help="extra JSON overlay, e.g. '{\"protocol\": {\"lr\": 0.1}}'")
     ap.add_argument("--label", default=None)
@@ -122,15 +132,31 @@ def main():
     mpconfig.validate(cfg)
     prepared = data.prepare(cfg["dataset"])
     algorithms = args.algorithms.split(",")
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else list(range(args.orders))
+    label = args.label or args.setting + (f" {args.set}" if extra else "")
     t0 = time.perf_counter()
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for seed in range(args.orders):
-            for a in algorithms:
-                rows += run_one(cfg, prepared, seed, a, Path(tmp))
-    wall = time.perf_counter() - t0
+    if args.merge:  # parts run in parallel processes, stored under the same label
+        parts = [json.loads(line) for line in open(args.out) if json.loads(line)["label"] == label and "part" in json.loads(line)]
+        rows = [r for p in parts for r in p["rows"]]
+        wall = sum(p["wall_s"] for p in parts)
+        seeds = sorted({r["order"] for r in rows})
+        args.orders = len(seeds)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            for seed in seeds:
+                for a in algorithms:
+                    rows += run_one(cfg, prepared, seed, a, Path(tmp))
+        wall = time.perf_counter() - t0
+    if not args.merge and len(seeds) < 2:
+        with open(args.out, "a") as f:
+            f.write(json.dumps({"label": label, "part": seeds, "wall_s": wall, "rows": rows}) + "\n")
+        print(f"SUMMARY {label} part {seeds}: wall {wall:.0f} s")
+        return
+    if args.seeds and not args.merge:
+        with open(args.out, "a") as f:
+            f.write(json.dumps({"label": label, "part": seeds, "wall_s": wall, "rows": rows}) + "\n")
     res = summarize(rows, algorithms)
-    label = args.label or args.setting + (f" {args.set}" if extra else "")
     print(f"== {label}: {args.orders} orders, {algorithms}, wall {wall:.0f} s "
           f"({int(os.environ.get('MEMPLAST_THREADS', '1'))} thread)")
     print("task  gap(base-retrained) pts [95% CI]   n<0")

@@ -99,8 +99,9 @@ def expand_all_targets():
         "order_diagnostics",
         "memo_validation",
     ]
+    # accuracy relative to the retrained reference (rules/plasticity.smk)
     if "retrained" in config["conditions"]["algorithms"]:
-        figures.append("plasticity_gap")  # accuracy relative to retrained, rules/plasticity.smk
+        figures.append("plasticity_gap")
     return [
         *expand("results/figures/{name}.pdf", name=figures),
         "results/stats/conditions.csv",
