@@ -94,17 +94,18 @@ def figure(summary: pd.DataFrame, gaps: pd.DataFrame, primary: dict, pdf: str, p
     rows = primary_rows(summary, primary)
     text = caption(gaps, level)
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(9, 3.8))
+    colors = {a: f"C{i}" for i, a in enumerate(sorted(rows["algorithm"].unique()))}
     for a, g in rows.groupby("algorithm"):
         m = g.groupby("task")["test_acc"].mean()
-        ax0.plot(m.index, 100 * m.to_numpy(), marker="o", label=a)
+        ax0.plot(m.index, 100 * m.to_numpy(), marker="o", label=a, color=colors[a])
     ax0.set(xlabel="task", ylabel="test accuracy (%)", title="end-of-task test accuracy")
     ax0.legend(fontsize=8)
     ax1.axhline(0, color="k", lw=0.8)
     for a, g in gaps.groupby("algorithm", sort=False):
-        ax1.plot(g["task"], 100 * g["mean"], marker="o", label=f"{a} - {g['reference'].iloc[0]}")
-        ax1.fill_between(g["task"], 100 * g["lo"], 100 * g["hi"], alpha=0.25)
+        ax1.plot(g["task"], 100 * g["mean"], marker="o", label=f"{a} - {g['reference'].iloc[0]}", color=colors[a])
+        ax1.fill_between(g["task"], 100 * g["lo"], 100 * g["hi"], alpha=0.2, color=colors[a])
     ax1.set(xlabel="task", ylabel="accuracy difference (points)",
-            title=f"relative to retrained (mean, {int(100 * level)}% t-CI over orders)")
+            title=f"minus retrained (mean, {int(100 * level)}% t-CI)")
     ax1.legend(fontsize=8)
     import textwrap
 
