@@ -31,6 +31,7 @@ include: "rules/train.smk"
 include: "rules/probe.smk"
 include: "rules/stats.smk"
 include: "rules/curves.smk"
+include: "rules/plasticity.smk"
 
 
 # Cheap jobs (and downloads, since compute nodes often lack internet) run on the
@@ -43,6 +44,7 @@ localrules:
     stats_conditions,
     figure_memo_vs_outcome,
     figure_conditions,
+    figure_plasticity_gap,
     figure_class_balance,
     figure_order_diagnostics,
     memo_validation,

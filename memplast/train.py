@@ -231,7 +231,7 @@ class RunSpec:
     """Everything that identifies a run and its task job."""
 
     name: str  # run path, e.g. order0/none/random/none/base
-    order_seed: int
+    order_seed: int  # seeds init, data order, augmentation and noise: shared by all runs of the order
     class_order: np.ndarray
     task: int
     kept_ids: np.ndarray  # training sample ids kept by the filter
@@ -307,12 +307,14 @@ def run_task(spec: RunSpec, prepared: Prepared, protocol: dict, model_cfg: dict,
     base_lr = protocol["lr"]
     if uses_upgd(spec.algorithm):
         base_lr = protocol["upgd"]["lr"] or protocol["lr"]
-        optimizer = make_upgd(model, protocol["upgd"], base_lr, protocol["weight_decay"], stable_seed("upgd", spec.name))
+        optimizer = make_upgd(model, protocol["upgd"], base_lr, protocol["weight_decay"], stable_seed("upgd", spec.order_seed))
     else:
         optimizer = make_optimizer(model, protocol["lr"], protocol["momentum"], protocol["weight_decay"])
-    cbp = CBP(model, protocol["cbp"], stable_seed("cbp", spec.name)) if uses_cbp(spec.algorithm) else None
-    generator = cpu_generator(stable_seed("run", spec.name))
-    noise_gen = cpu_generator(stable_seed("noise", spec.name))  # CPU whatever the device (saved states)
+    cbp = CBP(model, protocol["cbp"], stable_seed("cbp", spec.order_seed)) if uses_cbp(spec.algorithm) else None
+    # Common random numbers: the streams depend on the class-order seed only, so every run of a
+    # class order (any algorithm or data condition) shares init, data order and augmentation.
+    generator = cpu_generator(stable_seed("run", spec.order_seed))
+    noise_gen = cpu_generator(stable_seed("noise", spec.order_seed))  # CPU whatever the device (saved states)
 
     if prev_state is not None:
         state = torch.load(prev_state, map_location=device, weights_only=True)
@@ -409,11 +411,11 @@ def run_task(spec: RunSpec, prepared: Prepared, protocol: dict, model_cfg: dict,
                                         protocol["batch_size"], generator, aug, w, after_step, f"{where}, epoch {g}")
         seconds = time.perf_counter() - t0
         if bn_reestimate:
-            shuffled = row_of.to_numpy()[torch.randperm(len(row_of), generator=_side_gen("bn", spec.name, g)).numpy()]
-            reestimate_bn(model, data.batches(shuffled, protocol["batch_size"], _side_gen("bn-aug", spec.name, g), aug))
+            shuffled = row_of.to_numpy()[torch.randperm(len(row_of), generator=_side_gen("bn", spec.order_seed, g)).numpy()]
+            reestimate_bn(model, data.batches(shuffled, protocol["batch_size"], _side_gen("bn-aug", spec.order_seed, g), aug))
         val_loss, val_acc = evaluate(model, data, val_rows, mask, protocol["eval_batch_size"])
         test_loss, test_acc = evaluate(model, data, test_rows, mask, protocol["eval_batch_size"],
-                                       _side_gen("test-aug", spec.name, g), test_aug)
+                                       _side_gen("test-aug", spec.order_seed, g), test_aug)
         rows.append({"kind": "epoch", "task": t, "task_epoch": e + 1, "epoch": g, "lr": lr,
                      "train_loss": float(losses.mean()), "train_acc": train_acc, "val_loss": val_loss,
                      "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc,
@@ -461,7 +463,7 @@ def run_task(spec: RunSpec, prepared: Prepared, protocol: dict, model_cfg: dict,
         log.info("%s: restored best-validation weights of epoch %d (val acc %.4f)", where, best["epoch"], best["val_acc"])
     val_loss, val_acc = evaluate(model, data, val_rows, mask, protocol["eval_batch_size"])
     test_loss, test_acc = evaluate(model, data, test_rows, mask, protocol["eval_batch_size"],
-                                   _side_gen("test-aug", spec.name, "end", t), test_aug)
+                                   _side_gen("test-aug", spec.order_seed, "end", t), test_aug)
     rows.append({"kind": "end", "task": t, "task_epoch": E, "epoch": end_epoch, "lr": float("nan"),
                  "train_loss": float("nan"), "train_acc": float("nan"), "val_loss": val_loss, "val_acc": val_acc,
                  "test_loss": test_loss, "test_acc": test_acc, "seconds": float("nan"), "images_per_sec": float("nan"),

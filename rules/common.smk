@@ -108,6 +108,9 @@ def expand_all_targets():
         "memo_validation",
         "training_curves",
     ]
+    # accuracy relative to the retrained reference (rules/plasticity.smk)
+    if "retrained" in config["conditions"]["algorithms"]:
+        figures.append("plasticity_gap")
     return [
         *expand("results/figures/{name}.pdf", name=figures),
         "results/stats/conditions.csv",

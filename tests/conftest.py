@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -52,3 +54,22 @@ def randomize_bn(model, seed=0):
                 m.running_mean.copy_(0.2 * torch.randn(m.running_mean.shape, generator=g, dtype=m.running_mean.dtype))
                 m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g, dtype=m.running_var.dtype))
     return model
+
+
+def ensure_debian_package(executable: str, package: str) -> str:
+    """Path of ``executable``, installing Debian's ``package`` with apt when it is missing;
+    skip the calling test with the reason when that is impossible (no root, no apt, no network)."""
+    found = shutil.which(executable)
+    if found:
+        return found
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        pytest.skip(f"`{executable}` is missing and installing it needs root and apt: apt-get install {package}")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends", package]):
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+        if out.returncode != 0:
+            pytest.skip(f"`{executable}` is missing and `{' '.join(cmd)}` failed: {out.stderr.strip()[-300:]}")
+    found = shutil.which(executable)
+    if not found:
+        pytest.skip(f"apt installed {package} but `{executable}` is still not on PATH")
+    return found

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
 
-import pytest
 
-from conftest import ROOT
+from conftest import ROOT, ensure_debian_package
 
 SCRIPT = ROOT / "scripts" / "render_dag.py"
 # Rules the tiny configuration runs (CIFAR download and the Feldman-Zhang import are not in it).
@@ -62,16 +60,8 @@ def test_mermaid_rulegraph_and_dag(tmp_path):
 
 
 def ensure_dot():
-    """graphviz `dot` on PATH, installed with apt when missing; skip with the reason when impossible."""
-    if shutil.which("dot"):
-        return
-    if os.geteuid() != 0:
-        pytest.skip("graphviz `dot` is missing and installing it needs root: apt-get install graphviz")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends", "graphviz"]):
-        out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-        if out.returncode != 0:
-            pytest.skip(f"graphviz `dot` is missing and `{' '.join(cmd)}` failed: {out.stderr.strip()[-300:]}")
+    """graphviz `dot` on PATH, installed with apt when missing (or skip with the reason)."""
+    ensure_debian_package("dot", "graphviz")
 
 
 def test_svg_rulegraph_and_dag(tmp_path):

@@ -63,11 +63,11 @@ def small(demo_config):
 
 
 def _run(tmp, cfg, prepared, task, prev=None, algorithm="base", ordering="random", alpha=0.0, memo=None,
-         stop=None, name="order0/none/random/none/base", ckpt_all=False, window=0):
+         stop=None, name="order0/none/random/none/base", ckpt_all=False, window=0, seed=0):
     E = cfg["protocol"]["epochs_per_task"]
     epochs = train.task_epoch_range(task, E) if ckpt_all else [task * E + E]
     ckpts = {g: str(tmp / f"t{task}" / f"e{g}.pt") for g in epochs}
-    spec = train.RunSpec(name, 0, data.class_order(0, 10), task, prepared.sample_id[prepared.split == "train"],
+    spec = train.RunSpec(name, seed, data.class_order(seed, 10), task, prepared.sample_id[prepared.split == "train"],
                          ordering, alpha, algorithm, memo=memo)
     metrics = train.run_task(spec, prepared, cfg["protocol"], cfg["model"], cfg["dataset"]["augmentation"],
                              cfg["ordering"], cfg["weighting"], prev, str(tmp / f"t{task}" / "end.pt"), ckpts,
@@ -218,6 +218,29 @@ def test_second_task_sees_more_classes_and_algorithms_differ(tmp_path, small, di
     assert dist(retrained) > 3 * dist(base)
     head = _weights(tmp_path / "head_reset" / "t1" / "end.pt")
     assert (head["conv1.weight"] - start["conv1.weight"]).norm() < (head["fc.weight"] - start["fc.weight"]).norm()
+
+
+def test_common_random_numbers_pair_algorithms_of_a_class_order(tmp_path, small, digits):
+    """Task 0 of base and retrained is the same computation (same init, data order and augmentation
+    streams, derived from the class-order seed); a different class order gives a different run; at
+    task 1 both algorithms still draw the same epoch orders, so only the algorithm differs."""
+    cfg = copy.deepcopy(small)
+    cfg["protocol"].update(epochs_per_task=2, lr_milestones=[], state_every=2)
+    drop = ["seconds", "images_per_sec"]
+    runs = {}
+    for seed, algorithm in [(0, "base"), (0, "retrained"), (1, "base")]:
+        name = f"order{seed}/none/random/none/{algorithm}"
+        out = tmp_path / f"{seed}-{algorithm}"
+        m, _ = _run(out, cfg, digits, 0, algorithm=algorithm, name=name, seed=seed)
+        _run(out, cfg, digits, 1, prev=str(out / "t0" / "end.pt"), algorithm=algorithm, name=name, seed=seed)
+        runs[seed, algorithm] = (m.drop(columns=drop), _weights(out / "t0" / "end.pt"),
+                                 _weights(out / "t1" / "end.pt"), pd.read_parquet(out / "t1" / "o.parquet"))
+    (mb, wb, wb1, ob), (mr, wr, wr1, orr), (m1, w1, _, _) = runs[0, "base"], runs[0, "retrained"], runs[1, "base"]
+    pd.testing.assert_frame_equal(mb, mr)
+    assert _same(wb, wr)
+    assert not _same(wb, w1) and not mb["train_loss"].equals(m1["train_loss"])
+    assert ob["hash"].tolist() == orr["hash"].tolist()  # same data order at task 1
+    assert not _same(wb1, wr1)  # ... and the algorithm alone makes the difference
 
 
 def test_nan_loss_names_run_task_and_epoch(tmp_path, small, digits):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, ensure_debian_package
 
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 TINY = [str(ROOT / "config.yaml"), str(ROOT / "config" / "demo.yaml"), str(ROOT / "tests" / "data" / "tiny.yaml")]
@@ -170,9 +170,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
 
 def rendered_dom(html: Path, profile: Path) -> str:
     """The DOM of ``html`` after its scripts ran, from headless Debian chromium."""
-    exe = shutil.which("chromium") or shutil.which("chromium-browser")
-    if exe is None:
-        pytest.skip("chromium is not installed (Debian: apt-get install -y chromium)")
+    exe = shutil.which("chromium-browser") or ensure_debian_package("chromium", "chromium")
     out = subprocess.run([exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=20000",
                           "--dump-dom", html.as_uri()], capture_output=True, text=True, timeout=300)
     if out.returncode != 0 or "<html" not in out.stdout:

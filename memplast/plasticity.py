@@ -1,0 +1,118 @@
+"""Loss of plasticity as Dohare et al. measure it: accuracy relative to a retrained network.
+
+For every class order k and task t, the paired difference
+    d_kt = acc_kt(algorithm) - acc_kt(reference)      (reference: ``retrained``)
+of end-of-task test accuracies (same class order, same random streams). Per task, its mean over
+the K orders with the two-sided t-interval  mean +- t_{K-1, (1+level)/2} * sd / sqrt(K).
+Base losing plasticity shows as d < 0 with the interval excluding zero, growing with t.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+PRIMARY_KEYS = ("filter", "ordering", "weighting")
+
+
+def t_interval(x, level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, lo, hi): two-sided Student-t interval mean +- t_{n-1,(1+level)/2} * sd(ddof=1) / sqrt(n)."""
+    x = np.asarray(x, dtype=float)
+    n = len(x)
+    mean = float(x.mean())
+    if n < 2:
+        return mean, float("nan"), float("nan")
+    half = stats.t.ppf((1 + level) / 2, n - 1) * x.std(ddof=1) / np.sqrt(n)
+    return mean, float(mean - half), float(mean + half)
+
+
+def paired_gap(summary: pd.DataFrame, algorithm: str, reference: str = "retrained", value: str = "test_acc",
+               level: float = 0.95) -> pd.DataFrame:
+    """Per task: the paired difference ``value``(algorithm) - ``value``(reference) over class orders.
+
+    ``summary`` is long (order_seed, task, algorithm, value) with one row per order, task and
+    algorithm (already restricted to one data condition). Returns task, n, mean, lo, hi, n_negative,
+    and the mean ``value`` of both algorithms; only orders that ran both algorithms count.
+    """
+    need = {"order_seed", "task", "algorithm", value}
+    if missing := need - set(summary.columns):
+        raise ValueError(f"paired_gap: summary lacks columns {sorted(missing)}; pass run_summaries.parquet rows")
+    wide = summary.pivot_table(index=["order_seed", "task"], columns="algorithm", values=value, aggfunc="first")
+    for a in (algorithm, reference):
+        if a not in wide.columns:
+            raise ValueError(f"paired_gap: no runs of algorithm {a!r}; add it to conditions.algorithms")
+    wide = wide[[algorithm, reference]].dropna()
+    rows = []
+    for task, g in wide.groupby(level="task"):
+        d = (g[algorithm] - g[reference]).to_numpy()
+        mean, lo, hi = t_interval(d, level)
+        rows.append({"task": int(task), "algorithm": algorithm, "reference": reference, "n": len(d), "mean": mean,
+                     "lo": lo, "hi": hi, "n_negative": int((d < 0).sum()),
+                     f"{value}_algorithm": float(g[algorithm].mean()), f"{value}_reference": float(g[reference].mean())})
+    return pd.DataFrame(rows)
+
+
+def primary_rows(summary: pd.DataFrame, primary: dict) -> pd.DataFrame:
+    """The runs of the primary data condition (every algorithm)."""
+    keep = np.ones(len(summary), dtype=bool)
+    for k in PRIMARY_KEYS:
+        if k in summary.columns:
+            keep &= summary[k].astype(str).to_numpy() == str(primary[k])
+    return summary[keep]
+
+
+def gap_table(summary: pd.DataFrame, primary: dict, reference: str = "retrained", level: float = 0.95) -> pd.DataFrame:
+    """:func:`paired_gap` of every non-reference algorithm of the primary data condition, stacked."""
+    rows = primary_rows(summary, primary)
+    algorithms = [a for a in sorted(rows["algorithm"].unique()) if a != reference]
+    return pd.concat([paired_gap(rows, a, reference, level=level) for a in algorithms], ignore_index=True)
+
+
+def caption(gaps: pd.DataFrame, level: float = 0.95) -> str:
+    """One sentence per algorithm: its final-task gap to the reference with the interval."""
+    parts = []
+    for a, g in gaps.groupby("algorithm", sort=False):
+        last = g.loc[g["task"].idxmax()]
+        parts.append(f"{a} - {last['reference']} at the last task (t={int(last['task'])}): "
+                     f"{100 * last['mean']:+.2f} points, {int(100 * level)}% CI "
+                     f"[{100 * last['lo']:+.2f}, {100 * last['hi']:+.2f}] over {int(last['n'])} class orders "
+                     f"({int(last['n_negative'])} below zero)")
+    return "; ".join(parts) + "."
+
+
+def figure(summary: pd.DataFrame, gaps: pd.DataFrame, primary: dict, pdf: str, png: str | None = None,
+           level: float = 0.95) -> str:
+    """Left: mean test accuracy per task and algorithm. Right: accuracy minus the reference's, per
+    task, with the t-interval band. The caption (returned, and printed under the axes) states the
+    final-task gaps with their intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = primary_rows(summary, primary)
+    text = caption(gaps, level)
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(9, 3.8))
+    colors = {a: f"C{i}" for i, a in enumerate(sorted(rows["algorithm"].unique()))}
+    for a, g in rows.groupby("algorithm"):
+        m = g.groupby("task")["test_acc"].mean()
+        ax0.plot(m.index, 100 * m.to_numpy(), marker="o", label=a, color=colors[a])
+    ax0.set(xlabel="task", ylabel="test accuracy (%)", title="end-of-task test accuracy")
+    ax0.legend(fontsize=8)
+    ax1.axhline(0, color="k", lw=0.8)
+    for a, g in gaps.groupby("algorithm", sort=False):
+        ax1.plot(g["task"], 100 * g["mean"], marker="o", label=f"{a} - {g['reference'].iloc[0]}", color=colors[a])
+        ax1.fill_between(g["task"], 100 * g["lo"], 100 * g["hi"], alpha=0.2, color=colors[a])
+    ax1.set(xlabel="task", ylabel="accuracy difference (points)",
+            title=f"minus retrained (mean, {int(100 * level)}% t-CI)")
+    ax1.legend(fontsize=8)
+    import textwrap
+
+    fig.text(0.01, 0.01, "\n".join(textwrap.wrap(text, 150)), fontsize=7, va="bottom")
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fig.savefig(pdf)
+    if png:
+        fig.savefig(png, dpi=120)
+    plt.close(fig)
+    return text

@@ -1,0 +1,27 @@
+# Loss of plasticity as Dohare et al. measure it: test accuracy of every algorithm relative to
+# the retrained reference, paired over class orders (memplast/plasticity.py).
+
+
+rule figure_plasticity_gap:
+    input:
+        summary="results/stats/run_summaries.parquet",
+    output:
+        gaps="results/stats/plasticity_gap.csv",
+        pdf=report(
+            "results/figures/plasticity_gap.pdf",
+            caption="../report/plasticity_gap.rst",
+            category="Conditions",
+        ),
+        png="results/figures/plasticity_gap.png",
+    log:
+        log_path("figures/plasticity_gap"),
+    conda:
+        ENV_STATS
+    threads: 1
+    resources:
+        mem_mb=job("light", "mem_mb"),
+        runtime=job("light", "runtime"),
+    params:
+        cfg=STATS_CFG,
+    script:
+        "../scripts/plasticity_gap.py"
