@@ -137,12 +137,13 @@ def test_killed_and_resumed_task_ends_bitwise_identical(tmp_path, small, digits)
     with pytest.raises(KeyboardInterrupt):
         _run(tmp_path / "k", small, digits, 1, prev=prev, stop=4 + 3, ckpt_all=True, window=2)
     assert (tmp_path / "k" / "resume" / "t1.pt").exists()
-    # the resume file holds model, best model and momentum, not copies of the window checkpoints
-    # (those wait in the staging directory next to it, which Snakemake does not delete)
+    # the resume file holds model, best model, momentum and the before-window states (the last w
+    # epochs and the best epoch's w), not copies of the after-window checkpoints (those wait in the
+    # staging directory next to it, which Snakemake does not delete)
     state = torch.load(tmp_path / "k" / "resume" / "t1.pt", weights_only=False)
     model_bytes = sum(v.numel() * v.element_size() for v in state["model"].values())
     tensor_bytes = sum(v.numel() * v.element_size() for v in _tensors(state))
-    assert state["staged"] == [5, 6] and tensor_bytes < 3.5 * model_bytes
+    assert state["staged"] == [5, 6] and tensor_bytes < (3.5 + 2 * 2) * model_bytes
     assert sorted(p.name for p in (tmp_path / "k" / "resume" / "t1.ckpt").iterdir()) == ["e5.pt", "e6.pt", "e7.pt"]
     # a killed Snakemake job loses its outputs: the resumed job must write all of them again
     for f in (tmp_path / "k" / "t1").glob("*.pt"):

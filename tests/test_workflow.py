@@ -85,7 +85,8 @@ def test_dry_run_algorithms_overlay(tmp_path):
     out = snakemake("-n", "--directory", str(tmp_path), "--configfile", *DEMO, str(ROOT / "config" / "algorithms.yaml"))
     counts = job_counts(out.stdout)
     # the demo's 2 x 2 data grid with base, plus retrained, shrink_perturb, cbp, upgd on the primary data
-    assert counts["train_task"] == 2 * (4 + 4) * 5 and counts["run_summary"] == 2 * 8
+    assert counts["train_task"] == 2 * (4 + 3) * 5 and counts["train_task_reference"] == 2 * 5
+    assert counts["run_summary"] == 2 * 8
 
 
 def test_one_figure_does_not_train_the_grid(tmp_path):
