@@ -31,8 +31,8 @@ LINESTYLES = ("-", "--", "-.", ":")
 PALETTE = sns.color_palette("colorblind")
 
 KIND_DELTA = {
-    "immediate": "(E_k+1 − E_k)",
-    "windowed": "(mean (E_k, E_k+w] − mean (E_k−w, E_k])",
+    "immediate": "(E_k+1 − B_k)",
+    "windowed": "(mean (E_k, E_k+w] − mean [B_k−w+1, B_k])",
 }
 OUTCOME_LABELS = {
     "d_loss": "Δ loss ℓᵢ (CE, old-class mask)",

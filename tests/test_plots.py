@@ -232,7 +232,7 @@ def test_memo_vs_outcome_refuses_mixed_conditions(tables, tmp_path):
 
 
 def test_outcome_label():
-    assert plots.outcome_label("d_log_grad", "immediate") == "Δ log ‖∇θ ℓᵢ‖\n(E_k+1 − E_k)"
+    assert plots.outcome_label("d_log_grad", "immediate") == "Δ log ‖∇θ ℓᵢ‖\n(E_k+1 − B_k)"
     label = plots.outcome_label("d_dormant_t0.001")
     assert label.startswith("Δ dormant fraction") and "τ = 0.001" in label
     assert plots.outcome_label("align_cos", "windowed") == "cos(gᵢ, G_next) at E_k"  # not a delta
