@@ -100,7 +100,7 @@ class Sizes:
 
     def kind(self, path: str) -> tuple[str, float]:
         """(output kind, estimated bytes) of one output path."""
-        if re.search(r"/ckpt/te\d+\.pt$", path):
+        if re.search(r"/ckpt/(te\d+|best-\d+|live)\.pt$", path):  # after-window, before-window slots, live
             return "window checkpoints", self.weights
         if path.endswith("/end.pt"):
             return "task-end states", self.weights + self.params
@@ -155,17 +155,19 @@ def per_run_disk(sizes: Sizes, ckpt_task_epochs: int, n_tasks: int) -> dict:
     """Bytes per run: window checkpoints of a probed run and of a `retrained` reference (before:
     the same as a probed run; now: the end-of-task checkpoint only), task-end states, probe tables,
     and the largest resume file of a running task (before: model, best model, momentum and copies
-    of the window checkpoints; now: model, best model, momentum)."""
+    of the window checkpoints; now: model, best model, momentum and the before-window states, the
+    last w epochs' and the best epoch's w). A probed task saves ``ckpt_task_epochs`` epochs by
+    number, w before-window slots and the live last epoch."""
     probes = sum(sizes.kind(f"x/probes/boundary{k}.parquet")[1] for k in range(n_tasks - 1))
     window_ckpts_in_resume = min(sizes.window, ckpt_task_epochs)
     return {
-        "probed run: window checkpoints": n_tasks * ckpt_task_epochs * sizes.weights,
+        "probed run: window checkpoints": n_tasks * (ckpt_task_epochs + sizes.window + 1) * sizes.weights,
         "probed run: task-end states": n_tasks * (sizes.weights + sizes.params),
         "probed run: probe tables": probes,
         "reference run: checkpoints before": n_tasks * ckpt_task_epochs * sizes.weights,
         "reference run: checkpoints now": n_tasks * 1 * sizes.weights,
         "resume file before (peak)": 2 * sizes.weights + sizes.params + window_ckpts_in_resume * sizes.weights,
-        "resume file now (peak)": 2 * sizes.weights + sizes.params,
+        "resume file now (peak)": 2 * sizes.weights + sizes.params + 2 * sizes.window * sizes.weights,
     }
 
 

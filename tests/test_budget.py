@@ -80,8 +80,9 @@ def test_gpu_hours_of_training_follow_the_runtime_model(tmp_path, demo_config):
     got = s["rules"]["train_task"]["gpu_hours"] + s["rules"]["train_task_reference"]["gpu_hours"]
     assert runs == 10 and got == pytest.approx(runs * minutes / 60)
     assert s["rules"]["memo_scorer"]["gpu_hours"] == 0  # the demo's other families stay on CPU
-    # the retrained references save one checkpoint per task, the probed runs 2 w
+    # the retrained references save one checkpoint per task; the probed runs the first w epochs and
+    # the end (by number), w before-window slots and the live last epoch: 2 w + 2
     n_ref = s["rules"]["train_task_reference"]["jobs"]
     n_probed = s["rules"]["train_task"]["jobs"]
     w = demo_config["probes"]["window"]
-    assert s["disk"]["window checkpoints"] == pytest.approx((n_ref + n_probed * 2 * w) * budget.Sizes(demo_config).weights)
+    assert s["disk"]["window checkpoints"] == pytest.approx((n_ref + n_probed * (2 * w + 2)) * budget.Sizes(demo_config).weights)
