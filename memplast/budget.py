@@ -164,7 +164,7 @@ def per_run_disk(sizes: Sizes, ckpt_task_epochs: int, n_tasks: int) -> dict:
         "probed run: window checkpoints": n_tasks * (ckpt_task_epochs + sizes.window + 1) * sizes.weights,
         "probed run: task-end states": n_tasks * (sizes.weights + sizes.params),
         "probed run: probe tables": probes,
-        "reference run: checkpoints before": n_tasks * ckpt_task_epochs * sizes.weights,
+        "reference run: checkpoints before": n_tasks * (ckpt_task_epochs + sizes.window + 1) * sizes.weights,
         "reference run: checkpoints now": n_tasks * 1 * sizes.weights,
         "resume file before (peak)": 2 * sizes.weights + sizes.params + window_ckpts_in_resume * sizes.weights,
         "resume file now (peak)": 2 * sizes.weights + sizes.params + 2 * sizes.window * sizes.weights,
