@@ -69,6 +69,8 @@ else
     echo "ci/slurm-up.sh: no GPUs declared (SLURM_GPUS=0 or mknod failed)" >&2
     rm -f /etc/slurm/gres.conf
 fi
+# the machine's cores; not `nproc`, which obeys OMP_NUM_THREADS (CI may set it to 1)
+cpus=$(getconf _NPROCESSORS_ONLN)
 cat >/etc/slurm/slurm.conf <<EOF
 # Written by ci/slurm-up.sh: a one-node cluster on localhost for testing (docs/slurm.md).
 ClusterName=localcluster
@@ -95,7 +97,7 @@ JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
 MinJobAge=300
 $gres_types
-NodeName=localhost NodeAddr=127.0.0.1 CPUs=$(nproc) RealMemory=$real_memory $node_gres State=UNKNOWN
+NodeName=localhost NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$real_memory $node_gres State=UNKNOWN
 PartitionName=$PARTITION Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF
 
