@@ -118,14 +118,19 @@ def activation_rates(acts: list) -> list:
 def dormant_props(acts: list, taus=TAUS) -> dict:
     """dormant_t{tau}_i = #{units u over all ReLU layers: r_iu <= tau} / #units, and per layer j
     (0-based, forward order) dormant_t{tau}_L{j}_i = the same fraction within layer j."""
-    rates = activation_rates(acts)
-    n_units = sum(r.shape[1] for r in rates)
+    return _fractions_at_or_below(activation_rates(acts), taus, "dormant_t")
+
+
+def _fractions_at_or_below(values: list, taus, prefix: str) -> dict:
+    """{prefix}{tau}_i = #{units u over all layers: v_iu <= tau} / #units, and per layer j
+    {prefix}{tau}_L{j}_i = the same fraction within layer j (``values``: N x units per layer)."""
+    n_units = sum(v.shape[1] for v in values)
     overall, per_layer = {}, {}
     for tau in taus:
-        counts = [(r <= tau).sum(1) for r in rates]
-        overall[f"dormant_t{tau:g}"] = torch.stack(counts).sum(0).double() / n_units
-        for j, (c, r) in enumerate(zip(counts, rates, strict=True)):
-            per_layer[f"dormant_t{tau:g}_L{j}"] = c.double() / r.shape[1]
+        counts = [(v <= tau).sum(1) for v in values]
+        overall[f"{prefix}{tau:g}"] = torch.stack(counts).sum(0).double() / n_units
+        for j, (c, v) in enumerate(zip(counts, values, strict=True)):
+            per_layer[f"{prefix}{tau:g}_L{j}"] = c.double() / v.shape[1]
     return {**overall, **per_layer}
 
 
@@ -145,15 +150,7 @@ def dormant_scores(acts: list, taus=SCORE_TAUS) -> dict:
     """dormant_score_t{tau}_i = #{units u over all ReLU layers: s_iu <= tau} / #units (s from
     :func:`normalized_activations`; Sokar et al. 2023's tau-dormancy, per sample), and per layer j
     dormant_score_t{tau}_L{j}_i = the same fraction within layer j."""
-    scores = normalized_activations(acts)
-    n_units = sum(r.shape[1] for r in scores)
-    overall, per_layer = {}, {}
-    for tau in taus:
-        counts = [(r <= tau).sum(1) for r in scores]
-        overall[f"dormant_score_t{tau:g}"] = torch.stack(counts).sum(0).double() / n_units
-        for j, (c, r) in enumerate(zip(counts, scores, strict=True)):
-            per_layer[f"dormant_score_t{tau:g}_L{j}"] = c.double() / r.shape[1]
-    return {**overall, **per_layer}
+    return _fractions_at_or_below(normalized_activations(acts), taus, "dormant_score_t")
 
 
 def degenerate_thresholds(table: pd.DataFrame) -> list[str]:
