@@ -42,7 +42,10 @@ SLURM_FLAGS = [
     "--slurm-keep-successful-logs",
 ]
 GPU_SIZES = ROOT / "tests" / "data" / "slurm_gpu.yaml"
-SBATCH = re.compile(r"sbatch call: (sbatch .*?--wrap=.*?)(?:\n\S|\Z)", re.S)
+# One sbatch call per submission, logged on one line by the plugin's submission threads. Each call
+# is cut at the end of its line or where another record starts on the same line, so a record
+# written between two calls can never merge them.
+SBATCH = re.compile(r"sbatch call: (sbatch .*?)(?=sbatch call: |\n|\Z)")
 SUBMITTED = re.compile(r"Job (\S+) has been submitted with SLURM jobid (\d+) \(log: (\S+)\)")
 
 
@@ -121,6 +124,7 @@ def test_tiny_workflow_through_slurm_matches_local_run(slurm_cluster, tmp_path):
             local_run.wait()
         local_log.close()
     log = out.stdout + out.stderr
+    (tmp_path / "slurm.log").write_text(log)  # kept for diagnosis (pytest keeps the last 3 tmp dirs)
     assert out.returncode != 124, f"SLURM run timed out after 1200 s:\n{tail(log)}"
     assert out.returncode == 0, f"SLURM run failed (rc {out.returncode}):\n{tail(log)}"
     assert local_rc == 0, f"local run failed:\n{tail((tmp_path / 'local.log').read_text())}"
@@ -172,7 +176,12 @@ def check_sbatch_requests(log: str) -> None:
     family = {"train_task": "train", "memo_scorer": "memo_scorer", "memo_curvature": "curvature", "probe": "probe",
               "run_summary": "probe"}
     calls = SBATCH.findall(log)
-    assert len(calls) == len(SUBMITTED.findall(log)) > 0, "sbatch calls not logged (--verbose)"
+    submitted = SUBMITTED.findall(log)
+    assert calls, "sbatch calls not logged (--verbose)"
+    assert len(calls) == len({slurm_id for _, slurm_id, _ in submitted}), (
+        f"{len(calls)} sbatch calls for {len(submitted)} submissions:\n"
+        + "\n".join(line[:200] for line in log.splitlines() if "sbatch call" in line or "has been submitted" in line)
+    )
     seen = set()
     for call in calls:
         targets = re.findall(r"'(\w+):[^']*'", call.split("--target-jobs", 1)[1].split(" --", 1)[0])
