@@ -27,7 +27,7 @@ from memplast import data
 from memplast.augment import normalize
 from memplast.model_metrics import model_metrics
 from memplast.models import class_mask, load_checkpoint
-from memplast.plasticity import paired_gap
+from memplast.plasticity import gap_trend, paired_gap
 from memplast.train import RunSpec, run_task
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,6 +112,9 @@ def summarize(rows: list[dict], algorithms: list[str]) -> dict:
             res[f"recovery_{a}"] = float(1 - g["mean"].iloc[-1] / final) if final != 0 else float("nan")
     sig = df.groupby(["algorithm", "task"])[["dormant", "eff_rank", "stable_rank", "test_acc"]].mean().reset_index()
     res["signature"] = sig.to_dict("records")
+    res["trend"] = gap_trend(df, "base", "retrained")
+    res["signature_gap"] = {m: paired_gap(df, "base", "retrained", value=m).to_dict("records")
+                            for m in ("eff_rank", "stable_rank", "dormant")}
     return res
 
 
@@ -124,6 +127,9 @@ def main():
     ap.add_argument("--algorithms", default="base,retrained")
     ap.add_argument("--set", default="{}", help="extra JSON overlay, e.g. '{\"protocol\": {\"lr\": 0.1}}'")
     ap.add_argument("--label", default=None)
+    ap.add_argument("--with", dest="with_labels", default="",
+                    help="with --merge: comma-separated labels whose rows join (e.g. the base and retrained runs "
+                         "of the same setting, made once for several mitigations)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "lop_search_results.jsonl"))
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("MEMPLAST_THREADS", "1")))
@@ -137,8 +143,16 @@ def main():
     t0 = time.perf_counter()
     rows = []
     if args.merge:  # parts run in parallel processes, stored under the same label
-        parts = [json.loads(line) for line in open(args.out) if json.loads(line)["label"] == label and "part" in json.loads(line)]
-        rows = [r for p in parts for r in p["rows"]]
+        labels = [label, *filter(None, args.with_labels.split(","))]
+        stored = [json.loads(line) for line in open(args.out)]
+        parts = [p for p in stored if p["label"] in labels and "part" in p]
+        # each (order, algorithm, task) once, from the first label that has it
+        seen, rows = set(), []
+        for lab in labels:
+            for r in (r for p in parts if p["label"] == lab for r in p["rows"]):
+                if (key := (r["order"], r["algorithm"], r["task"])) not in seen:
+                    seen.add(key)
+                    rows.append(r)
         wall = sum(p["wall_s"] for p in parts)
         seeds = sorted({r["order"] for r in rows})
         args.orders = len(seeds)
@@ -167,6 +181,11 @@ def main():
             fg = res[f"gap_{a}"][-1]
             print(f"{a}: final gap vs retrained {100 * fg['mean']:+.2f} [{100 * fg['lo']:+.2f}, {100 * fg['hi']:+.2f}], "
                   f"recovers {100 * res[f'recovery_{a}']:.0f}% of base's gap")
+    tr = res["trend"]
+    print(f"gap slope over tasks {100 * tr['slope']:+.2f} pts/task [{100 * tr['lo']:+.2f}, {100 * tr['hi']:+.2f}], "
+          f"{tr['n_negative']}/{tr['n']} orders negative")
+    for m, g in res["signature_gap"].items():
+        print(f"{m} base - retrained per task: " + ", ".join(f"{r['mean']:+.3f} [{r['lo']:+.3f}, {r['hi']:+.3f}]" for r in g))
     print("algorithm task dormant eff_rank stable_rank test_acc")
     for s in res["signature"]:
         print(f"{s['algorithm']:>14} {s['task']:>2} {s['dormant']:.3f} {s['eff_rank']:7.2f} {s['stable_rank']:5.1f} {s['test_acc']:.4f}")

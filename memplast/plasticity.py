@@ -69,31 +69,101 @@ def gap_table(summary: pd.DataFrame, primary: dict, reference: str = "retrained"
     return pd.concat([paired_gap(rows, a, reference, level=level) for a in algorithms], ignore_index=True)
 
 
-def caption(gaps: pd.DataFrame, level: float = 0.95) -> str:
-    """One sentence per algorithm: its final-task gap to the reference with the interval."""
+SIGNATURE = ("effective_rank", "stable_rank", "dormant_units")  # model-level columns of run_summaries
+
+
+def signature_table(summary: pd.DataFrame, primary: dict, measures=SIGNATURE, reference: str = "retrained",
+                    level: float = 0.95) -> pd.DataFrame:
+    """The model-level signature as paired gaps: per measure (effective rank, stable rank, dormant
+    fraction of the end checkpoint), algorithm and task, ``paired_gap`` of the measure to the
+    reference's. Base losing plasticity: ranks below retrained's, dormant fraction above."""
+    rows = primary_rows(summary, primary)
+    algorithms = [a for a in sorted(rows["algorithm"].unique()) if a != reference]
+    parts = []
+    for m in measures:
+        for a in algorithms:
+            g = paired_gap(rows, a, reference, value=m, level=level)
+            parts.append(g.rename(columns={f"{m}_algorithm": "algorithm_mean", f"{m}_reference": "reference_mean"})
+                         .assign(measure=m))
+    cols = ["measure", "algorithm", "reference", "task", "n", "mean", "lo", "hi", "n_negative", "algorithm_mean",
+            "reference_mean"]
+    return pd.concat(parts, ignore_index=True)[cols]
+
+
+def gap_trend(summary: pd.DataFrame, algorithm: str, reference: str = "retrained", value: str = "test_acc",
+              level: float = 0.95) -> dict:
+    """Growth of the gap with the task index. Per class order k, the least-squares slope b_k of
+    d_kt = value_kt(algorithm) - value_kt(reference) on t (per task); returns the mean slope over
+    orders with its t-interval (``t_interval``), n and the number of negative slopes."""
+    wide = summary.pivot_table(index=["order_seed", "task"], columns="algorithm", values=value, aggfunc="first")
+    d = (wide[algorithm] - wide[reference]).dropna().unstack("task")
+    d = d.dropna()  # orders with every task
+    t = d.columns.to_numpy(dtype=float)
+    if len(t) < 2:
+        return {"algorithm": algorithm, "reference": reference, "measure": value, "n": len(d), "slope": np.nan,
+                "lo": np.nan, "hi": np.nan, "n_negative": 0}
+    slopes = (d.to_numpy() - d.to_numpy().mean(axis=1, keepdims=True)) @ (t - t.mean()) / ((t - t.mean()) ** 2).sum()
+    mean, lo, hi = t_interval(slopes, level)
+    return {"algorithm": algorithm, "reference": reference, "measure": value, "n": len(slopes), "slope": mean,
+            "lo": lo, "hi": hi, "n_negative": int((slopes < 0).sum())}
+
+
+def trend_table(summary: pd.DataFrame, primary: dict, reference: str = "retrained", base: str = "base",
+                level: float = 0.95) -> pd.DataFrame:
+    """Per non-reference algorithm: the slope of its accuracy gap over tasks (``gap_trend``) and,
+    for mitigations, the share of base's final-task gap it recovers, 1 - gap_a(T) / gap_base(T)
+    (point estimate; the paired interval of a - base at T is in the same row)."""
+    rows = primary_rows(summary, primary)
+    algorithms = [a for a in sorted(rows["algorithm"].unique()) if a != reference]
+    last = rows["task"].max()
+    base_gap = paired_gap(rows, base, reference, level=level).iloc[-1]["mean"] if base in algorithms else np.nan
+    out = []
+    for a in algorithms:
+        r = gap_trend(rows, a, reference, level=level)
+        if a != base and base in algorithms:
+            vs = paired_gap(rows[rows["task"] == last], a, base, level=level).iloc[0]
+            gap = paired_gap(rows[rows["task"] == last], a, reference, level=level).iloc[0]["mean"]
+            r |= {"recovery": 1 - gap / base_gap if base_gap != 0 else np.nan,
+                  "minus_base_last": vs["mean"], "minus_base_lo": vs["lo"], "minus_base_hi": vs["hi"]}
+        out.append(r)
+    return pd.DataFrame(out)
+
+
+def caption(gaps: pd.DataFrame, level: float = 0.95, trends: pd.DataFrame | None = None) -> str:
+    """One sentence per algorithm: its final-task gap to the reference with the interval, and (with
+    ``trends``) the gap's slope over tasks and a mitigation's recovery of base's final gap."""
+    trend = {} if trends is None else trends.set_index("algorithm").to_dict("index")
     parts = []
     for a, g in gaps.groupby("algorithm", sort=False):
         last = g.loc[g["task"].idxmax()]
-        parts.append(f"{a} - {last['reference']} at the last task (t={int(last['task'])}): "
-                     f"{100 * last['mean']:+.2f} points, {int(100 * level)}% CI "
-                     f"[{100 * last['lo']:+.2f}, {100 * last['hi']:+.2f}] over {int(last['n'])} class orders "
-                     f"({int(last['n_negative'])} below zero)")
+        text = (f"{a} - {last['reference']} at the last task (t={int(last['task'])}): "
+                f"{100 * last['mean']:+.2f} points, {int(100 * level)}% CI "
+                f"[{100 * last['lo']:+.2f}, {100 * last['hi']:+.2f}] over {int(last['n'])} class orders "
+                f"({int(last['n_negative'])} below zero)")
+        if a in trend:
+            r = trend[a]
+            text += f", slope over tasks {100 * r['slope']:+.2f} points/task [{100 * r['lo']:+.2f}, {100 * r['hi']:+.2f}]"
+            if pd.notna(r.get("recovery", np.nan)):
+                text += f", recovers {100 * r['recovery']:.0f}% of base's final gap"
+        parts.append(text)
     return "; ".join(parts) + "."
 
 
 def figure(summary: pd.DataFrame, gaps: pd.DataFrame, primary: dict, pdf: str, png: str | None = None,
-           level: float = 0.95) -> str:
-    """Left: mean test accuracy per task and algorithm. Right: accuracy minus the reference's, per
-    task, with the t-interval band. The caption (returned, and printed under the axes) states the
-    final-task gaps with their intervals."""
+           level: float = 0.95, trends: pd.DataFrame | None = None, signature: pd.DataFrame | None = None) -> str:
+    """Left: mean test accuracy per task and algorithm. Middle: accuracy minus the reference's, per
+    task, with the t-interval band. Right (with ``signature``): the effective rank's paired gap to
+    the reference. The caption (returned, and printed under the axes) states the final-task gaps
+    with their intervals (and, with ``trends``, their slopes and recoveries)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = primary_rows(summary, primary)
-    text = caption(gaps, level)
-    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(9, 3.8))
+    text = caption(gaps, level, trends)
+    fig, axes = plt.subplots(1, 2 if signature is None else 3, figsize=(9 if signature is None else 13, 3.8))
+    ax0, ax1 = axes[:2]
     colors = {a: f"C{i}" for i, a in enumerate(sorted(rows["algorithm"].unique()))}
     for a, g in rows.groupby("algorithm"):
         m = g.groupby("task")["test_acc"].mean()
@@ -107,6 +177,14 @@ def figure(summary: pd.DataFrame, gaps: pd.DataFrame, primary: dict, pdf: str, p
     ax1.set(xlabel="task", ylabel="accuracy difference (points)",
             title=f"minus retrained (mean, {int(100 * level)}% t-CI)")
     ax1.legend(fontsize=8)
+    if signature is not None:
+        ax2 = axes[2]
+        ax2.axhline(0, color="k", lw=0.8)
+        for a, g in signature[signature["measure"] == "effective_rank"].groupby("algorithm", sort=False):
+            ax2.plot(g["task"], g["mean"], marker="o", label=f"{a} - {g['reference'].iloc[0]}", color=colors[a])
+            ax2.fill_between(g["task"], g["lo"], g["hi"], alpha=0.2, color=colors[a])
+        ax2.set(xlabel="task", ylabel="effective rank difference", title="feature effective rank minus retrained")
+        ax2.legend(fontsize=8)
     import textwrap
 
     fig.text(0.01, 0.01, "\n".join(textwrap.wrap(text, 150)), fontsize=7, va="bottom")

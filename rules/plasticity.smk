@@ -7,6 +7,8 @@ rule figure_plasticity_gap:
         summary="results/stats/run_summaries.parquet",
     output:
         gaps="results/stats/plasticity_gap.csv",
+        signature="results/stats/plasticity_signature.csv",
+        trends="results/stats/plasticity_trend.csv",
         pdf=report(
             "results/figures/plasticity_gap.pdf",
             caption="../report/plasticity_gap.rst",

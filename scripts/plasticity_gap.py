@@ -9,13 +9,20 @@ from memplast import io, plasticity  # noqa: E402
 from memplast.cli import entrypoint  # noqa: E402
 
 
-def main(summary: str, gaps: str, pdf: str, png: str, cfg: dict):
-    """Write GAPS (per algorithm and task: mean paired gap to retrained with its t-interval) and the figure."""
+def main(summary: str, gaps: str, signature: str, trends: str, pdf: str, png: str, cfg: dict):
+    """Write GAPS (per algorithm and task: mean paired accuracy gap to retrained with its
+    t-interval), SIGNATURE (the same for effective rank, stable rank and dormant fraction), TRENDS
+    (per algorithm: the gap's slope over tasks, a mitigation's recovery of base's final gap) and the figure."""
     table = io.read_parquet(summary)
     level = cfg["ci_level"]
+    prov = io.provenance({"stats": cfg}, summary=summary)
     result = plasticity.gap_table(table, cfg["primary"], level=level)
-    io.write_csv(result, gaps, io.provenance({"stats": cfg}, summary=summary))
-    text = plasticity.figure(table, result, cfg["primary"], pdf, png, level)
+    sig = plasticity.signature_table(table, cfg["primary"], level=level)
+    trend = plasticity.trend_table(table, cfg["primary"], level=level)
+    io.write_csv(result, gaps, prov)
+    io.write_csv(sig, signature, prov)
+    io.write_csv(trend, trends, prov)
+    text = plasticity.figure(table, result, cfg["primary"], pdf, png, level, trend, sig)
     print(text)
 
 

@@ -73,3 +73,57 @@ def test_missing_reference_names_the_fix():
     table = _summary(np.random.default_rng(3), 3, 2, 0.0)
     with pytest.raises(ValueError, match="conditions.algorithms"):
         plasticity.paired_gap(table[table.algorithm == "base"], "base")
+
+
+def test_trend_is_the_mean_per_order_slope_with_scipy_interval():
+    """gap_trend: per order, the least-squares slope of the gap on the task index (scipy linregress),
+    then a one-sample t-interval over orders (scipy ttest_1samp)."""
+    table = plasticity.primary_rows(_summary(np.random.default_rng(4), 7, 5, slope=0.01), PRIMARY)
+    r = plasticity.gap_trend(table, "base")
+    wide = table.pivot_table(index=["order_seed", "task"], columns="algorithm", values="test_acc")
+    d = (wide["base"] - wide["retrained"]).unstack("task")
+    slopes = [stats.linregress(d.columns, row).slope for _, row in d.iterrows()]
+    ci = stats.ttest_1samp(slopes, 0.0).confidence_interval(0.95)
+    assert r["n"] == 7 and r["slope"] == pytest.approx(np.mean(slopes))
+    assert (r["lo"], r["hi"]) == pytest.approx((ci.low, ci.high))
+    assert r["hi"] < 0  # the planted growth (-1 point per task) is resolved
+
+
+def test_trend_rejects_at_its_level_under_the_null_and_recovery_is_recovered():
+    """Without a planted trend, the slope interval excludes zero ~5% of the time; a mitigation
+    planted to lose half of base's per-task gap recovers ~50% of base's final gap."""
+    rng = np.random.default_rng(5)
+    reps, excl = 300, 0
+    for _ in range(reps):
+        excl += not (lambda r: r["lo"] <= 0 <= r["hi"])(plasticity.gap_trend(_summary(rng, 5, 5, 0.0), "base"))
+    assert excl / reps < 0.05 + 3 * np.sqrt(0.05 * 0.95 / reps)
+    table = _summary(rng, 20, 5, slope=0.02, sd=0.002)
+    base = table[(table.algorithm == "base") & (table["filter"] == "none")]
+    ref = table[table.algorithm == "retrained"].set_index(["order_seed", "task"])["test_acc"]
+    half = base.assign(algorithm="shrink_perturb", test_acc=(base.set_index(["order_seed", "task"])["test_acc"].to_numpy()
+                                                             + ref.loc[list(zip(base.order_seed, base.task))].to_numpy()) / 2)
+    trends = plasticity.trend_table(pd.concat([table, half]), PRIMARY).set_index("algorithm")
+    assert trends.loc["shrink_perturb", "recovery"] == pytest.approx(0.5, abs=1e-9)
+    assert trends.loc["shrink_perturb", "minus_base_lo"] > 0  # paired interval of sp - base at the last task
+    assert trends.loc["base", "hi"] < 0 and np.isnan(trends.loc["base", "recovery"])
+    text = plasticity.caption(plasticity.gap_table(pd.concat([table, half]), PRIMARY), trends=trends.reset_index())
+    assert "recovers 50% of base's final gap" in text and "points/task" in text
+
+
+def test_signature_is_the_paired_gap_of_each_model_measure(tmp_path):
+    rng = np.random.default_rng(6)
+    table = _summary(rng, 5, 4, slope=0.01)
+    for m in plasticity.SIGNATURE:
+        table[m] = rng.normal(10, 1, len(table))
+    sig = plasticity.signature_table(table, PRIMARY)
+    assert set(sig["measure"]) == set(plasticity.SIGNATURE) and len(sig) == 3 * 4
+    prim = plasticity.primary_rows(table, PRIMARY)
+    for m in plasticity.SIGNATURE:
+        expect = plasticity.paired_gap(prim, "base", value=m)
+        got = sig[sig.measure == m].reset_index(drop=True)
+        assert np.allclose(got[["mean", "lo", "hi"]], expect[["mean", "lo", "hi"]])
+        assert np.allclose(got["algorithm_mean"], expect[f"{m}_algorithm"])
+    gaps = plasticity.gap_table(table, PRIMARY)
+    plasticity.figure(table, gaps, PRIMARY, str(tmp_path / "f.pdf"), None, signature=sig,
+                      trends=plasticity.trend_table(table, PRIMARY))
+    assert (tmp_path / "f.pdf").stat().st_size > 0
