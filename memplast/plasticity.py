@@ -115,14 +115,14 @@ def trend_table(summary: pd.DataFrame, primary: dict, reference: str = "retraine
     (point estimate; the paired interval of a - base at T is in the same row)."""
     rows = primary_rows(summary, primary)
     algorithms = [a for a in sorted(rows["algorithm"].unique()) if a != reference]
-    last = rows["task"].max()
-    base_gap = paired_gap(rows, base, reference, level=level).iloc[-1]["mean"] if base in algorithms else np.nan
+    final = rows[rows["task"] == rows["task"].max()]
+    base_gap = paired_gap(final, base, reference, level=level).iloc[0]["mean"] if base in algorithms else np.nan
     out = []
     for a in algorithms:
         r = gap_trend(rows, a, reference, level=level)
         if a != base and base in algorithms:
-            vs = paired_gap(rows[rows["task"] == last], a, base, level=level).iloc[0]
-            gap = paired_gap(rows[rows["task"] == last], a, reference, level=level).iloc[0]["mean"]
+            vs = paired_gap(final, a, base, level=level).iloc[0]
+            gap = paired_gap(final, a, reference, level=level).iloc[0]["mean"]
             r |= {"recovery": 1 - gap / base_gap if base_gap != 0 else np.nan,
                   "minus_base_last": vs["mean"], "minus_base_lo": vs["lo"], "minus_base_hi": vs["hi"]}
         out.append(r)
