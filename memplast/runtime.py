@@ -45,6 +45,17 @@ def science(section: str, values):
     return {k: v for k, v in values.items() if k not in drop}
 
 
+# protocol keys that are one algorithm's hyper-parameters -> the algorithms that read them
+ALGORITHM_KEYS = {"shrink_perturb": ("shrink_perturb",), "cbp": ("cbp", "upgd_cbp"), "upgd": ("upgd", "upgd_cbp")}
+
+
+def for_algorithm(protocol: dict, algorithm: str | None) -> dict:
+    """The protocol section as one algorithm's runs see it (``None``: a job that trains no
+    algorithm): without the other algorithms' hyper-parameters, so that changing, say,
+    ``cbp.replacement_rate`` reruns only the cbp runs."""
+    return {k: v for k, v in protocol.items() if algorithm in ALGORITHM_KEYS.get(k, (algorithm,))}
+
+
 def settings(config: dict) -> dict:
     """The runtime settings of a (validated) config: device, eval_batch_size, state_every,
     probe_batch_size (defaults for keys a partial config lacks)."""

@@ -69,11 +69,32 @@ def bench_path(name):
     return f"logs/benchmarks/{name}.tsv"
 
 
-def cfg_slice(*keys):
+def cfg_slice(*keys, algorithm=None):
     """The config sections a rule depends on, passed as params (changes trigger reruns).
     Runtime settings (device, eval/probe batch sizes, state_every) are left out: the scripts
-    read them from the config (memplast/runtime.py), so changing them reruns nothing."""
-    return {k: runtime.science(k, config[k]) for k in keys}
+    read them from the config (memplast/runtime.py), so changing them reruns nothing. An
+    algorithm's hyper-parameters (protocol.cbp, ...) are kept only for that ``algorithm``'s runs.
+    """
+    out = {k: runtime.science(k, config[k]) for k in keys}
+    if "protocol" in out:
+        out["protocol"] = runtime.for_algorithm(out["protocol"], algorithm)
+    return out
+
+
+def run_cfg_slice(*keys):
+    """cfg_slice for the jobs of one run (the {algorithm} wildcard): tuning one algorithm
+    reruns only that algorithm's runs."""
+    return lambda wildcards: cfg_slice(*keys, algorithm=wildcards.algorithm)
+
+
+def class_order_slice():
+    """What a class order depends on: the dataset (its classes), lop_compatible, classes_per_task
+    (not the list of seeds, so adding class orders reruns no existing one)."""
+    return {
+        "dataset": runtime.science("dataset", config["dataset"]),
+        "class_orders": {"lop_compatible": config["class_orders"]["lop_compatible"]},
+        "protocol": {"classes_per_task": PROTO["classes_per_task"]},
+    }
 
 
 def maybe_temp(paths):

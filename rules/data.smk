@@ -57,6 +57,6 @@ rule class_order:
         runtime=5,
     params:
         seed=lambda wc: int(wc.seed),
-        cfg=cfg_slice("dataset", "class_orders", "protocol"),
+        cfg=class_order_slice(),
     script:
         "../scripts/class_order.py"

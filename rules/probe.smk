@@ -27,7 +27,7 @@ rule probe:
         serial=1,
     params:
         boundary=lambda wc: int(wc.boundary),
-        cfg=cfg_slice("protocol", "probes", "memo"),
+        cfg=run_cfg_slice("protocol", "probes", "memo"),
     script:
         "../scripts/probe.py"
 
@@ -54,7 +54,7 @@ rule deltas:
     params:
         run=lambda wc: dict(wc.items()),
         score_col=score_column(config),
-        cfg=cfg_slice("protocol", "probes", "memo"),
+        cfg=run_cfg_slice("protocol", "probes", "memo"),
     script:
         "../scripts/deltas.py"
 
@@ -88,6 +88,6 @@ rule run_summary:
         gpu=job("probe", "gpu"),
     params:
         run=lambda wc: dict(wc.items()),
-        cfg=cfg_slice("protocol", "probes"),
+        cfg=run_cfg_slice("protocol", "probes"),
     script:
         "../scripts/run_summary.py"

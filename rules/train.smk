@@ -68,7 +68,7 @@ rule train_task:
         ckpt_task_epochs=CKPT_TASK_EPOCHS,
         resume=lambda wc: f"results/resume/{RUN_ID}/task{{task}}.pt".format(**wc),
         score_col=score_column(config),
-        cfg=cfg_slice("dataset", "model", "protocol", "ordering", "weighting"),
+        cfg=run_cfg_slice("dataset", "model", "protocol", "ordering", "weighting"),
     script:
         "../scripts/train_task.py"
 
@@ -93,4 +93,4 @@ use rule train_task as train_task_reference with:
         ckpt_task_epochs=[E],
         resume=lambda wc: f"results/resume/{RUN_ID}/task{{task}}.pt".format(**wc),
         score_col=score_column(config),
-        cfg=cfg_slice("dataset", "model", "protocol", "ordering", "weighting"),
+        cfg=run_cfg_slice("dataset", "model", "protocol", "ordering", "weighting"),

@@ -30,6 +30,17 @@ def test_science_drops_runtime_keys_unless_batch_statistics_use_them(paper_confi
     assert runtime.with_runtime(proto, rt) == paper_config["protocol"]
 
 
+def test_each_run_sees_only_its_own_algorithms_hyper_parameters(paper_config):
+    proto = runtime.science("protocol", paper_config["protocol"])
+    own = {"base": set(), "retrained": set(), "head_reset": set(), "shrink_perturb": {"shrink_perturb"},
+           "cbp": {"cbp"}, "upgd": {"upgd"}, "upgd_cbp": {"upgd", "cbp"}, None: set()}
+    hyper = {"shrink_perturb", "cbp", "upgd"}
+    for algorithm, keys in own.items():
+        sliced = runtime.for_algorithm(proto, algorithm)
+        assert set(sliced) == set(proto) - hyper | keys, algorithm
+        assert all(sliced[k] == proto[k] for k in sliced)
+
+
 def test_check_gpu_stops_only_when_a_requested_gpu_is_missing():
     with pytest.raises(runtime.NoGPUError) as err:
         runtime.check_gpu("rule train_task", "train", 1, "auto", cuda_available=False)

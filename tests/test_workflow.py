@@ -205,6 +205,29 @@ def test_runtime_settings_rerun_nothing_and_training_is_watchable(tiny_run, tmp_
 
 
 @pytest.mark.slow
+def test_tuning_one_algorithm_or_adding_orders_reruns_only_their_jobs(tiny_run, tmp_path):
+    """Params are per run: another algorithm's hyper-parameters and the list of class-order seeds
+    are not in a base run's params, so changing them reruns no existing training or probe."""
+    import yaml
+
+    other = tmp_path / "other_algorithms.yaml"  # tiny trains base and retrained only
+    other.write_text(yaml.safe_dump({"protocol": {"cbp": {"replacement_rate": 0.5}, "shrink_perturb": {"shrink": 0.5},
+                                                  "upgd": {"sigma": 0.5}}}))
+    out = snakemake("-n", "--directory", str(tiny_run), "--configfile", *TINY, str(other))
+    assert "Nothing to be done" in out.stdout + out.stderr, out.stdout[-3000:]
+    per_run = ("class_order", "train_task", "train_task_reference", "probe", "deltas", "run_summary")
+    added, alone = tmp_path / "added.yaml", tmp_path / "alone.yaml"
+    added.write_text(yaml.safe_dump({"class_orders": {"seeds": [0, 1, 2]}}))
+    alone.write_text(yaml.safe_dump({"class_orders": {"seeds": [2]}}))
+    grown = job_counts(snakemake("-n", "--quiet", "rules", "--directory", str(tiny_run), "--configfile", *TINY,
+                                 str(added)).stdout)
+    (tmp_path / "fresh").mkdir()
+    fresh = job_counts(snakemake("-n", "--quiet", "rules", "--directory", str(tmp_path / "fresh"), "--configfile",
+                                 *TINY, str(alone)).stdout)
+    assert fresh["train_task"] > 0 and {r: grown.get(r, 0) for r in per_run} == {r: fresh.get(r, 0) for r in per_run}
+
+
+@pytest.mark.slow
 def test_report_opens_on_the_answer(tiny_run, tmp_path):
     snakemake("--directory", str(tiny_run), "--report", "results/report.html", "--configfile", *TINY)
     html = tiny_run / "results" / "report.html"
