@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from memplast import config as mpconfig
@@ -27,7 +28,7 @@ from memplast import data
 from memplast.augment import normalize
 from memplast.model_metrics import model_metrics
 from memplast.models import class_mask, load_checkpoint
-from memplast.plasticity import gap_trend, paired_gap
+from memplast.plasticity import gap_table, signature_table, trend_table
 from memplast.train import RunSpec, run_task
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,24 +99,39 @@ def run_one(cfg: dict, prepared: data.Prepared, seed: int, algorithm: str, tmp: 
     return out
 
 
-def summarize(rows: list[dict], algorithms: list[str]) -> dict:
-    import pandas as pd
+def summarize(rows: list[dict]) -> dict:
+    """The workflow's plasticity tables (memplast.plasticity: gap, trend with recoveries, signature)
+    computed from the search's rows, as JSON-ready records."""
 
-    df = pd.DataFrame(rows).rename(columns={"order": "order_seed"})
-    gap = paired_gap(df, "base", "retrained")
-    res = {"gap": gap.to_dict("records")}
-    final = float(gap["mean"].iloc[-1])
-    for a in algorithms:
-        if a not in ("base", "retrained"):
-            g = paired_gap(df, a, "retrained")
-            res[f"gap_{a}"] = g.to_dict("records")
-            res[f"recovery_{a}"] = float(1 - g["mean"].iloc[-1] / final) if final != 0 else float("nan")
-    sig = df.groupby(["algorithm", "task"])[["dormant", "eff_rank", "stable_rank", "test_acc"]].mean().reset_index()
-    res["signature"] = sig.to_dict("records")
-    res["trend"] = gap_trend(df, "base", "retrained")
-    res["signature_gap"] = {m: paired_gap(df, "base", "retrained", value=m).to_dict("records")
-                            for m in ("eff_rank", "stable_rank", "dormant")}
-    return res
+    df = pd.DataFrame(rows).rename(columns={"order": "order_seed", "eff_rank": "effective_rank",
+                                            "dormant": "dormant_units"})
+    means = df.groupby(["algorithm", "task"])[["dormant_units", "effective_rank", "stable_rank", "test_acc"]].mean()
+    return {"gap": gap_table(df, {}).to_dict("records"), "trend": trend_table(df, {}).to_dict("records"),
+            "signature_gap": signature_table(df, {}).to_dict("records"),
+            "signature": means.reset_index().to_dict("records")}
+
+
+def report(res: dict) -> None:
+    """Print the summary: per-task gaps, slopes and recoveries, the signature's gaps and means."""
+    gap = pd.DataFrame(res["gap"])
+    print("algorithm       task  minus retrained, pts [95% CI]   n<0")
+    for g in gap.itertuples():
+        print(f"{g.algorithm:>14} {g.task:>4}  {100 * g.mean:+6.2f} [{100 * g.lo:+6.2f}, {100 * g.hi:+6.2f}]  "
+              f"{g.n_negative}/{g.n}")
+    for r in res["trend"]:
+        line = (f"{r['algorithm']}: gap slope over tasks {100 * r['slope']:+.2f} pts/task "
+                f"[{100 * r['lo']:+.2f}, {100 * r['hi']:+.2f}], {r['n_negative']}/{r['n']} orders negative")
+        if pd.notna(r.get("recovery", np.nan)):
+            line += (f"; recovers {100 * r['recovery']:.0f}% of base's final gap (minus base "
+                     f"{100 * r['minus_base_last']:+.2f} [{100 * r['minus_base_lo']:+.2f}, {100 * r['minus_base_hi']:+.2f}])")
+        print(line)
+    sig = pd.DataFrame(res["signature_gap"])
+    for (m, a), g in sig.groupby(["measure", "algorithm"], sort=False):
+        print(f"{m} {a} - retrained per task: " + ", ".join(f"{r.mean:+.3f} [{r.lo:+.3f}, {r.hi:+.3f}]" for r in g.itertuples()))
+    print("algorithm task dormant eff_rank stable_rank test_acc")
+    for s in res["signature"]:
+        print(f"{s['algorithm']:>14} {s['task']:>2} {s['dormant_units']:.3f} {s['effective_rank']:7.2f} "
+              f"{s['stable_rank']:5.1f} {s['test_acc']:.4f}")
 
 
 def main():
@@ -162,37 +178,20 @@ def main():
                 for a in algorithms:
                     rows += run_one(cfg, prepared, seed, a, Path(tmp))
         wall = time.perf_counter() - t0
-    if not args.merge and len(seeds) < 2:
+    if args.seeds and not args.merge:  # a part: stored for --merge; summarized when it can be
         with open(args.out, "a") as f:
             f.write(json.dumps({"label": label, "part": seeds, "wall_s": wall, "rows": rows}) + "\n")
-        print(f"SUMMARY {label} part {seeds}: wall {wall:.0f} s")
-        return
-    if args.seeds and not args.merge:
-        with open(args.out, "a") as f:
-            f.write(json.dumps({"label": label, "part": seeds, "wall_s": wall, "rows": rows}) + "\n")
-    res = summarize(rows, algorithms)
-    print(f"== {label}: {args.orders} orders, {algorithms}, wall {wall:.0f} s "
+        if len(seeds) < 2 or not {"base", "retrained"} <= set(algorithms):
+            print(f"SUMMARY {label} part {seeds}: wall {wall:.0f} s (summarize with --merge --label {label})")
+            return
+    res = summarize(rows)
+    print(f"== {label}: {args.orders} orders, {sorted({r['algorithm'] for r in rows})}, wall {wall:.0f} s "
           f"({int(os.environ.get('MEMPLAST_THREADS', '1'))} thread)")
-    print("task  gap(base-retrained) pts [95% CI]   n<0")
-    for g in res["gap"]:
-        print(f"{g['task']:>4}  {100 * g['mean']:+6.2f} [{100 * g['lo']:+6.2f}, {100 * g['hi']:+6.2f}]  {g['n_negative']}/{g['n']}")
-    for a in algorithms:
-        if f"recovery_{a}" in res:
-            fg = res[f"gap_{a}"][-1]
-            print(f"{a}: final gap vs retrained {100 * fg['mean']:+.2f} [{100 * fg['lo']:+.2f}, {100 * fg['hi']:+.2f}], "
-                  f"recovers {100 * res[f'recovery_{a}']:.0f}% of base's gap")
-    tr = res["trend"]
-    print(f"gap slope over tasks {100 * tr['slope']:+.2f} pts/task [{100 * tr['lo']:+.2f}, {100 * tr['hi']:+.2f}], "
-          f"{tr['n_negative']}/{tr['n']} orders negative")
-    for m, g in res["signature_gap"].items():
-        print(f"{m} base - retrained per task: " + ", ".join(f"{r['mean']:+.3f} [{r['lo']:+.3f}, {r['hi']:+.3f}]" for r in g))
-    print("algorithm task dormant eff_rank stable_rank test_acc")
-    for s in res["signature"]:
-        print(f"{s['algorithm']:>14} {s['task']:>2} {s['dormant']:.3f} {s['eff_rank']:7.2f} {s['stable_rank']:5.1f} {s['test_acc']:.4f}")
+    report(res)
     with open(args.out, "a") as f:
         f.write(json.dumps({"label": label, "setting": args.setting, "overlay": extra, "orders": args.orders,
                             "algorithms": algorithms, "wall_s": wall, **res, "rows": rows}) + "\n")
-    fg = res["gap"][-1]
+    fg = [g for g in res["gap"] if g["algorithm"] == "base"][-1]
     print(f"SUMMARY {label}: final gap {100 * fg['mean']:+.2f} pts [{100 * fg['lo']:+.2f}, {100 * fg['hi']:+.2f}], wall {wall:.0f} s")
 
 
