@@ -56,6 +56,15 @@ def for_algorithm(protocol: dict, algorithm: str | None) -> dict:
     return {k: v for k, v in protocol.items() if algorithm in ALGORITHM_KEYS.get(k, (algorithm,))}
 
 
+def rule_params(config: dict, sections, algorithm: str | None = None) -> dict:
+    """What a rule's ``cfg`` params hold (rules/common.smk ``cfg_slice``): the science of config
+    ``sections``, the protocol as ``algorithm``'s runs see it (:func:`for_algorithm`)."""
+    out = {k: science(k, config[k]) for k in sections}
+    if "protocol" in out:
+        out["protocol"] = for_algorithm(out["protocol"], algorithm)
+    return out
+
+
 def settings(config: dict) -> dict:
     """The runtime settings of a (validated) config: device, eval_batch_size, state_every,
     probe_batch_size (defaults for keys a partial config lacks)."""

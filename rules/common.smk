@@ -75,10 +75,7 @@ def cfg_slice(*keys, algorithm=None):
     read them from the config (memplast/runtime.py), so changing them reruns nothing. An
     algorithm's hyper-parameters (protocol.cbp, ...) are kept only for that ``algorithm``'s runs.
     """
-    out = {k: runtime.science(k, config[k]) for k in keys}
-    if "protocol" in out:
-        out["protocol"] = runtime.for_algorithm(out["protocol"], algorithm)
-    return out
+    return runtime.rule_params(config, keys, algorithm)
 
 
 def run_cfg_slice(*keys):

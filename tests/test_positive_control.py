@@ -5,7 +5,7 @@ tests/data/lop_reduced.yaml) and asserts, from the workflow's own tables, that b
 retrained at the last task (mean over class orders), that the gap is larger at the last task than
 at task 0 (where common random numbers make both runs identical), that the figure states the gap,
 and that the signature and trend tables come from the same run summaries. See
-docs/positive_control.md for the full setting (10 orders, with mitigations) and its numbers.
+docs/positive_control.md for the full setting (20 orders, with mitigations) and its numbers.
 """
 
 from __future__ import annotations

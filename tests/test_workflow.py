@@ -8,7 +8,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -66,10 +65,9 @@ def test_dry_run_demo(tmp_path):
     assert counts["probe"] == 2 * 4 * 4 and counts["memo_curvature"] == 5  # no probes of retrained references
 
 
-def test_dry_run_paper_scale_is_fast(tmp_path):
-    t0 = time.perf_counter()
+def test_dry_run_paper_scale_job_counts(tmp_path):
+    # its build time is measured by benchmarks/bench_dryrun.py, not asserted here
     out = snakemake("-n", "--quiet", "rules", "--directory", str(tmp_path), "--configfile", str(ROOT / "config.yaml"))
-    seconds = time.perf_counter() - t0
     counts = job_counts(out.stdout)
     # 5 class orders x 9 conditions x 20 tasks (primary; 2 memo filters and their 2 size-matched random
     # controls; fixed, ascending, stratified; retrained, which trains by its own rule without probe
@@ -78,7 +76,6 @@ def test_dry_run_paper_scale_is_fast(tmp_path):
     assert counts["probe"] == 8 * 5 * 19
     assert counts["subset"] == 5  # none, 2 memo filters, 2 random controls
     assert counts["memo_curvature"] == 50 and counts["download"] == 1
-    assert seconds < 60, f"paper-scale DAG took {seconds:.1f} s"
 
 
 def test_dry_run_algorithms_overlay(tmp_path):
@@ -299,8 +296,8 @@ def _cfg_slice():
     from memplast import runtime
 
     cfg = mpconfig.load(*TINY)
-    # as the rule passes it (rules/common.smk cfg_slice): without the runtime settings
-    return json.dumps({k: runtime.science(k, cfg[k]) for k in ("dataset", "model", "protocol", "ordering", "weighting")})
+    # as the rule passes it to a base run (rules/common.smk cfg_slice): without the runtime settings
+    return json.dumps(runtime.rule_params(cfg, ("dataset", "model", "protocol", "ordering", "weighting"), "base"))
 
 
 def _runtime_settings():
