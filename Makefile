@@ -32,6 +32,8 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/snakemake --lint
 	$(BIN)/snakefmt --check .
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # Rule graph and job DAG as SVG (needs graphviz `dot`) and Mermaid (needs nothing).
 dag: $(STAMP)

@@ -31,8 +31,16 @@ from memplast.models import ResNet18, class_mask, per_sample_loss
 
 C, N = 100, 90
 CBP = {"replacement_rate": 1e-5, "decay_rate": 0.99, "maturity_threshold": 1000, "mode": "faithful"}
-UPGD = {"gating": "full", "beta_utility": 0.999, "sigma": 1e-3, "variant": "sgd", "beta1": 0.9, "beta2": 0.999,
-        "eps": 1e-5, "non_gated_scale": 0.5}
+UPGD = {
+    "gating": "full",
+    "beta_utility": 0.999,
+    "sigma": 1e-3,
+    "variant": "sgd",
+    "beta1": 0.9,
+    "beta2": 0.999,
+    "eps": 1e-5,
+    "non_gated_scale": 0.5,
+}
 
 
 def make_step(kind: str, width: int, x, y, mask):
@@ -109,12 +117,16 @@ def main():
     for w in widths:
         t, own = run(w, 2 if args.quick else args.steps, 2 if args.quick else args.repeats)
         est = {k: 1 + (own[k] - own["base"]) / t["base"] for k in t}
-        print(f"ResNet-18 width {w}, batch {N}, {torch.get_num_threads()} threads "
-              "(seconds per step, ratio to base; own work alone, ratio from it):")
+        print(
+            f"ResNet-18 width {w}, batch {N}, {torch.get_num_threads()} threads "
+            "(seconds per step, ratio to base; own work alone, ratio from it):"
+        )
         for k, s in t.items():
             print(f"  {k:10s} {s:8.4f} s  {s / t['base']:5.2f}x   own {own[k]:8.4f} s  {est[k]:5.2f}x")
-        summary += [f"w{w} {k} {t[k] / t['base']:.2f}x (from own work {est[k]:.2f}x)"
-                    for k in ("cbp", "upgd", "upgd_adam", "upgd_cbp")]
+        summary += [
+            f"w{w} {k} {t[k] / t['base']:.2f}x (from own work {est[k]:.2f}x)"
+            for k in ("cbp", "upgd", "upgd_adam", "upgd_cbp")
+        ]
     print("summary (goal cbp <= 1.15x, upgd <= 1.3x): " + ", ".join(summary))
 
 

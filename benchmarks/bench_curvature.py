@@ -24,7 +24,6 @@ import torch
 from memplast import curvature as cv
 from memplast.models import ResNet18, class_mask, per_sample_loss
 
-
 CLOCK = time.process_time  # main() switches to wall time when torch uses more than one thread
 
 
@@ -97,8 +96,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller batches, 3 probes")
     parser.add_argument("--classes", type=int, default=100, help="seen classes (exact_ggn does one VJP per class)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (default 1: on a shared CPU, 2 threads + other jobs = wild timings)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: on a shared CPU, 2 threads + other jobs = wild timings)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     global CLOCK
@@ -106,8 +109,10 @@ def main():
     n_probes, repeats = (3, 2) if args.quick else (10, 3)
     configs = [(16, 16 if args.quick else 32), (64, 4 if args.quick else 8)]
     clock = "CPU" if CLOCK is time.process_time else "wall"
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads ({clock} seconds), n_probes={n_probes}, "
-          f"seen classes={args.classes}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads ({clock} seconds), n_probes={n_probes}, "
+        f"seen classes={args.classes}"
+    )
 
     table = []
     for width, batch in configs:
@@ -115,17 +120,23 @@ def main():
         table.append((width, batch, s))
 
     print()
-    print(f"{'width':>5} {'batch':>5} {'method':<10} {'s/batch':>9} {'s/probe':>9} {'probe/fwdbwd':>13} {'loop/method':>12}")
+    print(
+        f"{'width':>5} {'batch':>5} {'method':<10} {'s/batch':>9} {'s/probe':>9} {'probe/fwdbwd':>13} {'loop/method':>12}"
+    )
     for width, batch, s in table:
         for name, sec in s.items():
             per_probe = sec if name == "fwd+bwd" else sec / n_probes
             loop_ratio = s["loop"] / sec
-            print(f"{width:>5} {batch:>5} {name:<10} {sec:9.3f} {per_probe:9.4f} {per_probe / s['fwd+bwd']:12.2f}x {loop_ratio:11.2f}x")
+            print(
+                f"{width:>5} {batch:>5} {name:<10} {sec:9.3f} {per_probe:9.4f} {per_probe / s['fwd+bwd']:12.2f}x {loop_ratio:11.2f}x"
+            )
     for width, _, s in table:
         per_probe = s["hutch_db"] / n_probes / s["fwd+bwd"]
         speedup = s["loop"] / s["hutch_db"]
-        print(f"goals w{width}: hutch per probe <= 2x fwd+bwd: {'met' if per_probe <= 2 else 'NOT met'} ({per_probe:.2f}x); "
-              f"batched >= 4x faster than loop: {'met' if speedup >= 4 else 'NOT met'} ({speedup:.2f}x)")
+        print(
+            f"goals w{width}: hutch per probe <= 2x fwd+bwd: {'met' if per_probe <= 2 else 'NOT met'} ({per_probe:.2f}x); "
+            f"batched >= 4x faster than loop: {'met' if speedup >= 4 else 'NOT met'} ({speedup:.2f}x)"
+        )
     parts = []
     for width, _, s in table:
         parts.append(

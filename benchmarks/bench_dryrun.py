@@ -35,8 +35,18 @@ def job_counts(stdout: str) -> dict[str, int]:
 
 def dry_run(configfiles) -> tuple[float, dict[str, int]]:
     with tempfile.TemporaryDirectory(prefix="memplast-dryrun-") as workdir:
-        cmd = [str(SNAKEMAKE), "--snakefile", str(ROOT / "Snakefile"), "--directory", workdir,
-               "-n", "--quiet", "rules", "--configfile", *map(str, configfiles)]
+        cmd = [
+            str(SNAKEMAKE),
+            "--snakefile",
+            str(ROOT / "Snakefile"),
+            "--directory",
+            workdir,
+            "-n",
+            "--quiet",
+            "rules",
+            "--configfile",
+            *map(str, configfiles),
+        ]
         t0 = time.perf_counter()
         out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         seconds = time.perf_counter() - t0
@@ -51,8 +61,13 @@ def dry_run(configfiles) -> tuple[float, dict[str, int]]:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--configfile", nargs="+", type=Path, default=[ROOT / "config.yaml"],
-                    help="config files overlaid in order (default: config.yaml, the paper scale)")
+    ap.add_argument(
+        "--configfile",
+        nargs="+",
+        type=Path,
+        default=[ROOT / "config.yaml"],
+        help="config files overlaid in order (default: config.yaml, the paper scale)",
+    )
     ap.add_argument("--repeats", type=int, default=1, help="dry runs to time; the best counts (default 1)")
     ap.add_argument("--limit", type=float, default=30.0, help="budget in seconds for the summary (default 30)")
     args = ap.parse_args(argv)
@@ -72,8 +87,10 @@ def main(argv=None):
     print(f"\n{'rule':<{width}} {'jobs':>6}")
     for rule, n in counts.items():
         print(f"{rule:<{width}} {n:>6}")
-    print(f"summary: paper-scale dry run {counts['total']} jobs in {best:.1f} s (limit {args.limit:g} s) "
-          f"= {best / args.limit:.2f}x budget")
+    print(
+        f"summary: paper-scale dry run {counts['total']} jobs in {best:.1f} s (limit {args.limit:g} s) "
+        f"= {best / args.limit:.2f}x budget"
+    )
 
 
 if __name__ == "__main__":

@@ -43,9 +43,19 @@ def synthetic_prepared(n_images: int) -> Prepared:
     images, labels = images[:n_images], labels[:n_images]
     mean, std = channel_stats(images)
     n = len(labels)
-    return Prepared(name="synthetic", images=images, labels=labels, orig_labels=labels.copy(),
-                    noisy=np.zeros(n, dtype=bool), sample_id=np.arange(n), source=np.full(n, "train"),
-                    split=np.full(n, "train"), mean=mean, std=std, n_classes=N_CLASSES)
+    return Prepared(
+        name="synthetic",
+        images=images,
+        labels=labels,
+        orig_labels=labels.copy(),
+        noisy=np.zeros(n, dtype=bool),
+        sample_id=np.arange(n),
+        source=np.full(n, "train"),
+        split=np.full(n, "train"),
+        mean=mean,
+        std=std,
+        n_classes=N_CLASSES,
+    )
 
 
 class ReferenceDataset(Dataset):
@@ -55,12 +65,14 @@ class ReferenceDataset(Dataset):
     def __init__(self, p: Prepared):
         self.images = torch.as_tensor(p.images)
         self.labels = torch.as_tensor(p.labels)
-        self.transform = transforms.Compose([
-            transforms.Normalize(p.mean, p.std),
-            transforms.RandomCrop(32, padding=AUG["crop_padding"], padding_mode="reflect"),
-            transforms.RandomHorizontalFlip(),
-            transforms.RandomRotation((0, AUG["rotation_degrees"])),
-        ])
+        self.transform = transforms.Compose(
+            [
+                transforms.Normalize(p.mean, p.std),
+                transforms.RandomCrop(32, padding=AUG["crop_padding"], padding_mode="reflect"),
+                transforms.RandomHorizontalFlip(),
+                transforms.RandomRotation((0, AUG["rotation_degrees"])),
+            ]
+        )
 
     def __len__(self):
         return len(self.labels)
@@ -73,8 +85,9 @@ def reference_pass(p: Prepared, workers: int):
     """A function timing one pass over a shuffling DataLoader; its workers start (and make one
     batch) here, outside the timing, and persist between passes."""
     torch.manual_seed(0)
-    loader = DataLoader(ReferenceDataset(p), batch_size=BATCH, shuffle=True, num_workers=workers,
-                        persistent_workers=workers > 0)
+    loader = DataLoader(
+        ReferenceDataset(p), batch_size=BATCH, shuffle=True, num_workers=workers, persistent_workers=workers > 0
+    )
     next(iter(loader))
 
     def one_pass() -> float:
@@ -118,21 +131,29 @@ def time_epoch(p: Prepared) -> float:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer images and rounds (about 20 s instead of about 1 min)")
-    ap.add_argument("--threads", type=int, default=torch.get_num_threads(),
-                    help="cores for every row: torch threads, and DataLoader workers of the reference "
-                         "(default: torch's default, %(default)s)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=torch.get_num_threads(),
+        help="cores for every row: torch threads, and DataLoader workers of the reference "
+        "(default: torch's default, %(default)s)",
+    )
     args = ap.parse_args(argv)
     if args.threads < 1:
         raise SystemExit("bench_input_pipeline.py: --threads must be >= 1")
     n_pipeline, n_epoch, rounds = (900, 270, 3) if args.quick else (1800, 900, 5)
     cores = args.threads
     torch.set_num_threads(cores)
-    print(f"torch {torch.__version__}, {cores} threads; batch {BATCH}; pipelines: best of {rounds} "
-          f"passes over {n_pipeline} images; epoch: {n_epoch} images")
+    print(
+        f"torch {torch.__version__}, {cores} threads; batch {BATCH}; pipelines: best of {rounds} "
+        f"passes over {n_pipeline} images; epoch: {n_epoch} images"
+    )
     load = os.getloadavg()[0]
     if load > 0.5:
-        print(f"note: load average {load:.1f} on {os.cpu_count()} cores before the run; other processes "
-              "slow multi-threaded rows (OpenMP) most, so ratios are pessimistic")
+        print(
+            f"note: load average {load:.1f} on {os.cpu_count()} cores before the run; other processes "
+            "slow multi-threaded rows (OpenMP) most, so ratios are pessimistic"
+        )
 
     p = synthetic_prepared(n_pipeline)
     passes = {
@@ -155,10 +176,12 @@ def main(argv=None):
 
     ours, epoch = rates["memplast (normalize+augment)"], rates["train epoch, ResNet-18 w16"]
     ratio = ours / reference
-    print(f"summary: batched augmentation {ours:.0f} images/s = {ratio:.1f}x the torchvision reference "
-          f"({reference:.0f} images/s; goal >= {GOAL:g}x: {'met' if ratio >= GOAL else 'NOT met'}); "
-          f"a ResNet-18 w16 epoch runs at {epoch:.0f} images/s, of which the input pipeline takes "
-          f"{100 * epoch / ours:.1f}%")
+    print(
+        f"summary: batched augmentation {ours:.0f} images/s = {ratio:.1f}x the torchvision reference "
+        f"({reference:.0f} images/s; goal >= {GOAL:g}x: {'met' if ratio >= GOAL else 'NOT met'}); "
+        f"a ResNet-18 w16 epoch runs at {epoch:.0f} images/s, of which the input pipeline takes "
+        f"{100 * epoch / ours:.1f}%"
+    )
 
 
 if __name__ == "__main__":

@@ -93,13 +93,21 @@ def main(argv=None):
             est, how = mbs[0], f"measured at batch {sizes[0]}"
         else:
             slope = (mbs[1] - mbs[0]) / (sizes[1] - sizes[0])
-            est, how = mbs[0] + slope * (paper - sizes[0]), (f"{mbs[0]:.0f} / {mbs[1]:.0f} MB at batch {sizes[0]} / "
-                                                             f"{sizes[1]}, {slope:.1f} MB per sample, extrapolated")
+            est, how = (
+                mbs[0] + slope * (paper - sizes[0]),
+                (
+                    f"{mbs[0]:.0f} / {mbs[1]:.0f} MB at batch {sizes[0]} / "
+                    f"{sizes[1]}, {slope:.1f} MB per sample, extrapolated"
+                ),
+            )
         results[kind] = est
         print(f"{kind:<12} batch {paper:>4}: {est / 1024:6.2f} GB  ({how})")
     heaviest = max(results, key=results.get)
-    print("summary: peak tensor memory per job at paper batch sizes (CPU-measured): "
-          + ", ".join(f"{k} {v / 1024:.2f} GB" for k, v in results.items()) + f"; heaviest: {heaviest}")
+    print(
+        "summary: peak tensor memory per job at paper batch sizes (CPU-measured): "
+        + ", ".join(f"{k} {v / 1024:.2f} GB" for k, v in results.items())
+        + f"; heaviest: {heaviest}"
+    )
 
 
 if __name__ == "__main__":

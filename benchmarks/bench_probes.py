@@ -72,14 +72,17 @@ def run(width: int, n: int, repeats: int, slow_rows: bool) -> dict:
     def vmap_grad():
         def loss1(p, xi, yi):
             return probes.masked_ce(functional_call(model, {**p, **buffers}, (xi[None],)), yi[None], native[None])[0]
+
         g = vmap(grad(loss1), in_dims=(None, 0, 0), chunk_size=8)(params, x, y)
         return torch.sqrt(sum(v.flatten(1).square().sum(1) for v in g.values()))
 
     def loop():
         out = []
         for i in range(n):
-            xi = x[i:i + 1].clone().requires_grad_()
-            gs = torch.autograd.grad(probes.masked_ce(model(xi), y[i:i + 1], masks[i:i + 1])[0], [xi, *model.parameters()])
+            xi = x[i : i + 1].clone().requires_grad_()
+            gs = torch.autograd.grad(
+                probes.masked_ce(model(xi), y[i : i + 1], masks[i : i + 1])[0], [xi, *model.parameters()]
+            )
             out.append((gs[0].norm(), torch.sqrt(sum(g.square().sum() for g in gs[1:]))))
         return out
 
@@ -111,13 +114,27 @@ def pred_forget_validation(n_tasks: int = 4) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for t in range(n_tasks):
-            spec = train.RunSpec("bench/pred_forget", 0, order, t, prepared.sample_id[prepared.split == "train"],
-                                 "random", 0.0, "base")
+            spec = train.RunSpec(
+                "bench/pred_forget", 0, order, t, prepared.sample_id[prepared.split == "train"], "random", 0.0, "base"
+            )
             end = str(tmp / f"end{t}.pt")
             E = proto["epochs_per_task"]
-            train.run_task(spec, prepared, proto, cfg["model"], cfg["dataset"]["augmentation"], cfg["ordering"],
-                           cfg["weighting"], prev, end, {(t + 1) * E: str(tmp / f"ckpt{t}.pt")},
-                           str(tmp / f"m{t}.parquet"), str(tmp / f"o{t}.parquet"), str(tmp / f"r{t}.pt"), {})
+            train.run_task(
+                spec,
+                prepared,
+                proto,
+                cfg["model"],
+                cfg["dataset"]["augmentation"],
+                cfg["ordering"],
+                cfg["weighting"],
+                prev,
+                end,
+                {(t + 1) * E: str(tmp / f"ckpt{t}.pt")},
+                str(tmp / f"m{t}.parquet"),
+                str(tmp / f"o{t}.parquet"),
+                str(tmp / f"r{t}.pt"),
+                {},
+            )
             prev = end
             model, _ = load_checkpoint(tmp / f"ckpt{t}.pt")
             old, nxt = order[: (t + 1) * cpt], order[: (t + 2) * cpt]
@@ -131,19 +148,29 @@ def pred_forget_validation(n_tasks: int = 4) -> list[dict]:
             params = {k: p.detach() for k, p in model.named_parameters()}
             buffers = dict(model.named_buffers())
             with torch.no_grad():
-                before = probes.masked_ce(functional_call(model, {**params, **buffers}, (x,)), y,
-                                          probes.row_masks(old_mask, len(y)))
+                before = probes.masked_ce(
+                    functional_call(model, {**params, **buffers}, (x,)), y, probes.row_masks(old_mask, len(y))
+                )
             for eta in (proto["lr"], proto["lr"] / 10):
                 pred = probes.probe_checkpoint(model, x, y, old_mask, old_mask, direction=G, eta=eta)["pred_forget"]
                 stepped = {k: v - eta * G[k] for k, v in params.items()}
                 with torch.no_grad():
-                    after = probes.masked_ce(functional_call(model, {**stepped, **buffers}, (x,)), y,
-                                             probes.row_masks(old_mask, len(y)))
+                    after = probes.masked_ce(
+                        functional_call(model, {**stepped, **buffers}, (x,)), y, probes.row_masks(old_mask, len(y))
+                    )
                 real = (after - before).double()
                 rho = stats.spearmanr(pred.numpy(), real.numpy()).statistic
-                rows.append({"task": t, "eta": eta, "n": len(y), "spearman": float(rho),
-                             "sign_agreement": float((torch.sign(pred) == torch.sign(real)).double().mean()),
-                             "mean_pred": float(pred.mean()), "mean_real": float(real.mean())})
+                rows.append(
+                    {
+                        "task": t,
+                        "eta": eta,
+                        "n": len(y),
+                        "spearman": float(rho),
+                        "sign_agreement": float((torch.sign(pred) == torch.sign(real)).double().mean()),
+                        "mean_pred": float(pred.mean()),
+                        "mean_real": float(real.mean()),
+                    }
+                )
     return rows
 
 
@@ -157,14 +184,21 @@ def main():
         rows = pred_forget_validation()
         print(f"{'task':>4} {'eta':>7} {'n':>5} {'spearman':>9} {'sign agr.':>9} {'mean pred':>10} {'mean real':>10}")
         for r in rows:
-            print(f"{r['task']:>4} {r['eta']:7.4f} {r['n']:>5} {r['spearman']:9.3f} {r['sign_agreement']:9.3f} "
-                  f"{r['mean_pred']:10.2e} {r['mean_real']:10.2e}")
+            print(
+                f"{r['task']:>4} {r['eta']:7.4f} {r['n']:>5} {r['spearman']:9.3f} {r['sign_agreement']:9.3f} "
+                f"{r['mean_pred']:10.2e} {r['mean_real']:10.2e}"
+            )
         by_eta = {}
         for r in rows:
             by_eta.setdefault(r["eta"], []).append(r)
-        print("SUMMARY pred_forget vs realised one-step change (median over tasks): " + "; ".join(
-            f"eta {eta:g}: Spearman {np.median([r['spearman'] for r in rs]):.2f}, "
-            f"sign agreement {np.median([r['sign_agreement'] for r in rs]):.2f}" for eta, rs in by_eta.items()))
+        print(
+            "SUMMARY pred_forget vs realised one-step change (median over tasks): "
+            + "; ".join(
+                f"eta {eta:g}: Spearman {np.median([r['spearman'] for r in rs]):.2f}, "
+                f"sign agreement {np.median([r['sign_agreement'] for r in rs]):.2f}"
+                for eta, rs in by_eta.items()
+            )
+        )
         return
     configs = [(16, 64)] if args.quick else [(16, 64), (64, 32)]
     repeats = args.repeats or 3
@@ -175,8 +209,10 @@ def main():
         t = run(width, n, repeats, slow_rows=not args.quick)
         for k, v in t.items():
             print(f"{width:>5} {n:>4} {k:<18} {v:8.3f} {v / t['fwd+bwd']:10.2f}")
-        summary.append(f"w{width}: probe {t['probe'] / t['fwd+bwd']:.2f}x, probe+align {t['probe+align'] / t['fwd+bwd']:.2f}x"
-                       + (f", loop {t['loop'] / t['fwd+bwd']:.1f}x" if "loop" in t else ""))
+        summary.append(
+            f"w{width}: probe {t['probe'] / t['fwd+bwd']:.2f}x, probe+align {t['probe+align'] / t['fwd+bwd']:.2f}x"
+            + (f", loop {t['loop'] / t['fwd+bwd']:.1f}x" if "loop" in t else "")
+        )
     print("SUMMARY (vs one fwd+bwd; goal probe+align <= 2.5x): " + "; ".join(summary))
 
 

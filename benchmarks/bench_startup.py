@@ -24,8 +24,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("torch", "torchvision", "pandas", "statsmodels", "seaborn", "matplotlib", "scipy", "sklearn")
-PROBE = ("import runpy, sys; runpy.run_path({script!r}, run_name='bench'); "
-         "print(','.join(m for m in {heavy!r} if m in sys.modules))")
+PROBE = (
+    "import runpy, sys; runpy.run_path({script!r}, run_name='bench'); "
+    "print(','.join(m for m in {heavy!r} if m in sys.modules))"
+)
 
 
 def rule_scripts() -> list[str]:
@@ -39,8 +41,9 @@ def rule_scripts() -> list[str]:
 
 
 def export(rev: str, dest: Path) -> None:
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "memplast", "scripts"],
-                             capture_output=True, check=True).stdout
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", rev, "memplast", "scripts"], capture_output=True, check=True
+    ).stdout
     with tempfile.TemporaryFile() as f:
         f.write(archive)
         f.seek(0)
@@ -52,8 +55,13 @@ def time_import(tree: Path, script: str) -> tuple[float, str]:
     """(seconds, heavy modules loaded) for importing ``script`` of ``tree`` in a fresh interpreter."""
     code = PROBE.format(script=str(tree / "scripts" / f"{script}.py"), heavy=HEAVY)
     t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", code], cwd=tree, capture_output=True, text=True,
-                         env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin"})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin"},
+    )
     seconds = time.perf_counter() - t0
     if out.returncode != 0:
         raise RuntimeError(f"{tree}/scripts/{script}.py failed to import:\n{out.stderr[-2000:]}")
@@ -88,9 +96,11 @@ def main():
         print(f"{s:<{width}} {b:>10.2f} {n:>7.2f} {b / n:>6.2f}  {heavy[s] or '-'}")
     total_b = sum(statistics.median(v) for v in t_base.values())
     total_n = sum(statistics.median(v) for v in t_now.values())
-    print(f"summary: import time of {len(scripts)} rule scripts vs {args.baseline}: total {total_b:.1f} s -> "
-          f"{total_n:.1f} s ({total_b / total_n:.2f}x), per-script speed-up median "
-          f"{statistics.median(ratios):.2f}x, min {min(ratios):.2f}x, max {max(ratios):.2f}x")
+    print(
+        f"summary: import time of {len(scripts)} rule scripts vs {args.baseline}: total {total_b:.1f} s -> "
+        f"{total_n:.1f} s ({total_b / total_n:.2f}x), per-script speed-up median "
+        f"{statistics.median(ratios):.2f}x, min {min(ratios):.2f}x, max {max(ratios):.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -38,8 +38,9 @@ SCENARIOS = {
 
 def paper_table(scale: float) -> pd.DataFrame:
     n_per_class = max(10, int(450 * scale))
-    return stats.synthetic_deltas(n_orders=5, n_classes=100, classes_per_task=5, n_per_class=n_per_class,
-                                  nan_fraction=0.01, seed=0)
+    return stats.synthetic_deltas(
+        n_orders=5, n_classes=100, classes_per_task=5, n_per_class=n_per_class, nan_fraction=0.01, seed=0
+    )
 
 
 def timed(fn):
@@ -58,31 +59,44 @@ def scale_mode(args) -> None:
     deltas = paper_table(args.scale)
     old = deltas[deltas["is_old"]].sort_values("sample_id", kind="stable")
     del deltas
-    print(f"table: {len(old):,} old-class rows, {old['sample_id'].nunique():,} samples, "
-          f"{old['boundary'].nunique()} boundaries, {old['order_seed'].nunique()} orders, 2 kinds "
-          f"(built in {time.perf_counter() - t0:.0f} s; {old.memory_usage(deep=True).sum() / 2**20:.0f} MiB)")
+    print(
+        f"table: {len(old):,} old-class rows, {old['sample_id'].nunique():,} samples, "
+        f"{old['boundary'].nunique()} boundaries, {old['order_seed'].nunique()} orders, 2 kinds "
+        f"(built in {time.perf_counter() - t0:.0f} s; {old.memory_usage(deep=True).sum() / 2**20:.0f} MiB)"
+    )
     outcomes = list(stats.DEFAULT_OUTCOMES)
     kinds = list(stats.KINDS)
     base_cfg = {"seed": 0, "ci_level": 0.95, "epochs_per_task": 30, "window": 5, "threads": args.threads}
-    _, t_base, c_base, m_base = timed(lambda: association_tables(
-        old, {**base_cfg, "n_boot": 2, "n_permutations": 0}, outcomes, kinds))
-    print(f"baseline (cells, estimates, pooling; 2 replicates): wall {t_base:.1f} s, CPU {c_base:.1f} s, "
-          f"peak traced {m_base:.0f} MiB")
+    _, t_base, c_base, m_base = timed(
+        lambda: association_tables(old, {**base_cfg, "n_boot": 2, "n_permutations": 0}, outcomes, kinds)
+    )
+    print(
+        f"baseline (cells, estimates, pooling; 2 replicates): wall {t_base:.1f} s, CPU {c_base:.1f} s, "
+        f"peak traced {m_base:.0f} MiB"
+    )
     cfg = {**base_cfg, "n_boot": args.n_boot, "n_permutations": args.n_perm}
     tables, t_full, c_full, m_full = timed(lambda: association_tables(old, cfg, outcomes, kinds))
-    print(f"bootstrap {args.n_boot} + null {args.n_perm}: wall {t_full:.1f} s, CPU {c_full:.1f} s, "
-          f"peak traced {m_full:.0f} MiB; {len(tables['pooled'])} pooled rows")
+    print(
+        f"bootstrap {args.n_boot} + null {args.n_perm}: wall {t_full:.1f} s, CPU {c_full:.1f} s, "
+        f"peak traced {m_full:.0f} MiB; {len(tables['pooled'])} pooled rows"
+    )
     per_rep = (c_full - c_base) / max(1, args.n_boot - 2)
-    print(f"CPU per bootstrap replicate (all cells, outcomes, kinds): {per_rep:.2f} s -> 2000 replicates "
-          f"~{per_rep * 2000 / 60:.0f} CPU min (linear in replicates; divide by the rule's threads)")
+    print(
+        f"CPU per bootstrap replicate (all cells, outcomes, kinds): {per_rep:.2f} s -> 2000 replicates "
+        f"~{per_rep * 2000 / 60:.0f} CPU min (linear in replicates; divide by the rule's threads)"
+    )
     _, t_models, c_models, m_models = timed(lambda: model_table(old, cfg, outcomes, kinds))
-    print(f"OLS rank/FE clustered by sample ({len(outcomes) * len(kinds)} fits): wall {t_models:.1f} s, "
-          f"CPU {c_models:.1f} s, peak traced {m_models:.0f} MiB")
+    print(
+        f"OLS rank/FE clustered by sample ({len(outcomes) * len(kinds)} fits): wall {t_models:.1f} s, "
+        f"CPU {c_models:.1f} s, peak traced {m_models:.0f} MiB"
+    )
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"process max RSS {rss:.0f} MiB")
-    print(f"summary: scale {args.scale}, {args.n_boot} bootstrap + {args.n_perm} null replicates: resampling/baseline "
-          f"CPU ratio {c_full / c_base:.1f}x; association tables CPU {c_full:.0f} s, models CPU {c_models:.0f} s, "
-          f"{per_rep:.2f} CPU s per replicate, max RSS {rss:.0f} MiB")
+    print(
+        f"summary: scale {args.scale}, {args.n_boot} bootstrap + {args.n_perm} null replicates: resampling/baseline "
+        f"CPU ratio {c_full / c_base:.1f}x; association tables CPU {c_full:.0f} s, models CPU {c_models:.0f} s, "
+        f"{per_rep:.2f} CPU s per replicate, max RSS {rss:.0f} MiB"
+    )
 
 
 def calibration_mode(args) -> None:
@@ -95,12 +109,17 @@ def calibration_mode(args) -> None:
         print(f"{name}: {args.reps} replicates in {time.perf_counter() - t0:.0f} s")
     out = pd.concat(tables, ignore_index=True)
     with pd.option_context("display.width", 200, "display.max_rows", 200):
-        print(out[["scenario", "quantity", "n_rep", "truth", "coverage", "coverage_se", "rejection",
-                   "rejection_se"]].round(3).to_string(index=False))
+        print(
+            out[["scenario", "quantity", "n_rep", "truth", "coverage", "coverage_se", "rejection", "rejection_se"]]
+            .round(3)
+            .to_string(index=False)
+        )
     null = out[(out["scenario"] == "null") & out["quantity"].str.contains("partial|ols|trend partial")]
-    print(f"summary: null rejection of within-class quantities {null['rejection'].min():.3f}-"
-          f"{null['rejection'].max():.3f}; coverage {out['coverage'].min():.3f}-{out['coverage'].max():.3f} "
-          f"(all scenarios, {args.reps} replicates each)")
+    print(
+        f"summary: null rejection of within-class quantities {null['rejection'].min():.3f}-"
+        f"{null['rejection'].max():.3f}; coverage {out['coverage'].min():.3f}-{out['coverage'].max():.3f} "
+        f"(all scenarios, {args.reps} replicates each)"
+    )
 
 
 def main():

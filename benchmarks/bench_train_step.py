@@ -44,8 +44,13 @@ def step_before(model, optimizer, data, rows, mask, batch_size, generator, aug):
     losses, correct = torch.empty(len(rows), device=data.device), 0
     for start in range(0, len(rows), batch_size):
         idx = torch.tensor(np.asarray(rows[start : start + batch_size]), device=data.device)  # blocking copy
-        x = augment.augment(augment.normalize(data.images[idx], data.mean, data.std), generator, aug["crop_padding"],
-                            aug["flip"], aug["rotation_degrees"])
+        x = augment.augment(
+            augment.normalize(data.images[idx], data.mean, data.std),
+            generator,
+            aug["crop_padding"],
+            aug["flip"],
+            aug["rotation_degrees"],
+        )
         y = data.labels[idx]
         logits = model(x)
         loss_i = per_sample_loss(logits, y, mask)
@@ -64,9 +69,19 @@ def prepared(n_classes: int, shape, n: int) -> Prepared:
     images, labels = make_synthetic(n_classes, shape, -(-n // n_classes), seed=0)
     images, labels = images[:n], labels[:n]
     mean, std = channel_stats(images)
-    return Prepared(name="synthetic", images=images, labels=labels, orig_labels=labels.copy(),
-                    noisy=np.zeros(n, dtype=bool), sample_id=np.arange(n), source=np.full(n, "train"),
-                    split=np.full(n, "train"), mean=mean, std=std, n_classes=n_classes)
+    return Prepared(
+        name="synthetic",
+        images=images,
+        labels=labels,
+        orig_labels=labels.copy(),
+        noisy=np.zeros(n, dtype=bool),
+        sample_id=np.arange(n),
+        source=np.full(n, "train"),
+        split=np.full(n, "train"),
+        mean=mean,
+        std=std,
+        n_classes=n_classes,
+    )
 
 
 def setting(arch: str, width: int, n_classes: int, shape, n: int):
@@ -121,13 +136,20 @@ def main(argv=None):
                 rate[kind] = max(rate[kind], steps / (time.perf_counter() - t0))
         results[name] = (rate, syncs, steps)
 
-    print(f"\n{'setting':<24} {'steps':>6} {'before st/s':>12} {'after st/s':>11} {'ratio':>6} "
-          f"{'syncs/epoch before':>19} {'after':>6}")
+    print(
+        f"\n{'setting':<24} {'steps':>6} {'before st/s':>12} {'after st/s':>11} {'ratio':>6} "
+        f"{'syncs/epoch before':>19} {'after':>6}"
+    )
     for name, (rate, syncs, steps) in results.items():
-        print(f"{name:<24} {steps:>6} {rate['before']:>12.2f} {rate['after']:>11.2f} "
-              f"{rate['after'] / rate['before']:>6.2f} {syncs['before']:>19} {syncs['after']:>6}")
-    parts = [f"{name}: {r['after'] / r['before']:.2f}x steps/s, syncs/step {s['before'] / n:.1f} -> "
-             f"{s['after'] / n:.2f} ({s['after']} per epoch)" for name, (r, s, n) in results.items()]
+        print(
+            f"{name:<24} {steps:>6} {rate['before']:>12.2f} {rate['after']:>11.2f} "
+            f"{rate['after'] / rate['before']:>6.2f} {syncs['before']:>19} {syncs['after']:>6}"
+        )
+    parts = [
+        f"{name}: {r['after'] / r['before']:.2f}x steps/s, syncs/step {s['before'] / n:.1f} -> "
+        f"{s['after'] / n:.2f} ({s['after']} per epoch)"
+        for name, (r, s, n) in results.items()
+    ]
     print("summary: after/before on CPU: " + "; ".join(parts))
 
 

@@ -12,7 +12,6 @@ setting is appended to ``--out`` so docs/positive_control.md quotes measured num
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import tempfile
@@ -37,27 +36,33 @@ ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = {
     # the issue's first probe: demo data, 60 epochs per task
     "digits60": {"protocol": {"epochs_per_task": 60, "lr_milestones": [30, 45], "lr_gamma": 0.1}},
-    "digits60-wd0": {"protocol": {"epochs_per_task": 60, "lr_milestones": [30, 45], "lr_gamma": 0.1,
-                                  "weight_decay": 0.0}},
-    "digits60-few": {"dataset": {"split_fractions": {"val": 0.15, "test": 0.55}},
-                     "protocol": {"epochs_per_task": 60, "lr_milestones": [30, 45], "lr_gamma": 0.1}},
+    "digits60-wd0": {
+        "protocol": {"epochs_per_task": 60, "lr_milestones": [30, 45], "lr_gamma": 0.1, "weight_decay": 0.0}
+    },
+    "digits60-few": {
+        "dataset": {"split_fractions": {"val": 0.15, "test": 0.55}},
+        "protocol": {"epochs_per_task": 60, "lr_milestones": [30, 45], "lr_gamma": 0.1},
+    },
     "digits100": {"protocol": {"epochs_per_task": 100, "lr_milestones": [50, 75], "lr_gamma": 0.1}},
-    "digits60-w8": {"model": {"width": 8},
-                    "protocol": {"epochs_per_task": 60, "lr_milestones": [30, 45], "lr_gamma": 0.1}},
+    "digits60-w8": {
+        "model": {"width": 8},
+        "protocol": {"epochs_per_task": 60, "lr_milestones": [30, 45], "lr_gamma": 0.1},
+    },
     "digits60-lr": {"protocol": {"epochs_per_task": 60, "lr": 0.1, "lr_milestones": [30, 45], "lr_gamma": 0.1}},
     # warm-start hard: no augmentation, no weight decay, 30% of the data for training
-    "digits60-hard": {"dataset": {"split_fractions": {"val": 0.15, "test": 0.55},
-                                  "augmentation": {"crop_padding": 0}},
-                      "protocol": {"epochs_per_task": 60, "lr_milestones": [30, 45], "lr_gamma": 0.1,
-                                   "weight_decay": 0.0}},
-    "digits30-hard": {"dataset": {"split_fractions": {"val": 0.15, "test": 0.55},
-                                  "augmentation": {"crop_padding": 0}},
-                      "protocol": {"epochs_per_task": 30, "lr_milestones": [15, 22], "lr_gamma": 0.1,
-                                   "weight_decay": 0.0}},
+    "digits60-hard": {
+        "dataset": {"split_fractions": {"val": 0.15, "test": 0.55}, "augmentation": {"crop_padding": 0}},
+        "protocol": {"epochs_per_task": 60, "lr_milestones": [30, 45], "lr_gamma": 0.1, "weight_decay": 0.0},
+    },
+    "digits30-hard": {
+        "dataset": {"split_fractions": {"val": 0.15, "test": 0.55}, "augmentation": {"crop_padding": 0}},
+        "protocol": {"epochs_per_task": 30, "lr_milestones": [15, 22], "lr_gamma": 0.1, "weight_decay": 0.0},
+    },
     # full demo data, but no augmentation and no weight decay (warm-start setting)
-    "digits30-full": {"dataset": {"augmentation": {"crop_padding": 0}},
-                      "protocol": {"epochs_per_task": 30, "lr_milestones": [15, 22], "lr_gamma": 0.1,
-                                   "weight_decay": 0.0}},
+    "digits30-full": {
+        "dataset": {"augmentation": {"crop_padding": 0}},
+        "protocol": {"epochs_per_task": 30, "lr_milestones": [15, 22], "lr_gamma": 0.1, "weight_decay": 0.0},
+    },
     "digits30": {"protocol": {"epochs_per_task": 30, "lr_milestones": [15, 22], "lr_gamma": 0.1}},
 }
 
@@ -87,14 +92,34 @@ def run_one(cfg: dict, prepared: data.Prepared, seed: int, algorithm: str, tmp: 
     for t in range(p["n_tasks"]):
         d = tmp / f"order{seed}-{algorithm}" / f"task{t}"
         ckpt = str(d / "end_ckpt.pt")
-        spec = RunSpec(f"order{seed}/none/random/none/{algorithm}", seed, order, t, train_ids, "random", 0.0,
-                       algorithm)
-        m = run_task(spec, prepared, p, cfg["model"], cfg["dataset"]["augmentation"], cfg["ordering"],
-                     cfg["weighting"], prev, str(d / "end.pt"), {(t + 1) * p["epochs_per_task"]: ckpt},
-                     str(d / "m.parquet"), str(d / "o.parquet"), str(d / "resume.pt"), {"search": 1})
+        spec = RunSpec(f"order{seed}/none/random/none/{algorithm}", seed, order, t, train_ids, "random", 0.0, algorithm)
+        m = run_task(
+            spec,
+            prepared,
+            p,
+            cfg["model"],
+            cfg["dataset"]["augmentation"],
+            cfg["ordering"],
+            cfg["weighting"],
+            prev,
+            str(d / "end.pt"),
+            {(t + 1) * p["epochs_per_task"]: ckpt},
+            str(d / "m.parquet"),
+            str(d / "o.parquet"),
+            str(d / "resume.pt"),
+            {"search": 1},
+        )
         end = m[m.kind == "end"].iloc[0]
-        out.append({"order": seed, "algorithm": algorithm, "task": t, "test_acc": float(end["test_acc"]),
-                    "train_acc_last": float(m[m.kind == "epoch"]["train_acc"].iloc[-1]), **end_metrics(ckpt, prepared)})
+        out.append(
+            {
+                "order": seed,
+                "algorithm": algorithm,
+                "task": t,
+                "test_acc": float(end["test_acc"]),
+                "train_acc_last": float(m[m.kind == "epoch"]["train_acc"].iloc[-1]),
+                **end_metrics(ckpt, prepared),
+            }
+        )
         prev = str(d / "end.pt")
     return out
 
@@ -103,12 +128,16 @@ def summarize(rows: list[dict]) -> dict:
     """The workflow's plasticity tables (memplast.plasticity: gap, trend with recoveries, signature)
     computed from the search's rows, as JSON-ready records."""
 
-    df = pd.DataFrame(rows).rename(columns={"order": "order_seed", "eff_rank": "effective_rank",
-                                            "dormant": "dormant_units"})
+    df = pd.DataFrame(rows).rename(
+        columns={"order": "order_seed", "eff_rank": "effective_rank", "dormant": "dormant_units"}
+    )
     means = df.groupby(["algorithm", "task"])[["dormant_units", "effective_rank", "stable_rank", "test_acc"]].mean()
-    return {"gap": gap_table(df, {}).to_dict("records"), "trend": trend_table(df, {}).to_dict("records"),
-            "signature_gap": signature_table(df, {}).to_dict("records"),
-            "signature": means.reset_index().to_dict("records")}
+    return {
+        "gap": gap_table(df, {}).to_dict("records"),
+        "trend": trend_table(df, {}).to_dict("records"),
+        "signature_gap": signature_table(df, {}).to_dict("records"),
+        "signature": means.reset_index().to_dict("records"),
+    }
 
 
 def report(res: dict) -> None:
@@ -116,22 +145,33 @@ def report(res: dict) -> None:
     gap = pd.DataFrame(res["gap"])
     print("algorithm       task  minus retrained, pts [95% CI]   n<0")
     for g in gap.itertuples():
-        print(f"{g.algorithm:>14} {g.task:>4}  {100 * g.mean:+6.2f} [{100 * g.lo:+6.2f}, {100 * g.hi:+6.2f}]  "
-              f"{g.n_negative}/{g.n}")
+        print(
+            f"{g.algorithm:>14} {g.task:>4}  {100 * g.mean:+6.2f} [{100 * g.lo:+6.2f}, {100 * g.hi:+6.2f}]  "
+            f"{g.n_negative}/{g.n}"
+        )
     for r in res["trend"]:
-        line = (f"{r['algorithm']}: gap slope over tasks {100 * r['slope']:+.2f} pts/task "
-                f"[{100 * r['lo']:+.2f}, {100 * r['hi']:+.2f}], {r['n_negative']}/{r['n']} orders negative")
+        line = (
+            f"{r['algorithm']}: gap slope over tasks {100 * r['slope']:+.2f} pts/task "
+            f"[{100 * r['lo']:+.2f}, {100 * r['hi']:+.2f}], {r['n_negative']}/{r['n']} orders negative"
+        )
         if pd.notna(r.get("recovery", np.nan)):
-            line += (f"; recovers {100 * r['recovery']:.0f}% of base's final gap (minus base "
-                     f"{100 * r['minus_base_last']:+.2f} [{100 * r['minus_base_lo']:+.2f}, {100 * r['minus_base_hi']:+.2f}])")
+            line += (
+                f"; recovers {100 * r['recovery']:.0f}% of base's final gap (minus base "
+                f"{100 * r['minus_base_last']:+.2f} [{100 * r['minus_base_lo']:+.2f}, {100 * r['minus_base_hi']:+.2f}])"
+            )
         print(line)
     sig = pd.DataFrame(res["signature_gap"])
     for (m, a), g in sig.groupby(["measure", "algorithm"], sort=False):
-        print(f"{m} {a} - retrained per task: " + ", ".join(f"{r.mean:+.3f} [{r.lo:+.3f}, {r.hi:+.3f}]" for r in g.itertuples()))
+        print(
+            f"{m} {a} - retrained per task: "
+            + ", ".join(f"{r.mean:+.3f} [{r.lo:+.3f}, {r.hi:+.3f}]" for r in g.itertuples())
+        )
     print("algorithm task dormant eff_rank stable_rank test_acc")
     for s in res["signature"]:
-        print(f"{s['algorithm']:>14} {s['task']:>2} {s['dormant_units']:.3f} {s['effective_rank']:7.2f} "
-              f"{s['stable_rank']:5.1f} {s['test_acc']:.4f}")
+        print(
+            f"{s['algorithm']:>14} {s['task']:>2} {s['dormant_units']:.3f} {s['effective_rank']:7.2f} "
+            f"{s['stable_rank']:5.1f} {s['test_acc']:.4f}"
+        )
 
 
 def main():
@@ -141,11 +181,15 @@ def main():
     ap.add_argument("--seeds", default=None, help="comma-separated class-order seeds (default: 0..orders-1)")
     ap.add_argument("--merge", action="store_true", help="summarize every stored row of --label instead of running")
     ap.add_argument("--algorithms", default="base,retrained")
-    ap.add_argument("--set", default="{}", help="extra JSON overlay, e.g. '{\"protocol\": {\"lr\": 0.1}}'")
+    ap.add_argument("--set", default="{}", help='extra JSON overlay, e.g. \'{"protocol": {"lr": 0.1}}\'')
     ap.add_argument("--label", default=None)
-    ap.add_argument("--with", dest="with_labels", default="",
-                    help="with --merge: comma-separated labels whose rows join (e.g. the base and retrained runs "
-                         "of the same setting, made once for several mitigations)")
+    ap.add_argument(
+        "--with",
+        dest="with_labels",
+        default="",
+        help="with --merge: comma-separated labels whose rows join (e.g. the base and retrained runs "
+        "of the same setting, made once for several mitigations)",
+    )
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "lop_search_results.jsonl"))
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("MEMPLAST_THREADS", "1")))
@@ -185,14 +229,31 @@ def main():
             print(f"SUMMARY {label} part {seeds}: wall {wall:.0f} s (summarize with --merge --label {label})")
             return
     res = summarize(rows)
-    print(f"== {label}: {args.orders} orders, {sorted({r['algorithm'] for r in rows})}, wall {wall:.0f} s "
-          f"({int(os.environ.get('MEMPLAST_THREADS', '1'))} thread)")
+    print(
+        f"== {label}: {args.orders} orders, {sorted({r['algorithm'] for r in rows})}, wall {wall:.0f} s "
+        f"({int(os.environ.get('MEMPLAST_THREADS', '1'))} thread)"
+    )
     report(res)
     with open(args.out, "a") as f:
-        f.write(json.dumps({"label": label, "setting": args.setting, "overlay": extra, "orders": args.orders,
-                            "algorithms": algorithms, "wall_s": wall, **res, "rows": rows}) + "\n")
+        f.write(
+            json.dumps(
+                {
+                    "label": label,
+                    "setting": args.setting,
+                    "overlay": extra,
+                    "orders": args.orders,
+                    "algorithms": algorithms,
+                    "wall_s": wall,
+                    **res,
+                    "rows": rows,
+                }
+            )
+            + "\n"
+        )
     fg = [g for g in res["gap"] if g["algorithm"] == "base"][-1]
-    print(f"SUMMARY {label}: final gap {100 * fg['mean']:+.2f} pts [{100 * fg['lo']:+.2f}, {100 * fg['hi']:+.2f}], wall {wall:.0f} s")
+    print(
+        f"SUMMARY {label}: final gap {100 * fg['mean']:+.2f} pts [{100 * fg['lo']:+.2f}, {100 * fg['hi']:+.2f}], wall {wall:.0f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -144,7 +144,9 @@ class CBP:
         w = L.layer.weight
         fan_in = w[0].numel()
         gain = math.sqrt(2.0) if isinstance(L.layer, nn.Conv2d) else 1.0
-        fresh = torch.randn((len(units), *w.shape[1:]), generator=self.generator, dtype=torch.float32) * (gain / math.sqrt(fan_in))
+        fresh = torch.randn((len(units), *w.shape[1:]), generator=self.generator, dtype=torch.float32) * (
+            gain / math.sqrt(fan_in)
+        )
         idx = units.to(w.device)
         w[idx] = fresh.to(w.device, w.dtype)
         if L.layer.bias is not None:
@@ -164,9 +166,14 @@ class CBP:
         return n
 
     def state_dict(self) -> dict:
-        return {"util": [u.cpu() for u in self.util], "feat": [f.cpu() for f in self.feat],
-                "age": [a.clone() for a in self.age], "accumulated": list(self.accumulated),
-                "generator": self.generator.get_state(), "replaced": self.replaced}
+        return {
+            "util": [u.cpu() for u in self.util],
+            "feat": [f.cpu() for f in self.feat],
+            "age": [a.clone() for a in self.age],
+            "accumulated": list(self.accumulated),
+            "generator": self.generator.get_state(),
+            "replaced": self.replaced,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         dev = self.util[0].device
@@ -192,13 +199,32 @@ class UPGD(torch.optim.Optimizer):
     are skipped. Noise is drawn on the CPU from the optimizer's own generator (in its state_dict).
     """
 
-    def __init__(self, gated, non_gated, lr: float, weight_decay: float, beta_utility: float = 0.999,
-                 sigma: float = 1e-3, variant: str = "sgd", betas=(0.9, 0.999), eps: float = 1e-5,
-                 non_gated_scale: float = 0.5, seed: int = 0):
+    def __init__(
+        self,
+        gated,
+        non_gated,
+        lr: float,
+        weight_decay: float,
+        beta_utility: float = 0.999,
+        sigma: float = 1e-3,
+        variant: str = "sgd",
+        betas=(0.9, 0.999),
+        eps: float = 1e-5,
+        non_gated_scale: float = 0.5,
+        seed: int = 0,
+    ):
         if variant not in ("sgd", "adam"):
             raise ValueError(f"upgd.variant {variant!r}: choose sgd or adam")
-        defaults = dict(lr=lr, weight_decay=weight_decay, beta_utility=beta_utility, sigma=sigma,
-                        variant=variant, betas=tuple(betas), eps=eps, non_gated_scale=non_gated_scale)
+        defaults = dict(
+            lr=lr,
+            weight_decay=weight_decay,
+            beta_utility=beta_utility,
+            sigma=sigma,
+            variant=variant,
+            betas=tuple(betas),
+            eps=eps,
+            non_gated_scale=non_gated_scale,
+        )
         groups = [{"params": list(ps), "gated": gated_flag} for ps, gated_flag in ((gated, True), (non_gated, False))]
         super().__init__([g for g in groups if g["params"]], defaults)
         self.generator = torch.Generator().manual_seed(seed)
@@ -278,6 +304,16 @@ def upgd_groups(model: nn.Module, gating: str):
 def make_upgd(model: nn.Module, cfg: dict, lr: float, weight_decay: float, seed: int) -> UPGD:
     """The UPGD optimizer of ``model`` from the ``protocol.upgd`` config section."""
     gated, non_gated = upgd_groups(model, cfg["gating"])
-    return UPGD(gated, non_gated, lr=lr, weight_decay=weight_decay, beta_utility=cfg["beta_utility"],
-                sigma=cfg["sigma"], variant=cfg["variant"], betas=(cfg["beta1"], cfg["beta2"]), eps=cfg["eps"],
-                non_gated_scale=cfg["non_gated_scale"], seed=seed)
+    return UPGD(
+        gated,
+        non_gated,
+        lr=lr,
+        weight_decay=weight_decay,
+        beta_utility=cfg["beta_utility"],
+        sigma=cfg["sigma"],
+        variant=cfg["variant"],
+        betas=(cfg["beta1"], cfg["beta2"]),
+        eps=cfg["eps"],
+        non_gated_scale=cfg["non_gated_scale"],
+        seed=seed,
+    )

@@ -29,16 +29,23 @@ ROOT = Path(__file__).resolve().parent.parent
 PROBE_ROW_BYTES = 75
 CURVATURE_ROW_BYTES = 56
 DELTA_ROW_BYTES = 66
-KINDS = ["window checkpoints", "task-end states", "scorer checkpoints", "probe tables", "other tables",
-         "prepared data"]
+KINDS = ["window checkpoints", "task-end states", "scorer checkpoints", "probe tables", "other tables", "prepared data"]
 
 
 def dry_run(configfiles, target=None, force=True, snakemake=None) -> list[dict]:
     """Jobs of ``snakemake -n`` for ``target`` (default: all), each {rule, output, resources}:
     every job of the target with ``force`` (--forceall), else only those still to run."""
     exe = snakemake or str(Path(sys.executable).parent / "snakemake")
-    cmd = [exe, "--snakefile", str(ROOT / "Snakefile"), "-n", *(["--forceall"] if force else []),
-           *([target] if target else []), "--configfile", *map(str, configfiles)]
+    cmd = [
+        exe,
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "-n",
+        *(["--forceall"] if force else []),
+        *([target] if target else []),
+        "--configfile",
+        *map(str, configfiles),
+    ]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"snakemake dry run failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
@@ -54,9 +61,9 @@ def parse_jobs(text: str) -> list[dict]:
             job = {"rule": m[1], "output": [], "resources": {}}
             jobs.append(job)
         elif job is not None and line.startswith("output: "):
-            job["output"] = line[len("output: "):].split(", ")
+            job["output"] = line[len("output: ") :].split(", ")
         elif job is not None and line.startswith("resources: "):
-            for item in line[len("resources: "):].split(", "):
+            for item in line[len("resources: ") :].split(", "):
                 key, _, value = item.partition("=")
                 try:
                     job["resources"][key] = float(value)
@@ -87,7 +94,11 @@ class Sizes:
         self.cfg = config
         ds = config["dataset"]
         self.n_classes = n_classes(config)
-        shape = ds["synthetic"]["shape"] if ds["name"] == "synthetic" else ([1, 8, 8] if ds["name"] == "digits" else [3, 32, 32])
+        shape = (
+            ds["synthetic"]["shape"]
+            if ds["name"] == "synthetic"
+            else ([1, 8, 8] if ds["name"] == "digits" else [3, 32, 32])
+        )
         self.pixels = int(shape[0] * shape[1] * shape[2])
         m = config["model"]
         self.weights, self.params = model_bytes(m["arch"], self.n_classes, shape[0], m["width"])
@@ -187,7 +198,9 @@ def format_table(title: str, summary: dict) -> str:
         lines.append(f"  {rule:<{width}} {r['jobs']:>6} {r['gpu_hours']:>9.1f} {r['cpu_hours']:>8.1f}")
     tot = {k: sum(r[k] for r in rules.values()) for k in ("jobs", "gpu_hours", "cpu_hours")}
     lines.append(f"  {'total':<{width}} {tot['jobs']:>6} {tot['gpu_hours']:>9.1f} {tot['cpu_hours']:>8.1f}")
-    lines.append("  (hours = requested wall time x gpu: resources.*.runtime, training from seconds_per_image + 10 min/job)")
+    lines.append(
+        "  (hours = requested wall time x gpu: resources.*.runtime, training from seconds_per_image + 10 min/job)"
+    )
     lines.append("  disk by output kind:")
     for kind in KINDS:
         lines.append(f"    {kind:<20} {human(summary['disk'][kind]):>10}")

@@ -104,10 +104,18 @@ def entrypoint(main, smk=None) -> None:
         for name, p in accepted.items():
             if name == "threads":
                 continue
-            parser.add_argument(f"--{name}", type=_parse, required=p.default is inspect._empty,
-                                default=None if p.default is inspect._empty else p.default)
-        parser.add_argument("--threads", type=int, default=DEFAULT_THREADS,
-                            help=f"torch intra-op threads (default {DEFAULT_THREADS}, as the rules)")
+            parser.add_argument(
+                f"--{name}",
+                type=_parse,
+                required=p.default is inspect._empty,
+                default=None if p.default is inspect._empty else p.default,
+            )
+        parser.add_argument(
+            "--threads",
+            type=int,
+            default=DEFAULT_THREADS,
+            help=f"torch intra-op threads (default {DEFAULT_THREADS}, as the rules)",
+        )
         kwargs = vars(parser.parse_args())
         threads = kwargs.pop("threads")
         job = main.__module__

@@ -101,8 +101,12 @@ def check_config(config: dict) -> None:
     w = config["probes"]["window"]
     if w > proto["epochs_per_task"]:
         raise ConfigError(f"probes.window={w} exceeds protocol.epochs_per_task={proto['epochs_per_task']}")
-    for key, values in (("filter", conds["filters"]), ("ordering", conds["orderings"]),
-                        ("weighting", conds["weightings"]), ("algorithm", conds["algorithms"])):
+    for key, values in (
+        ("filter", conds["filters"]),
+        ("ordering", conds["orderings"]),
+        ("weighting", conds["weightings"]),
+        ("algorithm", conds["algorithms"]),
+    ):
         if conds["primary"][key] not in values:
             raise ConfigError(
                 f"conditions.primary.{key}={conds['primary'][key]!r} is not in conditions.{key}s {values}; add it there"
@@ -139,7 +143,9 @@ def parse_filter(name: str) -> FilterSpec:
         return FilterSpec("none")
     m = FILTER_RE.match(name)
     if not m or not 0 < float(m.group(3)) <= 1:
-        raise ConfigError(f"filter {name!r}: use none or MODE-qQ / MODE_random-qQ, MODE in global|per_class|balanced, 0 < Q <= 1")
+        raise ConfigError(
+            f"filter {name!r}: use none or MODE-qQ / MODE_random-qQ, MODE in global|per_class|balanced, 0 < Q <= 1"
+        )
     return FilterSpec(m.group(1), float(m.group(3)), m.group(2) is not None)
 
 
@@ -182,9 +188,7 @@ def conditions(config: dict) -> list[dict]:
         grid = [primary] + [{**primary, f: level} for f in FACTORS for level in levels[f] if level != primary[f]]
     else:
         crossed = FACTORS if conds["design"] == "factorial" else FACTORS[:3]
-        grid = [
-            {**primary, **dict(zip(crossed, combo))} for combo in itertools.product(*(levels[f] for f in crossed))
-        ]
+        grid = [{**primary, **dict(zip(crossed, combo))} for combo in itertools.product(*(levels[f] for f in crossed))]
         if conds["design"] == "factorial_data":
             grid += [{**primary, "algorithm": a} for a in levels["algorithm"] if a != primary["algorithm"]]
     grid.sort(key=lambda c: c != primary)  # stable: primary first

@@ -35,9 +35,9 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from memplast.progress import tqdm
 
 from memplast.models import eval_mode, masked_labels, masked_logits, per_sample_loss
+from memplast.progress import tqdm
 
 log = logging.getLogger("memplast.curvature")
 
@@ -89,8 +89,12 @@ def strict_numerics(device, deterministic: bool = True) -> dict:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
-    return {"tf32_matmul": torch.backends.cuda.matmul.allow_tf32, "tf32_cudnn": torch.backends.cudnn.allow_tf32,
-            "float32_matmul_precision": torch.get_float32_matmul_precision(), "deterministic_algorithms": det}
+    return {
+        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+        "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "deterministic_algorithms": det,
+    }
 
 
 def checkpoint_seed(seed: int, epoch: int) -> int:
@@ -206,7 +210,12 @@ def hutchinson(model, x, labels, mask, sample_ids, n_probes=10, seed=0, hvp=DEFA
             vhv.append((v.flatten(1) * u).sum(1))
     sq, norm, vhv = torch.stack(sq), torch.stack(norm), torch.stack(vhv)  # (n_probes, N)
     se = sq.std(0) / math.sqrt(n_probes) if n_probes > 1 else torch.full_like(sq[0], float("nan"))
-    return {"curv_hutch": sq.mean(0), "curv_hutch_se": se, "curv_hutch_norm": norm.mean(0), "curv_hutch_vhv": vhv.mean(0)}
+    return {
+        "curv_hutch": sq.mean(0),
+        "curv_hutch_se": se,
+        "curv_hutch_norm": norm.mean(0),
+        "curv_hutch_vhv": vhv.mean(0),
+    }
 
 
 def finite_difference(model, x, labels, mask, sample_ids, n_probes=10, step=1e-3, seed=0) -> dict:
@@ -323,7 +332,13 @@ class CSLAccumulator:
 
     def to_frame(self) -> pd.DataFrame:
         """DataFrame(sample_id, csl, n_csl), sorted by sample_id."""
-        frame = pd.DataFrame({"sample_id": np.fromiter(self._pos, dtype=np.int64, count=len(self._pos)), "csl": self._sum, "n_csl": self._count})
+        frame = pd.DataFrame(
+            {
+                "sample_id": np.fromiter(self._pos, dtype=np.int64, count=len(self._pos)),
+                "csl": self._sum,
+                "n_csl": self._count,
+            }
+        )
         return frame.sort_values("sample_id", ignore_index=True)
 
     def state_dict(self) -> dict:

@@ -27,7 +27,7 @@ def parse_run(run: str) -> dict:
     parts = run.split("/")
     if len(parts) != 5 or not parts[0].startswith("order"):
         raise ValueError(f"run name {run!r} is not order<seed>/<filter>/<ordering>/<weighting>/<algorithm>")
-    return {"order_seed": int(parts[0][len("order"):]), **dict(zip(RUN_KEYS[1:], parts[1:]))}
+    return {"order_seed": int(parts[0][len("order") :]), **dict(zip(RUN_KEYS[1:], parts[1:]))}
 
 
 def join_metrics(paths) -> pd.DataFrame:
@@ -80,8 +80,11 @@ def plot(curves: pd.DataFrame, flags: pd.DataFrame, path, prov: dict) -> None:
     labelled = set()
     for run, r in curves.groupby("run", sort=True):
         cond, bad = run.split("/", 1)[1], status[run] != "ok"
-        style = {"color": "red", "linewidth": 1.4, "linestyle": "--"} if bad else \
-            {"color": cmap[cond], "linewidth": 0.8, "alpha": 0.7}
+        style = (
+            {"color": "red", "linewidth": 1.4, "linestyle": "--"}
+            if bad
+            else {"color": cmap[cond], "linewidth": 0.8, "alpha": 0.7}
+        )
         label = f"{run}: {status[run]}" if bad else (cond if cond not in labelled else None)
         labelled.add(cond)
         loss = r["train_loss"].where(np.isfinite(r["train_loss"]) & (r["train_loss"] > 0))

@@ -103,9 +103,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         if (module, name) in self.ALLOWED:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(
-            f"refusing to unpickle global {module}.{name}: only numpy/pandas data is allowed"
-        )
+        raise pickle.UnpicklingError(f"refusing to unpickle global {module}.{name}: only numpy/pandas data is allowed")
 
 
 def safe_unpickle(data: bytes, encoding: str = "ASCII"):
@@ -314,7 +312,9 @@ def prepare(dataset_cfg: dict, archive: str | Path | None = None) -> Prepared:
         labels = np.concatenate([tr_y, te_y])
         sample_id = np.concatenate([np.arange(len(tr_y)), np.arange(len(te_y))])
         source = np.array(["train"] * len(tr_y) + ["test"] * len(te_y), dtype=object)
-        split = np.concatenate([lop_split(tr_y, dataset_cfg["n_val_per_class"]), np.full(len(te_y), "test", dtype=object)])
+        split = np.concatenate(
+            [lop_split(tr_y, dataset_cfg["n_val_per_class"]), np.full(len(te_y), "test", dtype=object)]
+        )
     else:
         if name == "digits":
             images, labels = load_digits_arrays()

@@ -59,14 +59,19 @@ def boundary_deltas(probe_table: pd.DataFrame, boundary_epoch: int, window: int)
     if best > e:
         raise ValueError(f"boundary_deltas: best epoch {best} after the boundary epoch {e}")
     after_need = list(range(e + 1, e + window + 1))
-    t = t[((t["role"] == "before") & (t["epoch"] > best - window) & (t["epoch"] <= best))
-          | ((t["role"] == "after") & t["epoch"].isin(after_need)) | (t["role"] == "live")]
+    t = t[
+        ((t["role"] == "before") & (t["epoch"] > best - window) & (t["epoch"] <= best))
+        | ((t["role"] == "after") & t["epoch"].isin(after_need))
+        | (t["role"] == "live")
+    ]
     if t.duplicated(["sample_id", "epoch", "role"]).any():
         raise ValueError("boundary_deltas: duplicate (sample_id, epoch, role) rows in the probe table")
     before_ep = sorted(t.loc[t["role"] == "before", "epoch"].unique())
     if not before_ep or before_ep[-1] != best or before_ep != list(range(before_ep[0], best + 1)):
-        raise ValueError(f"boundary_deltas: boundary epoch {e}, best epoch {best}: the before-window epochs "
-                         f"{before_ep} must be consecutive and end at the best epoch")
+        raise ValueError(
+            f"boundary_deltas: boundary epoch {e}, best epoch {best}: the before-window epochs "
+            f"{before_ep} must be consecutive and end at the best epoch"
+        )
     if missing := sorted(set(after_need) - set(t.loc[t["role"] == "after", "epoch"])):
         raise ValueError(f"boundary_deltas: boundary epoch {e}, window {window}: epochs {missing} not probed")
     n_points = len(before_ep) + window + int((t["role"] == "live").any())
@@ -93,10 +98,21 @@ def boundary_deltas(probe_table: pd.DataFrame, boundary_epoch: int, window: int)
         before, after = _mean(values, before_w), _mean(values, after_w)
         drift_b = _mean(values[["sample_id", "epoch", "drift"]], before_w, skipna=True)["drift"]
         drift_a = _mean(values[["sample_id", "epoch", "drift"]], after_w, skipna=True)["drift"]
-        d = pd.DataFrame({"sample_id": meta.index, "label": meta["label"].to_numpy(),
-                          "boundary": meta["boundary"].to_numpy(), "is_old": meta["is_old"].to_numpy(dtype=bool),
-                          "kind": kind, "best_epoch": best, "before_first": before_w[0], "before_last": before_w[-1],
-                          "after_first": after_w[0], "after_last": after_w[-1], "loss_t": meta["loss"].to_numpy()})
+        d = pd.DataFrame(
+            {
+                "sample_id": meta.index,
+                "label": meta["label"].to_numpy(),
+                "boundary": meta["boundary"].to_numpy(),
+                "is_old": meta["is_old"].to_numpy(dtype=bool),
+                "kind": kind,
+                "best_epoch": best,
+                "before_first": before_w[0],
+                "before_last": before_w[-1],
+                "after_first": after_w[0],
+                "after_last": after_w[-1],
+                "loss_t": meta["loss"].to_numpy(),
+            }
+        )
         d["d_loss"] = (after["loss"] - before["loss"]).to_numpy()
         d["d_log_grad"] = (after["log_grad"] - before["log_grad"]).to_numpy()
         d["grad_drop"] = (before["grad_norm"] - after["grad_norm"]).to_numpy()
@@ -128,13 +144,17 @@ def join_memo(deltas: pd.DataFrame, scores: pd.DataFrame, score_col: str) -> pd.
     s = s[["sample_id", score_col]].dropna()
     if s["sample_id"].duplicated().any():
         raise ValueError("join_memo: duplicate sample_id in the scores table")
-    s = pd.DataFrame({"sample_id": s["sample_id"], "memo": s[score_col].astype(float),
-                      "memo_pct": s[score_col].rank(pct=True) * 100})
-    out = deltas.drop(columns=["memo", "memo_pct"], errors="ignore").merge(s, on="sample_id", how="left",
-                                                                          validate="many_to_one")
+    s = pd.DataFrame(
+        {"sample_id": s["sample_id"], "memo": s[score_col].astype(float), "memo_pct": s[score_col].rank(pct=True) * 100}
+    )
+    out = deltas.drop(columns=["memo", "memo_pct"], errors="ignore").merge(
+        s, on="sample_id", how="left", validate="many_to_one"
+    )
     if n := int(out["memo"].isna().sum()):
-        raise ValueError(f"join_memo: {n} delta rows have no '{score_col}' score (sample ids e.g. "
-                         f"{out.loc[out['memo'].isna(), 'sample_id'].head(5).tolist()})")
+        raise ValueError(
+            f"join_memo: {n} delta rows have no '{score_col}' score (sample ids e.g. "
+            f"{out.loc[out['memo'].isna(), 'sample_id'].head(5).tolist()})"
+        )
     return out
 
 
@@ -147,7 +167,15 @@ def plasticity_export(deltas: pd.DataFrame, tau: float) -> pd.DataFrame:
         if c not in deltas.columns:
             raise ValueError(f"plasticity_export: deltas have no '{c}' column")
     w = deltas[(deltas["kind"] == "windowed") & deltas["is_old"].astype(bool)]
-    out = pd.DataFrame({"sample_id": w["sample_id"], "class_label": w["label"], "memo": w["memo"],
-                        "delta_loss": w["d_loss"], "delta_grad_norm": -w["grad_drop"],
-                        "delta_dormant": w[col], "boundary": w["boundary"]})
+    out = pd.DataFrame(
+        {
+            "sample_id": w["sample_id"],
+            "class_label": w["label"],
+            "memo": w["memo"],
+            "delta_loss": w["d_loss"],
+            "delta_grad_norm": -w["grad_drop"],
+            "delta_dormant": w[col],
+            "boundary": w["boundary"],
+        }
+    )
     return out[LEGACY_COLUMNS].reset_index(drop=True)

@@ -62,13 +62,19 @@ def load_generator_state(generator: torch.Generator, state: torch.Tensor, what: 
         elif state.numel() == CUDA_STATE_BYTES:
             raw = bytes(state.numpy().tobytes())
             seed = int.from_bytes(hashlib.sha256(raw).digest()[:8], "little") >> 1
-            log.warning("%s: saved state is a %d-byte CUDA generator state (written on a GPU by an older "
-                        "version); continuing from a CPU generator seeded from it", what, CUDA_STATE_BYTES)
+            log.warning(
+                "%s: saved state is a %d-byte CUDA generator state (written on a GPU by an older "
+                "version); continuing from a CPU generator seeded from it",
+                what,
+                CUDA_STATE_BYTES,
+            )
             generator.manual_seed(seed)
         else:
-            raise ValueError(f"{what}: saved generator state has {state.numel()} bytes, neither a CPU "
-                             f"({CPU_STATE_BYTES}) nor a CUDA ({CUDA_STATE_BYTES}) state; delete the state file "
-                             "and rerun the task")
+            raise ValueError(
+                f"{what}: saved generator state has {state.numel()} bytes, neither a CPU "
+                f"({CPU_STATE_BYTES}) nor a CUDA ({CUDA_STATE_BYTES}) state; delete the state file "
+                "and rerun the task"
+            )
 
 
 def host_int(t: torch.Tensor) -> int:
@@ -109,8 +115,14 @@ def to_host(*tensors: torch.Tensor) -> list[np.ndarray]:
 _SCALAR_READS = {"item", "__bool__", "__float__", "__int__", "__index__", "__complex__"}
 _HOST_READS = {"numpy", "tolist", "cpu", "__array__"}
 _TRANSFERS = {"to", "cuda", "tensor", "as_tensor"}
-_DATA_DEPENDENT = {"aten::nonzero", "aten::masked_select", "aten::_unique2", "aten::unique_dim",
-                   "aten::unique_consecutive", "aten::nonzero_static"}
+_DATA_DEPENDENT = {
+    "aten::nonzero",
+    "aten::masked_select",
+    "aten::_unique2",
+    "aten::unique_dim",
+    "aten::unique_consecutive",
+    "aten::nonzero_static",
+}
 
 
 class _FunctionCounter(TorchFunctionMode):

@@ -27,9 +27,14 @@ def load_fz_npz(path) -> dict:
         missing = {"tr_mem", "tr_labels"} - set(z.files)
         if missing:
             raise DataError(f"{path} has no {sorted(missing)}: not the Feldman-Zhang influence/memorization npz")
-        fz = {"tr_mem": np.asarray(z["tr_mem"], dtype=np.float64), "tr_labels": np.asarray(z["tr_labels"], dtype=np.int64)}
+        fz = {
+            "tr_mem": np.asarray(z["tr_mem"], dtype=np.float64),
+            "tr_labels": np.asarray(z["tr_labels"], dtype=np.int64),
+        }
     if fz["tr_mem"].shape != fz["tr_labels"].shape or fz["tr_mem"].ndim != 1:
-        raise DataError(f"{path}: tr_mem {fz['tr_mem'].shape} and tr_labels {fz['tr_labels'].shape} must be equal-length vectors")
+        raise DataError(
+            f"{path}: tr_mem {fz['tr_mem'].shape} and tr_labels {fz['tr_labels'].shape} must be equal-length vectors"
+        )
     return fz
 
 
@@ -46,7 +51,9 @@ def _mapping_from_frame(frame: pd.DataFrame, path) -> pd.DataFrame:
         elif pd.api.types.is_integer_dtype(frame.index.dtype):
             tfds = pd.Series(frame.index, index=frame.index)
         else:
-            raise DataError(f"{path}: torch_id column found but the TFDS position is neither a column nor an integer index")
+            raise DataError(
+                f"{path}: torch_id column found but the TFDS position is neither a column nor an integer index"
+            )
     else:
         raise DataError(
             f"{path}: expected columns (tfds_id, sample_id) or a CSL-Mem torch_id column, got {list(frame.columns)}"

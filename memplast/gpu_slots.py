@@ -47,8 +47,9 @@ def gpu_pool(env=None) -> list[str]:
             return [g.strip() for g in env[var].split(",") if g.strip() and g.strip() != "-1"]
     if shutil.which("nvidia-smi") is None:
         return []
-    out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True, text=True, timeout=60
+    )
     return [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
 
 
@@ -70,8 +71,10 @@ def acquire(n: int, pool: list[str], root=None, poll: float = 1.0, note: str = "
     """Lock ``n`` free GPUs of ``pool`` (all or none at a time, waiting until they are free)
     and return them. The locks live as long as this process."""
     if n > len(pool):
-        raise RuntimeError(f"the job asks for {n} GPUs but only {len(pool)} are available ({','.join(pool) or 'none'}); "
-                           "lower resources.gpu in the config or set MEMPLAST_GPUS")
+        raise RuntimeError(
+            f"the job asks for {n} GPUs but only {len(pool)} are available ({','.join(pool) or 'none'}); "
+            "lower resources.gpu in the config or set MEMPLAST_GPUS"
+        )
     directory = lock_dir(root)
     directory.mkdir(parents=True, exist_ok=True)
     note = f"pid {os.getpid()} {note}\n"
@@ -103,8 +106,11 @@ def assign(n_gpus: int, job: str = "", env=None, root=None) -> list[str] | None:
         return None
     scheduler = next((v for v in SCHEDULER_VARS if env.get(v)), None)
     if scheduler:
-        log.info("GPUs assigned by the scheduler (%s set): CUDA_VISIBLE_DEVICES=%s", scheduler,
-                 env.get("CUDA_VISIBLE_DEVICES", "(unset)"))
+        log.info(
+            "GPUs assigned by the scheduler (%s set): CUDA_VISIBLE_DEVICES=%s",
+            scheduler,
+            env.get("CUDA_VISIBLE_DEVICES", "(unset)"),
+        )
         return None
     pool = gpu_pool(env)
     if not pool:

@@ -74,12 +74,16 @@ def _forward_batches(model, images, batch_size, device, faithful, seed):
         idx = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:FAITHFUL_BATCH].sort().values
         buffers = batch_stat_buffers(model, state, buffers, images[idx].to(device, dtype))
     for chunk in idx.split(batch_size):
-        yield chunk, functional_call(model, {**state, **buffers}, (images[chunk].to(device, dtype),), {"return_acts": True})
+        yield (
+            chunk,
+            functional_call(model, {**state, **buffers}, (images[chunk].to(device, dtype),), {"return_acts": True}),
+        )
 
 
 @torch.no_grad()
-def model_metrics(model: nn.Module, images, labels, mask, batch_size: int = 500, device="cpu",
-                  faithful: bool = False, seed: int = 0) -> dict:
+def model_metrics(
+    model: nn.Module, images, labels, mask, batch_size: int = 500, device="cpu", faithful: bool = False, seed: int = 0
+) -> dict:
     """Dormant units, feature ranks, mean |weight|, accuracy and mean loss (under ``mask``) on the
     given samples (see the module docstring). The model is left untouched."""
     images, labels = _as_tensor(images), _as_tensor(labels, torch.long)
@@ -98,9 +102,13 @@ def model_metrics(model: nn.Module, images, labels, mask, batch_size: int = 500,
             hits.append((out.logits.masked_fill(~masks, -math.inf).argmax(1) == y).cpu())
             losses.append(masked_ce(out.logits, y, masks).double().cpu())
     dormant = (active.double() / observed < DORMANT_RATE).split([a.shape[1] for a in out.acts])
-    result = {"n_samples": int(sum(len(h) for h in hits)), "faithful": bool(faithful),
-              "accuracy": float(torch.cat(hits).double().mean()), "loss": float(torch.cat(losses).mean()),
-              "dormant_frac": float(torch.cat(dormant).double().mean())}
+    result = {
+        "n_samples": int(sum(len(h) for h in hits)),
+        "faithful": bool(faithful),
+        "accuracy": float(torch.cat(hits).double().mean()),
+        "loss": float(torch.cat(losses).mean()),
+        "dormant_frac": float(torch.cat(dormant).double().mean()),
+    }
     result.update({f"dormant_frac_L{j}": float(d.double().mean()) for j, d in enumerate(dormant)})
     result.update(rank_measures(torch.cat(feats)))
     result["mean_abs_weight"] = mean_abs_weight(model)
@@ -119,7 +127,7 @@ def per_class_accuracy(model: nn.Module, images, labels, mask, batch_size: int =
     preds = []
     with eval_mode(model):
         for s in range(0, len(labels), batch_size):
-            logits = functional_call(model, state, (images[s:s + batch_size].to(device, dtype),))
+            logits = functional_call(model, state, (images[s : s + batch_size].to(device, dtype),))
             preds.append(logits.masked_fill(~mask.to(device), -math.inf).argmax(1).cpu())
     df = pd.DataFrame({"class": labels.numpy(), "hit": (torch.cat(preds) == labels).numpy()})
     out = df.groupby("class", sort=True)["hit"].agg(n="size", accuracy="mean").reset_index()

@@ -175,10 +175,12 @@ def hidden_layers(model: nn.Module) -> list[HiddenLayer]:
         nexts = [c for _, c, _ in convs[1:]] + [model.fc]
         return [HiddenLayer(n, c, bn, nx, i) for i, ((n, c, bn), nx) in enumerate(zip(convs, nexts))]
     if isinstance(model, SmallCNN):
-        return [HiddenLayer("conv1", model.conv1, model.bn1, model.conv2, 0),
-                HiddenLayer("conv2", model.conv2, model.bn2, model.conv3, 1),
-                HiddenLayer("conv3", model.conv3, model.bn3, model.hidden, 2),
-                HiddenLayer("hidden", model.hidden, None, model.fc, 3)]
+        return [
+            HiddenLayer("conv1", model.conv1, model.bn1, model.conv2, 0),
+            HiddenLayer("conv2", model.conv2, model.bn2, model.conv3, 1),
+            HiddenLayer("conv3", model.conv3, model.bn3, model.hidden, 2),
+            HiddenLayer("hidden", model.hidden, None, model.fc, 3),
+        ]
     raise ValueError(f"no hidden-layer mapping for {type(model).__name__}; add one to models.hidden_layers")
 
 

@@ -23,8 +23,14 @@ def _perm(n: int, generator: torch.Generator) -> np.ndarray:
     return torch.randperm(n, generator=generator).numpy()
 
 
-def base_order(kind: str, ids: np.ndarray, memo: np.ndarray | None, generator: torch.Generator,
-               strata: int = 10, file_ids: np.ndarray | None = None) -> np.ndarray | None:
+def base_order(
+    kind: str,
+    ids: np.ndarray,
+    memo: np.ndarray | None,
+    generator: torch.Generator,
+    strata: int = 10,
+    file_ids: np.ndarray | None = None,
+) -> np.ndarray | None:
     """The per-task order (sample ids) of a non-random ordering; None for ``random``."""
     ids = np.asarray(ids)
     if kind == "random":
@@ -51,12 +57,16 @@ def base_order(kind: str, ids: np.ndarray, memo: np.ndarray | None, generator: t
         present = pd.Index(file_ids)
         missing = ~pd.Index(ids).isin(present)
         if missing.any():
-            raise ValueError(f"ordering file lacks {int(missing.sum())} of the task's training samples; list every sample_id")
+            raise ValueError(
+                f"ordering file lacks {int(missing.sum())} of the task's training samples; list every sample_id"
+            )
         return np.asarray(file_ids)[pd.Index(file_ids).isin(ids)]
     raise ValueError(f"unknown ordering {kind!r}; choose one of {ORDERINGS}")
 
 
-def epoch_order(base: np.ndarray | None, ids: np.ndarray, generator: torch.Generator, block_size: int = 0) -> np.ndarray:
+def epoch_order(
+    base: np.ndarray | None, ids: np.ndarray, generator: torch.Generator, block_size: int = 0
+) -> np.ndarray:
     """This epoch's order: a fresh permutation for ``random`` (base None), else the base order,
     reshuffled inside consecutive blocks of ``block_size`` when that is > 0."""
     if base is None:
@@ -75,20 +85,24 @@ def order_hash(order: np.ndarray) -> str:
     return hashlib.sha1(np.ascontiguousarray(order, dtype=np.int64).tobytes()).hexdigest()[:16]
 
 
-def order_diagnostics(order: np.ndarray, memo_of: pd.Series, window: int = 50, top_quantile: float = 0.9) -> pd.DataFrame:
+def order_diagnostics(
+    order: np.ndarray, memo_of: pd.Series, window: int = 50, top_quantile: float = 0.9
+) -> pd.DataFrame:
     """Along one epoch's order: memo, its moving average and local variance (centred window),
     and whether the sample is high-memo (>= top_quantile of the task's scores)."""
     memo = memo_of.loc[order].to_numpy()
     s = pd.Series(memo)
     high = memo >= np.quantile(memo, top_quantile)
-    return pd.DataFrame({
-        "position": np.arange(len(order)),
-        "sample_id": order,
-        "memo": memo,
-        "moving_mean": s.rolling(window, center=True, min_periods=1).mean().to_numpy(),
-        "moving_var": s.rolling(window, center=True, min_periods=2).var().to_numpy(),
-        "high_memo": high,
-    })
+    return pd.DataFrame(
+        {
+            "position": np.arange(len(order)),
+            "sample_id": order,
+            "memo": memo,
+            "moving_mean": s.rolling(window, center=True, min_periods=1).mean().to_numpy(),
+            "moving_var": s.rolling(window, center=True, min_periods=2).var().to_numpy(),
+            "high_memo": high,
+        }
+    )
 
 
 def gap_summary(diag: pd.DataFrame) -> dict:

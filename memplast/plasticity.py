@@ -27,8 +27,9 @@ def t_interval(x, level: float = 0.95) -> tuple[float, float, float]:
     return mean, float(mean - half), float(mean + half)
 
 
-def paired_gap(summary: pd.DataFrame, algorithm: str, reference: str = "retrained", value: str = "test_acc",
-               level: float = 0.95) -> pd.DataFrame:
+def paired_gap(
+    summary: pd.DataFrame, algorithm: str, reference: str = "retrained", value: str = "test_acc", level: float = 0.95
+) -> pd.DataFrame:
     """Per task: the paired difference ``value``(algorithm) - ``value``(reference) over class orders.
 
     ``summary`` is long (order_seed, task, algorithm, value) with one row per order, task and
@@ -47,9 +48,20 @@ def paired_gap(summary: pd.DataFrame, algorithm: str, reference: str = "retraine
     for task, g in wide.groupby(level="task"):
         d = (g[algorithm] - g[reference]).to_numpy()
         mean, lo, hi = t_interval(d, level)
-        rows.append({"task": int(task), "algorithm": algorithm, "reference": reference, "n": len(d), "mean": mean,
-                     "lo": lo, "hi": hi, "n_negative": int((d < 0).sum()),
-                     f"{value}_algorithm": float(g[algorithm].mean()), f"{value}_reference": float(g[reference].mean())})
+        rows.append(
+            {
+                "task": int(task),
+                "algorithm": algorithm,
+                "reference": reference,
+                "n": len(d),
+                "mean": mean,
+                "lo": lo,
+                "hi": hi,
+                "n_negative": int((d < 0).sum()),
+                f"{value}_algorithm": float(g[algorithm].mean()),
+                f"{value}_reference": float(g[reference].mean()),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -72,8 +84,9 @@ def gap_table(summary: pd.DataFrame, primary: dict, reference: str = "retrained"
 SIGNATURE = ("effective_rank", "stable_rank", "dormant_units")  # model-level columns of run_summaries
 
 
-def signature_table(summary: pd.DataFrame, primary: dict, measures=SIGNATURE, reference: str = "retrained",
-                    level: float = 0.95) -> pd.DataFrame:
+def signature_table(
+    summary: pd.DataFrame, primary: dict, measures=SIGNATURE, reference: str = "retrained", level: float = 0.95
+) -> pd.DataFrame:
     """The model-level signature as paired gaps: per measure (effective rank, stable rank, dormant
     fraction of the end checkpoint), algorithm and task, ``paired_gap`` of the measure to the
     reference's. Base losing plasticity: ranks below retrained's, dormant fraction above."""
@@ -83,15 +96,30 @@ def signature_table(summary: pd.DataFrame, primary: dict, measures=SIGNATURE, re
     for m in measures:
         for a in algorithms:
             g = paired_gap(rows, a, reference, value=m, level=level)
-            parts.append(g.rename(columns={f"{m}_algorithm": "algorithm_mean", f"{m}_reference": "reference_mean"})
-                         .assign(measure=m))
-    cols = ["measure", "algorithm", "reference", "task", "n", "mean", "lo", "hi", "n_negative", "algorithm_mean",
-            "reference_mean"]
+            parts.append(
+                g.rename(columns={f"{m}_algorithm": "algorithm_mean", f"{m}_reference": "reference_mean"}).assign(
+                    measure=m
+                )
+            )
+    cols = [
+        "measure",
+        "algorithm",
+        "reference",
+        "task",
+        "n",
+        "mean",
+        "lo",
+        "hi",
+        "n_negative",
+        "algorithm_mean",
+        "reference_mean",
+    ]
     return pd.concat(parts, ignore_index=True)[cols]
 
 
-def gap_trend(summary: pd.DataFrame, algorithm: str, reference: str = "retrained", value: str = "test_acc",
-              level: float = 0.95) -> dict:
+def gap_trend(
+    summary: pd.DataFrame, algorithm: str, reference: str = "retrained", value: str = "test_acc", level: float = 0.95
+) -> dict:
     """Growth of the gap with the task index. Per class order k, the least-squares slope b_k of
     d_kt = value_kt(algorithm) - value_kt(reference) on t (per task); returns the mean slope over
     orders with its t-interval (``t_interval``), n and the number of negative slopes."""
@@ -100,16 +128,33 @@ def gap_trend(summary: pd.DataFrame, algorithm: str, reference: str = "retrained
     d = d.dropna()  # orders with every task
     t = d.columns.to_numpy(dtype=float)
     if len(t) < 2:
-        return {"algorithm": algorithm, "reference": reference, "measure": value, "n": len(d), "slope": np.nan,
-                "lo": np.nan, "hi": np.nan, "n_negative": 0}
+        return {
+            "algorithm": algorithm,
+            "reference": reference,
+            "measure": value,
+            "n": len(d),
+            "slope": np.nan,
+            "lo": np.nan,
+            "hi": np.nan,
+            "n_negative": 0,
+        }
     slopes = (d.to_numpy() - d.to_numpy().mean(axis=1, keepdims=True)) @ (t - t.mean()) / ((t - t.mean()) ** 2).sum()
     mean, lo, hi = t_interval(slopes, level)
-    return {"algorithm": algorithm, "reference": reference, "measure": value, "n": len(slopes), "slope": mean,
-            "lo": lo, "hi": hi, "n_negative": int((slopes < 0).sum())}
+    return {
+        "algorithm": algorithm,
+        "reference": reference,
+        "measure": value,
+        "n": len(slopes),
+        "slope": mean,
+        "lo": lo,
+        "hi": hi,
+        "n_negative": int((slopes < 0).sum()),
+    }
 
 
-def trend_table(summary: pd.DataFrame, primary: dict, reference: str = "retrained", base: str = "base",
-                level: float = 0.95) -> pd.DataFrame:
+def trend_table(
+    summary: pd.DataFrame, primary: dict, reference: str = "retrained", base: str = "base", level: float = 0.95
+) -> pd.DataFrame:
     """Per non-reference algorithm: the slope of its accuracy gap over tasks (``gap_trend``) and,
     for mitigations, the share of base's final-task gap it recovers, 1 - gap_a(T) / gap_base(T)
     (point estimate; the paired interval of a - base at T is in the same row)."""
@@ -123,8 +168,12 @@ def trend_table(summary: pd.DataFrame, primary: dict, reference: str = "retraine
         if a != base and base in algorithms:
             vs = paired_gap(final, a, base, level=level).iloc[0]
             gap = paired_gap(final, a, reference, level=level).iloc[0]["mean"]
-            r |= {"recovery": 1 - gap / base_gap if base_gap != 0 else np.nan,
-                  "minus_base_last": vs["mean"], "minus_base_lo": vs["lo"], "minus_base_hi": vs["hi"]}
+            r |= {
+                "recovery": 1 - gap / base_gap if base_gap != 0 else np.nan,
+                "minus_base_last": vs["mean"],
+                "minus_base_lo": vs["lo"],
+                "minus_base_hi": vs["hi"],
+            }
         out.append(r)
     return pd.DataFrame(out)
 
@@ -136,21 +185,33 @@ def caption(gaps: pd.DataFrame, level: float = 0.95, trends: pd.DataFrame | None
     parts = []
     for a, g in gaps.groupby("algorithm", sort=False):
         last = g.loc[g["task"].idxmax()]
-        text = (f"{a} - {last['reference']} at the last task (t={int(last['task'])}): "
-                f"{100 * last['mean']:+.2f} points, {int(100 * level)}% CI "
-                f"[{100 * last['lo']:+.2f}, {100 * last['hi']:+.2f}] over {int(last['n'])} class orders "
-                f"({int(last['n_negative'])} below zero)")
+        text = (
+            f"{a} - {last['reference']} at the last task (t={int(last['task'])}): "
+            f"{100 * last['mean']:+.2f} points, {int(100 * level)}% CI "
+            f"[{100 * last['lo']:+.2f}, {100 * last['hi']:+.2f}] over {int(last['n'])} class orders "
+            f"({int(last['n_negative'])} below zero)"
+        )
         if a in trend:
             r = trend[a]
-            text += f", slope over tasks {100 * r['slope']:+.2f} points/task [{100 * r['lo']:+.2f}, {100 * r['hi']:+.2f}]"
+            text += (
+                f", slope over tasks {100 * r['slope']:+.2f} points/task [{100 * r['lo']:+.2f}, {100 * r['hi']:+.2f}]"
+            )
             if pd.notna(r.get("recovery", np.nan)):
                 text += f", recovers {100 * r['recovery']:.0f}% of base's final gap"
         parts.append(text)
     return "; ".join(parts) + "."
 
 
-def figure(summary: pd.DataFrame, gaps: pd.DataFrame, primary: dict, pdf: str, png: str | None = None,
-           level: float = 0.95, trends: pd.DataFrame | None = None, signature: pd.DataFrame | None = None) -> str:
+def figure(
+    summary: pd.DataFrame,
+    gaps: pd.DataFrame,
+    primary: dict,
+    pdf: str,
+    png: str | None = None,
+    level: float = 0.95,
+    trends: pd.DataFrame | None = None,
+    signature: pd.DataFrame | None = None,
+) -> str:
     """Left: mean test accuracy per task and algorithm. Middle: accuracy minus the reference's, per
     task, with the t-interval band. Right (with ``signature``): the effective rank's paired gap to
     the reference. The caption (returned, and printed under the axes) states the final-task gaps
@@ -174,8 +235,9 @@ def figure(summary: pd.DataFrame, gaps: pd.DataFrame, primary: dict, pdf: str, p
     for a, g in gaps.groupby("algorithm", sort=False):
         ax1.plot(g["task"], 100 * g["mean"], marker="o", label=f"{a} - {g['reference'].iloc[0]}", color=colors[a])
         ax1.fill_between(g["task"], 100 * g["lo"], 100 * g["hi"], alpha=0.2, color=colors[a])
-    ax1.set(xlabel="task", ylabel="accuracy difference (points)",
-            title=f"minus retrained (mean, {int(100 * level)}% t-CI)")
+    ax1.set(
+        xlabel="task", ylabel="accuracy difference (points)", title=f"minus retrained (mean, {int(100 * level)}% t-CI)"
+    )
     ax1.legend(fontsize=8)
     if signature is not None:
         ax2 = axes[2]

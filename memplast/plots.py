@@ -70,6 +70,7 @@ TASK_LABEL = "task t (metric at end of task t)"
 
 # --------------------------------------------------------------------------- saving
 
+
 def save(fig: Figure, path, prov: Mapping) -> tuple[Path, Path]:
     """Write ``fig`` atomically to ``path`` (PDF, provenance JSON in ``Subject``) and the PNG
     with the same stem (provenance in ``Description``). Returns (pdf path, png path)."""
@@ -89,6 +90,7 @@ def save(fig: Figure, path, prov: Mapping) -> tuple[Path, Path]:
 
 # --------------------------------------------------------------------------- helpers
 
+
 def _figure(width: float, height: float) -> Figure:
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
@@ -97,8 +99,11 @@ def _figure(width: float, height: float) -> Figure:
 
 def _style(i: int) -> dict:
     """Colour, marker and line style of the i-th series (distinct in greyscale too)."""
-    return {"color": PALETTE[i % len(PALETTE)], "marker": MARKERS[i % len(MARKERS)],
-            "linestyle": LINESTYLES[i % len(LINESTYLES)]}
+    return {
+        "color": PALETTE[i % len(PALETTE)],
+        "marker": MARKERS[i % len(MARKERS)],
+        "linestyle": LINESTYLES[i % len(LINESTYLES)],
+    }
 
 
 def _note(ax, text: str) -> None:
@@ -155,6 +160,7 @@ def _band(ax, table: pd.DataFrame, x: str, y: str, i: int, label: str) -> None:
 
 # --------------------------------------------------------------------------- model-level figures
 
+
 def accuracy_curves(summary: pd.DataFrame, path, prov: Mapping) -> Figure:
     """Test accuracy per task and condition (mean over class orders, min–max band), and the
     accuracy relative to the ``retrained`` run of the same filter/ordering/weighting, order and task."""
@@ -183,8 +189,15 @@ def accuracy_curves(summary: pd.DataFrame, path, prov: Mapping) -> Figure:
     else:
         ax_r.axhline(1, color="0.4", linewidth=1, linestyle=":", label="retrained = 1")
         if unmatched:
-            ax_r.text(0.02, 0.02, "no retrained reference for: " + "; ".join(unmatched), transform=ax_r.transAxes,
-                      fontsize=7, color="0.3", wrap=True)
+            ax_r.text(
+                0.02,
+                0.02,
+                "no retrained reference for: " + "; ".join(unmatched),
+                transform=ax_r.transAxes,
+                fontsize=7,
+                color="0.3",
+                wrap=True,
+            )
     for ax in (ax_a, ax_r):
         ax.set_xlabel(TASK_LABEL)
         ax.xaxis.get_major_locator().set_params(integer=True)
@@ -220,11 +233,11 @@ def dormant_and_rank(summary: pd.DataFrame, path, prov: Mapping) -> Figure:
 
 # --------------------------------------------------------------------------- intervention diagnostics
 
+
 def class_balance(balance: pd.DataFrame, path, prov: Mapping) -> Figure:
     """Per filter: fraction of each class kept (classes sorted by it) with CV and min/max ratio
     of the kept counts."""
-    stats.require(balance, ["label", "fraction_kept", "filter", "summary_cv", "summary_min_max_ratio"],
-                   "class_balance")
+    stats.require(balance, ["label", "fraction_kept", "filter", "summary_cv", "summary_min_max_ratio"], "class_balance")
     filters = sorted(balance["filter"].unique(), key=lambda f: (f != "none", str(f)))  # unfiltered first
     ncols = min(3, max(len(filters), 1))
     nrows = max(1, -(-len(filters) // ncols))
@@ -237,8 +250,16 @@ def class_balance(balance: pd.DataFrame, path, prov: Mapping) -> Figure:
         text = f"CV of kept counts = {first['summary_cv']:.3f}\nmin/max kept = {first['summary_min_max_ratio']:.3f}"
         if {"summary_n_kept", "summary_n_before"} <= set(g.columns):
             text += f"\nkept {int(first['summary_n_kept'])} / {int(first['summary_n_before'])}"
-        ax.text(0.97, 0.04, text, transform=ax.transAxes, ha="right", va="bottom", fontsize=8,
-                bbox={"facecolor": "white", "edgecolor": "0.6", "alpha": 0.9})
+        ax.text(
+            0.97,
+            0.04,
+            text,
+            transform=ax.transAxes,
+            ha="right",
+            va="bottom",
+            fontsize=8,
+            bbox={"facecolor": "white", "edgecolor": "0.6", "alpha": 0.9},
+        )
         ax.set_title(f"filter: {filt}")
         ax.set_xlabel(f"class, ranked by kept fraction ({len(g)} classes)")
         if len(g) <= 20:
@@ -247,7 +268,7 @@ def class_balance(balance: pd.DataFrame, path, prov: Mapping) -> Figure:
             ax.set_xticks([])
         ax.set_ylabel("kept fraction n_kept / n_before")
         ax.set_ylim(0, 1.05)
-    for ax in axes[len(filters):]:
+    for ax in axes[len(filters) :]:
         ax.remove()
     fig.suptitle("Class balance of the filtered training subsets")
     save(fig, path, prov)
@@ -258,15 +279,16 @@ def order_diagnostics(diag: pd.DataFrame, path, prov: Mapping) -> Figure:
     """One row per ordering: moving mean and moving variance of memo along the epoch's order
     (position normalized to 0..1), and the histogram of gaps between consecutive high-memo samples
     (dotted line: the mean gap (n+1)/(k+1) of a random order)."""
-    stats.require(diag, ["ordering", "position", "memo", "moving_mean", "moving_var", "high_memo"],
-                   "order_diagnostics")
+    stats.require(diag, ["ordering", "position", "memo", "moving_mean", "moving_var", "high_memo"], "order_diagnostics")
     orderings = list(dict.fromkeys(diag["ordering"]))
     fig = _figure(12, 2.6 * len(orderings) + 0.6)
     axes = np.atleast_2d(fig.subplots(len(orderings), 3, sharex="col", sharey="col", squeeze=False))
     log_mean = (diag["moving_mean"].dropna() > 0).all()
     log_var = (diag["moving_var"].dropna() > 0).all()
-    all_gaps = {o: np.diff(np.sort(g.loc[g["high_memo"].astype(bool), "position"].to_numpy()))
-                for o, g in diag.groupby("ordering")}
+    all_gaps = {
+        o: np.diff(np.sort(g.loc[g["high_memo"].astype(bool), "position"].to_numpy()))
+        for o, g in diag.groupby("ordering")
+    }
     max_gap = max((gaps.max() for gaps in all_gaps.values() if len(gaps)), default=1)
     bins = np.unique(np.round(np.geomspace(1, max_gap + 1, 30))) - 0.5
     for i, ordering in enumerate(orderings):
@@ -291,8 +313,15 @@ def order_diagnostics(diag: pd.DataFrame, path, prov: Mapping) -> Figure:
             ax_g.hist(gaps, bins=bins, color="0.5", edgecolor="0.2", linewidth=0.4)
             expected = (n + 1) / (k + 1)
             ax_g.axvline(expected, color="black", linestyle=":", label=f"random order: {expected:.1f}")
-            ax_g.text(0.98, 0.95, f"k = {k} high-memo of n = {n}\nmean gap = {gaps.mean():.1f}",
-                      transform=ax_g.transAxes, ha="right", va="top", fontsize=8)
+            ax_g.text(
+                0.98,
+                0.95,
+                f"k = {k} high-memo of n = {n}\nmean gap = {gaps.mean():.1f}",
+                transform=ax_g.transAxes,
+                ha="right",
+                va="top",
+                fontsize=8,
+            )
             ax_g.legend(fontsize=7, loc="center right")
         else:
             _note(ax_g, "fewer than 2 high-memo samples")
@@ -307,6 +336,7 @@ def order_diagnostics(diag: pd.DataFrame, path, prov: Mapping) -> Figure:
 
 # --------------------------------------------------------------------------- memo validation
 
+
 def _as_image(a) -> tuple[np.ndarray, str | None]:
     """HxW or CxHxW (C = 1 or 3) array -> (array for imshow, colormap)."""
     a = np.asarray(a)
@@ -317,8 +347,15 @@ def _as_image(a) -> tuple[np.ndarray, str | None]:
     return a, ("gray" if a.ndim == 2 else None)
 
 
-def memo_validation(scores: pd.DataFrame, agreement: pd.DataFrame, auroc: pd.DataFrame, images: Mapping,
-                    path, prov: Mapping, top_k: int = 16) -> Figure:
+def memo_validation(
+    scores: pd.DataFrame,
+    agreement: pd.DataFrame,
+    auroc: pd.DataFrame,
+    images: Mapping,
+    path,
+    prov: Mapping,
+    top_k: int = 16,
+) -> Figure:
     """Do the memorization scores agree and flag planted label noise? (training samples).
 
     (a) distribution of log10 score per method (violins; non-positive scores counted, not drawn);
@@ -345,8 +382,18 @@ def memo_validation(scores: pd.DataFrame, agreement: pd.DataFrame, auroc: pd.Dat
         dropped = f", {len(v) - len(pos)} ≤ 0 not shown" if len(pos) < len(v) else ""
         ticks.append(f"{METHOD_LABELS[m]}\n(n={len(v)}{dropped})")
     if long and sum(len(d) for d in long):
-        sns.violinplot(data=pd.concat(long, ignore_index=True), x="method", y="log10 score", order=methods, ax=ax_d,
-                       color="0.75", inner="quart", cut=0, density_norm="width", linewidth=0.8)
+        sns.violinplot(
+            data=pd.concat(long, ignore_index=True),
+            x="method",
+            y="log10 score",
+            order=methods,
+            ax=ax_d,
+            color="0.75",
+            inner="quart",
+            cut=0,
+            density_norm="width",
+            linewidth=0.8,
+        )
         ax_d.set_xticks(range(len(methods)), ticks, fontsize=8)
     else:
         _note(ax_d, "no score columns")
@@ -368,8 +415,20 @@ def memo_validation(scores: pd.DataFrame, agreement: pd.DataFrame, auroc: pd.Dat
         for _, r in sub.iterrows():
             mat.loc[r["method_a"], r["method_b"]] = mat.loc[r["method_b"], r["method_a"]] = r["spearman"]
         short = [METHOD_SHORT.get(n, n) for n in names]
-        sns.heatmap(mat.to_numpy(float), ax=ax_h, vmin=-1, vmax=1, cmap="viridis", annot=True, fmt=".2f", cbar=False,
-                    square=True, xticklabels=short, yticklabels=short, annot_kws={"fontsize": 8})
+        sns.heatmap(
+            mat.to_numpy(float),
+            ax=ax_h,
+            vmin=-1,
+            vmax=1,
+            cmap="viridis",
+            annot=True,
+            fmt=".2f",
+            cbar=False,
+            square=True,
+            xticklabels=short,
+            yticklabels=short,
+            annot_kws={"fontsize": 8},
+        )
         ax_h.tick_params(labelsize=7)
     ax_h.set_xlabel(METHOD_KEY, fontsize=8)
     ax_h.set_ylabel("method")
@@ -387,11 +446,20 @@ def memo_validation(scores: pd.DataFrame, agreement: pd.DataFrame, auroc: pd.Dat
         ax_a.set_xticks(x, [METHOD_SHORT.get(m, m) for m in auroc["method"]], fontsize=8)
         ax_a.set_ylim(0, 1.08)
         if "n_noisy" in auroc.columns:
-            ax_a.text(0.02, 0.97, f"{int(auroc['n_noisy'].iloc[0])} noisy samples", transform=ax_a.transAxes,
-                      va="top", fontsize=8)
+            ax_a.text(
+                0.02,
+                0.97,
+                f"{int(auroc['n_noisy'].iloc[0])} noisy samples",
+                transform=ax_a.transAxes,
+                va="top",
+                fontsize=8,
+            )
 
-    top = scores.sort_values(["memo", "sample_id"], ascending=[False, True], kind="mergesort").head(top_k) \
-        if "memo" in scores.columns else scores.iloc[:0]
+    top = (
+        scores.sort_values(["memo", "sample_id"], ascending=[False, True], kind="mergesort").head(top_k)
+        if "memo" in scores.columns
+        else scores.iloc[:0]
+    )
     shown = [r for r in top.to_dict("records") if r["sample_id"] in images]
     missing = f" ({len(top) - len(shown)} without image)" if len(shown) < len(top) else ""
     right.suptitle(f"(d) top {len(top)} training images by memo{missing}", fontsize="large")
@@ -417,5 +485,13 @@ def memo_validation(scores: pd.DataFrame, agreement: pd.DataFrame, auroc: pd.Dat
     return fig
 
 
-__all__ = ["save", "read_pdf_provenance", "outcome_label", "accuracy_curves", "dormant_and_rank",
-           "class_balance", "order_diagnostics", "memo_validation"]
+__all__ = [
+    "save",
+    "read_pdf_provenance",
+    "outcome_label",
+    "accuracy_curves",
+    "dormant_and_rank",
+    "class_balance",
+    "order_diagnostics",
+    "memo_validation",
+]

@@ -15,12 +15,24 @@ from matplotlib import ticker as mticker
 from matplotlib.figure import Figure
 from scipy import stats as sstats
 
-from memplast.plots import KIND_DELTA, MEMO_LABELS, _figure, _heavy_tailed, _log_axis, _note, _style, outcome_label, save
+from memplast.plots import (
+    KIND_DELTA,
+    MEMO_LABELS,
+    _figure,
+    _heavy_tailed,
+    _log_axis,
+    _note,
+    _style,
+    outcome_label,
+    save,
+)
 from memplast.stats import common
 from memplast.stats.effects import decile_effects
 
-ANSWER = ("Answer to the question: the within-class association (partial Spearman given class and baseline loss, "
-          "black); raw Spearman (grey) also carries class-level differences.")
+ANSWER = (
+    "Answer to the question: the within-class association (partial Spearman given class and baseline loss, "
+    "black); raw Spearman (grey) also carries class-level differences."
+)
 
 
 def _pct(ci_level: float) -> str:
@@ -28,8 +40,12 @@ def _pct(ci_level: float) -> str:
 
 
 def _rows(table: pd.DataFrame, outcome: str, kind: str, estimator: str, pooling: str) -> pd.DataFrame:
-    t = table[(table["outcome"] == outcome) & (table["kind"] == kind) & (table["estimator"] == estimator)
-              & (table["pooling"] == pooling)]
+    t = table[
+        (table["outcome"] == outcome)
+        & (table["kind"] == kind)
+        & (table["estimator"] == estimator)
+        & (table["pooling"] == pooling)
+    ]
     return t
 
 
@@ -39,33 +55,62 @@ def _boundaries(t: pd.DataFrame) -> pd.DataFrame:
     return t.sort_values("b")
 
 
-def _rho_panel(ax, per_boundary: pd.DataFrame, pooled: pd.DataFrame, outcome: str, kind: str, title: str,
-               ci_level: float) -> None:
+def _rho_panel(
+    ax, per_boundary: pd.DataFrame, pooled: pd.DataFrame, outcome: str, kind: str, title: str, ci_level: float
+) -> None:
     """Per-order raw rho (thin), pooled raw and within-class rho with sample-bootstrap CIs, and the
     within-class permutation null band of the within-class estimate."""
     ax.axhline(0, color="0.5", linewidth=0.8)
     cells = _boundaries(_rows(per_boundary, outcome, kind, "raw", "none"))
     for i, (order, g) in enumerate(cells.groupby("order_seed", sort=True)):
         st = _style(i + 2)
-        ax.plot(g["b"], g["estimate"], color=st["color"], marker=st["marker"], linestyle=":", linewidth=0.7,
-                markersize=3, alpha=0.6, label=f"raw ρ, order {order}")
+        ax.plot(
+            g["b"],
+            g["estimate"],
+            color=st["color"],
+            marker=st["marker"],
+            linestyle=":",
+            linewidth=0.7,
+            markersize=3,
+            alpha=0.6,
+            label=f"raw ρ, order {order}",
+        )
     pct = _pct(ci_level)
     drawn = False
-    for est, colour, style, label in (("raw", "0.45", "--", "raw ρ, pooled over orders"),
-                                      ("partial", "black", "-", "within-class ρ (answer), pooled")):
+    for est, colour, style, label in (
+        ("raw", "0.45", "--", "raw ρ, pooled over orders"),
+        ("partial", "black", "-", "within-class ρ (answer), pooled"),
+    ):
         t = _boundaries(_rows(pooled, outcome, kind, est, "fixed"))
         if t.empty or not np.isfinite(t["estimate"].to_numpy(float)).any():
             continue
         drawn = True
         b = t["b"].to_numpy(float)
-        ax.fill_between(b, t["ci_low"].to_numpy(float), t["ci_high"].to_numpy(float), color=colour, alpha=0.18,
-                        linewidth=0)
-        ax.plot(b, t["estimate"].to_numpy(float), color=colour, linestyle=style, marker="D" if est == "partial" else "s",
-                linewidth=2, markersize=4, label=f"{label} + {pct} CI")
+        ax.fill_between(
+            b, t["ci_low"].to_numpy(float), t["ci_high"].to_numpy(float), color=colour, alpha=0.18, linewidth=0
+        )
+        ax.plot(
+            b,
+            t["estimate"].to_numpy(float),
+            color=colour,
+            linestyle=style,
+            marker="D" if est == "partial" else "s",
+            linewidth=2,
+            markersize=4,
+            label=f"{label} + {pct} CI",
+        )
         if est == "partial" and "null_low" in t:
-            ax.fill_between(b, t["null_low"].to_numpy(float), t["null_high"].to_numpy(float), facecolor="none",
-                            edgecolor="tab:red", hatch="///", linewidth=0.0, alpha=0.6,
-                            label=f"null band ({pct}): memo permuted within class")
+            ax.fill_between(
+                b,
+                t["null_low"].to_numpy(float),
+                t["null_high"].to_numpy(float),
+                facecolor="none",
+                edgecolor="tab:red",
+                hatch="///",
+                linewidth=0.0,
+                alpha=0.6,
+                label=f"null band ({pct}): memo permuted within class",
+            )
     if not drawn:
         _note(ax, f"no finite {kind} estimates")
     ax.set_title(title)
@@ -82,8 +127,13 @@ def _headline_text(pooled: pd.DataFrame, outcome: str, kinds: list, ci_level: fl
     for kind in kinds:
         parts = []
         for est, name in (("partial", "within-class"), ("raw", "raw")):
-            t = pooled[(pooled["outcome"] == outcome) & (pooled["kind"] == kind) & (pooled["estimator"] == est)
-                       & (pooled["pooling"] == "fixed") & (pooled["boundary"].astype(str) == "all")]
+            t = pooled[
+                (pooled["outcome"] == outcome)
+                & (pooled["kind"] == kind)
+                & (pooled["estimator"] == est)
+                & (pooled["pooling"] == "fixed")
+                & (pooled["boundary"].astype(str) == "all")
+            ]
             if len(t) and np.isfinite(float(t["estimate"].iloc[0])):
                 r = t.iloc[0]
                 parts.append(f"{name} ρ = {r['estimate']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]")
@@ -95,8 +145,16 @@ def _headline_text(pooled: pd.DataFrame, outcome: str, kinds: list, ci_level: fl
 def _decile_rows(deciles: pd.DataFrame, deltas: pd.DataFrame, outcome: str, kind: str, boundary) -> pd.DataFrame:
     """Decile rows (term 'decile') per order at ``boundary``: from the table, else recomputed."""
     have = not deciles.empty and {"outcome", "kind", "boundary", "term"} <= set(deciles.columns)
-    rows = deciles[(deciles["outcome"] == outcome) & (deciles["kind"] == kind) & (deciles["boundary"] == boundary)
-                   & (deciles["term"] == "decile")] if have else pd.DataFrame()
+    rows = (
+        deciles[
+            (deciles["outcome"] == outcome)
+            & (deciles["kind"] == kind)
+            & (deciles["boundary"] == boundary)
+            & (deciles["term"] == "decile")
+        ]
+        if have
+        else pd.DataFrame()
+    )
     if not rows.empty:
         return rows
     parts = []
@@ -110,8 +168,16 @@ def _decile_rows(deciles: pd.DataFrame, deltas: pd.DataFrame, outcome: str, kind
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
-def memo_vs_outcome(per_boundary: pd.DataFrame, pooled: pd.DataFrame, deltas: pd.DataFrame, deciles: pd.DataFrame,
-                    outcome: str, path, prov: Mapping, ci_level: float = 0.95) -> Figure:
+def memo_vs_outcome(
+    per_boundary: pd.DataFrame,
+    pooled: pd.DataFrame,
+    deltas: pd.DataFrame,
+    deciles: pd.DataFrame,
+    outcome: str,
+    path,
+    prov: Mapping,
+    ci_level: float = 0.95,
+) -> Figure:
     """Headline figure: does memo predict ``outcome`` at task boundaries? (one condition).
 
     (a) immediate and (a') windowed: per-order raw rho (thin), and pooled over class orders the raw
@@ -142,8 +208,16 @@ def memo_vs_outcome(per_boundary: pd.DataFrame, pooled: pd.DataFrame, deltas: pd
     ax_b.set_ylabel(outcome_label(outcome, kind))
     if len(xy) >= 3 and np.ptp(xy[:, 0]) > 0:
         log_x = _heavy_tailed(xy[:, 0])
-        hb = ax_b.hexbin(xy[:, 0], xy[:, 1], gridsize=40, bins="log", mincnt=1, cmap="viridis",
-                         xscale="log" if log_x else "linear", linewidths=0.2)
+        hb = ax_b.hexbin(
+            xy[:, 0],
+            xy[:, 1],
+            gridsize=40,
+            bins="log",
+            mincnt=1,
+            cmap="viridis",
+            xscale="log" if log_x else "linear",
+            linewidths=0.2,
+        )
         if log_x:
             _log_axis(ax_b, "x")
         cbar = fig.colorbar(hb, ax=ax_b, label="rows per hexagon (log colour scale)")
@@ -152,10 +226,16 @@ def memo_vs_outcome(per_boundary: pd.DataFrame, pooled: pd.DataFrame, deltas: pd
         fx = np.log10(xy[:, 0]) if log_x else xy[:, 0]
         fit = sstats.linregress(fx, xy[:, 1])
         grid_x = np.linspace(fx.min(), fx.max(), 100)
-        ax_b.plot(10**grid_x if log_x else grid_x, fit.intercept + fit.slope * grid_x, color="black", linestyle="--",
-                  linewidth=2, path_effects=[patheffects.withStroke(linewidth=4, foreground="white")],
-                  label=f"OLS: slope {fit.slope:.3g} per {'decade of memo' if log_x else 'unit memo'}\n"
-                        f"n = {len(xy)} (sample × boundary × order)")
+        ax_b.plot(
+            10**grid_x if log_x else grid_x,
+            fit.intercept + fit.slope * grid_x,
+            color="black",
+            linestyle="--",
+            linewidth=2,
+            path_effects=[patheffects.withStroke(linewidth=4, foreground="white")],
+            label=f"OLS: slope {fit.slope:.3g} per {'decade of memo' if log_x else 'unit memo'}\n"
+            f"n = {len(xy)} (sample × boundary × order)",
+        )
         ax_b.legend(fontsize=8, loc="best")
         ax_b.set_xlabel(f"{memo_label}{', log scale' if log_x else ''}")
     else:
@@ -183,7 +263,10 @@ def memo_vs_outcome(per_boundary: pd.DataFrame, pooled: pd.DataFrame, deltas: pd
     ax_c.set_xlabel("memo decile (1 = lowest memo, equal-count bins)")
     ax_c.set_ylabel(f"median {outcome_label(outcome, kind)}\n({_pct(ci_level)} bootstrap CI)")
     kinds = [k for k in common.KINDS if (pooled["kind"] == k).any()]
-    fig.suptitle(f"memo vs {outcome}: per-sample association at task boundaries (old-class samples)\n"
-                 f"{_headline_text(pooled, outcome, kinds, ci_level)}\n{ANSWER}", fontsize=9)
+    fig.suptitle(
+        f"memo vs {outcome}: per-sample association at task boundaries (old-class samples)\n"
+        f"{_headline_text(pooled, outcome, kinds, ci_level)}\n{ANSWER}",
+        fontsize=9,
+    )
     save(fig, path, prov)
     return fig

@@ -47,9 +47,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, jvp
-from memplast.progress import tqdm
 
 from memplast.models import eval_mode
+from memplast.progress import tqdm
 
 log = logging.getLogger("memplast.probes")
 
@@ -162,7 +162,7 @@ def degenerate_thresholds(table: pd.DataFrame) -> list[str]:
         for c in table.columns:
             if not c.startswith(family) or (family == "dormant_t" and c.startswith("dormant_score")):
                 continue
-            tau, _, layer = c[len(family):].partition("_L")
+            tau, _, layer = c[len(family) :].partition("_L")
             groups.setdefault(layer, []).append((float(tau), c))
         for cols in groups.values():
             cols = [c for _, c in sorted(cols)]
@@ -174,8 +174,11 @@ def warn_degenerate(table: pd.DataFrame, where: str = "") -> list[str]:
     """Log one warning listing every degenerate threshold pair of ``table``; returns the list."""
     found = degenerate_thresholds(table)
     if found:
-        log.warning("%sdormancy thresholds that give identical columns (they measure the same thing here): %s",
-                    f"{where}: " if where else "", "; ".join(found))
+        log.warning(
+            "%sdormancy thresholds that give identical columns (they measure the same thing here): %s",
+            f"{where}: " if where else "",
+            "; ".join(found),
+        )
     return found
 
 
@@ -212,16 +215,22 @@ def _conv_sqnorms(conv: nn.Conv2d, a: torch.Tensor, b: torch.Tensor, max_element
     chunk = max(1, max_elements // per_sample)
     weight2 = []
     for s in range(0, n, chunk):  # chunks only bound the memory
-        ac, bc = a[s:s + chunk], b[s:s + chunk]
+        ac, bc = a[s : s + chunk], b[s : s + chunk]
         m = len(ac)
         if ghost:
             u = F.unfold(ac, conv.kernel_size, conv.dilation, conv.padding, conv.stride)
             bf = bc.flatten(2)
             weight2.append(((bf.transpose(1, 2) @ bf) * (u.transpose(1, 2) @ u)).sum((1, 2)))
         else:  # sample j of the chunk = group j: the weight gradient is (m C_out) x C_in x k x k
-            gw = torch.nn.grad.conv2d_weight(ac.reshape(1, -1, *ac.shape[2:]), (m * c_out, a.shape[1], *conv.kernel_size),
-                                             bc.reshape(1, -1, *bc.shape[2:]), conv.stride, conv.padding, conv.dilation,
-                                             groups=m)
+            gw = torch.nn.grad.conv2d_weight(
+                ac.reshape(1, -1, *ac.shape[2:]),
+                (m * c_out, a.shape[1], *conv.kernel_size),
+                bc.reshape(1, -1, *bc.shape[2:]),
+                conv.stride,
+                conv.padding,
+                conv.dilation,
+                groups=m,
+            )
             weight2.append(gw.reshape(m, -1).square().sum(1))
     return torch.cat(weight2), bias2
 
@@ -257,7 +266,8 @@ class GradNormHooks:
             if fn is None or set(own) - {"weight", "bias"}:
                 raise NotImplementedError(
                     f"per-sample gradient norms support Conv2d, Linear and BatchNorm layers; "
-                    f"{name or 'the model'} ({type(mod).__name__}) has trainable parameters {sorted(own)}")
+                    f"{name or 'the model'} ({type(mod).__name__}) has trainable parameters {sorted(own)}"
+                )
             conv = isinstance(mod, nn.Conv2d)
             if conv and (mod.groups != 1 or mod.padding_mode != "zeros" or isinstance(mod.padding, str)):
                 raise NotImplementedError(f"{name}: only groups=1 convolutions with numeric zero padding are supported")
@@ -346,8 +356,9 @@ def _as_tensor(a, dtype=None) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- alignment
-def mean_gradient(model: nn.Module, images, labels, mask, batch_size: int = 256, device="cpu",
-                  bn_mode: str = "eval") -> dict:
+def mean_gradient(
+    model: nn.Module, images, labels, mask, batch_size: int = 256, device="cpu", bn_mode: str = "eval"
+) -> dict:
     """G = (1/N) sum_i grad_theta loss_i (mask ``mask``) over the given samples, as a dict over
     the trainable parameters (BatchNorm per ``bn_mode``)."""
     images, labels = _as_tensor(images), _as_tensor(labels, torch.long)
@@ -356,8 +367,8 @@ def mean_gradient(model: nn.Module, images, labels, mask, batch_size: int = 256,
     total = {k: torch.zeros_like(v) for k, v in trainable.items()}
     with eval_mode(model):
         for s in range(0, len(labels), batch_size):
-            x = images[s:s + batch_size].to(device, dtype)
-            y = labels[s:s + batch_size].to(device)
+            x = images[s : s + batch_size].to(device, dtype)
+            y = labels[s : s + batch_size].to(device)
             bufs = _batch_buffers(model, {**trainable, **frozen}, buffers, x, bn_mode)
             params = {k: v.clone().requires_grad_() for k, v in trainable.items()}
             logits = functional_call(model, {**params, **frozen, **bufs}, (x,))
@@ -408,6 +419,7 @@ def _forward_backward(model, state, hooks, x, y, m_eval, m_native, taus, score_t
 @torch.no_grad()
 def _alignment(model, state, trainable, x, y, m_eval, direction, eta, grad_norm) -> dict:
     """align_dot, align_cos and (with ``eta``) pred_forget from forward-mode JVPs along G."""
+
     def loss_fn(p):
         return masked_ce(functional_call(model, {**state, **p}, (x,)), y, m_eval)
 
@@ -419,10 +431,22 @@ def _alignment(model, state, trainable, x, y, m_eval, direction, eta, grad_norm)
     return row
 
 
-def probe_checkpoint(model: nn.Module, images, labels, eval_mask, native_mask, *, taus=TAUS, score_taus=SCORE_TAUS,
-                     batch_size: int = 256,
-                     device="cpu", bn_mode: str = "eval", direction: dict | None = None, eta: float | None = None,
-                     progress: bool = False) -> dict:
+def probe_checkpoint(
+    model: nn.Module,
+    images,
+    labels,
+    eval_mask,
+    native_mask,
+    *,
+    taus=TAUS,
+    score_taus=SCORE_TAUS,
+    batch_size: int = 256,
+    device="cpu",
+    bn_mode: str = "eval",
+    direction: dict | None = None,
+    eta: float | None = None,
+    progress: bool = False,
+) -> dict:
     """Every per-sample quantity of one checkpoint, as float64 CPU tensors keyed by column name.
 
     ``eval_mask`` is one class mask (C) or one per sample (N x C); ``native_mask`` is the mask of
@@ -459,16 +483,47 @@ def probe_checkpoint(model: nn.Module, images, labels, eval_mask, native_mask, *
 
 
 # --------------------------------------------------------------------------- one boundary
-COLUMNS = ("sample_id", "epoch", "role", "best_epoch", "label", "is_old", "loss", "margin", "correct", "confidence",
-           "loss_native", "margin_native", "correct_native", "confidence_native", "grad_norm", "input_grad_norm")
+COLUMNS = (
+    "sample_id",
+    "epoch",
+    "role",
+    "best_epoch",
+    "label",
+    "is_old",
+    "loss",
+    "margin",
+    "correct",
+    "confidence",
+    "loss_native",
+    "margin_native",
+    "correct_native",
+    "confidence_native",
+    "grad_norm",
+    "input_grad_norm",
+)
 TAIL = ("drift", "align_dot", "align_cos", "pred_forget")
 ROLES = ("before", "after", "live")
 
 
-def probe_boundary(checkpoints: dict, boundary_epoch: int, images, labels, sample_ids, is_old, old_mask,
-                   native_masks: dict, next_task_lr: float, taus=TAUS, score_taus=SCORE_TAUS, batch_size: int = 256,
-                   device="cpu", bn_mode: str = "eval", progress: bool = True, best_epoch: int | None = None,
-                   live=None) -> pd.DataFrame:
+def probe_boundary(
+    checkpoints: dict,
+    boundary_epoch: int,
+    images,
+    labels,
+    sample_ids,
+    is_old,
+    old_mask,
+    native_masks: dict,
+    next_task_lr: float,
+    taus=TAUS,
+    score_taus=SCORE_TAUS,
+    batch_size: int = 256,
+    device="cpu",
+    bn_mode: str = "eval",
+    progress: bool = True,
+    best_epoch: int | None = None,
+    live=None,
+) -> pd.DataFrame:
     """Long probe table of boundary k (task k ends at epoch E_k = ``boundary_epoch``): one row per
     (sample, probed epoch), ``role`` = before / after / live.
 
@@ -494,11 +549,14 @@ def probe_boundary(checkpoints: dict, boundary_epoch: int, images, labels, sampl
     best = int(boundary_epoch if best_epoch is None else best_epoch)
     before = [e for e in epochs if e <= boundary_epoch]
     if best not in checkpoints:
-        raise ValueError(f"probe_boundary: no checkpoint for the best epoch {best} of boundary epoch "
-                         f"{boundary_epoch} (have {epochs})")
+        raise ValueError(
+            f"probe_boundary: no checkpoint for the best epoch {best} of boundary epoch "
+            f"{boundary_epoch} (have {epochs})"
+        )
     if before != list(range(before[0], best + 1)):
-        raise ValueError(f"probe_boundary: the before-window {before} must be consecutive epochs ending at the "
-                         f"best epoch {best}")
+        raise ValueError(
+            f"probe_boundary: the before-window {before} must be consecutive epochs ending at the best epoch {best}"
+        )
     if missing := [e for e in epochs if e not in native_masks]:
         raise ValueError(f"probe_boundary: no native mask for epochs {missing}")
     if live is not None and best == boundary_epoch:
@@ -509,8 +567,11 @@ def probe_boundary(checkpoints: dict, boundary_epoch: int, images, labels, sampl
         raise ValueError("probe_boundary: duplicate sample ids")
     if not torch.equal(old_mask[labels], is_old):
         raise ValueError("probe_boundary: is_old disagrees with old_mask (is_old must be 'label in old mask')")
-    next_mask = _as_tensor(native_masks[boundary_epoch + 1]).bool() if boundary_epoch + 1 in native_masks \
+    next_mask = (
+        _as_tensor(native_masks[boundary_epoch + 1]).bool()
+        if boundary_epoch + 1 in native_masks
         else old_mask | torch.isin(torch.arange(len(old_mask)), labels[~is_old])
+    )
     if not bool(next_mask[labels].all()):
         raise ValueError("probe_boundary: a sample's class is not seen at task k+1")
 
@@ -518,8 +579,9 @@ def probe_boundary(checkpoints: dict, boundary_epoch: int, images, labels, sampl
     points = [(e, checkpoints[e], "before" if e <= boundary_epoch else "after") for e in epochs]
     if live is not None:
         points.append((boundary_epoch, live, "live"))
-    for epoch, model, role in tqdm(points, desc=f"probe boundary {boundary_epoch}", mininterval=10,
-                                   disable=not progress):
+    for epoch, model, role in tqdm(
+        points, desc=f"probe boundary {boundary_epoch}", mininterval=10, disable=not progress
+    ):
         t0 = time.perf_counter()
         model = model if isinstance(model, nn.Module) else model()
         native = _as_tensor(native_masks[best if role == "live" else epoch]).bool()
@@ -530,24 +592,49 @@ def probe_boundary(checkpoints: dict, boundary_epoch: int, images, labels, sampl
             direction = mean_gradient(model, images[new], labels[new], next_mask, batch_size, device, bn_mode)
         elif role == "before" and epoch == best:
             log.warning("boundary %d: no new-class samples, alignment left NaN", boundary_epoch)
-        cols = probe_checkpoint(model, images, labels, eval_masks, native, taus=taus, score_taus=score_taus,
-                                batch_size=batch_size, device=device, bn_mode=bn_mode, direction=direction,
-                                eta=next_task_lr if direction is not None else None, progress=progress)
+        cols = probe_checkpoint(
+            model,
+            images,
+            labels,
+            eval_masks,
+            native,
+            taus=taus,
+            score_taus=score_taus,
+            batch_size=batch_size,
+            device=device,
+            bn_mode=bn_mode,
+            direction=direction,
+            eta=next_task_lr if direction is not None else None,
+            progress=progress,
+        )
         features = cols.pop("features")
         cols["drift"] = feature_drift(features, at_best if role == "live" else previous)
         if role != "live":
             previous = features
         if epoch == best and role == "before":
             at_best = features
-        df = pd.DataFrame({"sample_id": sample_ids, "epoch": np.full(len(labels), epoch, dtype=np.int64),
-                           "role": role, "best_epoch": np.full(len(labels), best, dtype=np.int64),
-                           "label": labels.numpy(), "is_old": is_old.numpy()})
+        df = pd.DataFrame(
+            {
+                "sample_id": sample_ids,
+                "epoch": np.full(len(labels), epoch, dtype=np.int64),
+                "role": role,
+                "best_epoch": np.full(len(labels), best, dtype=np.int64),
+                "label": labels.numpy(),
+                "is_old": is_old.numpy(),
+            }
+        )
         dormant = [k for k in cols if k.startswith("dormant_")]
         for k in COLUMNS[6:] + tuple(dormant) + TAIL:
             df[k] = cols[k].numpy() if k in cols else np.nan
         frames.append(df)
-        log.info("boundary %d: probed epoch %d (%s, %d samples) in %.1fs", boundary_epoch, epoch, role, len(labels),
-                 time.perf_counter() - t0)
+        log.info(
+            "boundary %d: probed epoch %d (%s, %d samples) in %.1fs",
+            boundary_epoch,
+            epoch,
+            role,
+            len(labels),
+            time.perf_counter() - t0,
+        )
     table = pd.concat(frames, ignore_index=True)
     warn_degenerate(table, f"boundary epoch {boundary_epoch}")
     return table

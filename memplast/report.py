@@ -42,16 +42,28 @@ def answer_rst(headline: pd.DataFrame, ci_level: float, alpha: float = 0.05) -> 
         f"for class and baseline loss; pooled over class orders and boundaries; {pct} sample-bootstrap CI)",
         "   :header-rows: 1",
         "",
-        "   * - outcome", "     - kind", "     - within-class ρ", f"     - {pct} CI",
-        "     - null band (memo permuted within class)", "     - p (BH)", "     - raw ρ [CI]", "     - samples x orders",
+        "   * - outcome",
+        "     - kind",
+        "     - within-class ρ",
+        f"     - {pct} CI",
+        "     - null band (memo permuted within class)",
+        "     - p (BH)",
+        "     - raw ρ [CI]",
+        "     - samples x orders",
     ]
     for (outcome, kind), r in part.iterrows():
         rr = raw.loc[(outcome, kind)] if (outcome, kind) in raw.index else None
         raw_text = f"{_fmt(rr['estimate'])} [{_fmt(rr['ci_low'])}, {_fmt(rr['ci_high'])}]" if rr is not None else "n/a"
-        lines += [f"   * - {outcome}", f"     - {kind}", f"     - {_fmt(r['estimate'])}",
-                  f"     - [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]",
-                  f"     - [{_fmt(r['null_low'])}, {_fmt(r['null_high'])}]", f"     - {_p(r['p_bh'])}",
-                  f"     - {raw_text}", f"     - {int(r['n_samples'])} x {int(r['n_orders'])}"]
+        lines += [
+            f"   * - {outcome}",
+            f"     - {kind}",
+            f"     - {_fmt(r['estimate'])}",
+            f"     - [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]",
+            f"     - [{_fmt(r['null_low'])}, {_fmt(r['null_high'])}]",
+            f"     - {_p(r['p_bh'])}",
+            f"     - {raw_text}",
+            f"     - {int(r['n_samples'])} x {int(r['n_orders'])}",
+        ]
     lines.append("")
     for outcome, g in part.reset_index().groupby("outcome", sort=False):
         bits = []
@@ -61,11 +73,16 @@ def answer_rst(headline: pd.DataFrame, ci_level: float, alpha: float = 0.05) -> 
                 continue
             sig = math.isfinite(r["p_bh"]) and r["p_bh"] < alpha
             direction = "higher" if r["estimate"] > 0 else "lower"
-            verdict = (f"samples memorized more than others of their class have {direction} {outcome}"
-                       if sig else f"no within-class association of memo with {outcome} is detected")
-            bits.append(f"{verdict} in the {r['kind']} deltas (ρ = {_fmt(r['estimate'])}, {pct} CI "
-                        f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}], BH p = {_p(r['p_bh'])}; "
-                        f"null band [{_fmt(r['null_low'])}, {_fmt(r['null_high'])}])")
+            verdict = (
+                f"samples memorized more than others of their class have {direction} {outcome}"
+                if sig
+                else f"no within-class association of memo with {outcome} is detected"
+            )
+            bits.append(
+                f"{verdict} in the {r['kind']} deltas (ρ = {_fmt(r['estimate'])}, {pct} CI "
+                f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}], BH p = {_p(r['p_bh'])}; "
+                f"null band [{_fmt(r['null_low'])}, {_fmt(r['null_high'])}])"
+            )
         lines += [f"- **{outcome}**: " + "; ".join(bits) + ".", ""]
     return "\n".join(lines)
 

@@ -20,8 +20,13 @@ RUNTIME_KEYS = {
     "probes": ("batch_size", "keep_checkpoints"),  # keep_checkpoints: disk only (rules/train.smk)
 }
 # rule -> its family under config `resources:` (for the fix named by check_gpu)
-RULE_FAMILY = {"train_task": "train", "memo_scorer": "memo_scorer", "memo_curvature": "curvature",
-               "probe": "probe", "run_summary": "probe"}
+RULE_FAMILY = {
+    "train_task": "train",
+    "memo_scorer": "memo_scorer",
+    "memo_curvature": "curvature",
+    "probe": "probe",
+    "run_summary": "probe",
+}
 DEFAULTS = {"device": "auto", "eval_batch_size": 1000, "state_every": 10, "probe_batch_size": 500}
 
 

@@ -24,7 +24,9 @@ class FilterError(ValueError):
 def apply_filter(train: pd.DataFrame, spec: FilterSpec, min_per_class: int, seed: int) -> np.ndarray:
     """Sample ids kept by ``spec``. ``train`` has columns sample_id, label, memo (train split only)."""
     if train["memo"].isna().any():
-        raise FilterError(f"{int(train['memo'].isna().sum())} training samples have no memo score; re-run the memo stage")
+        raise FilterError(
+            f"{int(train['memo'].isna().sum())} training samples have no memo score; re-run the memo stage"
+        )
     if spec.mode == "none":
         keep = np.ones(len(train), dtype=bool)
     elif spec.mode == "global":
@@ -58,8 +60,10 @@ def _random_matched(train: pd.DataFrame, counts: pd.Series, seed: int, spec: Fil
     if spec.mode == "balanced":
         counts = pd.Series(int(counts.min()), index=counts.index)
     rng = np.random.default_rng([seed, int(spec.quantile * 1e6), ("global", "per_class", "balanced").index(spec.mode)])
-    kept = [g["sample_id"].to_numpy()[np.sort(rng.choice(len(g), int(counts[c]), replace=False))]
-            for c, g in train.sort_values("sample_id").groupby("label", sort=True)]
+    kept = [
+        g["sample_id"].to_numpy()[np.sort(rng.choice(len(g), int(counts[c]), replace=False))]
+        for c, g in train.sort_values("sample_id").groupby("label", sort=True)
+    ]
     return np.sort(np.concatenate(kept))
 
 

@@ -121,8 +121,15 @@ class DeviceData:
 
 
 @torch.no_grad()
-def evaluate(model, data: DeviceData, rows: np.ndarray, mask: torch.Tensor, batch_size: int,
-             generator=None, aug: dict | None = None) -> tuple[float, float]:
+def evaluate(
+    model,
+    data: DeviceData,
+    rows: np.ndarray,
+    mask: torch.Tensor,
+    batch_size: int,
+    generator=None,
+    aug: dict | None = None,
+) -> tuple[float, float]:
     """Mean loss and accuracy over ``rows`` with logits masked to the seen classes (eval-mode BN);
     with ``aug`` the inputs are augmented from ``generator`` (``protocol.test_augmentation``).
     Sums stay on the device and are read once."""
@@ -144,9 +151,18 @@ def evaluate(model, data: DeviceData, rows: np.ndarray, mask: torch.Tensor, batc
 
 def log_epoch(where: str, row: dict, n_epochs: int, eta_seconds: float) -> None:
     """One progress line per epoch: task-epoch, train loss/acc, val acc, lr, images/s, ETA of the task."""
-    log.info("%s: epoch %d/%d train loss %.4f acc %.4f | val acc %.4f | lr %.3g | %.0f img/s | ETA %s",
-             where, row["task_epoch"], n_epochs, row["train_loss"], row["train_acc"], row["val_acc"], row["lr"],
-             row["images_per_sec"], _hms(eta_seconds))
+    log.info(
+        "%s: epoch %d/%d train loss %.4f acc %.4f | val acc %.4f | lr %.3g | %.0f img/s | ETA %s",
+        where,
+        row["task_epoch"],
+        n_epochs,
+        row["train_loss"],
+        row["train_acc"],
+        row["val_acc"],
+        row["lr"],
+        row["images_per_sec"],
+        _hms(eta_seconds),
+    )
 
 
 def _hms(seconds: float) -> str:
@@ -158,8 +174,19 @@ class NonFiniteLoss(FloatingPointError):
     pass
 
 
-def train_epoch(model, optimizer, data: DeviceData, rows: np.ndarray, mask, batch_size: int, generator,
-                aug: dict | None, weights: torch.Tensor | None = None, after_step=None, where: str = ""):
+def train_epoch(
+    model,
+    optimizer,
+    data: DeviceData,
+    rows: np.ndarray,
+    mask,
+    batch_size: int,
+    generator,
+    aug: dict | None,
+    weights: torch.Tensor | None = None,
+    after_step=None,
+    where: str = "",
+):
     """One pass over ``rows`` in the given order. Loss per batch = mean_i w_i * loss_i.
 
     ``after_step`` runs after every optimizer step; if it has ``wants_acts`` it receives the
@@ -196,8 +223,10 @@ def train_epoch(model, optimizer, data: DeviceData, rows: np.ndarray, mask, batc
     losses, batch_loss, correct = to_host(losses, batch_loss, correct)
     bad = np.flatnonzero(~np.isfinite(batch_loss))
     if len(bad):
-        raise NonFiniteLoss(f"non-finite loss ({batch_loss[bad[0]]}) in {where}, batch starting at {bad[0] * batch_size}; "
-                            "lower protocol.lr or check the data")
+        raise NonFiniteLoss(
+            f"non-finite loss ({batch_loss[bad[0]]}) in {where}, batch starting at {bad[0] * batch_size}; "
+            "lower protocol.lr or check the data"
+        )
     return losses, int(correct) / max(len(rows), 1)
 
 
@@ -265,15 +294,34 @@ def _side_gen(*parts) -> torch.Generator:
 
 
 def model_meta(model_cfg: dict, num_classes: int, in_channels: int, **extra) -> dict:
-    return {"arch": model_cfg["arch"], "width": model_cfg["width"], "num_classes": num_classes,
-            "in_channels": in_channels, **extra}
+    return {
+        "arch": model_cfg["arch"],
+        "width": model_cfg["width"],
+        "num_classes": num_classes,
+        "in_channels": in_channels,
+        **extra,
+    }
 
 
-def run_task(spec: RunSpec, prepared: Prepared, protocol: dict, model_cfg: dict, aug_cfg: dict,
-             ordering_cfg: dict, weighting_cfg: dict, prev_state: str | None, end_state: str,
-             checkpoints: dict, metrics_path: str, order_log_path: str, resume_path: str,
-             provenance: dict, stop_after_epoch: int | None = None, window_paths: list | None = None,
-             live_path: str | None = None) -> pd.DataFrame:
+def run_task(
+    spec: RunSpec,
+    prepared: Prepared,
+    protocol: dict,
+    model_cfg: dict,
+    aug_cfg: dict,
+    ordering_cfg: dict,
+    weighting_cfg: dict,
+    prev_state: str | None,
+    end_state: str,
+    checkpoints: dict,
+    metrics_path: str,
+    order_log_path: str,
+    resume_path: str,
+    provenance: dict,
+    stop_after_epoch: int | None = None,
+    window_paths: list | None = None,
+    live_path: str | None = None,
+) -> pd.DataFrame:
     """Train one task of one run and write its outputs (see rules/train.smk).
 
     ``checkpoints`` maps global epoch -> path. ``resume_path`` holds the state every
@@ -296,8 +344,15 @@ def run_task(spec: RunSpec, prepared: Prepared, protocol: dict, model_cfg: dict,
     val_rows, test_rows = data.rows("val", seen), data.rows("test", seen)
     row_of = pd.Series(train_rows, index=train_ids)
     aug = aug_cfg if any([aug_cfg["crop_padding"], aug_cfg["flip"], aug_cfg["rotation_degrees"]]) else None
-    log.info("%s: %d classes seen, %d train / %d val / %d test samples, device %s",
-             where, len(seen), len(train_rows), len(val_rows), len(test_rows), device)
+    log.info(
+        "%s: %d classes seen, %d train / %d val / %d test samples, device %s",
+        where,
+        len(seen),
+        len(train_rows),
+        len(val_rows),
+        len(test_rows),
+        device,
+    )
 
     meta = model_meta(model_cfg, prepared.n_classes, prepared.images.shape[1])
     init_seed = stable_seed("init", spec.order_seed)
@@ -307,7 +362,9 @@ def run_task(spec: RunSpec, prepared: Prepared, protocol: dict, model_cfg: dict,
     base_lr = protocol["lr"]
     if uses_upgd(spec.algorithm):
         base_lr = protocol["upgd"]["lr"] or protocol["lr"]
-        optimizer = make_upgd(model, protocol["upgd"], base_lr, protocol["weight_decay"], stable_seed("upgd", spec.order_seed))
+        optimizer = make_upgd(
+            model, protocol["upgd"], base_lr, protocol["weight_decay"], stable_seed("upgd", spec.order_seed)
+        )
     else:
         optimizer = make_optimizer(model, protocol["lr"], protocol["momentum"], protocol["weight_decay"])
     cbp = CBP(model, protocol["cbp"], stable_seed("cbp", spec.order_seed)) if uses_cbp(spec.algorithm) else None
@@ -347,7 +404,9 @@ def run_task(spec: RunSpec, prepared: Prepared, protocol: dict, model_cfg: dict,
 
     weight_of = None
     if spec.weighting_alpha != 0.0:
-        w = memo_weights(spec.memo.loc[train_ids].to_numpy(), spec.weighting_alpha, weighting_cfg["lo"], weighting_cfg["hi"])
+        w = memo_weights(
+            spec.memo.loc[train_ids].to_numpy(), spec.weighting_alpha, weighting_cfg["lo"], weighting_cfg["hi"]
+        )
         weight_of = pd.Series(w, index=train_ids)
 
     memo_task = spec.memo.loc[train_ids].to_numpy() if spec.memo is not None else None
@@ -376,12 +435,22 @@ def run_task(spec: RunSpec, prepared: Prepared, protocol: dict, model_cfg: dict,
             # kernels on the device: a resume under other settings is not bitwise the same run.
             change = f"saved under {r.get('runtime')}, now {runtime}"
             if protocol.get("deterministic", True):
-                log.warning("%s: not resuming from %s (%s): protocol.deterministic promises bitwise identity, "
-                            "so the task restarts from its first epoch", where, resume_path, change)
+                log.warning(
+                    "%s: not resuming from %s (%s): protocol.deterministic promises bitwise identity, "
+                    "so the task restarts from its first epoch",
+                    where,
+                    resume_path,
+                    change,
+                )
                 fits = False
             else:
-                log.warning("%s: resuming from %s under other runtime settings (%s): results will differ "
-                            "bitwise from an uninterrupted run", where, resume_path, change)
+                log.warning(
+                    "%s: resuming from %s under other runtime settings (%s): results will differ "
+                    "bitwise from an uninterrupted run",
+                    where,
+                    resume_path,
+                    change,
+                )
         if fits:
             model.load_state_dict(r["model"])
             optimizer.load_state_dict(r["optimizer"])
@@ -403,24 +472,67 @@ def run_task(spec: RunSpec, prepared: Prepared, protocol: dict, model_cfg: dict,
         for group in optimizer.param_groups:
             group["lr"] = lr
         order = orderings.epoch_order(base, train_ids, generator, ordering_cfg["block_size"])
-        order_rows.append({"task": t, "epoch": g, "n": len(order), "hash": orderings.order_hash(order),
-                           **({"order": order.tolist()} if ordering_cfg["log_full_order"] else {})})
+        order_rows.append(
+            {
+                "task": t,
+                "epoch": g,
+                "n": len(order),
+                "hash": orderings.order_hash(order),
+                **({"order": order.tolist()} if ordering_cfg["log_full_order"] else {}),
+            }
+        )
         w = None if weight_of is None else to_device(weight_of.loc[order].to_numpy(), device, torch.float32)
         t0 = time.perf_counter()
-        losses, train_acc = train_epoch(model, optimizer, data, row_of.loc[order].to_numpy(), mask,
-                                        protocol["batch_size"], generator, aug, w, after_step, f"{where}, epoch {g}")
+        losses, train_acc = train_epoch(
+            model,
+            optimizer,
+            data,
+            row_of.loc[order].to_numpy(),
+            mask,
+            protocol["batch_size"],
+            generator,
+            aug,
+            w,
+            after_step,
+            f"{where}, epoch {g}",
+        )
         seconds = time.perf_counter() - t0
         if bn_reestimate:
-            shuffled = row_of.to_numpy()[torch.randperm(len(row_of), generator=_side_gen("bn", spec.order_seed, g)).numpy()]
-            reestimate_bn(model, data.batches(shuffled, protocol["batch_size"], _side_gen("bn-aug", spec.order_seed, g), aug))
+            shuffled = row_of.to_numpy()[
+                torch.randperm(len(row_of), generator=_side_gen("bn", spec.order_seed, g)).numpy()
+            ]
+            reestimate_bn(
+                model, data.batches(shuffled, protocol["batch_size"], _side_gen("bn-aug", spec.order_seed, g), aug)
+            )
         val_loss, val_acc = evaluate(model, data, val_rows, mask, protocol["eval_batch_size"])
-        test_loss, test_acc = evaluate(model, data, test_rows, mask, protocol["eval_batch_size"],
-                                       _side_gen("test-aug", spec.order_seed, g), test_aug)
-        rows.append({"kind": "epoch", "task": t, "task_epoch": e + 1, "epoch": g, "lr": lr,
-                     "train_loss": float(losses.mean()), "train_acc": train_acc, "val_loss": val_loss,
-                     "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc,
-                     "seconds": seconds, "images_per_sec": len(order) / seconds,
-                     "bn_reestimated": bn_reestimate, "replaced": cbp.pop_replaced() if cbp is not None else 0})
+        test_loss, test_acc = evaluate(
+            model,
+            data,
+            test_rows,
+            mask,
+            protocol["eval_batch_size"],
+            _side_gen("test-aug", spec.order_seed, g),
+            test_aug,
+        )
+        rows.append(
+            {
+                "kind": "epoch",
+                "task": t,
+                "task_epoch": e + 1,
+                "epoch": g,
+                "lr": lr,
+                "train_loss": float(losses.mean()),
+                "train_acc": train_acc,
+                "val_loss": val_loss,
+                "val_acc": val_acc,
+                "test_loss": test_loss,
+                "test_acc": test_acc,
+                "seconds": seconds,
+                "images_per_sec": len(order) / seconds,
+                "bn_reestimated": bn_reestimate,
+                "replaced": cbp.pop_replaced() if cbp is not None else 0,
+            }
+        )
         log_epoch(where, rows[-1], E, (time.perf_counter() - t_start) / (e + 1 - start_epoch) * (E - e - 1))
         if recent.maxlen:
             recent.append((g, {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}))
@@ -431,13 +543,28 @@ def run_task(spec: RunSpec, prepared: Prepared, protocol: dict, model_cfg: dict,
             save_checkpoint(staged(g), model, {**meta, "epoch": g, "task": t, "seen": seen.tolist()}, provenance)
         if (e + 1) % protocol["state_every"] == 0 and e + 1 < E:
             with atomic_path(resume_path) as tmp:
-                torch.save({"spec": spec.name, "task": t, "config": key, "runtime": runtime,
-                            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                            "generator": generator.get_state(), "noise_generator": noise_gen.get_state(),
-                            "base": base, "best": best, "metrics": rows, "orders": order_rows, "epoch": e + 1,
-                            "staged": [g for g in checkpoints if g <= t * E + e + 1 and g != (t + 1) * E],
-                            "recent": list(recent), "window": recent.maxlen,
-                            "cbp": cbp.state_dict() if cbp is not None else None}, tmp)
+                torch.save(
+                    {
+                        "spec": spec.name,
+                        "task": t,
+                        "config": key,
+                        "runtime": runtime,
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "generator": generator.get_state(),
+                        "noise_generator": noise_gen.get_state(),
+                        "base": base,
+                        "best": best,
+                        "metrics": rows,
+                        "orders": order_rows,
+                        "epoch": e + 1,
+                        "staged": [g for g in checkpoints if g <= t * E + e + 1 and g != (t + 1) * E],
+                        "recent": list(recent),
+                        "window": recent.maxlen,
+                        "cbp": cbp.state_dict() if cbp is not None else None,
+                    },
+                    tmp,
+                )
         if stop_after_epoch is not None and g >= stop_after_epoch:
             raise KeyboardInterrupt(f"stopped after epoch {g} (test hook)")
 
@@ -460,15 +587,39 @@ def run_task(spec: RunSpec, prepared: Prepared, protocol: dict, model_cfg: dict,
         model.load_state_dict(live_state)
     if restore:
         model.load_state_dict(best["model"])
-        log.info("%s: restored best-validation weights of epoch %d (val acc %.4f)", where, best["epoch"], best["val_acc"])
+        log.info(
+            "%s: restored best-validation weights of epoch %d (val acc %.4f)", where, best["epoch"], best["val_acc"]
+        )
     val_loss, val_acc = evaluate(model, data, val_rows, mask, protocol["eval_batch_size"])
-    test_loss, test_acc = evaluate(model, data, test_rows, mask, protocol["eval_batch_size"],
-                                   _side_gen("test-aug", spec.order_seed, "end", t), test_aug)
-    rows.append({"kind": "end", "task": t, "task_epoch": E, "epoch": end_epoch, "lr": float("nan"),
-                 "train_loss": float("nan"), "train_acc": float("nan"), "val_loss": val_loss, "val_acc": val_acc,
-                 "test_loss": test_loss, "test_acc": test_acc, "seconds": float("nan"), "images_per_sec": float("nan"),
-                 "best_epoch": best["epoch"] if best else end_epoch, "bn_reestimated": bn_reestimate,
-                 "replaced": int(sum(r["replaced"] for r in rows if r["kind"] == "epoch" and r["task"] == t))})
+    test_loss, test_acc = evaluate(
+        model,
+        data,
+        test_rows,
+        mask,
+        protocol["eval_batch_size"],
+        _side_gen("test-aug", spec.order_seed, "end", t),
+        test_aug,
+    )
+    rows.append(
+        {
+            "kind": "end",
+            "task": t,
+            "task_epoch": E,
+            "epoch": end_epoch,
+            "lr": float("nan"),
+            "train_loss": float("nan"),
+            "train_acc": float("nan"),
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "test_loss": test_loss,
+            "test_acc": test_acc,
+            "seconds": float("nan"),
+            "images_per_sec": float("nan"),
+            "best_epoch": best["epoch"] if best else end_epoch,
+            "bn_reestimated": bn_reestimate,
+            "replaced": int(sum(r["replaced"] for r in rows if r["kind"] == "epoch" and r["task"] == t)),
+        }
+    )
     for g in sorted(checkpoints):
         if g != end_epoch:
             Path(checkpoints[g]).parent.mkdir(parents=True, exist_ok=True)
@@ -476,12 +627,22 @@ def run_task(spec: RunSpec, prepared: Prepared, protocol: dict, model_cfg: dict,
     if staging.is_dir() and not any(staging.iterdir()):
         staging.rmdir()
     if end_epoch in checkpoints:
-        save_checkpoint(checkpoints[end_epoch], model, {**meta, "epoch": end_epoch, "task": t, "seen": seen.tolist()}, provenance)
+        save_checkpoint(
+            checkpoints[end_epoch], model, {**meta, "epoch": end_epoch, "task": t, "seen": seen.tolist()}, provenance
+        )
     with atomic_path(end_state) as tmp:
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
-                    "noise_generator": noise_gen.get_state(), "cbp": cbp.state_dict() if cbp is not None else None,
-                    "meta": {**meta, "epoch": end_epoch, "task": t, "seen": seen.tolist()},
-                    "provenance_json": json.dumps(provenance, default=str)}, tmp)
+        torch.save(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "generator": generator.get_state(),
+                "noise_generator": noise_gen.get_state(),
+                "cbp": cbp.state_dict() if cbp is not None else None,
+                "meta": {**meta, "epoch": end_epoch, "task": t, "seen": seen.tolist()},
+                "provenance_json": json.dumps(provenance, default=str),
+            },
+            tmp,
+        )
     metrics = pd.DataFrame(rows)
     from memplast.io import write_parquet
 
@@ -498,8 +659,18 @@ def scorer_grid(epochs: int, every: int) -> list[int]:
     return list(range(every, epochs + 1, every))
 
 
-def train_scorer(prepared: Prepared, scorer: dict, aug_cfg: dict, checkpoints: dict, metrics_path: str,
-                 csl_path: str, device: str, seed: int, provenance: dict, eval_batch_size: int = 1000):
+def train_scorer(
+    prepared: Prepared,
+    scorer: dict,
+    aug_cfg: dict,
+    checkpoints: dict,
+    metrics_path: str,
+    csl_path: str,
+    device: str,
+    seed: int,
+    provenance: dict,
+    eval_batch_size: int = 1000,
+):
     """Train the memorization scorer on all training samples of all classes (not incremental).
 
     SGD with lr dropped by ``lr_gamma`` at the ``milestones_frac`` fractions of training;
@@ -514,8 +685,12 @@ def train_scorer(prepared: Prepared, scorer: dict, aug_cfg: dict, checkpoints: d
     classes = np.arange(prepared.n_classes)
     mask = seen_classes(classes, prepared.n_classes, device)
     train_rows, val_rows, test_rows = (data.rows(s, classes) for s in ("train", "val", "test"))
-    meta = {"arch": scorer["arch"], "width": scorer["width"], "num_classes": prepared.n_classes,
-            "in_channels": prepared.images.shape[1]}
+    meta = {
+        "arch": scorer["arch"],
+        "width": scorer["width"],
+        "num_classes": prepared.n_classes,
+        "in_channels": prepared.images.shape[1],
+    }
     model = build_model(meta["arch"], meta["num_classes"], meta["in_channels"], meta["width"])
     _reinit(model, stable_seed("scorer", seed))
     model.to(device)
@@ -532,17 +707,41 @@ def train_scorer(prepared: Prepared, scorer: dict, aug_cfg: dict, checkpoints: d
             group["lr"] = lr
         order = train_rows[torch.randperm(len(train_rows), generator=generator).numpy()]
         t0 = time.perf_counter()
-        losses, train_acc = train_epoch(model, optimizer, data, order, mask, scorer["batch_size"], generator, aug,
-                                        where=f"memo scorer, epoch {e + 1}")
+        losses, train_acc = train_epoch(
+            model,
+            optimizer,
+            data,
+            order,
+            mask,
+            scorer["batch_size"],
+            generator,
+            aug,
+            where=f"memo scorer, epoch {e + 1}",
+        )
         seconds = time.perf_counter() - t0
         csl.add(prepared.sample_id[order], losses)
         val_loss, val_acc = evaluate(model, data, val_rows, mask, eval_batch_size)
         test_loss, test_acc = evaluate(model, data, test_rows, mask, eval_batch_size)
-        rows.append({"epoch": e + 1, "lr": lr, "train_loss": float(losses.mean()), "train_acc": train_acc,
-                     "val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc,
-                     "seconds": seconds, "images_per_sec": len(order) / seconds})
-        log_epoch("memo scorer", {**rows[-1], "task_epoch": e + 1}, scorer["epochs"],
-                  (time.perf_counter() - t_start) / (e + 1) * (scorer["epochs"] - e - 1))
+        rows.append(
+            {
+                "epoch": e + 1,
+                "lr": lr,
+                "train_loss": float(losses.mean()),
+                "train_acc": train_acc,
+                "val_loss": val_loss,
+                "val_acc": val_acc,
+                "test_loss": test_loss,
+                "test_acc": test_acc,
+                "seconds": seconds,
+                "images_per_sec": len(order) / seconds,
+            }
+        )
+        log_epoch(
+            "memo scorer",
+            {**rows[-1], "task_epoch": e + 1},
+            scorer["epochs"],
+            (time.perf_counter() - t_start) / (e + 1) * (scorer["epochs"] - e - 1),
+        )
         if e + 1 in checkpoints:
             save_checkpoint(checkpoints[e + 1], model, {**meta, "epoch": e + 1}, provenance)
     log.info("scorer: final train acc %.4f, val acc %.4f, test acc %.4f", train_acc, val_acc, test_acc)

@@ -27,17 +27,28 @@ def main(argv=None):
     ap.add_argument("--configfile", nargs="+", default=["config.yaml"], help="relative to the repository root")
     ap.add_argument("--target", default=HEADLINE, help=f"the headline target (default {HEADLINE})")
     args = ap.parse_args(argv)
-    args.configfile = [str(Path(c).resolve().relative_to(ROOT)) if Path(c).resolve().is_relative_to(ROOT) else c
-                       for c in args.configfile]
+    args.configfile = [
+        str(Path(c).resolve().relative_to(ROOT)) if Path(c).resolve().is_relative_to(ROOT) else c
+        for c in args.configfile
+    ]
     cfg = mpconfig.load(*(ROOT / c for c in args.configfile))
     sizes = budget.Sizes(cfg)
     proto = cfg["protocol"]
-    print(f"config: {' + '.join(args.configfile)}; model {cfg['model']['arch']} width {cfg['model']['width']}: "
-          f"{budget.human(sizes.weights)} per checkpoint")
-    print(budget.format_table("whole study (snakemake, default target all):",
-                              budget.summarize(budget.dry_run(args.configfile), sizes)))
-    print(budget.format_table(f"headline target alone ({args.target}):",
-                              budget.summarize(budget.dry_run(args.configfile, args.target), sizes)))
+    print(
+        f"config: {' + '.join(args.configfile)}; model {cfg['model']['arch']} width {cfg['model']['width']}: "
+        f"{budget.human(sizes.weights)} per checkpoint"
+    )
+    print(
+        budget.format_table(
+            "whole study (snakemake, default target all):", budget.summarize(budget.dry_run(args.configfile), sizes)
+        )
+    )
+    print(
+        budget.format_table(
+            f"headline target alone ({args.target}):",
+            budget.summarize(budget.dry_run(args.configfile, args.target), sizes),
+        )
+    )
     n_ckpt = len(probe_epochs(0, proto["epochs_per_task"], cfg["probes"]["window"], cfg["probes"]["extra_epochs"]))
     print(f"one run ({proto['n_tasks']} tasks, {n_ckpt} window checkpoints per task):")
     for name, value in budget.per_run_disk(sizes, n_ckpt, proto["n_tasks"]).items():

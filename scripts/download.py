@@ -3,7 +3,9 @@
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent if "snakemake" in globals() else Path(__file__).resolve().parents[1]))  # noqa: F821
+sys.path.insert(
+    0, str(Path(snakemake.scriptdir).parent if "snakemake" in globals() else Path(__file__).resolve().parents[1])
+)  # noqa: F821
 
 from memplast.cli import entrypoint  # noqa: E402
 from memplast.data import download_cifar  # noqa: E402

@@ -3,7 +3,9 @@
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent if "snakemake" in globals() else Path(__file__).resolve().parents[1]))  # noqa: F821
+sys.path.insert(
+    0, str(Path(snakemake.scriptdir).parent if "snakemake" in globals() else Path(__file__).resolve().parents[1])
+)  # noqa: F821
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -30,9 +32,17 @@ def main(prepared: str, checkpoint: str, curvature: str, cfg: dict, runtime: dic
     images = normalize(torch.as_tensor(data.images[rows]), data.mean, data.std)
     mask = class_mask(range(data.n_classes), data.n_classes, device)
     table = curvature_scores(
-        model, images, torch.as_tensor(data.labels[rows]), torch.as_tensor(data.sample_id[rows]), mask,
-        memo["methods"], n_probes=memo["n_probes"], fd_step=memo["fd_step"], batch_size=memo["batch_size"],
-        seed=seed, device=device,
+        model,
+        images,
+        torch.as_tensor(data.labels[rows]),
+        torch.as_tensor(data.sample_id[rows]),
+        mask,
+        memo["methods"],
+        n_probes=memo["n_probes"],
+        fd_step=memo["fd_step"],
+        batch_size=memo["batch_size"],
+        seed=seed,
+        device=device,
     )
     table.insert(1, "split", data.split[rows].astype(str))
     table.insert(2, "epoch", meta["epoch"])

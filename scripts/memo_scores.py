@@ -3,7 +3,9 @@
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent if "snakemake" in globals() else Path(__file__).resolve().parents[1]))  # noqa: F821
+sys.path.insert(
+    0, str(Path(snakemake.scriptdir).parent if "snakemake" in globals() else Path(__file__).resolve().parents[1])
+)  # noqa: F821
 
 import logging  # noqa: E402
 
@@ -37,8 +39,16 @@ def add_percentiles(scores: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     return scores
 
 
-def main(samples: str, curvature: list, csl: str, scores: str, class_map: str, score_col: str, cfg: dict,
-         fz: str | None = None):
+def main(
+    samples: str,
+    curvature: list,
+    csl: str,
+    scores: str,
+    class_map: str,
+    score_col: str,
+    cfg: dict,
+    fz: str | None = None,
+):
     """Write SCORES (every method, percentiles) and CLASS_MAP (the user's sample_class_map.csv)."""
     grid = average_over_grid([io.read_parquet(p) for p in curvature])
     meta = io.read_parquet(samples)[["sample_id", "split", "label", "orig_label", "noisy"]]
@@ -50,17 +60,30 @@ def main(samples: str, curvature: list, csl: str, scores: str, class_map: str, s
         table.loc[table["split"] != "train", "fz_mem"] = np.nan
     if score_col not in table:
         raise ValueError(f"memo.score column {score_col!r} was not computed; add its method to memo.methods")
-    score_cols = [c for c in table.columns if c.startswith(("curv_", "trH_", "csl", "fz_mem")) and not c.endswith("_se")]
+    score_cols = [
+        c for c in table.columns if c.startswith(("curv_", "trH_", "csl", "fz_mem")) and not c.endswith("_se")
+    ]
     table = add_percentiles(table, score_cols)
     table["memo"] = table[score_col]
-    log.info("scores for %d samples (%s) from %d checkpoints; memo = %s (median %.4g, max %.4g)",
-             len(table), table["split"].value_counts().to_dict(), int(grid["n_checkpoints"].iloc[0]), score_col,
-             table["memo"].median(), table["memo"].max())
+    log.info(
+        "scores for %d samples (%s) from %d checkpoints; memo = %s (median %.4g, max %.4g)",
+        len(table),
+        table["split"].value_counts().to_dict(),
+        int(grid["n_checkpoints"].iloc[0]),
+        score_col,
+        table["memo"].median(),
+        table["memo"].max(),
+    )
     prov = io.provenance(cfg, score_col=score_col, checkpoints=len(curvature))
     io.write_parquet(table, scores, prov)
     train = table[table["split"] == "train"]
-    io.write_csv(pd.DataFrame({"sample_id": train["sample_id"], "class_label": train["label"],
-                               "memorization_score": train[score_col]}), class_map, prov)
+    io.write_csv(
+        pd.DataFrame(
+            {"sample_id": train["sample_id"], "class_label": train["label"], "memorization_score": train[score_col]}
+        ),
+        class_map,
+        prov,
+    )
 
 
 if __name__ == "__main__":

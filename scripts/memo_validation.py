@@ -3,7 +3,9 @@
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent if "snakemake" in globals() else Path(__file__).resolve().parents[1]))  # noqa: F821
+sys.path.insert(
+    0, str(Path(snakemake.scriptdir).parent if "snakemake" in globals() else Path(__file__).resolve().parents[1])
+)  # noqa: F821
 
 import pandas as pd  # noqa: E402
 
@@ -24,8 +26,11 @@ def main(scores: str, prepared: str, agreement: str, auroc: str, pdf: str, png: 
         top = memo_validation.top_k_mask(train, "fz_mem", min(5000, len(train)))
         agree.append(memo_validation.method_agreement(train, columns, subset=top, subset_name="top5k_fz"))
     agree = pd.concat(agree, ignore_index=True)
-    noise = memo_validation.noise_auroc(train, columns) if train["noisy"].any() else pd.DataFrame(
-        columns=["method", "auroc", "n_noisy"])
+    noise = (
+        memo_validation.noise_auroc(train, columns)
+        if train["noisy"].any()
+        else pd.DataFrame(columns=["method", "auroc", "n_noisy"])
+    )
     prov = io.provenance(cfg)
     io.write_csv(agree, agreement, prov)
     io.write_csv(noise, auroc, prov)

@@ -3,7 +3,9 @@
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent if "snakemake" in globals() else Path(__file__).resolve().parents[1]))  # noqa: F821
+sys.path.insert(
+    0, str(Path(snakemake.scriptdir).parent if "snakemake" in globals() else Path(__file__).resolve().parents[1])
+)  # noqa: F821
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -15,13 +17,26 @@ from memplast.data import load_prepared  # noqa: E402
 from memplast.train import stable_seed, task_classes  # noqa: E402
 
 
-def main(prepared: str, order: str, kept: str, scores: str, diagnostics: str, gaps: str, ordering: str,
-         score_col: str, cfg: dict):
+def main(
+    prepared: str,
+    order: str,
+    kept: str,
+    scores: str,
+    diagnostics: str,
+    gaps: str,
+    ordering: str,
+    score_col: str,
+    cfg: dict,
+):
     """Write DIAGNOSTICS (per position) and GAPS (high-memo gap summary) for ORDERING."""
     data = load_prepared(prepared)
     proto = cfg["protocol"]
     seen = task_classes(pd.read_csv(order)["class"].to_numpy(), proto["n_tasks"] - 1, proto["classes_per_task"])
-    rows = (data.split == "train") & np.isin(data.labels, seen) & np.isin(data.sample_id, io.read_parquet(kept)["sample_id"])
+    rows = (
+        (data.split == "train")
+        & np.isin(data.labels, seen)
+        & np.isin(data.sample_id, io.read_parquet(kept)["sample_id"])
+    )
     ids = data.sample_id[rows]
     memo = io.read_parquet(scores).query("split == 'train'").set_index("sample_id")[score_col]
     file_ids = pd.read_csv(cfg["ordering"]["file"])["sample_id"].to_numpy() if ordering == "file" else None

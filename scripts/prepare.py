@@ -3,7 +3,9 @@
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent if "snakemake" in globals() else Path(__file__).resolve().parents[1]))  # noqa: F821
+sys.path.insert(
+    0, str(Path(snakemake.scriptdir).parent if "snakemake" in globals() else Path(__file__).resolve().parents[1])
+)  # noqa: F821
 
 import logging  # noqa: E402
 
@@ -18,9 +20,16 @@ def main(dataset_cfg: dict, prepared: str, samples: str, archive: str | None = N
     p = data.prepare(dataset_cfg, archive=archive)
     table = p.table()
     counts = table.groupby("split").size().to_dict()
-    log.info("%s: %d samples %s, %d classes, %d planted noisy labels, mean %s std %s",
-             p.name, len(table), counts, p.n_classes, int(p.noisy.sum()),
-             [round(m, 4) for m in p.mean], [round(s, 4) for s in p.std])
+    log.info(
+        "%s: %d samples %s, %d classes, %d planted noisy labels, mean %s std %s",
+        p.name,
+        len(table),
+        counts,
+        p.n_classes,
+        int(p.noisy.sum()),
+        [round(m, 4) for m in p.mean],
+        [round(s, 4) for s in p.std],
+    )
     prov = io.provenance({"dataset": dataset_cfg}, split_counts=counts)
     io.write_parquet(table, samples, prov)
     data.save_prepared(p, prepared, prov)

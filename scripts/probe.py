@@ -3,7 +3,9 @@
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent if "snakemake" in globals() else Path(__file__).resolve().parents[1]))  # noqa: F821
+sys.path.insert(
+    0, str(Path(snakemake.scriptdir).parent if "snakemake" in globals() else Path(__file__).resolve().parents[1])
+)  # noqa: F821
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -12,12 +14,12 @@ import torch  # noqa: E402
 from memplast import io  # noqa: E402
 from memplast.augment import normalize  # noqa: E402
 from memplast.cli import entrypoint  # noqa: E402
-from memplast.runtime import resolve as runtime_of  # noqa: E402
 from memplast.config import SCORE_COLUMNS  # noqa: E402
 from memplast.curvature import checkpoint_seed, curvature_scores, strict_numerics  # noqa: E402
 from memplast.data import load_prepared  # noqa: E402
 from memplast.models import class_mask, load_checkpoint  # noqa: E402
 from memplast.probes import degenerate_thresholds, probe_boundary  # noqa: E402
+from memplast.runtime import resolve as runtime_of  # noqa: E402
 from memplast.train import resolve_device, task_classes  # noqa: E402
 
 
@@ -29,14 +31,24 @@ def _load(path, device):
     return load_checkpoint(path, device)
 
 
-def main(prepared: str, order: str, kept: str, checkpoints: list, probes: str, boundary: int, cfg: dict,
-         runtime: dict | None = None):
+def main(
+    prepared: str,
+    order: str,
+    kept: str,
+    checkpoints: list,
+    probes: str,
+    boundary: int,
+    cfg: dict,
+    runtime: dict | None = None,
+):
     """Write the long probe table of boundary BOUNDARY from its CHECKPOINTS (before-window slots,
     live last epoch, after-window)."""
     proto, pcfg, memo = cfg["protocol"], cfg["probes"], cfg["memo"]
     if pcfg["curvature"] and memo["score"] not in memo["methods"]:
-        raise ValueError(f"probes.curvature needs the curvature method memo.score={memo['score']!r} in "
-                         f"memo.methods {memo['methods']}; set memo.score to one of them or probes.curvature: false")
+        raise ValueError(
+            f"probes.curvature needs the curvature method memo.score={memo['score']!r} in "
+            f"memo.methods {memo['methods']}; set memo.score to one of them or probes.curvature: false"
+        )
     rt = runtime_of(cfg, runtime)
     device = resolve_device(rt["device"])
     numerics = strict_numerics(device, proto["deterministic"])
@@ -44,8 +56,11 @@ def main(prepared: str, order: str, kept: str, checkpoints: list, probes: str, b
     classes = pd.read_csv(order)["class"].to_numpy()
     old = task_classes(classes, boundary, proto["classes_per_task"])
     new_seen = task_classes(classes, boundary + 1, proto["classes_per_task"])
-    rows = np.flatnonzero((data.split == "train") & np.isin(data.labels, new_seen)
-                          & np.isin(data.sample_id, io.read_parquet(kept)["sample_id"]))
+    rows = np.flatnonzero(
+        (data.split == "train")
+        & np.isin(data.labels, new_seen)
+        & np.isin(data.sample_id, io.read_parquet(kept)["sample_id"])
+    )
     images = normalize(torch.as_tensor(data.images[rows]), data.mean, data.std)
     labels = torch.as_tensor(data.labels[rows])
     boundary_epoch = (boundary + 1) * proto["epochs_per_task"]
@@ -65,11 +80,22 @@ def main(prepared: str, order: str, kept: str, checkpoints: list, probes: str, b
         raise ValueError(f"boundary {boundary}: no before-window slot 0 among the checkpoints; retrain task {boundary}")
     restored = live is not None and best < boundary_epoch
     table = probe_boundary(
-        {e: m for e, (m, _) in models.items()}, boundary_epoch, images, labels,
-        data.sample_id[rows], np.isin(data.labels[rows], old), class_mask(old, data.n_classes, device),
-        {e: mask for e, (_, mask) in models.items()}, proto["lr"], taus=pcfg["taus"], score_taus=pcfg["score_taus"],
-        batch_size=pcfg.get("batch_size", rt["probe_batch_size"]), device=device, bn_mode=pcfg["bn_mode"],
-        best_epoch=best, live=live[0] if restored else None,
+        {e: m for e, (m, _) in models.items()},
+        boundary_epoch,
+        images,
+        labels,
+        data.sample_id[rows],
+        np.isin(data.labels[rows], old),
+        class_mask(old, data.n_classes, device),
+        {e: mask for e, (_, mask) in models.items()},
+        proto["lr"],
+        taus=pcfg["taus"],
+        score_taus=pcfg["score_taus"],
+        batch_size=pcfg.get("batch_size", rt["probe_batch_size"]),
+        device=device,
+        bn_mode=pcfg["bn_mode"],
+        best_epoch=best,
+        live=live[0] if restored else None,
     )
     table.insert(2, "boundary", boundary)
     if pcfg["curvature"]:
@@ -77,18 +103,36 @@ def main(prepared: str, order: str, kept: str, checkpoints: list, probes: str, b
         method = memo["score"]
         col = SCORE_COLUMNS[method]
         parts = []
-        points = [(e, m, "path") for e, m in sorted(models.items())] + ([(boundary_epoch, live, "live")] if restored else [])
+        points = [(e, m, "path") for e, m in sorted(models.items())] + (
+            [(boundary_epoch, live, "live")] if restored else []
+        )
         for epoch, (model, mask), kind in points:
             inside = mask.cpu()[labels].numpy()
-            c = curvature_scores(model, images[inside], labels[inside], torch.as_tensor(data.sample_id[rows][inside]),
-                                 mask, [method], n_probes=memo["n_probes"], fd_step=memo["fd_step"],
-                                 batch_size=memo["batch_size"], seed=checkpoint_seed(memo["seed"], epoch), device=device)
+            c = curvature_scores(
+                model,
+                images[inside],
+                labels[inside],
+                torch.as_tensor(data.sample_id[rows][inside]),
+                mask,
+                [method],
+                n_probes=memo["n_probes"],
+                fd_step=memo["fd_step"],
+                batch_size=memo["batch_size"],
+                seed=checkpoint_seed(memo["seed"], epoch),
+                device=device,
+            )
             role = table.loc[table["epoch"] == epoch, "role"]
             role = "live" if kind == "live" else role[role != "live"].iloc[0]
             parts.append(c[["sample_id", col]].rename(columns={col: "curv_dyn"}).assign(epoch=epoch, role=role))
         table = table.merge(pd.concat(parts), on=["sample_id", "epoch", "role"], how="left")
-    prov = io.provenance(cfg, boundary=boundary, checkpoints=list(map(str, checkpoints)), best_epoch=best,
-                         numerics=numerics, degenerate_thresholds=degenerate_thresholds(table))
+    prov = io.provenance(
+        cfg,
+        boundary=boundary,
+        checkpoints=list(map(str, checkpoints)),
+        best_epoch=best,
+        numerics=numerics,
+        degenerate_thresholds=degenerate_thresholds(table),
+    )
     io.write_parquet(table, probes, prov)
 
 

@@ -32,8 +32,17 @@ def fail(message: str):
 def snakemake_graph(graph: str, syntax: str, configfiles) -> str:
     """The text Snakemake prints for --rulegraph/--dag in the given syntax."""
     with tempfile.TemporaryDirectory(prefix="memplast-dag-") as workdir:
-        cmd = [str(SNAKEMAKE), "--snakefile", str(ROOT / "Snakefile"), "--directory", workdir,
-               f"--{graph}", syntax, "--configfile", *map(str, configfiles)]
+        cmd = [
+            str(SNAKEMAKE),
+            "--snakefile",
+            str(ROOT / "Snakefile"),
+            "--directory",
+            workdir,
+            f"--{graph}",
+            syntax,
+            "--configfile",
+            *map(str, configfiles),
+        ]
         out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if out.returncode != 0:
         last = (out.stderr.strip().splitlines() or ["(no output)"])[-1]
@@ -51,8 +60,9 @@ def to_svg(dot_text: str, what: str) -> str:
 def render(outdir: Path, formats, configfiles) -> list[Path]:
     """Write every requested graph; return the written paths."""
     if "svg" in formats and shutil.which("dot") is None:
-        fail("graphviz `dot` not found, needed for SVG; install it (apt-get install graphviz) "
-             "or pass --formats mermaid")
+        fail(
+            "graphviz `dot` not found, needed for SVG; install it (apt-get install graphviz) or pass --formats mermaid"
+        )
     for f in configfiles:
         if not Path(f).is_file():
             fail(f"config file {f} not found; pass existing files to --configfile")
@@ -73,10 +83,20 @@ def render(outdir: Path, formats, configfiles) -> list[Path]:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--outdir", type=Path, default=ROOT / "docs" / "dag", help="where to write (default: docs/dag)")
-    ap.add_argument("--formats", nargs="+", choices=list(FORMATS), default=list(FORMATS),
-                    help="svg needs graphviz `dot`; mermaid needs nothing (default: both)")
-    ap.add_argument("--configfile", nargs="+", type=Path, default=TINY,
-                    help="config files overlaid in order (default: config.yaml, config/demo.yaml, tests/data/tiny.yaml)")
+    ap.add_argument(
+        "--formats",
+        nargs="+",
+        choices=list(FORMATS),
+        default=list(FORMATS),
+        help="svg needs graphviz `dot`; mermaid needs nothing (default: both)",
+    )
+    ap.add_argument(
+        "--configfile",
+        nargs="+",
+        type=Path,
+        default=TINY,
+        help="config files overlaid in order (default: config.yaml, config/demo.yaml, tests/data/tiny.yaml)",
+    )
     args = ap.parse_args(argv)
     for path in render(args.outdir, args.formats, args.configfile):
         print(path)

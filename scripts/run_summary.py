@@ -3,7 +3,9 @@
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent if "snakemake" in globals() else Path(__file__).resolve().parents[1]))  # noqa: F821
+sys.path.insert(
+    0, str(Path(snakemake.scriptdir).parent if "snakemake" in globals() else Path(__file__).resolve().parents[1])
+)  # noqa: F821
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -12,15 +14,23 @@ import torch  # noqa: E402
 from memplast import io  # noqa: E402
 from memplast.augment import normalize  # noqa: E402
 from memplast.cli import entrypoint  # noqa: E402
-from memplast.runtime import resolve as runtime_of  # noqa: E402
 from memplast.data import load_prepared  # noqa: E402
 from memplast.model_metrics import model_metrics, per_class_accuracy  # noqa: E402
 from memplast.models import class_mask, load_checkpoint  # noqa: E402
+from memplast.runtime import resolve as runtime_of  # noqa: E402
 from memplast.train import resolve_device  # noqa: E402
 
 
-def main(prepared: str, ends: list, metrics: list, summary: str, per_class: str, run: dict, cfg: dict,
-         runtime: dict | None = None):
+def main(
+    prepared: str,
+    ends: list,
+    metrics: list,
+    summary: str,
+    per_class: str,
+    run: dict,
+    cfg: dict,
+    runtime: dict | None = None,
+):
     """Write SUMMARY (one row per task) and PER_CLASS (test accuracy per class and task)."""
     rt = runtime_of(cfg, runtime)
     device = resolve_device(rt["device"])
@@ -38,18 +48,34 @@ def main(prepared: str, ends: list, metrics: list, summary: str, per_class: str,
         m = model_metrics(model, x, y, mask, rt["probe_batch_size"], device)
         faithful = model_metrics(model, x, y, mask, rt["probe_batch_size"], device, faithful=True, seed=0)
         te = np.flatnonzero((data.split == "test") & np.isin(data.labels, seen))
-        acc = per_class_accuracy(model, normalize(torch.as_tensor(data.images[te]), data.mean, data.std),
-                                 torch.as_tensor(data.labels[te]), mask, rt["probe_batch_size"], device)
+        acc = per_class_accuracy(
+            model,
+            normalize(torch.as_tensor(data.images[te]), data.mean, data.std),
+            torch.as_tensor(data.labels[te]),
+            mask,
+            rt["probe_batch_size"],
+            device,
+        )
         classes.append(acc.assign(task=meta["task"]))
-        rows.append({"task": meta["task"], "epoch": meta["epoch"], "best_epoch": end["best_epoch"],
-                     "test_acc": end["test_acc"], "val_acc": end["val_acc"], "dormant_units": m["dormant_frac"],
-                     "effective_rank": m["effective_rank"],
-                     # stable rank as Dohare et al.: smallest k whose singular values reach 99% of their sum
-                     "stable_rank": m["approx_rank"], "numerical_rank": m["stable_rank"], "mean_abs_weight": m["mean_abs_weight"],
-                     "dormant_units_faithful": faithful["dormant_frac"],
-                     "effective_rank_faithful": faithful["effective_rank"],
-                     # units re-initialised by continual backprop in the task (0 for other algorithms)
-                     "replaced": int(end["replaced"]) if "replaced" in end and pd.notna(end["replaced"]) else 0})
+        rows.append(
+            {
+                "task": meta["task"],
+                "epoch": meta["epoch"],
+                "best_epoch": end["best_epoch"],
+                "test_acc": end["test_acc"],
+                "val_acc": end["val_acc"],
+                "dormant_units": m["dormant_frac"],
+                "effective_rank": m["effective_rank"],
+                # stable rank as Dohare et al.: smallest k whose singular values reach 99% of their sum
+                "stable_rank": m["approx_rank"],
+                "numerical_rank": m["stable_rank"],
+                "mean_abs_weight": m["mean_abs_weight"],
+                "dormant_units_faithful": faithful["dormant_frac"],
+                "effective_rank_faithful": faithful["effective_rank"],
+                # units re-initialised by continual backprop in the task (0 for other algorithms)
+                "replaced": int(end["replaced"]) if "replaced" in end and pd.notna(end["replaced"]) else 0,
+            }
+        )
     keys = {"order_seed": int(run["seed"]), **{f: run[f] for f in ("filter", "ordering", "weighting", "algorithm")}}
     prov = io.provenance(cfg, run=run)
     io.write_parquet(pd.DataFrame(rows).assign(**keys), summary, prov)

@@ -3,7 +3,9 @@
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent if "snakemake" in globals() else Path(__file__).resolve().parents[1]))  # noqa: F821
+sys.path.insert(
+    0, str(Path(snakemake.scriptdir).parent if "snakemake" in globals() else Path(__file__).resolve().parents[1])
+)  # noqa: F821
 
 import logging  # noqa: E402
 
@@ -28,9 +30,16 @@ def main(samples: str, kept: str, balance: str, name: str, score_col: str, cfg: 
         train = train.assign(memo=train["sample_id"].map(memo))
     ids = apply_filter(train, spec, cfg["subset"]["min_per_class"], cfg["subset"]["balance_seed"])
     per_class, summary = balance_report(train, ids)
-    log.info("filter %s keeps %d of %d training samples; class counts min %d max %d (ratio %.3f, CV %.3f)",
-             name, summary["n_kept"], summary["n_before"], summary["min"], summary["max"],
-             summary["min_max_ratio"], summary["cv"])
+    log.info(
+        "filter %s keeps %d of %d training samples; class counts min %d max %d (ratio %.3f, CV %.3f)",
+        name,
+        summary["n_kept"],
+        summary["n_before"],
+        summary["min"],
+        summary["max"],
+        summary["min_max_ratio"],
+        summary["cv"],
+    )
     prov = io.provenance(cfg, filter=name, score_col=score_col, balance=summary)
     io.write_csv(per_class.assign(filter=name, **{f"summary_{k}": v for k, v in summary.items()}), balance, prov)
     io.write_parquet(pd.DataFrame({"sample_id": ids}), kept, prov)

@@ -3,24 +3,47 @@
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent if "snakemake" in globals() else Path(__file__).resolve().parents[1]))  # noqa: F821
+sys.path.insert(
+    0, str(Path(snakemake.scriptdir).parent if "snakemake" in globals() else Path(__file__).resolve().parents[1])
+)  # noqa: F821
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from memplast import io  # noqa: E402
 from memplast.cli import entrypoint  # noqa: E402
+from memplast.data import load_prepared  # noqa: E402
 from memplast.runtime import resolve as runtime_of  # noqa: E402
 from memplast.runtime import with_runtime  # noqa: E402
-from memplast.data import load_prepared  # noqa: E402
 from memplast.train import RunSpec, run_task  # noqa: E402
 
 
-def main(prepared: str, order: str, kept: str, end: str, checkpoints: list, metrics: str, order_log: str,
-         run: str, seed: int, task: int, ordering: str, alpha: float, algorithm: str, ckpt_task_epochs: list,
-         resume: str, score_col: str, cfg: dict, prev_state: str | None = None, scores: str | None = None,
-         file_order: str | None = None, stop_after_epoch: int | None = None, window: list = (),
-         live: str | None = None, runtime: dict | None = None):
+def main(
+    prepared: str,
+    order: str,
+    kept: str,
+    end: str,
+    checkpoints: list,
+    metrics: str,
+    order_log: str,
+    run: str,
+    seed: int,
+    task: int,
+    ordering: str,
+    alpha: float,
+    algorithm: str,
+    ckpt_task_epochs: list,
+    resume: str,
+    score_col: str,
+    cfg: dict,
+    prev_state: str | None = None,
+    scores: str | None = None,
+    file_order: str | None = None,
+    stop_after_epoch: int | None = None,
+    window: list = (),
+    live: str | None = None,
+    runtime: dict | None = None,
+):
     """Train task TASK of run RUN from PREV_STATE; write END, CHECKPOINTS, WINDOW (slot j = best
     epoch - j), LIVE (last epoch before the restore), METRICS, ORDER_LOG."""
     data = load_prepared(prepared)
@@ -29,17 +52,40 @@ def main(prepared: str, order: str, kept: str, end: str, checkpoints: list, metr
         memo = io.read_parquet(scores).query("split == 'train'").set_index("sample_id")[score_col]
     file_ids = pd.read_csv(file_order)["sample_id"].to_numpy() if file_order else None
     spec = RunSpec(
-        name=run, order_seed=seed, class_order=pd.read_csv(order)["class"].to_numpy(), task=task,
-        kept_ids=io.read_parquet(kept)["sample_id"].to_numpy(), ordering=ordering, weighting_alpha=alpha,
-        algorithm=algorithm, memo=memo, file_order=file_ids,
+        name=run,
+        order_seed=seed,
+        class_order=pd.read_csv(order)["class"].to_numpy(),
+        task=task,
+        kept_ids=io.read_parquet(kept)["sample_id"].to_numpy(),
+        ordering=ordering,
+        weighting_alpha=alpha,
+        algorithm=algorithm,
+        memo=memo,
+        file_order=file_ids,
     )
     E = cfg["protocol"]["epochs_per_task"]
     paths = {task * E + te: p for te, p in zip(ckpt_task_epochs, np.atleast_1d(checkpoints))}
     prov = io.provenance(cfg, run=run, task=task, score_col=score_col)
     protocol = with_runtime(cfg["protocol"], runtime_of(cfg, runtime))
-    run_task(spec, data, protocol, cfg["model"], cfg["dataset"]["augmentation"], cfg["ordering"],
-             cfg["weighting"], prev_state, end, paths, metrics, order_log, resume, prov, stop_after_epoch,
-             window_paths=list(np.atleast_1d(window)), live_path=live)
+    run_task(
+        spec,
+        data,
+        protocol,
+        cfg["model"],
+        cfg["dataset"]["augmentation"],
+        cfg["ordering"],
+        cfg["weighting"],
+        prev_state,
+        end,
+        paths,
+        metrics,
+        order_log,
+        resume,
+        prov,
+        stop_after_epoch,
+        window_paths=list(np.atleast_1d(window)),
+        live_path=live,
+    )
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ draw the learning curves of all runs (see memplast/curves.py)."""
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent if "snakemake" in globals() else Path(__file__).resolve().parents[1]))  # noqa: F821
+sys.path.insert(
+    0, str(Path(snakemake.scriptdir).parent if "snakemake" in globals() else Path(__file__).resolve().parents[1])
+)  # noqa: F821
 
 import logging  # noqa: E402
 

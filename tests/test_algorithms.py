@@ -95,7 +95,6 @@ def test_cbp_replaces_the_lowest_utility_mature_units_and_resets_them():
     expected_util = [0.9 * u + 0.1 * _hand_contribution(L, acts[L.act]) for u, L in zip(utils, cbp.layers)]
     n = cbp(acts)
     i = [L.name for L in cbp.layers].index("conv3")
-    L = cbp.layers[i]
     lowest = np.argsort(expected_util[i].numpy(), kind="stable")[:2]
     replaced = sorted(np.flatnonzero(cbp.age[i].numpy() == 0).tolist())
     assert replaced == sorted(lowest.tolist())
@@ -201,15 +200,37 @@ def test_upgd_steps_match_the_hand_computation(variant, gating):
     gated_flags = {"full": [True, True], "hidden_only": [True, False], "output_only": [False, True]}[gating]
     gated = [p for p, f in zip((hidden, out), gated_flags) if f]
     other = [p for p, f in zip((hidden, out), gated_flags) if not f]
-    opt = A.UPGD(gated, other, lr=0.1, weight_decay=0.01, beta_utility=0.9, sigma=0.05, variant=variant,
-                 betas=(0.8, 0.95), eps=1e-5, non_gated_scale=0.5, seed=7)
+    opt = A.UPGD(
+        gated,
+        other,
+        lr=0.1,
+        weight_decay=0.01,
+        beta_utility=0.9,
+        sigma=0.05,
+        variant=variant,
+        betas=(0.8, 0.95),
+        eps=1e-5,
+        non_gated_scale=0.5,
+        seed=7,
+    )
     for _ in range(3):
         opt.step()
     # the optimizer draws noise in parameter-group order: gated first
     order = [k for k in range(2) if gated_flags[k]] + [k for k in range(2) if not gated_flags[k]]
     params = [torch.nn.Parameter(start[k].clone()) for k in order]
-    expected = _hand_upgd(params, [grads[k] for k in order], [gated_flags[k] for k in order], 0.1, 0.01, 0.9, 0.05,
-                          0.5, 7, steps=3, adam=(0.8, 0.95, 1e-5) if variant == "adam" else None)
+    expected = _hand_upgd(
+        params,
+        [grads[k] for k in order],
+        [gated_flags[k] for k in order],
+        0.1,
+        0.01,
+        0.9,
+        0.05,
+        0.5,
+        7,
+        steps=3,
+        adam=(0.8, 0.95, 1e-5) if variant == "adam" else None,
+    )
     got = [(hidden, out)[k] for k in order]
     for e, g in zip(expected, got):
         torch.testing.assert_close(g.detach(), e, rtol=1e-6, atol=1e-7)
@@ -233,8 +254,9 @@ def test_upgd_protects_high_utility_weights():
     p.grad = torch.tensor([-1.0, 0.0, 1.0])  # utility -g theta: 1, 0, -1 -> gates 1-sig(1), 1/2, 1-sig(-1)
     A.UPGD([p], [], lr=1.0, weight_decay=0.0, sigma=0.0, beta_utility=0.5, seed=0).step()
     step = 1.0 - p.detach()
-    torch.testing.assert_close(step, torch.tensor([-1 + torch.sigmoid(torch.tensor(1.0)), 0.0,
-                                                   1 - torch.sigmoid(torch.tensor(-1.0))]))
+    torch.testing.assert_close(
+        step, torch.tensor([-1 + torch.sigmoid(torch.tensor(1.0)), 0.0, 1 - torch.sigmoid(torch.tensor(-1.0))])
+    )
 
 
 def test_upgd_state_round_trips_bitwise_and_groups_split_at_the_head():
@@ -242,8 +264,16 @@ def test_upgd_state_round_trips_bitwise_and_groups_split_at_the_head():
     gated, other = A.upgd_groups(model, "hidden_only")
     assert {id(p) for p in other} == {id(model.fc.weight), id(model.fc.bias)}
     assert len(gated) + len(other) == len(list(model.parameters()))
-    cfg = {"gating": "full", "beta_utility": 0.999, "sigma": 1e-3, "variant": "adam", "beta1": 0.9,
-           "beta2": 0.999, "eps": 1e-5, "non_gated_scale": 0.5}
+    cfg = {
+        "gating": "full",
+        "beta_utility": 0.999,
+        "sigma": 1e-3,
+        "variant": "adam",
+        "beta1": 0.9,
+        "beta2": 0.999,
+        "eps": 1e-5,
+        "non_gated_scale": 0.5,
+    }
 
     def steps(model, opt, seeds):
         for s in seeds:
@@ -287,8 +317,9 @@ def test_algorithm_tasks_resume_bitwise_and_log_replacements(tmp_path, fast, dig
         _run(tmp_path / "k", fast, digits, 1, prev=prev, algorithm=algorithm, name=name, stop=4 + 3)
     m, _ = _run(tmp_path / "k", fast, digits, 1, prev=prev, algorithm=algorithm, name=name)
     assert _same(_weights(tmp_path / "k" / "t1" / "end.pt"), _weights(tmp_path / "ref" / "t1" / "end.pt"))
-    pd.testing.assert_frame_equal(m[["epoch", "train_loss", "val_acc", "replaced"]],
-                                  ref_m[["epoch", "train_loss", "val_acc", "replaced"]])
+    pd.testing.assert_frame_equal(
+        m[["epoch", "train_loss", "val_acc", "replaced"]], ref_m[["epoch", "train_loss", "val_acc", "replaced"]]
+    )
     end = m[m.kind == "end"].iloc[0]
     assert end["replaced"] == m.loc[m.kind == "epoch", "replaced"].sum()
     state = torch.load(tmp_path / "k" / "t1" / "end.pt", weights_only=True)

@@ -89,8 +89,9 @@ def test_rotation_turns_the_same_way_as_torchvision_rotate():
     ref = _reference_pipeline(x, 3, 0, False, 15)
     assert (out == ref).float().mean() == 1.0
     # the opposite direction (the old bug) disagrees on most rotated pixels
-    mirrored = augment.augment(x.flip(-1), torch.Generator().manual_seed(3), crop_padding=0, flip=False,
-                               rotation_degrees=15).flip(-1)  # = rotation by -angle
+    mirrored = augment.augment(
+        x.flip(-1), torch.Generator().manual_seed(3), crop_padding=0, flip=False, rotation_degrees=15
+    ).flip(-1)  # = rotation by -angle
     assert (mirrored == ref).float().mean() < 0.5
 
 

@@ -6,10 +6,9 @@ from __future__ import annotations
 import math
 
 import pytest
-import torch
 import yaml
-
 from conftest import ROOT
+
 from memplast import budget
 from memplast.models import build_model, save_checkpoint
 
@@ -75,8 +74,12 @@ def test_gpu_hours_of_training_follow_the_runtime_model(tmp_path, demo_config):
     p, res = demo_config["protocol"], demo_config["resources"]["train"]
     runs = len([j for j in jobs if j["rule"] in ("train_task", "train_task_reference")]) // p["n_tasks"]
     per_class = budget.images_per_class(demo_config)
-    minutes = sum(math.ceil(p["epochs_per_task"] * (t + 1) * p["classes_per_task"] * per_class
-                            * res["seconds_per_image"] / 60 + 10) for t in range(p["n_tasks"]))
+    minutes = sum(
+        math.ceil(
+            p["epochs_per_task"] * (t + 1) * p["classes_per_task"] * per_class * res["seconds_per_image"] / 60 + 10
+        )
+        for t in range(p["n_tasks"])
+    )
     got = s["rules"]["train_task"]["gpu_hours"] + s["rules"]["train_task_reference"]["gpu_hours"]
     assert runs == 10 and got == pytest.approx(runs * minutes / 60)
     assert s["rules"]["memo_scorer"]["gpu_hours"] == 0  # the demo's other families stay on CPU
@@ -85,4 +88,6 @@ def test_gpu_hours_of_training_follow_the_runtime_model(tmp_path, demo_config):
     n_ref = s["rules"]["train_task_reference"]["jobs"]
     n_probed = s["rules"]["train_task"]["jobs"]
     w = demo_config["probes"]["window"]
-    assert s["disk"]["window checkpoints"] == pytest.approx((n_ref + n_probed * (2 * w + 2)) * budget.Sizes(demo_config).weights)
+    assert s["disk"]["window checkpoints"] == pytest.approx(
+        (n_ref + n_probed * (2 * w + 2)) * budget.Sizes(demo_config).weights
+    )

@@ -36,11 +36,22 @@ SCENARIOS = {
 # here rather than hidden: the raw (class-confounded, rho ~ 0.5) pooled-over-everything interval is
 # slightly anti-conservative (coverage 0.903, sd 0.017), and the random-effects p with k = 3 class
 # orders is slightly conservative under heterogeneity (rejection 0.027, sd 0.009).
-KNOWN = {("planted", "fixed all raw", "coverage"): (0.88, 0.98),
-         ("heterogeneous_null", "random all partial", "rejection"): (0.02, 0.07)}
-WITHIN_NULL = ["cell partial", "fixed boundary partial", "fixed all partial", "trend partial", "ols_rank_fe",
-               "condition difference partial", "condition difference raw", "p_perm boundary partial",
-               "p_perm all partial", "p_perm all raw"]
+KNOWN = {
+    ("planted", "fixed all raw", "coverage"): (0.88, 0.98),
+    ("heterogeneous_null", "random all partial", "rejection"): (0.02, 0.07),
+}
+WITHIN_NULL = [
+    "cell partial",
+    "fixed boundary partial",
+    "fixed all partial",
+    "trend partial",
+    "ols_rank_fe",
+    "condition difference partial",
+    "condition difference raw",
+    "p_perm boundary partial",
+    "p_perm all partial",
+    "p_perm all raw",
+]
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +67,11 @@ def tables(tmp_path_factory):
 
 def in_window(table, quantities, column, window, scenario):
     bounds = {q: KNOWN.get((scenario, q, column), window) for q in quantities}
-    bad = {q: round(float(table.loc[q, column]), 3) for q in quantities
-           if not bounds[q][0] <= table.loc[q, column] <= bounds[q][1]}
+    bad = {
+        q: round(float(table.loc[q, column]), 3)
+        for q in quantities
+        if not bounds[q][0] <= table.loc[q, column] <= bounds[q][1]
+    }
     assert not bad, f"{scenario}: {column} outside {window}: {bad}"
 
 
@@ -69,14 +83,24 @@ def test_intervals_cover_the_truth(tables):
         in_window(table, fixed, "coverage", COVERAGE, name)
     # random effects answer "orders like these": calibrated when the orders differ
     table = tables["heterogeneous_null"][1]
-    in_window(table, ["random all partial", "random boundary partial", "trend partial"], "coverage", COVERAGE,
-              "heterogeneous_null")
+    in_window(
+        table,
+        ["random all partial", "random boundary partial", "trend partial"],
+        "coverage",
+        COVERAGE,
+        "heterogeneous_null",
+    )
 
 
 def test_null_rejection_at_alpha(tables):
     in_window(tables["null"][1], WITHIN_NULL, "rejection", REJECTION, "null")
-    in_window(tables["heterogeneous_null"][1], ["random all partial", "random boundary partial", "trend partial"],
-              "rejection", REJECTION, "heterogeneous_null")
+    in_window(
+        tables["heterogeneous_null"][1],
+        ["random all partial", "random boundary partial", "trend partial"],
+        "rejection",
+        REJECTION,
+        "heterogeneous_null",
+    )
 
 
 def test_class_level_confound_is_not_reported_as_within_class(tables):
@@ -89,8 +113,12 @@ def test_class_level_confound_is_not_reported_as_within_class(tables):
 
 def test_planted_effects_are_recovered_without_bias(tables):
     runs, table = tables["planted"]
-    for q, power in (("fixed all partial", 0.95), ("ols_rank_fe", 0.95), ("condition difference partial", 0.5),
-                     ("trend partial", 0.25)):
+    for q, power in (
+        ("fixed all partial", 0.95),
+        ("ols_rank_fe", 0.95),
+        ("condition difference partial", 0.5),
+        ("trend partial", 0.25),
+    ):
         assert table.loc[q, "rejection"] >= power, (q, table.loc[q, "rejection"])
         rows = runs[runs["quantity"] == q]
         bias = rows["estimate"].mean() - rows["truth"].mean()

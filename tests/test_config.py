@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 import yaml
+from conftest import ROOT
 
 from memplast import config as mpconfig
 from memplast.config import ConfigError
-
-from conftest import ROOT
 
 
 def load(**overrides):
@@ -29,7 +28,12 @@ def test_schema_fills_defaults_for_a_minimal_config():
     cfg = mpconfig.validate({"dataset": {"name": "digits"}, "protocol": {"classes_per_task": 2, "n_tasks": 5}})
     assert cfg["memo"]["scorer"]["grid_every"] == 4
     assert cfg["probes"]["taus"] == [0.0, 0.001, 0.01]
-    assert cfg["conditions"]["primary"] == {"filter": "none", "ordering": "random", "weighting": "none", "algorithm": "base"}
+    assert cfg["conditions"]["primary"] == {
+        "filter": "none",
+        "ordering": "random",
+        "weighting": "none",
+        "algorithm": "base",
+    }
 
 
 @pytest.mark.parametrize(
@@ -38,13 +42,22 @@ def test_schema_fills_defaults_for_a_minimal_config():
         ({"dataset": {"name": "mnist"}}, r"'mnist' for 'dataset.name': allowed values are \['cifar100'"),
         ({"protocol": {"classes_per_task": 7}}, r"classes_per_task=7 does not divide the 100 classes"),
         ({"protocol": {"epochs_per_task": -1}}, r"'protocol.epochs_per_task': -1 is less than the minimum of 1"),
-        ({"conditions": {"filters": ["none", "per_class-q1.5"]}}, r"'per_class-q1.5' for 'conditions.filters.1'.*0 < Q <= 1"),
+        (
+            {"conditions": {"filters": ["none", "per_class-q1.5"]}},
+            r"'per_class-q1.5' for 'conditions.filters.1'.*0 < Q <= 1",
+        ),
         ({"conditions": {"filters": ["none", "global-q0"]}}, r"'global-q0' for 'conditions.filters.1'"),
         ({"conditions": {"orderings": ["random", "sideways"]}}, r"'sideways' for 'conditions.orderings.1': allowed"),
         ({"protocol": {"n_tasks": 30}}, r"n_tasks=30 x classes_per_task=5 exceeds the 100 classes"),
         ({"protocol": {"lr_milestones": [60, 250]}}, r"lr_milestones \[250\] must be below epochs_per_task=200"),
-        ({"conditions": {"primary": {"filter": "global-q0.5"}}}, r"primary.filter='global-q0.5' is not in conditions.filters"),
-        ({"memo": {"score": "hutchinson", "methods": ["exact_ggn"]}}, r"memo.score='hutchinson' is not among memo.methods"),
+        (
+            {"conditions": {"primary": {"filter": "global-q0.5"}}},
+            r"primary.filter='global-q0.5' is not in conditions.filters",
+        ),
+        (
+            {"memo": {"score": "hutchinson", "methods": ["exact_ggn"]}},
+            r"memo.score='hutchinson' is not among memo.methods",
+        ),
         ({"modle": {}}, r"invalid config key under '<top level>'"),
     ],
 )

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import randomize_bn
 from torch import nn
 
 from memplast import curvature as cv
@@ -14,16 +15,12 @@ from memplast.data import prepare
 from memplast.memo_validation import noise_auroc
 from memplast.models import ResNet18, SmallCNN, class_mask, per_sample_loss
 
-from conftest import randomize_bn
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 C = 6
 MASK = class_mask([0, 1, 2, 4], C)  # class 3 and 5 unseen
 SHAPE = (1, 8, 8)
 D = 64
-
-
 
 
 def relu_cnn():
@@ -39,13 +36,16 @@ def relu_resnet():
 
 def relu_mlp():
     torch.manual_seed(1)
-    return nn.Sequential(nn.Flatten(), nn.Linear(D, 12), nn.BatchNorm1d(12), nn.ReLU(), nn.Linear(12, 8), nn.ReLU(),
-                         nn.Linear(8, C)).double()
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(D, 12), nn.BatchNorm1d(12), nn.ReLU(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, C)
+    ).double()
 
 
 def softplus_mlp():
     torch.manual_seed(2)
-    return nn.Sequential(nn.Flatten(), nn.Linear(D, 12), nn.Softplus(), nn.Linear(12, 8), nn.Tanh(), nn.Linear(8, C)).double()
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(D, 12), nn.Softplus(), nn.Linear(12, 8), nn.Tanh(), nn.Linear(8, C)
+    ).double()
 
 
 def batch(n=6, seed=0):
@@ -61,7 +61,7 @@ def full_hessians(model, x, y, mask=MASK):
     with cv.eval_mode(model):
         out = []
         for i in range(len(x)):
-            f = lambda xi: per_sample_loss(model(xi[None]), y[i : i + 1], mask).sum()  # noqa: E731
+            f = lambda xi: per_sample_loss(model(xi[None]), y[i : i + 1], mask).sum()  # noqa: E731, B023
             out.append(torch.autograd.functional.hessian(f, x[i]).reshape(D, D))
     return torch.stack(out)
 
@@ -254,8 +254,17 @@ def test_columns_and_input_validation():
     model = relu_cnn()
     x, y, ids = batch(n=3)
     out = cv.curvature_scores(model, x, y, ids, MASK, ["finite_difference", "exact_ggn", "hutchinson"], n_probes=2)
-    assert list(out.columns) == ["sample_id", "curv_fd", "curv_fd_sq", "curv_exact", "trH_exact",
-                                 "curv_hutch", "curv_hutch_se", "curv_hutch_norm", "curv_hutch_vhv"]
+    assert list(out.columns) == [
+        "sample_id",
+        "curv_fd",
+        "curv_fd_sq",
+        "curv_exact",
+        "trH_exact",
+        "curv_hutch",
+        "curv_hutch_se",
+        "curv_hutch_norm",
+        "curv_hutch_vhv",
+    ]
     assert out["sample_id"].dtype == np.int64 and (out.drop(columns="sample_id").dtypes == np.float64).all()
     with pytest.raises(ValueError, match="methods"):
         cv.curvature_scores(model, x, y, ids, MASK, ["hessian"])
@@ -343,8 +352,12 @@ def test_curvature_flags_planted_label_noise_on_digits():
     """Garg et al.'s validation on real data: a small CNN trained on digits with 10% flipped
     train labels; curvature averaged over checkpoints ranks the flipped samples high."""
     t_start = time.perf_counter()
-    cfg = {"name": "digits", "split_fractions": {"val": 0.15, "test": 0.2}, "split_seed": 0,
-           "label_noise": {"fraction": 0.1, "seed": 0}}
+    cfg = {
+        "name": "digits",
+        "split_fractions": {"val": 0.15, "test": 0.2},
+        "split_seed": 0,
+        "label_noise": {"fraction": 0.1, "seed": 0},
+    }
     data = prepare(cfg)
     rows = data.indices("train")
     x = normalized(data, rows)
@@ -372,8 +385,10 @@ def test_curvature_flags_planted_label_noise_on_digits():
     table["noisy"] = data.noisy[rows]
     columns = ["curv_exact", "trH_exact", "curv_hutch", "curv_hutch_norm", "curv_fd", "curv_fd_sq", "csl"]
     auroc = noise_auroc(table, columns).set_index("method")["auroc"]
-    print(f"\ndigits, {int(table['noisy'].sum())}/{len(table)} flipped, {epochs} epochs, "
-          f"{len(scores)} checkpoints, {time.perf_counter() - t_start:.0f}s; AUROC:")
+    print(
+        f"\ndigits, {int(table['noisy'].sum())}/{len(table)} flipped, {epochs} epochs, "
+        f"{len(scores)} checkpoints, {time.perf_counter() - t_start:.0f}s; AUROC:"
+    )
     print(auroc.round(3).to_string())
     assert auroc["curv_exact"] > 0.75
     assert auroc["curv_hutch"] > 0.75
@@ -423,9 +438,18 @@ def _grid_coverage(seeds: dict, n=400, k=20, n_probes=10, level=1.96) -> dict:
         exact = cv.exact_ggn(model, x, y, MASK)["curv_exact"].numpy()
         for name, seed_of in seeds.items():
             h = cv.hutchinson(model, x, y, MASK, ids, n_probes, seed_of(j))
-            tables[name].append(pd.DataFrame({"sample_id": ids, "split": "train", "epoch": j, "curv_exact": exact,
-                                              "curv_hutch": h["curv_hutch"].numpy(),
-                                              "curv_hutch_se": h["curv_hutch_se"].numpy()}))
+            tables[name].append(
+                pd.DataFrame(
+                    {
+                        "sample_id": ids,
+                        "split": "train",
+                        "epoch": j,
+                        "curv_exact": exact,
+                        "curv_hutch": h["curv_hutch"].numpy(),
+                        "curv_hutch_se": h["curv_hutch_se"].numpy(),
+                    }
+                )
+            )
     out = {}
     for name, parts in tables.items():
         grid = _memo_scores_module().average_over_grid(parts)
@@ -457,7 +481,7 @@ def test_exact_ggn_float64_on_confident_samples():
     net64 = copy.deepcopy(net).double()
     ref = []
     for i in range(4):
-        f = lambda xi: per_sample_loss(net64(xi[None]), y[i : i + 1], mask).sum()  # noqa: E731
+        f = lambda xi: per_sample_loss(net64(xi[None]), y[i : i + 1], mask).sum()  # noqa: E731, B023
         h = torch.autograd.functional.hessian(f, x[i].double()).reshape(16, 16)
         ref.append((h @ h).trace())
     ref = torch.stack(ref)
@@ -470,6 +494,10 @@ def test_strict_numerics_turns_tf32_off():
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     got = cv.strict_numerics("cpu", deterministic=True)
-    assert got == {"tf32_matmul": False, "tf32_cudnn": False, "float32_matmul_precision": "highest",
-                   "deterministic_algorithms": False}  # deterministic algorithms are switched on only on CUDA
+    assert got == {
+        "tf32_matmul": False,
+        "tf32_cudnn": False,
+        "float32_matmul_precision": "highest",
+        "deterministic_algorithms": False,
+    }  # deterministic algorithms are switched on only on CUDA
     assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32

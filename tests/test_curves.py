@@ -11,13 +11,42 @@ from memplast import curves, io
 
 
 def _task_metrics(run: str, task: int, losses, epochs_per_task: int) -> pd.DataFrame:
-    rows = [{"kind": "epoch", "task": task, "task_epoch": e + 1, "epoch": task * epochs_per_task + e + 1,
-             "lr": 0.1, "train_loss": loss, "train_acc": 0.5, "val_loss": loss * 1.1, "val_acc": 0.4,
-             "test_loss": loss, "test_acc": 0.4, "seconds": 1.0, "images_per_sec": 100.0}
-            for e, loss in enumerate(losses)]
-    rows.append({"kind": "end", "task": task, "task_epoch": epochs_per_task, "epoch": (task + 1) * epochs_per_task,
-                 "lr": np.nan, "train_loss": np.nan, "train_acc": np.nan, "val_loss": 1.0, "val_acc": 0.4,
-                 "test_loss": 1.0, "test_acc": 0.4, "seconds": np.nan, "images_per_sec": np.nan, "best_epoch": 1})
+    rows = [
+        {
+            "kind": "epoch",
+            "task": task,
+            "task_epoch": e + 1,
+            "epoch": task * epochs_per_task + e + 1,
+            "lr": 0.1,
+            "train_loss": loss,
+            "train_acc": 0.5,
+            "val_loss": loss * 1.1,
+            "val_acc": 0.4,
+            "test_loss": loss,
+            "test_acc": 0.4,
+            "seconds": 1.0,
+            "images_per_sec": 100.0,
+        }
+        for e, loss in enumerate(losses)
+    ]
+    rows.append(
+        {
+            "kind": "end",
+            "task": task,
+            "task_epoch": epochs_per_task,
+            "epoch": (task + 1) * epochs_per_task,
+            "lr": np.nan,
+            "train_loss": np.nan,
+            "train_acc": np.nan,
+            "val_loss": 1.0,
+            "val_acc": 0.4,
+            "test_loss": 1.0,
+            "test_acc": 0.4,
+            "seconds": np.nan,
+            "images_per_sec": np.nan,
+            "best_epoch": 1,
+        }
+    )
     return pd.DataFrame(rows).assign(run=run)
 
 
@@ -47,9 +76,16 @@ def test_join_keeps_every_epoch_of_every_run_with_its_keys(study):
     assert "kind" not in table and table.groupby("run")["epoch"].apply(list).map(lambda e: e == list(range(1, 9))).all()
     row = table[table.run == "order0/per_class-q0.9/random/none/base"].iloc[0]
     assert (row.order_seed, row["filter"], row.ordering, row.weighting, row.algorithm) == (
-        0, "per_class-q0.9", "random", "none", "base")
-    np.testing.assert_allclose(table[table.run == "order0/none/random/none/base"]["train_loss"],
-                               np.concatenate(losses["order0/none/random/none/base"]))
+        0,
+        "per_class-q0.9",
+        "random",
+        "none",
+        "base",
+    )
+    np.testing.assert_allclose(
+        table[table.run == "order0/none/random/none/base"]["train_loss"],
+        np.concatenate(losses["order0/none/random/none/base"]),
+    )
 
 
 def test_flags_nonfinite_and_diverging_runs_but_not_task_boundary_jumps(study):

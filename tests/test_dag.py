@@ -8,29 +8,57 @@ import subprocess
 import sys
 import xml.etree.ElementTree as ET
 
-
 from conftest import ROOT, ensure_debian_package
 
 SCRIPT = ROOT / "scripts" / "render_dag.py"
 # Rules the tiny configuration runs (CIFAR download and the Feldman-Zhang import are not in it).
 TINY_RULES = {
-    "all", "prepare", "class_order", "memo_scorer", "memo_curvature", "memo_scores", "subset", "train_task",
-    "probe", "deltas", "run_summary", "stats_primary", "stats_conditions", "figure_memo_vs_outcome",
-    "figure_conditions", "figure_class_balance", "order_diagnostics", "figure_order_diagnostics", "memo_validation",
+    "all",
+    "prepare",
+    "class_order",
+    "memo_scorer",
+    "memo_curvature",
+    "memo_scores",
+    "subset",
+    "train_task",
+    "probe",
+    "deltas",
+    "run_summary",
+    "stats_primary",
+    "stats_conditions",
+    "figure_memo_vs_outcome",
+    "figure_conditions",
+    "figure_class_balance",
+    "order_diagnostics",
+    "figure_order_diagnostics",
+    "memo_validation",
     "training_curves",
 }
 # Dependencies between rule families that the rule graph must show (upstream, downstream).
 EDGES = [
-    ("prepare", "memo_scorer"), ("memo_scorer", "memo_curvature"), ("memo_curvature", "memo_scores"),
-    ("class_order", "train_task"), ("subset", "train_task"), ("train_task", "probe"), ("probe", "deltas"),
-    ("memo_scores", "deltas"), ("deltas", "stats_primary"), ("stats_primary", "figure_memo_vs_outcome"),
+    ("prepare", "memo_scorer"),
+    ("memo_scorer", "memo_curvature"),
+    ("memo_curvature", "memo_scores"),
+    ("class_order", "train_task"),
+    ("subset", "train_task"),
+    ("train_task", "probe"),
+    ("probe", "deltas"),
+    ("memo_scores", "deltas"),
+    ("deltas", "stats_primary"),
+    ("stats_primary", "figure_memo_vs_outcome"),
 ]
 TINY_JOBS = 50  # `snakemake -n` of the tiny configuration: 50 jobs, `all` included
 
 
 def render(outdir, *formats, env=None):
-    return subprocess.run([sys.executable, str(SCRIPT), "--outdir", str(outdir), "--formats", *formats],
-                          cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), "--outdir", str(outdir), "--formats", *formats],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
 
 
 def mermaid_graph(text: str):

@@ -13,7 +13,8 @@ import threading
 import numpy as np
 import pytest
 
-from memplast import data, io as mpio
+from memplast import data
+from memplast import io as mpio
 
 
 def _cifar100_archive(path, n_per_class_train=8, n_per_class_test=2, n_classes=100, seed=0):
@@ -24,11 +25,19 @@ def _cifar100_archive(path, n_per_class_train=8, n_per_class_test=2, n_classes=1
         labels = np.tile(np.arange(n_classes), n_per_class)
         rng.shuffle(labels)
         images = rng.integers(0, 256, size=(len(labels), 3072), dtype=np.uint8)
-        return {b"data": images, b"fine_labels": labels.tolist(), b"coarse_labels": (labels // 5).tolist(),
-                b"filenames": [b"x.png"] * len(labels), b"batch_label": b"training batch 1 of 1"}
+        return {
+            b"data": images,
+            b"fine_labels": labels.tolist(),
+            b"coarse_labels": (labels // 5).tolist(),
+            b"filenames": [b"x.png"] * len(labels),
+            b"batch_label": b"training batch 1 of 1",
+        }
 
-    files = {"cifar-100-python/train": batch(n_per_class_train), "cifar-100-python/test": batch(n_per_class_test),
-             "cifar-100-python/meta": {b"fine_label_names": [b"c"] * n_classes}}
+    files = {
+        "cifar-100-python/train": batch(n_per_class_train),
+        "cifar-100-python/test": batch(n_per_class_test),
+        "cifar-100-python/meta": {b"fine_label_names": [b"c"] * n_classes},
+    }
     with tarfile.open(path, "w:gz") as tar:
         for name, obj in files.items():
             raw = pickle.dumps(obj, protocol=2)
@@ -64,7 +73,9 @@ def test_download_and_prepare_cifar100(served, tmp_path, paper_config):
     # every train-file image is present once, traceable by its index in the file
     tr = p.source == "train"
     assert sorted(p.sample_id[tr]) == list(range(len(labels)))
-    np.testing.assert_array_equal(p.images[tr][np.argsort(p.sample_id[tr])].reshape(len(labels), -1), train_file[b"data"])
+    np.testing.assert_array_equal(
+        p.images[tr][np.argsort(p.sample_id[tr])].reshape(len(labels), -1), train_file[b"data"]
+    )
     # LoP split: per class, the first 3 in file order are validation, the other 5 train
     for c in range(100):
         idx = np.flatnonzero(labels == c)

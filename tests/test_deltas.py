@@ -15,19 +15,41 @@ NAN = math.nan
 def table():
     """Sample 10 (old, label 0) and sample 11 (new, label 2); values per epoch 3, 4, 5, 6; best = E_k = 4."""
     rows = []
-    old = {"loss": [1.0, 0.5, 2.0, 3.0], "margin": [2.0, 3.0, -1.0, -2.0], "grad_norm": [4.0, 2.0, 1.0, 1.0],
-           "input_grad_norm": [1.0, 1.0, 2.0, 4.0], "dormant_t0": [0.1, 0.1, 0.2, 0.4],
-           "dormant_t0.01": [0.2, 0.2, 0.3, 0.5], "dormant_score_t0.1": [0.3, 0.2, 0.6, 0.6],
-           "drift": [NAN, 1.0, 3.0, 5.0]}
-    new = {"loss": [NAN, NAN, 1.5, 1.0], "margin": [NAN, NAN, 0.5, 1.0], "grad_norm": [NAN, NAN, 3.0, 2.0],
-           "input_grad_norm": [NAN, NAN, 1.0, 1.0], "dormant_t0": [0.3, 0.3, 0.3, 0.3],
-           "dormant_t0.01": [0.3, 0.4, 0.5, 0.6], "dormant_score_t0.1": [0.1, 0.1, 0.1, 0.1],
-           "drift": [NAN, 2.0, 2.0, 4.0]}
+    old = {
+        "loss": [1.0, 0.5, 2.0, 3.0],
+        "margin": [2.0, 3.0, -1.0, -2.0],
+        "grad_norm": [4.0, 2.0, 1.0, 1.0],
+        "input_grad_norm": [1.0, 1.0, 2.0, 4.0],
+        "dormant_t0": [0.1, 0.1, 0.2, 0.4],
+        "dormant_t0.01": [0.2, 0.2, 0.3, 0.5],
+        "dormant_score_t0.1": [0.3, 0.2, 0.6, 0.6],
+        "drift": [NAN, 1.0, 3.0, 5.0],
+    }
+    new = {
+        "loss": [NAN, NAN, 1.5, 1.0],
+        "margin": [NAN, NAN, 0.5, 1.0],
+        "grad_norm": [NAN, NAN, 3.0, 2.0],
+        "input_grad_norm": [NAN, NAN, 1.0, 1.0],
+        "dormant_t0": [0.3, 0.3, 0.3, 0.3],
+        "dormant_t0.01": [0.3, 0.4, 0.5, 0.6],
+        "dormant_score_t0.1": [0.1, 0.1, 0.1, 0.1],
+        "drift": [NAN, 2.0, 2.0, 4.0],
+    }
     for sid, label, is_old, vals in ((10, 0, True, old), (11, 2, False, new)):
         for j, epoch in enumerate((3, 4, 5, 6)):
-            row = {"sample_id": sid, "epoch": epoch, "role": "before" if epoch <= E else "after", "best_epoch": E,
-                   "label": label, "is_old": is_old, "boundary": 1, "dormant_t0_L0": 0.0, "align_dot": NAN,
-                   "align_cos": NAN, "pred_forget": NAN}
+            row = {
+                "sample_id": sid,
+                "epoch": epoch,
+                "role": "before" if epoch <= E else "after",
+                "best_epoch": E,
+                "label": label,
+                "is_old": is_old,
+                "boundary": 1,
+                "dormant_t0_L0": 0.0,
+                "align_dot": NAN,
+                "align_cos": NAN,
+                "pred_forget": NAN,
+            }
             row.update({k: v[j] for k, v in vals.items()})
             if epoch == E and is_old:
                 row.update(align_dot=0.7, align_cos=0.2, pred_forget=-0.1)
@@ -45,12 +67,27 @@ def early_table(best=3, live=True):
     points = [(e, "before") for e in before] + ([(8, "live")] if live else []) + [(9, "after"), (10, "after")]
     for e, role in points:
         v = 100.0 if role == "live" else float(e)
-        rows.append({"sample_id": 10, "epoch": e, "role": role, "best_epoch": best, "label": 0, "is_old": True,
-                     "boundary": 1, "loss": v, "margin": -v, "grad_norm": v, "input_grad_norm": v,
-                     "dormant_t0": v / 1000, "dormant_score_t0.1": v / 100,
-                     "drift": 7.0 if role == "live" else (NAN if e == before[0] else 10.0 * e),
-                     "align_dot": 0.5 if (e == best and role == "before") else NAN, "align_cos": NAN,
-                     "pred_forget": NAN})
+        rows.append(
+            {
+                "sample_id": 10,
+                "epoch": e,
+                "role": role,
+                "best_epoch": best,
+                "label": 0,
+                "is_old": True,
+                "boundary": 1,
+                "loss": v,
+                "margin": -v,
+                "grad_norm": v,
+                "input_grad_norm": v,
+                "dormant_t0": v / 1000,
+                "dormant_score_t0.1": v / 100,
+                "drift": 7.0 if role == "live" else (NAN if e == before[0] else 10.0 * e),
+                "align_dot": 0.5 if (e == best and role == "before") else NAN,
+                "align_cos": NAN,
+                "pred_forget": NAN,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -61,11 +98,38 @@ def get(d, kind, sid):
 def test_immediate_and_windowed_deltas_by_hand():
     d = deltas.boundary_deltas(table(), E, W)
     assert list(d.columns) == [
-        "sample_id", "label", "boundary", "is_old", "kind", "best_epoch", "before_first", "before_last",
-        "after_first", "after_last", "loss_t", "d_loss", "d_log_grad", "grad_drop", "d_input_grad", "d_dormant_t0",
-        "d_dormant_t0.01", "d_dormant_score_t0.1", "d_margin", "drift_after", "d_drift", "d_loss_rollback",
-        "d_log_grad_rollback", "d_margin_rollback", "d_dormant_t0_rollback", "d_dormant_t0.01_rollback",
-        "d_dormant_score_t0.1_rollback", "drift_rollback", "align_dot", "align_cos", "pred_forget"]
+        "sample_id",
+        "label",
+        "boundary",
+        "is_old",
+        "kind",
+        "best_epoch",
+        "before_first",
+        "before_last",
+        "after_first",
+        "after_last",
+        "loss_t",
+        "d_loss",
+        "d_log_grad",
+        "grad_drop",
+        "d_input_grad",
+        "d_dormant_t0",
+        "d_dormant_t0.01",
+        "d_dormant_score_t0.1",
+        "d_margin",
+        "drift_after",
+        "d_drift",
+        "d_loss_rollback",
+        "d_log_grad_rollback",
+        "d_margin_rollback",
+        "d_dormant_t0_rollback",
+        "d_dormant_t0.01_rollback",
+        "d_dormant_score_t0.1_rollback",
+        "drift_rollback",
+        "align_dot",
+        "align_cos",
+        "pred_forget",
+    ]
     assert len(d) == 4
     im, wi = get(d, "immediate", 10), get(d, "windowed", 10)
     assert (im["before_first"], im["before_last"], im["after_first"], im["after_last"]) == (4, 4, 5, 5)
@@ -99,7 +163,13 @@ def test_windows_on_the_path_when_the_best_epoch_precedes_the_end():
     restore is its own rollback quantity, and every row records its windows."""
     d = deltas.boundary_deltas(early_table(best=6), 8, 2)
     im, wi = get(d, "immediate", 10), get(d, "windowed", 10)
-    assert (im["before_first"], im["before_last"], im["after_first"], im["after_last"], im["best_epoch"]) == (6, 6, 9, 9, 6)
+    assert (im["before_first"], im["before_last"], im["after_first"], im["after_last"], im["best_epoch"]) == (
+        6,
+        6,
+        9,
+        9,
+        6,
+    )
     assert (wi["before_first"], wi["before_last"], wi["after_first"], wi["after_last"]) == (5, 6, 9, 10)
     assert im["loss_t"] == 6.0 and im["align_dot"] == 0.5
     assert im["d_loss"] == pytest.approx(9 - 6) and wi["d_loss"] == pytest.approx(9.5 - 5.5)
@@ -130,8 +200,16 @@ def test_new_class_samples_are_kept_with_nan_loss_deltas():
     for kind in deltas.KINDS:
         row = get(d, kind, 11)
         assert not row["is_old"] and row["label"] == 2
-        for c in ("loss_t", "d_loss", "d_log_grad", "grad_drop", "d_input_grad", "d_margin", "align_dot",
-                  "d_loss_rollback"):
+        for c in (
+            "loss_t",
+            "d_loss",
+            "d_log_grad",
+            "grad_drop",
+            "d_input_grad",
+            "d_margin",
+            "align_dot",
+            "d_loss_rollback",
+        ):
             assert math.isnan(row[c]), (kind, c)
     assert get(d, "immediate", 11)["d_dormant_t0.01"] == pytest.approx(0.1)
     assert get(d, "windowed", 11)["d_dormant_t0.01"] == pytest.approx(0.55 - 0.35)
@@ -155,8 +233,9 @@ def test_missing_epochs_or_rows_are_refused():
 
 
 def scores():
-    return pd.DataFrame({"sample_id": [10, 11, 12, 13, 99], "curv": [4.0, 1.0, 2.0, 3.0, 50.0],
-                         "split": ["train"] * 4 + ["val"]})
+    return pd.DataFrame(
+        {"sample_id": [10, 11, 12, 13, 99], "curv": [4.0, 1.0, 2.0, 3.0, 50.0], "split": ["train"] * 4 + ["val"]}
+    )
 
 
 def test_join_memo_adds_score_and_overall_percentile():
@@ -172,11 +251,26 @@ def test_join_memo_adds_score_and_overall_percentile():
 def test_plasticity_export_legacy_columns():
     d = deltas.join_memo(deltas.boundary_deltas(table(), E, W), scores(), "curv")
     out = deltas.plasticity_export(d, 0.01)
-    assert list(out.columns) == ["sample_id", "class_label", "memo", "delta_loss", "delta_grad_norm",
-                                 "delta_dormant", "boundary"]
-    assert out.to_dict("records") == [{"sample_id": 10, "class_label": 0, "memo": 4.0, "delta_loss": pytest.approx(1.75),
-                                       "delta_grad_norm": pytest.approx(-2.0), "delta_dormant": pytest.approx(0.2),
-                                       "boundary": 1}]
+    assert list(out.columns) == [
+        "sample_id",
+        "class_label",
+        "memo",
+        "delta_loss",
+        "delta_grad_norm",
+        "delta_dormant",
+        "boundary",
+    ]
+    assert out.to_dict("records") == [
+        {
+            "sample_id": 10,
+            "class_label": 0,
+            "memo": 4.0,
+            "delta_loss": pytest.approx(1.75),
+            "delta_grad_norm": pytest.approx(-2.0),
+            "delta_dormant": pytest.approx(0.2),
+            "boundary": 1,
+        }
+    ]
     with pytest.raises(ValueError, match="d_dormant_t0.5"):
         deltas.plasticity_export(d, 0.5)
     assert np.isfinite(out[["memo", "delta_loss", "delta_grad_norm", "delta_dormant"]].to_numpy()).all()

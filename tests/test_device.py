@@ -14,8 +14,7 @@ import pytest
 import torch
 
 from memplast import data, train
-from memplast.device import (CPU_STATE_BYTES, count_host_syncs, host_int, load_generator_state, to_device,
-                             to_host)
+from memplast.device import CPU_STATE_BYTES, count_host_syncs, host_int, load_generator_state, to_device, to_host
 from memplast.models import build_model, class_mask, init_reference, per_sample_loss, seen_classes
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -104,8 +103,17 @@ def _syncs(fn, n_rows, setting, **kw):
     model, opt = _fresh(model_cfg)
     mask = seen_classes(seen, 10)  # built once per task, outside the counted epoch
     with count_host_syncs() as c:
-        fn(model, opt, d, rows[:n_rows], mask if fn is train.train_epoch else class_mask(seen, 10), 16,
-           torch.Generator().manual_seed(0), aug, **kw)
+        fn(
+            model,
+            opt,
+            d,
+            rows[:n_rows],
+            mask if fn is train.train_epoch else class_mask(seen, 10),
+            16,
+            torch.Generator().manual_seed(0),
+            aug,
+            **kw,
+        )
     return sum(c.values())
 
 
@@ -119,7 +127,11 @@ def test_training_step_never_synchronises(setting, algorithm):
             kw = {"weights": torch.ones(n)}
         if algorithm == "shrink_perturb":
             model, _ = _fresh(setting[4])
-            kw = {"after_step": train.shrink_perturb_step(model, {"shrink": 0.9, "noise_std": 1e-3}, torch.Generator().manual_seed(0))}
+            kw = {
+                "after_step": train.shrink_perturb_step(
+                    model, {"shrink": 0.9, "noise_std": 1e-3}, torch.Generator().manual_seed(0)
+                )
+            }
         counts.append(_syncs(train.train_epoch, n, setting, **kw))
     assert counts[0] == counts[1] <= 2, counts
 
@@ -164,7 +176,9 @@ def test_non_finite_loss_is_caught_after_the_epoch_with_its_batch(setting):
     w = torch.ones(64)
     w[40] = float("nan")
     with pytest.raises(train.NonFiniteLoss, match="batch starting at 32"):
-        train.train_epoch(model, opt, d, rows[:64], seen_classes(seen, 10), 16, torch.Generator(), None, w, where="here")
+        train.train_epoch(
+            model, opt, d, rows[:64], seen_classes(seen, 10), 16, torch.Generator(), None, w, where="here"
+        )
 
 
 # --------------------------------------------------------------------------- generators across devices
@@ -195,13 +209,27 @@ def small(demo_config):
 
 
 def _task(tmp, cfg, prepared, task, prev, algorithm, stop=None):
-    E = cfg["protocol"]["epochs_per_task"]
     name = f"order0/none/random/none/{algorithm}"
-    spec = train.RunSpec(name, 0, data.class_order(0, 10), task, prepared.sample_id[prepared.split == "train"],
-                         "random", 0.0, algorithm)
-    train.run_task(spec, prepared, cfg["protocol"], cfg["model"], cfg["dataset"]["augmentation"], cfg["ordering"],
-                   cfg["weighting"], prev, str(tmp / f"t{task}" / "end.pt"), {}, str(tmp / f"t{task}" / "m.parquet"),
-                   str(tmp / f"t{task}" / "o.parquet"), str(tmp / f"resume{task}.pt"), {"t": 1}, stop_after_epoch=stop)
+    spec = train.RunSpec(
+        name, 0, data.class_order(0, 10), task, prepared.sample_id[prepared.split == "train"], "random", 0.0, algorithm
+    )
+    train.run_task(
+        spec,
+        prepared,
+        cfg["protocol"],
+        cfg["model"],
+        cfg["dataset"]["augmentation"],
+        cfg["ordering"],
+        cfg["weighting"],
+        prev,
+        str(tmp / f"t{task}" / "end.pt"),
+        {},
+        str(tmp / f"t{task}" / "m.parquet"),
+        str(tmp / f"t{task}" / "o.parquet"),
+        str(tmp / f"resume{task}.pt"),
+        {"t": 1},
+        stop_after_epoch=stop,
+    )
     return str(tmp / f"t{task}" / "end.pt")
 
 

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from packaging.specifiers import SpecifierSet
-
 from conftest import ROOT
+from packaging.specifiers import SpecifierSet
 
 ENVS = {"ENV_TORCH": "torch.yaml", "ENV_STATS": "stats.yaml"}
 DIRECTIVES = ("conda", "log", "threads", "resources")
@@ -49,7 +48,9 @@ def load_env(name: str) -> tuple[list[str], dict[str, str]]:
             assert list(dep) == ["pip"], f"envs/{name}: unexpected section {dep}"
             for line in dep["pip"]:
                 name_, sep, version = line.partition("==")
-                assert sep and re.fullmatch(r"[0-9][0-9A-Za-z.+-]*", version), f"envs/{name}: pip {line!r} is not name==version"
+                assert sep and re.fullmatch(r"[0-9][0-9A-Za-z.+-]*", version), (
+                    f"envs/{name}: pip {line!r} is not name==version"
+                )
                 pip[name_.strip().lower()] = version
         else:
             conda.append(dep.strip())
@@ -113,9 +114,18 @@ def directive(block: str, key: str) -> str:
 
 def test_block_parser_finds_every_rule_of_the_workflow():
     out = subprocess.run(
-        [str(Path(sys.executable).parent / "snakemake"), "--snakefile", str(ROOT / "Snakefile"), "--list-rules",
-         "--configfile", str(ROOT / "config.yaml")],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [
+            str(Path(sys.executable).parent / "snakemake"),
+            "--snakefile",
+            str(ROOT / "Snakefile"),
+            "--list-rules",
+            "--configfile",
+            str(ROOT / "config.yaml"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr
     listed = set(out.stdout.split())
@@ -238,8 +248,11 @@ class Imports:
 
     def _follow(self, module: str, nodes, top_level: bool = False) -> None:
         mods, names = self._aliases(module)
-        defined = {n.name for n in self.tree(module).body
-                   if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
+        defined = {
+            n.name
+            for n in self.tree(module).body
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+        }
         for n in nodes:
             if isinstance(n, ast.Name) and not (top_level and n.id in defined and isinstance(n.ctx, ast.Store)):
                 if n.id in defined:
@@ -252,8 +265,11 @@ class Imports:
                     self.use(mods[n.value.id], n.attr)
 
     def _defined(self, module: str) -> set[str]:
-        return {n.name for n in self.tree(module).body
-                if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))} | set(self._aliases(module)[1])
+        return {
+            n.name
+            for n in self.tree(module).body
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+        } | set(self._aliases(module)[1])
 
     def script(self, path: Path) -> set[str]:
         """Distributions (PyPI names) the script needs."""

@@ -27,7 +27,9 @@ def world(tmp_path):
 
 
 def expected(world):
-    return pd.DataFrame({"sample_id": world["perm"], "fz_mem": world["tr_mem"]}).sort_values("sample_id", ignore_index=True)
+    return pd.DataFrame({"sample_id": world["perm"], "fz_mem": world["tr_mem"]}).sort_values(
+        "sample_id", ignore_index=True
+    )
 
 
 def test_load_fz_npz(world, tmp_path):
@@ -164,6 +166,7 @@ def test_import_script_maps_and_verifies(tmp_path):
     import sys
 
     from conftest import ROOT
+
     from memplast import io as mpio
 
     rng = np.random.default_rng(0)
@@ -171,20 +174,58 @@ def test_import_script_maps_and_verifies(tmp_path):
     perm = rng.permutation(40)  # tfds position t holds our sample perm[t]
     np.savez(tmp_path / "fz.npz", tr_mem=rng.random(40), tr_labels=labels[perm])
     pd.DataFrame({"tfds_id": np.arange(40), "sample_id": perm}).to_csv(tmp_path / "map.csv", index=False)
-    samples = pd.DataFrame({"sample_id": np.arange(40), "source": "train", "split": "train",
-                            "label": labels, "orig_label": labels, "noisy": False})
+    samples = pd.DataFrame(
+        {
+            "sample_id": np.arange(40),
+            "source": "train",
+            "split": "train",
+            "label": labels,
+            "orig_label": labels,
+            "noisy": False,
+        }
+    )
     mpio.write_parquet(samples, tmp_path / "samples.parquet", {})
-    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "feldman_zhang_import.py"), "--npz", str(tmp_path / "fz.npz"),
-                          "--mapping", str(tmp_path / "map.csv"), "--samples", str(tmp_path / "samples.parquet"),
-                          "--fz", str(tmp_path / "fz.parquet"), "--cfg", "{}"], capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "feldman_zhang_import.py"),
+            "--npz",
+            str(tmp_path / "fz.npz"),
+            "--mapping",
+            str(tmp_path / "map.csv"),
+            "--samples",
+            str(tmp_path / "samples.parquet"),
+            "--fz",
+            str(tmp_path / "fz.parquet"),
+            "--cfg",
+            "{}",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
     fz = pd.read_parquet(tmp_path / "fz.parquet")
     z = np.load(tmp_path / "fz.npz")
     np.testing.assert_allclose(fz.set_index("sample_id").loc[perm, "fz_mem"], z["tr_mem"])
     samples.loc[3, "orig_label"] = (samples.loc[3, "orig_label"] + 1) % 5
     mpio.write_parquet(samples, tmp_path / "samples.parquet", {})
-    bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "feldman_zhang_import.py"), "--npz", str(tmp_path / "fz.npz"),
-                          "--mapping", str(tmp_path / "map.csv"), "--samples", str(tmp_path / "samples.parquet"),
-                          "--fz", str(tmp_path / "fz2.parquet"), "--cfg", "{}"], capture_output=True, text=True)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "feldman_zhang_import.py"),
+            "--npz",
+            str(tmp_path / "fz.npz"),
+            "--mapping",
+            str(tmp_path / "map.csv"),
+            "--samples",
+            str(tmp_path / "samples.parquet"),
+            "--fz",
+            str(tmp_path / "fz2.parquet"),
+            "--cfg",
+            "{}",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode != 0 and "disagree with ours for 1 of 40 rows" in bad.stderr
     assert not (tmp_path / "fz2.parquet").exists()

@@ -13,10 +13,10 @@ import textwrap
 import time
 
 import pytest
-
 from conftest import ROOT
-from memplast import gpu_slots
 from test_workflow import SNAKEMAKE
+
+from memplast import gpu_slots
 
 WORKER = textwrap.dedent("""
     import json, os, sys, time
@@ -37,8 +37,13 @@ def _env(**extra):
 
 
 def _workers(tmp_path, sizes, hold, env):
-    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(n), str(hold), str(tmp_path / "locks"),
-                               str(tmp_path / f"w{i}.json")], env=env) for i, n in enumerate(sizes)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, str(n), str(hold), str(tmp_path / "locks"), str(tmp_path / f"w{i}.json")],
+            env=env,
+        )
+        for i, n in enumerate(sizes)
+    ]
     for p in procs:
         assert p.wait(timeout=120) == 0
     return [json.load(open(tmp_path / f"w{i}.json")) for i in range(len(sizes))]
@@ -67,8 +72,9 @@ def test_concurrent_jobs_get_distinct_gpus_and_wait_for_a_free_one(tmp_path):
 
 def test_killed_job_frees_its_gpu(tmp_path):
     env = _env(MEMPLAST_GPUS="7")
-    holder = subprocess.Popen([sys.executable, "-c", WORKER, "1", "60", str(tmp_path / "locks"), str(tmp_path / "h.json")],
-                              env=env)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", WORKER, "1", "60", str(tmp_path / "locks"), str(tmp_path / "h.json")], env=env
+    )
     try:
         for _ in range(100):
             if [h for _, h in gpu_slots.status(tmp_path / "locks") if h]:
@@ -83,8 +89,11 @@ def test_killed_job_frees_its_gpu(tmp_path):
 
 
 def test_scheduler_or_no_gpu_or_off_leaves_devices_alone(tmp_path):
-    for env in ({"SLURM_JOB_ID": "12", "CUDA_VISIBLE_DEVICES": "0", "MEMPLAST_GPUS": "0,1"},
-                {"MEMPLAST_GPUS": ""}, {"MEMPLAST_GPUS": "0,1", "MEMPLAST_GPU_SLOTS": "off"}):
+    for env in (
+        {"SLURM_JOB_ID": "12", "CUDA_VISIBLE_DEVICES": "0", "MEMPLAST_GPUS": "0,1"},
+        {"MEMPLAST_GPUS": ""},
+        {"MEMPLAST_GPUS": "0,1", "MEMPLAST_GPU_SLOTS": "off"},
+    ):
         before = dict(env)
         assert gpu_slots.assign(1, env=env, root=tmp_path) is None and env == before
     assert gpu_slots.assign(0, env={"MEMPLAST_GPUS": "0"}, root=tmp_path) is None
@@ -124,8 +133,14 @@ entrypoint(main, snakemake)
 def test_snakemake_jobs_get_their_own_gpu_through_the_entry_point(tmp_path):
     (tmp_path / "Snakefile").write_text(SNAKEFILE)
     (tmp_path / "job.py").write_text(JOB.format(root=str(ROOT)))
-    out = subprocess.run([SNAKEMAKE, "-j4", "--resources", "gpu=4", "--workflow-profile", "none", "--quiet"],
-                         cwd=tmp_path, env=_env(MEMPLAST_GPUS="0,1,2,3"), capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [SNAKEMAKE, "-j4", "--resources", "gpu=4", "--workflow-profile", "none", "--quiet"],
+        cwd=tmp_path,
+        env=_env(MEMPLAST_GPUS="0,1,2,3"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     jobs = [json.load(open(tmp_path / "out" / f"{i}.json")) for i in range(4)]
     for a, b in itertools.combinations(jobs, 2):

@@ -56,4 +56,6 @@ def test_method_agreement_subset_and_nan():
     assert out["spearman"] == pytest.approx(1.0)  # fz .9,.8,.7 vs x 3,2,1
     nan_pair = method_agreement(df, ["x", "y"]).iloc[0]
     assert nan_pair["n"] == 4  # the NaN row is dropped for this pair only
-    assert nan_pair["spearman"] == pytest.approx(-0.8)  # ranks x: 3,4,2,1 vs y: 2,1,4,3; sum d^2 = 18 -> 1 - 6*18/(4*15)
+    assert nan_pair["spearman"] == pytest.approx(
+        -0.8
+    )  # ranks x: 3,4,2,1 vs y: 2,1,4,3; sum d^2 = 18 -> 1 - 6*18/(4*15)

@@ -123,8 +123,9 @@ def test_random_filter_matches_the_memo_filter_counts_per_class_but_not_its_samp
     memo_kept = subsets.apply_filter(train, FilterSpec(mode, 0.8), 1, 0)
     rand_kept = subsets.apply_filter(train, FilterSpec(mode, 0.8, random=True), 1, 0)
     label = train.set_index("sample_id")["label"]
-    pd.testing.assert_series_equal(label.loc[memo_kept].value_counts().sort_index(),
-                                   label.loc[rand_kept].value_counts().sort_index())
+    pd.testing.assert_series_equal(
+        label.loc[memo_kept].value_counts().sort_index(), label.loc[rand_kept].value_counts().sort_index()
+    )
     assert len(set(rand_kept)) == len(rand_kept) and set(rand_kept) <= set(train.sample_id)
     # chosen without looking at memo: the kept samples' memo is not shifted downwards like the filter's
     memo = train.set_index("sample_id")["memo"]

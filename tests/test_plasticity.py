@@ -21,10 +21,26 @@ def _summary(rng, n_orders, n_tasks, slope, sd=0.01, order_sd=0.05):
         for t in range(n_tasks):
             ref = 0.9 + shift + rng.normal(0, sd)
             for algorithm, acc in (("retrained", ref), ("base", ref - slope * t + rng.normal(0, sd))):
-                rows.append({"order_seed": k, "task": t, "algorithm": algorithm, "test_acc": acc, **{
-                    f: PRIMARY[f] for f in plasticity.PRIMARY_KEYS}})
-            rows.append({"order_seed": k, "task": t, "algorithm": "base", "test_acc": 0.0, "filter": "per_class-q0.9",
-                         "ordering": "random", "weighting": "none"})
+                rows.append(
+                    {
+                        "order_seed": k,
+                        "task": t,
+                        "algorithm": algorithm,
+                        "test_acc": acc,
+                        **{f: PRIMARY[f] for f in plasticity.PRIMARY_KEYS},
+                    }
+                )
+            rows.append(
+                {
+                    "order_seed": k,
+                    "task": t,
+                    "algorithm": "base",
+                    "test_acc": 0.0,
+                    "filter": "per_class-q0.9",
+                    "ordering": "random",
+                    "weighting": "none",
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -100,8 +116,14 @@ def test_trend_rejects_at_its_level_under_the_null_and_recovery_is_recovered():
     table = _summary(rng, 20, 5, slope=0.02, sd=0.002)
     base = table[(table.algorithm == "base") & (table["filter"] == "none")]
     ref = table[table.algorithm == "retrained"].set_index(["order_seed", "task"])["test_acc"]
-    half = base.assign(algorithm="shrink_perturb", test_acc=(base.set_index(["order_seed", "task"])["test_acc"].to_numpy()
-                                                             + ref.loc[list(zip(base.order_seed, base.task))].to_numpy()) / 2)
+    half = base.assign(
+        algorithm="shrink_perturb",
+        test_acc=(
+            base.set_index(["order_seed", "task"])["test_acc"].to_numpy()
+            + ref.loc[list(zip(base.order_seed, base.task))].to_numpy()
+        )
+        / 2,
+    )
     trends = plasticity.trend_table(pd.concat([table, half]), PRIMARY).set_index("algorithm")
     assert trends.loc["shrink_perturb", "recovery"] == pytest.approx(0.5, abs=1e-9)
     assert trends.loc["shrink_perturb", "minus_base_lo"] > 0  # paired interval of sp - base at the last task
@@ -124,6 +146,13 @@ def test_signature_is_the_paired_gap_of_each_model_measure(tmp_path):
         assert np.allclose(got[["mean", "lo", "hi"]], expect[["mean", "lo", "hi"]])
         assert np.allclose(got["algorithm_mean"], expect[f"{m}_algorithm"])
     gaps = plasticity.gap_table(table, PRIMARY)
-    plasticity.figure(table, gaps, PRIMARY, str(tmp_path / "f.pdf"), None, signature=sig,
-                      trends=plasticity.trend_table(table, PRIMARY))
+    plasticity.figure(
+        table,
+        gaps,
+        PRIMARY,
+        str(tmp_path / "f.pdf"),
+        None,
+        signature=sig,
+        trends=plasticity.trend_table(table, PRIMARY),
+    )
     assert (tmp_path / "f.pdf").stat().st_size > 0

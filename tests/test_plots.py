@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from memplast import orderings, plots, plots_headline, stats
 from memplast import memo_validation as mv
+from memplast import orderings, plots, plots_headline, stats
 
 PROV = {"code_version": "0.test", "config": {"note": "parens ( ) and \\ backslash", "unicode": "Δρ"}, "seed": 3}
 OTHER = {**stats.PRIMARY, "filter": "global_q0.9"}
@@ -38,8 +38,16 @@ def tables():
     deltas = stats.synthetic_deltas(n_orders=2, n_classes=6, classes_per_task=2, n_per_class=25, seed=1)
     # boundary 0 of order 0 has no finite d_log_grad at all: a NaN-only boundary
     deltas.loc[(deltas["order_seed"] == 0) & (deltas["boundary"] == 0), "d_log_grad"] = np.nan
-    cfg = {"epochs_per_task": 20, "window": 5, "n_boot": 50, "n_permutations": 50, "mediation_sims": 10,
-           "outcomes": ["d_loss", "d_log_grad", "d_dormant_t0.01"], "n_deciles": 5, "ci_level": 0.9}
+    cfg = {
+        "epochs_per_task": 20,
+        "window": 5,
+        "n_boot": 50,
+        "n_permutations": 50,
+        "mediation_sims": 10,
+        "outcomes": ["d_loss", "d_log_grad", "d_dormant_t0.01"],
+        "n_deciles": 5,
+        "ci_level": 0.9,
+    }
     return deltas, stats.run_all(deltas, cfg)
 
 
@@ -56,8 +64,9 @@ def test_save_is_atomic_and_carries_provenance(tmp_path):
 def test_memo_vs_outcome(tables, tmp_path):
     deltas, out = tables
     path = tmp_path / "memo_vs_dgrad.pdf"
-    fig = plots_headline.memo_vs_outcome(out["per_boundary"], out["pooled"], deltas, out["deciles"], "d_log_grad",
-                                         path, PROV, ci_level=0.9)
+    fig = plots_headline.memo_vs_outcome(
+        out["per_boundary"], out["pooled"], deltas, out["deciles"], "d_log_grad", path, PROV, ci_level=0.9
+    )
     check_files(path)
     ax_i, ax_w, ax_b, ax_c, cbar = fig.axes
     assert ax_i.get_title().startswith("(a) immediate") and ax_w.get_title().startswith("(a′) windowed")
@@ -74,9 +83,13 @@ def test_memo_vs_outcome(tables, tmp_path):
         assert "within-class ρ (answer), pooled + 90% CI" in labels
         assert "null band (90%): memo permuted within class" in labels
         pooled = out["pooled"]
-        want = pooled[(pooled.outcome == "d_log_grad") & (pooled.estimator == "partial") & (pooled.pooling == "fixed")
-                      & (pooled.kind == ("immediate" if ax is ax_i else "windowed"))
-                      & (pooled.boundary.astype(str) != "all")]
+        want = pooled[
+            (pooled.outcome == "d_log_grad")
+            & (pooled.estimator == "partial")
+            & (pooled.pooling == "fixed")
+            & (pooled.kind == ("immediate" if ax is ax_i else "windowed"))
+            & (pooled.boundary.astype(str) != "all")
+        ]
         line = next(li for li in ax.get_lines() if li.get_label().startswith("within-class"))
         np.testing.assert_allclose(line.get_ydata(), want.sort_values("boundary")["estimate"].to_numpy(float))
     assert "the within-class association" in texts(fig) and "within-class ρ =" in fig.get_suptitle()
@@ -100,15 +113,19 @@ def test_memo_vs_outcome_single_order_and_missing_deciles(tables, tmp_path):
 
 
 def test_accuracy_curves(tmp_path):
-    summary = stats.synthetic_summary(n_orders=3, n_tasks=4, conditions=[
-        stats.PRIMARY, {**stats.PRIMARY, "algorithm": "retrained"}, OTHER])
+    summary = stats.synthetic_summary(
+        n_orders=3, n_tasks=4, conditions=[stats.PRIMARY, {**stats.PRIMARY, "algorithm": "retrained"}, OTHER]
+    )
     fig = plots.accuracy_curves(summary, tmp_path / "acc.pdf", PROV)
     check_files(tmp_path / "acc.pdf")
     ax_a, ax_r = fig.axes
     assert ax_a.get_title().startswith("(a) test accuracy") and ax_r.get_title().startswith("(b) accuracy relative")
     assert ax_a.get_xlabel().startswith("task t") and "test accuracy" in ax_a.get_ylabel()
     assert [lab.split(" (")[0] for lab in ax_a.get_legend_handles_labels()[1]] == [
-        "primary", "filter=global_q0.9", "algorithm=retrained"]
+        "primary",
+        "filter=global_q0.9",
+        "algorithm=retrained",
+    ]
     assert ax_r.get_legend_handles_labels()[1] == ["primary (n orders = 3)", "retrained = 1"]
     assert "no retrained reference for: filter=global_q0.9" in texts(fig)
     rel = ax_r.get_lines()[0].get_ydata()
@@ -124,7 +141,11 @@ def test_dormant_and_rank(tmp_path):
     fig = plots.dormant_and_rank(summary, tmp_path / "dormant.pdf", PROV)
     check_files(tmp_path / "dormant.pdf")
     assert [ax.get_title() for ax in fig.axes] == [
-        "(a) dormant_units", "(b) effective_rank", "(c) stable_rank", "(d) mean_abs_weight"]
+        "(a) dormant_units",
+        "(b) effective_rank",
+        "(c) stable_rank",
+        "(d) mean_abs_weight",
+    ]
     assert all(ax.get_xlabel().startswith("task t") for ax in fig.axes)
     assert "dormant units (fraction" in fig.axes[0].get_ylabel()
     assert "no mean_abs_weight column in the summary" in texts(fig)
@@ -135,11 +156,23 @@ def test_class_balance(tmp_path):
     rows = []
     for filt, kept in (("global_q0.9", [40, 30, 45, 50]), ("none", [50] * 4), ("balanced_q0.9", [30] * 4)):
         kept = np.array(kept)
-        rows.append(pd.DataFrame({
-            "label": range(4), "n_before": 50, "n_kept": kept, "fraction_kept": kept / 50, "filter": filt,
-            "summary_cv": kept.std() / kept.mean(), "summary_min_max_ratio": kept.min() / kept.max(),
-            "summary_n_kept": kept.sum(), "summary_n_before": 200, "summary_min": kept.min(),
-            "summary_max": kept.max()}))
+        rows.append(
+            pd.DataFrame(
+                {
+                    "label": range(4),
+                    "n_before": 50,
+                    "n_kept": kept,
+                    "fraction_kept": kept / 50,
+                    "filter": filt,
+                    "summary_cv": kept.std() / kept.mean(),
+                    "summary_min_max_ratio": kept.min() / kept.max(),
+                    "summary_n_kept": kept.sum(),
+                    "summary_n_before": 200,
+                    "summary_min": kept.min(),
+                    "summary_max": kept.max(),
+                }
+            )
+        )
     fig = plots.class_balance(pd.concat(rows), tmp_path / "balance.pdf", PROV)
     check_files(tmp_path / "balance.pdf")
     assert [ax.get_title() for ax in fig.axes] == ["filter: none", "filter: balanced_q0.9", "filter: global_q0.9"]
@@ -152,14 +185,20 @@ def test_class_balance(tmp_path):
 def test_order_diagnostics(tmp_path):
     rng = np.random.default_rng(0)
     memo = pd.Series(np.exp(rng.normal(size=200)), index=np.arange(200))
-    orders = {"random": rng.permutation(200), "descending": memo.sort_values(ascending=False).index.to_numpy(),
-              "stratified": memo.sort_values().index.to_numpy().reshape(-1, 4).T.ravel()}
+    orders = {
+        "random": rng.permutation(200),
+        "descending": memo.sort_values(ascending=False).index.to_numpy(),
+        "stratified": memo.sort_values().index.to_numpy().reshape(-1, 4).T.ravel(),
+    }
     diag = pd.concat([orderings.order_diagnostics(o, memo, window=20).assign(ordering=k) for k, o in orders.items()])
     fig = plots.order_diagnostics(diag, tmp_path / "orders.pdf", PROV)
     check_files(tmp_path / "orders.pdf")
     assert len(fig.axes) == 9
     assert [ax.get_title() for ax in fig.axes[:3]] == [
-        "random: moving mean", "random: moving variance", "random: high-memo gaps"]
+        "random: moving mean",
+        "random: moving variance",
+        "random: high-memo gaps",
+    ]
     assert fig.axes[3].get_title().startswith("descending") and fig.axes[6].get_title().startswith("stratified")
     assert fig.axes[6].get_xlabel().startswith("position in the epoch's order")
     assert fig.axes[8].get_xlabel().startswith("gap to next high-memo sample")
@@ -187,8 +226,12 @@ def test_memo_validation(tmp_path):
     scores = _validation_inputs()
     train = scores[scores["split"] == "train"]
     methods = ["curv_exact", "curv_hutch", "curv_fd", "csl", "fz_mem"]
-    agreement = pd.concat([mv.method_agreement(train, methods),
-                           mv.method_agreement(train, methods, mv.top_k_mask(train, "fz_mem", 30), "top30_fz")])
+    agreement = pd.concat(
+        [
+            mv.method_agreement(train, methods),
+            mv.method_agreement(train, methods, mv.top_k_mask(train, "fz_mem", 30), "top30_fz"),
+        ]
+    )
     auroc = mv.noise_auroc(train, methods)
     rng = np.random.default_rng(1)
     images = {int(s): rng.integers(0, 256, (3, 8, 8), dtype=np.uint8) for s in scores["sample_id"]}
@@ -213,8 +256,15 @@ def test_memo_validation_without_fz_auroc_or_most_images(tmp_path):
     agreement = mv.method_agreement(train, ["curv_exact", "curv_hutch", "csl"])
     top = train.sort_values("memo", ascending=False)["sample_id"].head(16)
     images = {s: np.full((1, 6, 6), 7 * i, dtype=np.uint8) for i, s in enumerate(top.iloc[::4])}  # 4 of the top 16
-    fig = plots.memo_validation(scores, agreement, pd.DataFrame(columns=["method", "auroc", "n_noisy"]), images,
-                                tmp_path / "validation.pdf", PROV, top_k=16)
+    fig = plots.memo_validation(
+        scores,
+        agreement,
+        pd.DataFrame(columns=["method", "auroc", "n_noisy"]),
+        images,
+        tmp_path / "validation.pdf",
+        PROV,
+        top_k=16,
+    )
     check_files(tmp_path / "validation.pdf")
     assert len(fig.axes) == 3 + 4
     assert "no planted label noise" in texts(fig) and "Feldman" not in fig.axes[0].get_xticklabels()[-1].get_text()

@@ -16,17 +16,29 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import ROOT
 
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
-CONFIGS = [str(ROOT / p) for p in ("config.yaml", "config/demo.yaml", "config/lop-small.yaml", "tests/data/lop_reduced.yaml")]
+CONFIGS = [
+    str(ROOT / p) for p in ("config.yaml", "config/demo.yaml", "config/lop-small.yaml", "tests/data/lop_reduced.yaml")
+]
 
 
 @pytest.mark.slow
 def test_base_ends_below_retrained(tmp_path):
-    cmd = [SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "-c2",
-           "--configfile", *CONFIGS, "--", "results/stats/plasticity_gap.csv", "results/figures/plasticity_gap.pdf"]
+    cmd = [
+        SNAKEMAKE,
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(tmp_path),
+        "-c2",
+        "--configfile",
+        *CONFIGS,
+        "--",
+        "results/stats/plasticity_gap.csv",
+        "results/figures/plasticity_gap.pdf",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
     assert out.returncode == 0, out.stderr[-4000:]
     summary = pd.read_parquet(tmp_path / "results/stats/run_summaries.parquet")
@@ -46,6 +58,9 @@ def test_base_ends_below_retrained(tmp_path):
     eff = sig[(sig.measure == "effective_rank") & (sig.algorithm == "base")].set_index("task")
     assert eff["mean"].iloc[0] == 0 and eff["mean"].iloc[-1] == pytest.approx(
         summary.pivot_table(index=["order_seed", "task"], columns="algorithm", values="effective_rank")
-        .xs(acc.index.get_level_values("task").max(), level="task").eval("base - retrained").mean())
+        .xs(acc.index.get_level_values("task").max(), level="task")
+        .eval("base - retrained")
+        .mean()
+    )
     trend = pd.read_csv(tmp_path / "results/stats/plasticity_trend.csv", comment="#").set_index("algorithm")
     assert trend.loc["base", "n"] == len(last)

@@ -8,20 +8,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import randomize_bn
 from torch import nn
 
 from memplast import probes
 from memplast.models import Forward, ResNet18, SmallCNN, class_mask, per_sample_loss
-
-from conftest import randomize_bn
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 C = 10
 OLD = class_mask(range(4), C)  # task k
 NEXT = class_mask(range(6), C)  # task k+1
-
-
 
 
 def small_cnn(seed=0):
@@ -49,11 +46,26 @@ def reference(model, x, y, masks, direction=None):
     gradients w.r.t. parameters and input, g.G and G^T H G by double backward."""
     model = copy.deepcopy(model).eval()
     names, params = zip(*[(n, p) for n, p in model.named_parameters() if p.requires_grad], strict=True)
-    out = {k: [] for k in ("loss", "margin", "correct", "confidence", "grad_norm", "input_grad_norm", "dot", "ghg",
-                           "dormant_t0.01", "dormant_t0.01_layers", "dormant_score_t0.1", "dormant_score_t0.1_layers")}
+    out = {
+        k: []
+        for k in (
+            "loss",
+            "margin",
+            "correct",
+            "confidence",
+            "grad_norm",
+            "input_grad_norm",
+            "dot",
+            "ghg",
+            "dormant_t0.01",
+            "dormant_t0.01_layers",
+            "dormant_score_t0.1",
+            "dormant_score_t0.1_layers",
+        )
+    }
     for i in range(len(y)):
         with torch.no_grad():
-            acts = model(x[i:i + 1], return_acts=True).acts
+            acts = model(x[i : i + 1], return_acts=True).acts
         rates = [[(a[0, c] > 0).double().mean().item() for c in range(a.shape[1])] for a in acts]
         out["dormant_t0.01"].append(sum(r <= 0.01 for layer in rates for r in layer) / sum(map(len, rates)))
         out["dormant_t0.01_layers"].append([sum(r <= 0.01 for r in layer) / len(layer) for layer in rates])
@@ -67,12 +79,12 @@ def reference(model, x, y, masks, direction=None):
                 if not k.startswith("dormant"):
                     v.append(math.nan)
             continue
-        xi = x[i:i + 1].clone().requires_grad_()
+        xi = x[i : i + 1].clone().requires_grad_()
         z = model(xi)
-        loss = per_sample_loss(z, y[i:i + 1], mask)[0]
+        loss = per_sample_loss(z, y[i : i + 1], mask)[0]
         zs = z[0, mask].detach()
         pos = int(mask[: y[i]].sum())
-        others = torch.cat([zs[:pos], zs[pos + 1:]])
+        others = torch.cat([zs[:pos], zs[pos + 1 :]])
         out["loss"].append(loss.item())
         out["margin"].append((zs[pos] - others.max()).item())
         out["correct"].append(float(zs.argmax() == pos))
@@ -102,8 +114,16 @@ def test_every_quantity_matches_per_sample_loop(arch):
     G = {n: 0.1 * torch.randn_like(p) for n, p in model.named_parameters()}
     got = probes.probe_checkpoint(model, x, y, eval_masks, NEXT, batch_size=4, direction=G, eta=0.3)
     ref = reference(model, x, y, eval_masks, G)
-    for k in ("loss", "margin", "correct", "confidence", "grad_norm", "input_grad_norm", "dormant_t0.01",
-              "dormant_score_t0.1"):
+    for k in (
+        "loss",
+        "margin",
+        "correct",
+        "confidence",
+        "grad_norm",
+        "input_grad_norm",
+        "dormant_t0.01",
+        "dormant_score_t0.1",
+    ):
         close(got[k], ref[k])
     for family in ("dormant_t0.01", "dormant_score_t0.1"):
         layers = ref[f"{family}_layers"]
@@ -164,11 +184,14 @@ def test_mean_gradient_is_mean_of_per_sample_gradients():
         close(G[n], p.grad)
 
 
-@pytest.mark.parametrize("stride,padding,dilation,cin,cout,hw", [
-    (1, 1, 1, 2, 3, 6),  # P large: per-sample gradient formed directly
-    (2, 0, 1, 3, 2, 5),
-    (1, 2, 2, 8, 16, 2),  # P small, many channels: ghost norm
-])
+@pytest.mark.parametrize(
+    "stride,padding,dilation,cin,cout,hw",
+    [
+        (1, 1, 1, 2, 3, 6),  # P large: per-sample gradient formed directly
+        (2, 0, 1, 3, 2, 5),
+        (1, 2, 2, 8, 16, 2),  # P small, many channels: ghost norm
+    ],
+)
 def test_conv_sqnorms_both_paths(stride, padding, dilation, cin, cout, hw):
     torch.manual_seed(0)
     conv = nn.Conv2d(cin, cout, 3, stride, padding, dilation).double()
@@ -177,7 +200,7 @@ def test_conv_sqnorms_both_paths(stride, padding, dilation, cin, cout, hw):
     b = torch.randn_like(out)
     w2, b2 = probes._conv_sqnorms(conv, a, b)
     for i in range(5):
-        gw, gb = torch.autograd.grad((conv(a[i:i + 1]) * b[i:i + 1]).sum(), [conv.weight, conv.bias])
+        gw, gb = torch.autograd.grad((conv(a[i : i + 1]) * b[i : i + 1]).sum(), [conv.weight, conv.bias])
         close(w2[i], gw.square().sum())
         close(b2[i], gb.square().sum())
     w2_chunked, _ = probes._conv_sqnorms(conv, a, b, max_elements=1)  # one sample per chunk
@@ -191,12 +214,20 @@ def test_masks_change_the_loss_exactly_as_by_hand():
     three = torch.tensor([True, True, True, False])
     per_row = torch.stack([two, three])
     close(probes.masked_ce(z, y, per_row)[0], torch.tensor(math.log(math.e + math.e**2) - 1.0, dtype=torch.float64))
-    close(probes.masked_ce(z, y, per_row)[1], torch.tensor(math.log(1 + math.exp(-1) + math.exp(4)) - 4.0, dtype=torch.float64))
+    close(
+        probes.masked_ce(z, y, per_row)[1],
+        torch.tensor(math.log(1 + math.exp(-1) + math.exp(4)) - 4.0, dtype=torch.float64),
+    )
     close(probes.masked_ce(z, y, probes.row_masks(three, 2)), per_sample_loss(z, y, three))
     q = probes.mask_quantities(z, y, per_row)
     close(q["margin"], torch.tensor([1.0 - 2.0, 4.0 - 0.0], dtype=torch.float64))
     close(q["correct"], torch.tensor([0.0, 1.0], dtype=torch.float64))
-    close(q["confidence"], torch.tensor([math.e / (math.e + math.e**2), math.exp(4) / (1 + math.exp(-1) + math.exp(4))], dtype=torch.float64))
+    close(
+        q["confidence"],
+        torch.tensor(
+            [math.e / (math.e + math.e**2), math.exp(4) / (1 + math.exp(-1) + math.exp(4))], dtype=torch.float64
+        ),
+    )
     q = probes.mask_quantities(z, y, probes.row_masks(two, 2))  # label 2 is outside {0, 1}
     assert math.isnan(q["loss"][1]) and math.isnan(q["margin"][1]) and math.isnan(q["correct"][1])
     assert math.isnan(probes.margin(z, y, torch.tensor([[True, False, False, False]] * 2))[0])  # no other class
@@ -242,14 +273,20 @@ def test_dormant_proportions_on_hand_built_activations():
     for tau, (conv, fc) in expect.items():
         close(got[f"dormant_t{tau}_L0"], torch.tensor(conv, dtype=torch.float64) / 4)
         close(got[f"dormant_t{tau}_L1"], torch.tensor(fc, dtype=torch.float64) / 3)
-        close(got[f"dormant_t{tau}"], torch.tensor([c + f for c, f in zip(conv, fc, strict=True)], dtype=torch.float64) / 7)
+        close(
+            got[f"dormant_t{tau}"],
+            torch.tensor([c + f for c, f in zip(conv, fc, strict=True)], dtype=torch.float64) / 7,
+        )
     only = probes.dormant_props([torch.tensor([[0.0, 1.0, -2.0]])], taus=[0.5])
     assert set(only) == {"dormant_t0.5", "dormant_t0.5_L0"} and float(only["dormant_t0.5"][0]) == pytest.approx(2 / 3)
 
 
 def state_snapshot(model):
-    return ({k: v.clone() for k, v in model.state_dict().items()}, [m.training for m in model.modules()],
-            [p.requires_grad for p in model.parameters()])
+    return (
+        {k: v.clone() for k, v in model.state_dict().items()},
+        [m.training for m in model.modules()],
+        [p.requires_grad for p in model.parameters()],
+    )
 
 
 def assert_unchanged(model, snap):
@@ -385,8 +422,15 @@ def test_degenerate_threshold_warning_fires_once_where_thresholds_coincide(caplo
     shift = torch.tensor([0.0, 1.5, 2.5, 3.0, 3.5, 4.5], dtype=torch.float64)[None, :, None, None]
     shift = shift + 0.5 * torch.randn(50, 6, 1, 1, generator=g, dtype=torch.float64)  # rates differ by sample
     large_map = torch.relu(torch.randn(50, 6, 40, 40, generator=g, dtype=torch.float64) - shift)  # 1600 positions
-    table = pd.DataFrame({k: v.numpy() for k, v in {**probes.dormant_props([small_map, large_map]),
-                                                     **probes.dormant_scores([small_map, large_map])}.items()})
+    table = pd.DataFrame(
+        {
+            k: v.numpy()
+            for k, v in {
+                **probes.dormant_props([small_map, large_map]),
+                **probes.dormant_scores([small_map, large_map]),
+            }.items()
+        }
+    )
     # tau x 16 < 1 for tau = 0.001 and 0.01: "active on <= tau of the positions" = "never active"
     assert table["dormant_t0.01_L1"].ne(table["dormant_t0_L1"]).any()  # 1600 positions: they differ
     with caplog.at_level(logging.WARNING, logger="memplast.probes"):
@@ -417,20 +461,44 @@ def test_probe_boundary_table(caplog):
     is_old = OLD[y].numpy()
     lazy = {e: (lambda m=m: m) for e, m in ckpts.items()}  # loaders are accepted too
     with caplog.at_level(logging.WARNING, logger="memplast.probes"):
-        df = probes.probe_boundary(lazy, 4, x, y, ids, is_old, OLD, masks, next_task_lr=0.2, batch_size=4,
-                                   progress=False)
+        df = probes.probe_boundary(
+            lazy, 4, x, y, ids, is_old, OLD, masks, next_task_lr=0.2, batch_size=4, progress=False
+        )
     # 8 x 8 inputs: tau x positions < 1 for the rate thresholds of the conv layers -> one warning
     assert len([r for r in caplog.records if "identical columns" in r.getMessage()]) == 1
     dormant = [c for c in df.columns if c.startswith("dormant_")]
-    assert list(df.columns) == ["sample_id", "epoch", "role", "best_epoch", "label", "is_old", "loss", "margin",
-                                "correct", "confidence", "loss_native", "margin_native", "correct_native",
-                                "confidence_native", "grad_norm", "input_grad_norm", *dormant, "drift", "align_dot",
-                                "align_cos", "pred_forget"]
+    assert list(df.columns) == [
+        "sample_id",
+        "epoch",
+        "role",
+        "best_epoch",
+        "label",
+        "is_old",
+        "loss",
+        "margin",
+        "correct",
+        "confidence",
+        "loss_native",
+        "margin_native",
+        "correct_native",
+        "confidence_native",
+        "grad_norm",
+        "input_grad_norm",
+        *dormant,
+        "drift",
+        "align_dot",
+        "align_cos",
+        "pred_forget",
+    ]
     assert dormant[:3] == ["dormant_t0", "dormant_t0.001", "dormant_t0.01"] and "dormant_t0.01_L3" in dormant
     assert "dormant_score_t0.025" in dormant and "dormant_score_t0.1_L3" in dormant
     assert len(df) == 4 * len(y) and sorted(df["epoch"].unique()) == [3, 4, 5, 6]
     assert (df["best_epoch"] == 4).all() and df.groupby("epoch")["role"].first().to_dict() == {
-        3: "before", 4: "before", 5: "after", 6: "after"}
+        3: "before",
+        4: "before",
+        5: "after",
+        6: "after",
+    }
     new = ~df["is_old"]
     assert df.loc[new & (df["epoch"] <= 4), "loss"].isna().all()
     assert df.loc[new & (df["epoch"] >= 5), "loss"].notna().all()
@@ -470,22 +538,50 @@ def test_probe_boundary_on_the_path_when_the_best_epoch_precedes_the_end():
     live = small_cnn(seed=6)
     masks = {2: OLD, 3: OLD, 7: NEXT, 8: NEXT}
     is_old = OLD[y].numpy()
-    df = probes.probe_boundary(path, 6, x, y, np.arange(len(y)), is_old, OLD, masks, next_task_lr=0.2,
-                               batch_size=5, progress=False, best_epoch=3, live=live)
+    df = probes.probe_boundary(
+        path,
+        6,
+        x,
+        y,
+        np.arange(len(y)),
+        is_old,
+        OLD,
+        masks,
+        next_task_lr=0.2,
+        batch_size=5,
+        progress=False,
+        best_epoch=3,
+        live=live,
+    )
     roles = df.groupby(["epoch", "role"]).size().index.tolist()
     assert roles == [(2, "before"), (3, "before"), (6, "live"), (7, "after"), (8, "after")]
     assert (df["best_epoch"] == 3).all()
     feats = {e: features_of(m, x) for e, m in path.items()} | {"live": features_of(live, x)}
-    rows = {r: df[(df["epoch"] == e) & (df["role"] == r)].reset_index(drop=True)
-            for e, r in ((3, "before"), (6, "live"), (7, "after"))}
+    rows = {
+        r: df[(df["epoch"] == e) & (df["role"] == r)].reset_index(drop=True)
+        for e, r in ((3, "before"), (6, "live"), (7, "after"))
+    }
     close(torch.tensor(rows["after"]["drift"].to_numpy()), (feats[7] - feats[3]).norm(dim=1))
     close(torch.tensor(rows["live"]["drift"].to_numpy()), (feats["live"] - feats[3]).norm(dim=1))
-    close(torch.tensor(rows["live"]["loss"].to_numpy()), reference(live, x, y, torch.where(
-        OLD[y][:, None], OLD, OLD))["loss"])
+    close(
+        torch.tensor(rows["live"]["loss"].to_numpy()),
+        reference(live, x, y, torch.where(OLD[y][:, None], OLD, OLD))["loss"],
+    )
     assert rows["before"].loc[is_old, "align_dot"].notna().all() and rows["live"]["align_dot"].isna().all()
     with pytest.raises(ValueError, match="consecutive"):
-        probes.probe_boundary({e: path[e] for e in (2, 7, 8)} | {4: path[3]}, 6, x, y, np.arange(len(y)), is_old,
-                              OLD, masks | {4: OLD}, 0.2, progress=False, best_epoch=4)
+        probes.probe_boundary(
+            {e: path[e] for e in (2, 7, 8)} | {4: path[3]},
+            6,
+            x,
+            y,
+            np.arange(len(y)),
+            is_old,
+            OLD,
+            masks | {4: OLD},
+            0.2,
+            progress=False,
+            best_epoch=4,
+        )
     with pytest.raises(ValueError, match="live"):
         probes.probe_boundary(path, 3, x, y, np.arange(len(y)), is_old, OLD, masks, 0.2, progress=False, live=live)
 

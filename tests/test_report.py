@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 import jinja2
-import pandas as pd
 import pytest
+from conftest import ROOT
 from docutils.core import publish_parts
 
-from conftest import ROOT
 from memplast import report
 from memplast import stats as S
 
 # the link targets Snakemake appends to the landing page (snakemake/report/__init__.py)
-SNAKEMAKE_LINKS = "\n\n.. _Workflow: javascript:show_panel('workflow')\n.. _Statistics: javascript:show_panel('statistics')\n"
+SNAKEMAKE_LINKS = (
+    "\n\n.. _Workflow: javascript:show_panel('workflow')\n.. _Statistics: javascript:show_panel('statistics')\n"
+)
 
 
 @pytest.fixture(scope="module")
 def headline():
     deltas = S.synthetic_deltas(n_orders=2, n_classes=6, n_per_class=25, seed=2)
     cfg = dict(seed=0, n_boot=100, n_permutations=50, epochs_per_task=12, window=3, outcomes=["d_loss", "align_cos"])
-    return S.tables.association_tables(deltas[deltas.is_old], cfg, ["d_loss", "align_cos"], ["immediate", "windowed"])["headline"]
+    return S.tables.association_tables(deltas[deltas.is_old], cfg, ["d_loss", "align_cos"], ["immediate", "windowed"])[
+        "headline"
+    ]
 
 
 def render(path, config) -> str:
@@ -71,6 +74,7 @@ def test_no_report_category_clashes_with_snakemakes_own_link_targets():
     landing page; a category named like those is a duplicate target ("System Message")."""
     import re
 
-    categories = {m.lower() for f in (ROOT / "rules").glob("*.smk")
-                  for m in re.findall(r'category="([^"]+)"', f.read_text())}
+    categories = {
+        m.lower() for f in (ROOT / "rules").glob("*.smk") for m in re.findall(r'category="([^"]+)"', f.read_text())
+    }
     assert categories and not categories & {"workflow", "statistics"}

@@ -10,8 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-
 from conftest import ROOT
+
 from memplast import cli, runtime
 
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
@@ -32,8 +32,16 @@ def test_science_drops_runtime_keys_unless_batch_statistics_use_them(paper_confi
 
 def test_each_run_sees_only_its_own_algorithms_hyper_parameters(paper_config):
     proto = runtime.science("protocol", paper_config["protocol"])
-    own = {"base": set(), "retrained": set(), "head_reset": set(), "shrink_perturb": {"shrink_perturb"},
-           "cbp": {"cbp"}, "upgd": {"upgd"}, "upgd_cbp": {"upgd", "cbp"}, None: set()}
+    own = {
+        "base": set(),
+        "retrained": set(),
+        "head_reset": set(),
+        "shrink_perturb": {"shrink_perturb"},
+        "cbp": {"cbp"},
+        "upgd": {"upgd"},
+        "upgd_cbp": {"upgd", "cbp"},
+        None: set(),
+    }
     hyper = {"shrink_perturb", "cbp", "upgd"}
     for algorithm, keys in own.items():
         sliced = runtime.for_algorithm(proto, algorithm)
@@ -55,8 +63,14 @@ def _fake_job(tmp_path, gpu, device):
     """A Snakemake object as the script directive passes it (only what entrypoint reads)."""
     named = lambda **kw: SimpleNamespace(items=lambda: kw.items())  # noqa: E731
     return SimpleNamespace(
-        input=named(), output=named(out=str(tmp_path / "out.txt")), params=named(), wildcards=named(task="0"),
-        log=[str(tmp_path / "job.log")], threads=1, rule="train_task", resources={"gpu": gpu},
+        input=named(),
+        output=named(out=str(tmp_path / "out.txt")),
+        params=named(),
+        wildcards=named(task="0"),
+        log=[str(tmp_path / "job.log")],
+        threads=1,
+        rule="train_task",
+        resources={"gpu": gpu},
         config={"protocol": {"device": device, "eval_batch_size": 7, "state_every": 3}, "probes": {"batch_size": 9}},
     )
 
@@ -94,9 +108,23 @@ def test_training_job_with_gpu_1_on_a_cpu_machine_stops_before_training(tmp_path
     overlay.write_text(yaml.safe_dump({"protocol": {"device": "auto"}, "resources": {"train": {"gpu": 1}}}))
     target = "results/runs/order0/none/random/none/base/task0/end.pt"
     out = subprocess.run(
-        [SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "-c1", "--directory", str(tmp_path), target,
-         "--configfile", str(ROOT / "config.yaml"), str(ROOT / "config" / "demo.yaml"), str(overlay)],
-        cwd=ROOT, capture_output=True, text=True, timeout=900,
+        [
+            SNAKEMAKE,
+            "--snakefile",
+            str(ROOT / "Snakefile"),
+            "-c1",
+            "--directory",
+            str(tmp_path),
+            target,
+            "--configfile",
+            str(ROOT / "config.yaml"),
+            str(ROOT / "config" / "demo.yaml"),
+            str(overlay),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert out.returncode != 0
     log = (tmp_path / "logs/train/order0/none/random/none/base/task0.log").read_text()

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import ROOT
 from test_workflow import SNAKEMAKE, TINY, parquet_tables
 
@@ -34,10 +33,13 @@ TARGETS = ["results/stats/per_boundary.csv", "results/figures/memo_vs_dgrad.pdf"
 SLURM_FLAGS = [
     # Cap each job's threads and each probe group's width at the test node's 2 CPUs, as in the
     # local run (profiles/default's `cores: all` does the same today; this keeps it so without it).
-    "--cores", "2",
+    "--cores",
+    "2",
     # No accounting database on the test cluster: sacct fails and the plugin would wait forever.
-    "--slurm-status-command", "squeue",
-    "--slurm-init-seconds-before-status-checks", "2",
+    "--slurm-status-command",
+    "squeue",
+    "--slurm-init-seconds-before-status-checks",
+    "2",
     # Keep every job's SLURM log (named <SLURM job id>.log), the evidence that SLURM ran it.
     "--slurm-keep-successful-logs",
 ]
@@ -68,8 +70,10 @@ def partition_state() -> str:
 def install_slurm() -> None:
     """apt-get install Debian's SLURM and munge; skip the test when apt cannot."""
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for cmd in (["apt-get", "update"],
-                ["apt-get", "install", "-y", "--no-install-recommends", "slurmctld", "slurmd", "slurm-client", "munge"]):
+    for cmd in (
+        ["apt-get", "update"],
+        ["apt-get", "install", "-y", "--no-install-recommends", "slurmctld", "slurmd", "slurm-client", "munge"],
+    ):
         out = run(cmd, env=env)
         if out.returncode != 0:
             pytest.skip(f"cannot install SLURM: `{' '.join(cmd)}` failed: {tail(out.stderr, 300).strip()}")
@@ -84,8 +88,10 @@ def slurm_cluster():
     if partition_state() in ("idle", "mixed", "allocated"):
         gres = run(["sinfo", "-h", "-p", PARTITION, "-o", "%G"], timeout=30).stdout
         if "gpu" not in gres:
-            pytest.skip(f"a SLURM cluster without GPUs is already running (gres {gres.strip()!r}); stop it with "
-                        "ci/slurm-down.sh so the test starts its own (ci/slurm-up.sh declares 4 GPUs)")
+            pytest.skip(
+                f"a SLURM cluster without GPUs is already running (gres {gres.strip()!r}); stop it with "
+                "ci/slurm-down.sh so the test starts its own (ci/slurm-up.sh declares 4 GPUs)"
+            )
         yield "already running"  # someone else's cluster (e.g. a manual ci/slurm-up.sh): leave it up
         return
     up = run(["bash", str(ROOT / "ci" / "slurm-up.sh")], timeout=300)
@@ -107,14 +113,32 @@ def test_tiny_workflow_through_slurm_matches_local_run(slurm_cluster, tmp_path):
     local_log = open(tmp_path / "local.log", "w")
     local_run = subprocess.Popen(
         [SNAKEMAKE, *common, "--directory", str(local), "--cores", "2", "--configfile", *TINY, str(GPU_SIZES)],
-        cwd=ROOT, stdout=local_log, stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        stdout=local_log,
+        stderr=subprocess.STDOUT,
     )
     try:
         t0 = time.perf_counter()
         out = run(
-            ["timeout", "-k", "10", "1200", SNAKEMAKE, *common, "--profile", str(ROOT / "profiles" / "slurm"),
-             "--directory", str(through_slurm), *SLURM_FLAGS, "--verbose", "--configfile", *TINY, str(GPU_SIZES)],
-            cwd=ROOT, timeout=1300,
+            [
+                "timeout",
+                "-k",
+                "10",
+                "1200",
+                SNAKEMAKE,
+                *common,
+                "--profile",
+                str(ROOT / "profiles" / "slurm"),
+                "--directory",
+                str(through_slurm),
+                *SLURM_FLAGS,
+                "--verbose",
+                "--configfile",
+                *TINY,
+                str(GPU_SIZES),
+            ],
+            cwd=ROOT,
+            timeout=1300,
         )
         seconds = time.perf_counter() - t0
         local_rc = local_run.wait(timeout=1200)
@@ -173,8 +197,13 @@ def check_sbatch_requests(log: str) -> None:
     import yaml
 
     res = yaml.safe_load(GPU_SIZES.read_text())["resources"]
-    family = {"train_task": "train", "memo_scorer": "memo_scorer", "memo_curvature": "curvature", "probe": "probe",
-              "run_summary": "probe"}
+    family = {
+        "train_task": "train",
+        "memo_scorer": "memo_scorer",
+        "memo_curvature": "curvature",
+        "probe": "probe",
+        "run_summary": "probe",
+    }
     calls = SBATCH.findall(log)
     submitted = SUBMITTED.findall(log)
     assert calls, "sbatch calls not logged (--verbose)"
@@ -221,9 +250,27 @@ def test_probe_group_asks_for_one_gpu_and_the_sum_of_runtimes(slurm_cluster, tmp
     profiles/slurm: one submission with 1 GPU, one job's threads and memory, and 4 x 7 min.
     (Before: 4 GPUs and 2 x 7 min, while the executor ran the 4 jobs one after another on one GPU.)"""
     (tmp_path / "Snakefile").write_text(GROUP_SNAKEFILE)
-    out = run(["timeout", "-k", "10", "600", SNAKEMAKE, "--snakefile", str(tmp_path / "Snakefile"), "--directory",
-               str(tmp_path), "--profile", str(ROOT / "profiles" / "slurm"), "--workflow-profile", "none", *SLURM_FLAGS,
-               "--verbose"], cwd=tmp_path, timeout=700)
+    out = run(
+        [
+            "timeout",
+            "-k",
+            "10",
+            "600",
+            SNAKEMAKE,
+            "--snakefile",
+            str(tmp_path / "Snakefile"),
+            "--directory",
+            str(tmp_path),
+            "--profile",
+            str(ROOT / "profiles" / "slurm"),
+            "--workflow-profile",
+            "none",
+            *SLURM_FLAGS,
+            "--verbose",
+        ],
+        cwd=tmp_path,
+        timeout=700,
+    )
     log = out.stdout + out.stderr
     assert out.returncode == 0, tail(log)
     (call,) = SBATCH.findall(log)
@@ -232,9 +279,22 @@ def test_probe_group_asks_for_one_gpu_and_the_sum_of_runtimes(slurm_cluster, tmp
     assert _option(call, r"--mem '?(\d+)") == "300" and _option(call, r"--cpus-per-task=(\d+)") == "1", call
     assert all((tmp_path / "out" / f"{i}.txt").read_text().strip() for i in range(4))  # SLURM gave them a GPU
     # the project's probe rule claims serial=1 too (dry run of the tiny study)
-    dry = run([SNAKEMAKE, "results/runs/order0/none/random/none/base/probes/boundary0.parquet", "-n", "--snakefile",
-               str(ROOT / "Snakefile"), "--directory", str(tmp_path / "dry"), "--workflow-profile", "none",
-               "--configfile", *TINY], cwd=ROOT)
+    dry = run(
+        [
+            SNAKEMAKE,
+            "results/runs/order0/none/random/none/base/probes/boundary0.parquet",
+            "-n",
+            "--snakefile",
+            str(ROOT / "Snakefile"),
+            "--directory",
+            str(tmp_path / "dry"),
+            "--workflow-profile",
+            "none",
+            "--configfile",
+            *TINY,
+        ],
+        cwd=ROOT,
+    )
     assert dry.returncode == 0, tail(dry.stderr)
     probe_block = (dry.stdout + dry.stderr).split("rule probe:", 1)[1].split("resources:", 1)[1].splitlines()[0]
     assert "serial=1" in probe_block, probe_block

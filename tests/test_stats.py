@@ -61,8 +61,14 @@ def test_bootstrap_ci_equals_scipy_bootstrap_with_spearmanr_on_tied_data():
     y = np.round(0.5 * x + rng.normal(size=80), 1)  # many ties, like d_dormant
     out = S.correlations(x, y, n_boot=300, seed=11)
     direct = stats.bootstrap(
-        (x, y), lambda a, b: stats.spearmanr(a, b).statistic, paired=True, vectorized=False,
-        n_resamples=300, method="BCa", rng=np.random.default_rng(11)).confidence_interval
+        (x, y),
+        lambda a, b: stats.spearmanr(a, b).statistic,
+        paired=True,
+        vectorized=False,
+        n_resamples=300,
+        method="BCa",
+        rng=np.random.default_rng(11),
+    ).confidence_interval
     assert out["ci_method"] == "BCa"
     assert out["spearman_ci_low"] == pytest.approx(direct.low, abs=1e-12)
     assert out["spearman_ci_high"] == pytest.approx(direct.high, abs=1e-12)
@@ -139,7 +145,7 @@ def test_bh_matches_multipletests_and_keeps_nans():
     assert np.isnan(out[2])
     table = pd.DataFrame({"fam": ["a", "a", "b", "b", "b", "a"], "p": p})
     adjusted = S.add_bh(table, ["fam"])
-    for fam, g in table.groupby("fam"):
+    for _fam, g in table.groupby("fam"):
         np.testing.assert_allclose(adjusted.loc[g.index, "p_bh"], S.bh(g["p"]))
     assert not np.allclose(adjusted["p_bh"].to_numpy()[keep], out[keep])  # families matter
 
@@ -171,10 +177,17 @@ def test_decile_difference_recovers_planted_shift():
 
 def test_tails_exact_top_k_enrichment_fisher_and_jaccard():
     # boundary 0: 8 samples; boundary 1: 10 samples. q = 0.25 -> k = 2 and 3.
-    b0 = pd.DataFrame({"sample_id": range(8), "boundary": 0,
-                       "score": [5, 9, 9, 1, 0, 2, 3, 4], "memo": [1, 8, 7, 2, 3, 4, 5, 6]})
-    b1 = pd.DataFrame({"sample_id": range(10), "boundary": 1,
-                       "score": [9, 1, 8, 1, 0, 2, 3, 7, 0, 0], "memo": [8, 1, 2, 3, 4, 5, 6, 9, 7, 10]})
+    b0 = pd.DataFrame(
+        {"sample_id": range(8), "boundary": 0, "score": [5, 9, 9, 1, 0, 2, 3, 4], "memo": [1, 8, 7, 2, 3, 4, 5, 6]}
+    )
+    b1 = pd.DataFrame(
+        {
+            "sample_id": range(10),
+            "boundary": 1,
+            "score": [9, 1, 8, 1, 0, 2, 3, 7, 0, 0],
+            "memo": [8, 1, 2, 3, 4, 5, 6, 9, 7, 10],
+        }
+    )
     out = S.tails(pd.concat([b0, b1]), q=0.25, score_col="score", memo="memo", threshold_quantile=0.75)
     r0, r1 = out.iloc[0], out.iloc[1]
     assert (r0["k"], r1["k"]) == (2, 3)
@@ -221,8 +234,9 @@ def test_cross_sample_means_and_spearman():
     for b, (new_memo, old_loss) in enumerate([(1.0, 0.1), (3.0, 0.4), (2.0, 0.2), (4.0, 0.9)]):
         rows += [{"boundary": b, "is_old": False, "memo": new_memo + d, "d_loss": -5.0} for d in (-0.5, 0.5)]
         rows += [{"boundary": b, "is_old": True, "memo": 1.0, "d_loss": old_loss + d} for d in (-0.1, 0.1, np.nan)]
-    df = pd.DataFrame(rows).assign(order_seed=0, filter="none", ordering="random", weighting="none",
-                                    algorithm="base", kind="windowed")
+    df = pd.DataFrame(rows).assign(
+        order_seed=0, filter="none", ordering="random", weighting="none", algorithm="base", kind="windowed"
+    )
     out = S.cross_sample(df, kinds=["windowed"])
     assert list(out.columns) == S.CROSS_SAMPLE_COLUMNS
     np.testing.assert_allclose(out["new_memo_mean"], [1, 3, 2, 4])
@@ -240,20 +254,46 @@ def test_windowed_correlation_results_legacy_schema_and_signs():
     assert list(out.columns)[:3] == ["boundary", "memo_delta_loss_pearson_r", "memo_delta_loss_pearson_p"]
     assert out.columns[-1] == "n_samples" and len(out) == deltas["boundary"].nunique()
     sub = deltas[(deltas.kind == "windowed") & deltas.is_old & (deltas.boundary == 1)].dropna(
-        subset=["memo", "d_loss", "grad_drop", "d_dormant_t0.01"])
+        subset=["memo", "d_loss", "grad_drop", "d_dormant_t0.01"]
+    )
     row = out[out.boundary == 1].iloc[0]
     assert row["n_samples"] == len(sub)
-    assert row["memo_delta_grad_norm_spearman_r"] == pytest.approx(-stats.spearmanr(sub["memo"], sub["grad_drop"]).statistic)
-    assert row["memo_delta_dormant_kendall_r"] == pytest.approx(stats.kendalltau(sub["memo"], sub["d_dormant_t0.01"]).statistic)
+    assert row["memo_delta_grad_norm_spearman_r"] == pytest.approx(
+        -stats.spearmanr(sub["memo"], sub["grad_drop"]).statistic
+    )
+    assert row["memo_delta_dormant_kendall_r"] == pytest.approx(
+        stats.kendalltau(sub["memo"], sub["d_dormant_t0.01"]).statistic
+    )
     two = S.windowed_correlation_results(S.synthetic_deltas(n_orders=2, n_classes=4, n_per_class=20), tau=0)
     assert list(two.columns) == ["order_seed"] + S.windowed_correlation_columns()
 
 
 def test_synthetic_deltas_schema():
     d = S.synthetic_deltas(n_orders=2, n_classes=6, n_per_class=10)
-    required = S.RUN_KEYS + ["sample_id", "label", "boundary", "is_old", "noisy", "kind", "memo", "memo_pct", "loss_t",
-                             "d_loss", "d_log_grad", "grad_drop", "d_input_grad", "d_margin", "d_dormant_t0",
-                             "d_dormant_t0.001", "d_dormant_t0.01", "drift_after", "d_drift", "align_dot", "align_cos", "pred_forget"]
+    required = S.RUN_KEYS + [
+        "sample_id",
+        "label",
+        "boundary",
+        "is_old",
+        "noisy",
+        "kind",
+        "memo",
+        "memo_pct",
+        "loss_t",
+        "d_loss",
+        "d_log_grad",
+        "grad_drop",
+        "d_input_grad",
+        "d_margin",
+        "d_dormant_t0",
+        "d_dormant_t0.001",
+        "d_dormant_t0.01",
+        "drift_after",
+        "d_drift",
+        "align_dot",
+        "align_cos",
+        "pred_forget",
+    ]
     assert set(required) <= set(d.columns)
     assert set(d["kind"]) == set(S.KINDS) and d["is_old"].any() and (~d["is_old"]).any()
     wide = d.pivot_table(index=["order_seed", "sample_id", "boundary"], columns="kind", values="align_cos")
@@ -264,6 +304,7 @@ def test_synthetic_deltas_schema():
 
 # --------------------------------------------------------------------------- the sample bootstrap
 
+
 def cell_table(n_classes=5, n_per_class=40, seed=0, ties=True):
     """One cell (one order, kind, boundary) with class structure, ties and a baseline loss."""
     rng = np.random.default_rng(seed)
@@ -272,9 +313,18 @@ def cell_table(n_classes=5, n_per_class=40, seed=0, ties=True):
     y = 0.3 * memo + rng.normal(size=len(label)) + 0.3 * label
     if ties:
         memo, y = np.round(memo, 1), np.round(y, 1)
-    return pd.DataFrame({"sample_id": rng.permutation(len(label)) + 100, "label": label, "memo": memo, "y": y,
-                         "loss_t": rng.gamma(2.0, size=len(label)) + 0.2 * memo, "order_seed": 0, "kind": "windowed",
-                         "boundary": 0})
+    return pd.DataFrame(
+        {
+            "sample_id": rng.permutation(len(label)) + 100,
+            "label": label,
+            "memo": memo,
+            "y": y,
+            "loss_t": rng.gamma(2.0, size=len(label)) + 0.2 * memo,
+            "order_seed": 0,
+            "kind": "windowed",
+            "boundary": 0,
+        }
+    )
 
 
 KEYS = ["order_seed", "kind", "boundary"]
@@ -362,18 +412,24 @@ def test_pooled_and_trend_rows_are_the_same_contrasts_of_every_replicate():
     group = S.CONDITION_KEYS + ["kind", "outcome"]
     pooled = pooling.pooled_rows(res, group, 0.9)
     meta = res.rows
-    fixed_all = pooled[(pooled.boundary.astype(str) == "all") & (pooled.pooling == "fixed") & (pooled.estimator == "partial")].iloc[0]
+    fixed_all = pooled[
+        (pooled.boundary.astype(str) == "all") & (pooled.pooling == "fixed") & (pooled.estimator == "partial")
+    ].iloc[0]
     assert fixed_all["estimate"] == pytest.approx(res.estimate[:, 1].mean())
     lo, hi, p = S.common.bc_interval(res.boot[:, :, 1].mean(axis=1)[:, None], np.array([fixed_all["estimate"]]), 0.9)
     assert (fixed_all["ci_low"], fixed_all["ci_high"], fixed_all["p"]) == pytest.approx((lo[0], hi[0], p[0]))
     assert fixed_all["n_samples"] == df["sample_id"].nunique() and fixed_all["n_orders"] == 2
-    b1 = pooled[(pooled.boundary.astype(str) == "1") & (pooled.pooling == "fixed") & (pooled.estimator == "raw")].iloc[0]
+    b1 = pooled[(pooled.boundary.astype(str) == "1") & (pooled.pooling == "fixed") & (pooled.estimator == "raw")].iloc[
+        0
+    ]
     assert b1["estimate"] == pytest.approx(res.estimate[(meta.boundary == 1).to_numpy(), 0].mean())
     trend = pooling.trend_rows(res, group, 0.9, {"windowed": 1})
     t = trend[trend.estimator == "raw"].iloc[0]
     per_b = [res.estimate[(meta.boundary == b).to_numpy(), 0].mean() for b in (0, 1)]
     assert t["estimate"] == pytest.approx(per_b[1] - per_b[0])  # slope over boundaries 0, 1
-    boot_slope = res.boot[:, (meta.boundary == 1).to_numpy(), 0].mean(1) - res.boot[:, (meta.boundary == 0).to_numpy(), 0].mean(1)
+    boot_slope = res.boot[:, (meta.boundary == 1).to_numpy(), 0].mean(1) - res.boot[
+        :, (meta.boundary == 0).to_numpy(), 0
+    ].mean(1)
     assert t["p"] == pytest.approx(S.common.bc_interval(boot_slope[:, None], np.array([t["estimate"]]), 0.9)[2][0])
 
 
@@ -401,27 +457,44 @@ def test_random_effects_reduce_to_hksj_for_independent_orders_and_to_the_sample_
 
 
 def test_ols_rank_fe_equals_the_dummy_regression_clustered_by_sample():
-    df = pd.concat([cell_table(seed=5).assign(order_seed=o, boundary=b) for o in (0, 1) for b in (0, 1)], ignore_index=True)
+    df = pd.concat(
+        [cell_table(seed=5).assign(order_seed=o, boundary=b) for o in (0, 1) for b in (0, 1)], ignore_index=True
+    )
     df["y"] += np.random.default_rng(9).normal(size=len(df))
     out = S.ols_rank_fe(df, "y", 0.9)
     d = df.copy()
     d["q"] = d.groupby(["order_seed", "boundary"])["memo"].rank(pct=True)
     d["ql"] = d.groupby(["order_seed", "boundary"])["loss_t"].rank(pct=True)
-    fit = smf.ols("y ~ q + ql + C(label):C(boundary):C(order_seed)", d).fit(cov_type="cluster", cov_kwds={"groups": d["sample_id"]})
+    fit = smf.ols("y ~ q + ql + C(label):C(boundary):C(order_seed)", d).fit(
+        cov_type="cluster", cov_kwds={"groups": d["sample_id"]}
+    )
     assert out["estimate"] == pytest.approx(fit.params["q"], rel=1e-8)
     # same cluster-robust meat; the dummy fit counts the absorbed fixed effects in its small-sample factor
     n, g = len(d), d["sample_id"].nunique()
     ratio = math.sqrt(((n - 1) / (n - 2)) / ((n - 1) / (n - fit.df_model - 1)))
-    assert (out["ci_high"] - out["estimate"]) == pytest.approx((fit.conf_int(0.1).loc["q", 1] - fit.params["q"]) * ratio, rel=1e-6)
+    assert (out["ci_high"] - out["estimate"]) == pytest.approx(
+        (fit.conf_int(0.1).loc["q", 1] - fit.params["q"]) * ratio, rel=1e-6
+    )
     assert out["n_samples"] == g and out["p"] > 0
 
 
 @pytest.fixture(scope="module")
 def demo():
     deltas = S.synthetic_deltas(n_orders=2, n_classes=8, classes_per_task=2, n_per_class=40, seed=1)
-    cfg = dict(seed=0, n_boot=200, ci_level=0.9, n_permutations=100, tail_quantile=0.05, n_deciles=5,
-               mediation_sims=20, outcomes=list(S.DEFAULT_OUTCOMES), epochs_per_task=12, window=3,
-               taus=[0.0, 0.001, 0.01], primary=S.PRIMARY)
+    cfg = dict(
+        seed=0,
+        n_boot=200,
+        ci_level=0.9,
+        n_permutations=100,
+        tail_quantile=0.05,
+        n_deciles=5,
+        mediation_sims=20,
+        outcomes=list(S.DEFAULT_OUTCOMES),
+        epochs_per_task=12,
+        window=3,
+        taus=[0.0, 0.001, 0.01],
+        primary=S.PRIMARY,
+    )
     return deltas, cfg, S.run_all(deltas, cfg)
 
 
@@ -452,8 +525,9 @@ def test_p_bh_adjusts_the_reported_p_within_the_documented_family(demo):
     level = np.where(pooled["boundary"].astype(str) == "all", "all", "boundary")
     for _, g in pooled.groupby([pooled["estimator"], pooled["pooling"], level]):
         np.testing.assert_allclose(g["p_bh"], S.bh(g["p"]))
-    merged = out["headline"].merge(pooled, on=S.CONDITION_KEYS + ["outcome", "kind", "estimator", "pooling"],
-                                   suffixes=("", "_pooled"))
+    merged = out["headline"].merge(
+        pooled, on=S.CONDITION_KEYS + ["outcome", "kind", "estimator", "pooling"], suffixes=("", "_pooled")
+    )
     merged = merged[merged["boundary_pooled"].astype(str) == "all"]
     np.testing.assert_allclose(merged["p_bh"], merged["p_bh_pooled"])
 
@@ -473,8 +547,9 @@ def test_run_all_recovers_planted_effects_within_class(demo):
 
 
 def test_class_level_confound_moves_raw_but_not_within_class():
-    deltas = S.synthetic_deltas(n_orders=2, n_classes=8, n_per_class=40, effect=0.0, mediated=(0.0, 0.0),
-                                class_confound=2.0, seed=3)
+    deltas = S.synthetic_deltas(
+        n_orders=2, n_classes=8, n_per_class=40, effect=0.0, mediated=(0.0, 0.0), class_confound=2.0, seed=3
+    )
     cfg = dict(seed=1, n_boot=200, ci_level=0.95, n_permutations=100, epochs_per_task=12, window=3, outcomes=["d_loss"])
     old = deltas[deltas.is_old]
     out = S.tables.association_tables(old, cfg, ["d_loss"], ["windowed"])["headline"].set_index("estimator")
@@ -485,15 +560,25 @@ def test_class_level_confound_moves_raw_but_not_within_class():
 
 def test_outcomes_come_from_the_config_so_renamed_columns_work():
     deltas = S.synthetic_deltas(n_orders=1, n_classes=4, n_per_class=20, seed=2)
-    cfg = dict(seed=0, n_boot=50, n_permutations=20, epochs_per_task=12, window=3, outcomes=["drift_after", "d_loss"],
-               n_deciles=4, mediation_sims=10)
+    cfg = dict(
+        seed=0,
+        n_boot=50,
+        n_permutations=20,
+        epochs_per_task=12,
+        window=3,
+        outcomes=["drift_after", "d_loss"],
+        n_deciles=4,
+        mediation_sims=10,
+    )
     out = S.run_all(deltas, cfg)
     assert set(out["headline"]["outcome"]) == {"drift_after", "d_loss"}
 
 
 def test_accuracy_differences_are_paired_t_intervals_and_conditions_compare_pooled_estimates():
     other = {**S.PRIMARY, "filter": "per_class-q0.9"}
-    summary = S.synthetic_summary(n_orders=4, conditions=[S.PRIMARY, other], shift={tuple(other.values()): 0.05}, seed=1)
+    summary = S.synthetic_summary(
+        n_orders=4, conditions=[S.PRIMARY, other], shift={tuple(other.values()): 0.05}, seed=1
+    )
     acc = S.accuracy_differences(summary, S.PRIMARY, 0.95)
     row = acc[(acc.metric == "test_acc") & (acc.task == 2)].iloc[0]
     a = summary[(summary["filter"] == "per_class-q0.9") & (summary.task == 2)].sort_values("order_seed")["test_acc"]
@@ -515,12 +600,16 @@ def test_accuracy_differences_are_paired_t_intervals_and_conditions_compare_pool
 
 # --------------------------------------------------------------------------- bad input
 
-@pytest.mark.parametrize("call", [
-    lambda d: S.windowed_correlation_results(d.drop(columns="grad_drop")),
-    lambda d: S.tails(d.drop(columns="memo"), 0.1, "d_loss"),
-    lambda d: S.ols_rank_fe(d.drop(columns="label"), "d_loss"),
-    lambda d: S.run_all(d.drop(columns="pred_forget"), {"epochs_per_task": 12, "window": 3}),
-])
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda d: S.windowed_correlation_results(d.drop(columns="grad_drop")),
+        lambda d: S.tails(d.drop(columns="memo"), 0.1, "d_loss"),
+        lambda d: S.ols_rank_fe(d.drop(columns="label"), "d_loss"),
+        lambda d: S.run_all(d.drop(columns="pred_forget"), {"epochs_per_task": 12, "window": 3}),
+    ],
+)
 def test_missing_column_is_a_one_line_value_error(call):
     d = S.synthetic_deltas(n_orders=1, n_classes=4, n_per_class=10)
     with pytest.raises(ValueError, match="missing column") as err:
@@ -528,11 +617,14 @@ def test_missing_column_is_a_one_line_value_error(call):
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("call", [
-    lambda d: S.tails(d, 0.1, "d_loss"),
-    lambda d: S.mediation(d, "memo", "align_cos", "d_loss", sims=10),
-    lambda d: S.run_all(d, {"epochs_per_task": 12, "window": 3}),
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda d: S.tails(d, 0.1, "d_loss"),
+        lambda d: S.mediation(d, "memo", "align_cos", "d_loss", sims=10),
+        lambda d: S.run_all(d, {"epochs_per_task": 12, "window": 3}),
+    ],
+)
 def test_all_nan_column_is_a_one_line_value_error(call):
     d = S.synthetic_deltas(n_orders=1, n_classes=4, n_per_class=10).assign(d_loss=np.nan)
     with pytest.raises(ValueError, match="no finite values") as err:

@@ -62,19 +62,55 @@ def small(demo_config):
     return cfg
 
 
-def _run(tmp, cfg, prepared, task, prev=None, algorithm="base", ordering="random", alpha=0.0, memo=None,
-         stop=None, name="order0/none/random/none/base", ckpt_all=False, window=0, seed=0):
+def _run(
+    tmp,
+    cfg,
+    prepared,
+    task,
+    prev=None,
+    algorithm="base",
+    ordering="random",
+    alpha=0.0,
+    memo=None,
+    stop=None,
+    name="order0/none/random/none/base",
+    ckpt_all=False,
+    window=0,
+    seed=0,
+):
     E = cfg["protocol"]["epochs_per_task"]
     epochs = train.task_epoch_range(task, E) if ckpt_all else [task * E + E]
     ckpts = {g: str(tmp / f"t{task}" / f"e{g}.pt") for g in epochs}
-    spec = train.RunSpec(name, seed, data.class_order(seed, 10), task, prepared.sample_id[prepared.split == "train"],
-                         ordering, alpha, algorithm, memo=memo)
-    metrics = train.run_task(spec, prepared, cfg["protocol"], cfg["model"], cfg["dataset"]["augmentation"],
-                             cfg["ordering"], cfg["weighting"], prev, str(tmp / f"t{task}" / "end.pt"), ckpts,
-                             str(tmp / f"t{task}" / "m.parquet"), str(tmp / f"t{task}" / "o.parquet"),
-                             str(tmp / "resume" / f"t{task}.pt"), {"test": 1}, stop_after_epoch=stop,
-                             window_paths=[str(tmp / f"t{task}" / f"best-{j}.pt") for j in range(window)],
-                             live_path=str(tmp / f"t{task}" / "live.pt") if window else None)
+    spec = train.RunSpec(
+        name,
+        seed,
+        data.class_order(seed, 10),
+        task,
+        prepared.sample_id[prepared.split == "train"],
+        ordering,
+        alpha,
+        algorithm,
+        memo=memo,
+    )
+    metrics = train.run_task(
+        spec,
+        prepared,
+        cfg["protocol"],
+        cfg["model"],
+        cfg["dataset"]["augmentation"],
+        cfg["ordering"],
+        cfg["weighting"],
+        prev,
+        str(tmp / f"t{task}" / "end.pt"),
+        ckpts,
+        str(tmp / f"t{task}" / "m.parquet"),
+        str(tmp / f"t{task}" / "o.parquet"),
+        str(tmp / "resume" / f"t{task}.pt"),
+        {"test": 1},
+        stop_after_epoch=stop,
+        window_paths=[str(tmp / f"t{task}" / f"best-{j}.pt") for j in range(window)],
+        live_path=str(tmp / f"t{task}" / "live.pt") if window else None,
+    )
     return metrics, ckpts
 
 
@@ -122,7 +158,9 @@ def test_task_trains_on_its_classes_and_restores_best_weights(tmp_path, small, d
 def test_same_config_gives_identical_metrics_and_weights(tmp_path, small, digits):
     m1, _ = _run(tmp_path / "a", small, digits, 0)
     m2, _ = _run(tmp_path / "b", small, digits, 0)
-    pd.testing.assert_frame_equal(m1.drop(columns=["seconds", "images_per_sec"]), m2.drop(columns=["seconds", "images_per_sec"]))
+    pd.testing.assert_frame_equal(
+        m1.drop(columns=["seconds", "images_per_sec"]), m2.drop(columns=["seconds", "images_per_sec"])
+    )
     assert _same(_weights(tmp_path / "a" / "t0" / "end.pt"), _weights(tmp_path / "b" / "t0" / "end.pt"))
 
 
@@ -150,8 +188,10 @@ def test_killed_and_resumed_task_ends_bitwise_identical(tmp_path, small, digits)
         f.unlink()
     m, ckpts = _run(tmp_path / "k", small, digits, 1, prev=prev, ckpt_all=True, window=2)
     for name in ("best-0.pt", "best-1.pt", "live.pt"):  # the before-window survives the kill
-        assert torch.load(tmp_path / "k" / "t1" / name, weights_only=True) ["meta"] == \
-            torch.load(tmp_path / "ref" / "t1" / name, weights_only=True)["meta"]
+        assert (
+            torch.load(tmp_path / "k" / "t1" / name, weights_only=True)["meta"]
+            == torch.load(tmp_path / "ref" / "t1" / name, weights_only=True)["meta"]
+        )
         if "model" in torch.load(tmp_path / "ref" / "t1" / name, weights_only=True):
             assert _same(_weights(tmp_path / "k" / "t1" / name), _weights(tmp_path / "ref" / "t1" / name))
     assert all(Path(p).exists() for p in ckpts.values())
@@ -163,7 +203,8 @@ def test_killed_and_resumed_task_ends_bitwise_identical(tmp_path, small, digits)
 
 @pytest.mark.parametrize("deterministic", [True, False])
 def test_resume_under_another_thread_count_is_logged_and_refused_when_deterministic(
-        tmp_path, small, digits, deterministic, caplog):
+    tmp_path, small, digits, deterministic, caplog
+):
     """A resume state records threads and device; under other ones the task restarts (deterministic)
     or resumes with a warning. Restarting gives exactly the run uninterrupted under the new count."""
     cfg = copy.deepcopy(small)
@@ -234,8 +275,12 @@ def test_common_random_numbers_pair_algorithms_of_a_class_order(tmp_path, small,
         out = tmp_path / f"{seed}-{algorithm}"
         m, _ = _run(out, cfg, digits, 0, algorithm=algorithm, name=name, seed=seed)
         _run(out, cfg, digits, 1, prev=str(out / "t0" / "end.pt"), algorithm=algorithm, name=name, seed=seed)
-        runs[seed, algorithm] = (m.drop(columns=drop), _weights(out / "t0" / "end.pt"),
-                                 _weights(out / "t1" / "end.pt"), pd.read_parquet(out / "t1" / "o.parquet"))
+        runs[seed, algorithm] = (
+            m.drop(columns=drop),
+            _weights(out / "t0" / "end.pt"),
+            _weights(out / "t1" / "end.pt"),
+            pd.read_parquet(out / "t1" / "o.parquet"),
+        )
     (mb, wb, wb1, ob), (mr, wr, wr1, orr), (m1, w1, _, _) = runs[0, "base"], runs[0, "retrained"], runs[1, "base"]
     pd.testing.assert_frame_equal(mb, mr)
     assert _same(wb, wr)
@@ -255,7 +300,16 @@ def test_nan_loss_names_run_task_and_epoch(tmp_path, small, digits):
 def test_memo_ordering_and_weighting_run(tmp_path, small, digits):
     train_ids = digits.sample_id[digits.split == "train"]
     memo = pd.Series(np.random.default_rng(0).lognormal(size=len(train_ids)), index=train_ids)
-    _run(tmp_path, small, digits, 0, ordering="ascending", alpha=0.5, memo=memo, name="order0/none/ascending/alpha0.5/base")
+    _run(
+        tmp_path,
+        small,
+        digits,
+        0,
+        ordering="ascending",
+        alpha=0.5,
+        memo=memo,
+        name="order0/none/ascending/alpha0.5/base",
+    )
     log = pd.read_parquet(tmp_path / "t0" / "o.parquet")
     assert log["hash"].nunique() == 1  # the same sorted order every epoch
 
@@ -265,12 +319,15 @@ def test_probe_epochs_cover_the_after_window_and_the_end():
     assert train.probe_epochs(0, 10, 3, extra=[5]) == [1, 2, 3, 5, 10]
 
 
-@pytest.mark.parametrize("val_acc, early_stopping, best", [
-    ([0.5, 0.9, 0.6, 0.7, 0.8, 0.7], True, 2),  # best < E - w
-    ([0.1, 0.2, 0.3, 0.4, 0.5, 0.6], True, 6),  # best = E
-    ([0.5, 0.9, 0.6, 0.7, 0.8, 0.7], False, 6),  # early stopping off: nothing restored
-    ([0.9, 0.5, 0.6, 0.7, 0.8, 0.7], True, 1),  # best at the task's first epoch: truncated window
-])
+@pytest.mark.parametrize(
+    "val_acc, early_stopping, best",
+    [
+        ([0.5, 0.9, 0.6, 0.7, 0.8, 0.7], True, 2),  # best < E - w
+        ([0.1, 0.2, 0.3, 0.4, 0.5, 0.6], True, 6),  # best = E
+        ([0.5, 0.9, 0.6, 0.7, 0.8, 0.7], False, 6),  # early stopping off: nothing restored
+        ([0.9, 0.5, 0.6, 0.7, 0.8, 0.7], True, 1),  # best at the task's first epoch: truncated window
+    ],
+)
 def test_before_window_ends_at_the_best_epoch(tmp_path, small, digits, monkeypatch, val_acc, early_stopping, best):
     """Validation accuracies are planted (evaluate is replaced); the window slots must hold the
     weights of epochs best, best-1, .. (compared with every epoch's saved live weights), live.pt

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import ROOT, ensure_debian_package
 
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
@@ -87,8 +86,14 @@ def test_dry_run_algorithms_overlay(tmp_path):
 
 
 def test_one_figure_does_not_train_the_grid(tmp_path):
-    out = snakemake("results/figures/memo_vs_dgrad.pdf", "-n", "--directory", str(tmp_path),
-                    "--configfile", str(ROOT / "config.yaml"))
+    out = snakemake(
+        "results/figures/memo_vs_dgrad.pdf",
+        "-n",
+        "--directory",
+        str(tmp_path),
+        "--configfile",
+        str(ROOT / "config.yaml"),
+    )
     counts = job_counts(out.stdout)
     assert counts["train_task"] == 5 * 20  # primary condition only, every class order
 
@@ -104,8 +109,14 @@ def test_invalid_config_stops_before_any_job(tmp_path):
 def test_lint_and_format_are_clean():
     lint = snakemake("--lint", "--configfile", *TINY)
     assert "Congratulations" in lint.stdout + lint.stderr
-    fmt = subprocess.run([str(Path(sys.executable).parent / "snakefmt"), "--check", "."], cwd=ROOT,
-                         capture_output=True, text=True)
+    fmt = subprocess.run(
+        [str(Path(sys.executable).parent / "snakefmt"), "--check", "."], cwd=ROOT, capture_output=True, text=True
+    )
+    assert fmt.returncode == 0, fmt.stdout + fmt.stderr
+    ruff = str(Path(sys.executable).parent / "ruff")
+    check = subprocess.run([ruff, "check", "."], cwd=ROOT, capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    fmt = subprocess.run([ruff, "format", "--check", "."], cwd=ROOT, capture_output=True, text=True)
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr
 
 
@@ -145,12 +156,35 @@ def test_tiny_run_produces_figures_tables_and_provenance(tiny_run):
     prov = io.read_provenance(tiny_run / "results/runs/order0/none/random/none/base/deltas.parquet")
     assert prov["config"]["protocol"]["n_tasks"] == 3 and prov["code_version"].startswith("0.1.0")
     legacy = pd.read_csv(tiny_run / "results/runs/order0/none/random/none/base/windowed_plasticity_data.csv")
-    assert list(legacy.columns) == ["sample_id", "class_label", "memo", "delta_loss", "delta_grad_norm",
-                                    "delta_dormant", "boundary"]
+    assert list(legacy.columns) == [
+        "sample_id",
+        "class_label",
+        "memo",
+        "delta_loss",
+        "delta_grad_norm",
+        "delta_dormant",
+        "boundary",
+    ]
     wcr = pd.read_csv(tiny_run / "results/stats/windowed_correlation_results.csv")
     assert "memo_delta_loss_spearman_r" in wcr and "n_samples" in wcr
-    pooled_columns = ["filter", "ordering", "weighting", "algorithm", "outcome", "kind", "boundary", "estimator",
-                      "pooling", "estimate", "ci_low", "ci_high", "p", "p_bh", "n_samples", "n_orders"]
+    pooled_columns = [
+        "filter",
+        "ordering",
+        "weighting",
+        "algorithm",
+        "outcome",
+        "kind",
+        "boundary",
+        "estimator",
+        "pooling",
+        "estimate",
+        "ci_low",
+        "ci_high",
+        "p",
+        "p_bh",
+        "n_samples",
+        "n_orders",
+    ]
     for name in ("headline", "pooled", "trend", "models", "conditions"):
         table = pd.read_csv(tiny_run / f"results/stats/{name}.csv")
         assert set(pooled_columns) <= set(table.columns), name
@@ -162,15 +196,33 @@ def test_tiny_run_produces_figures_tables_and_provenance(tiny_run):
     assert not list((tiny_run / "results" / "resume").rglob("*.pt"))
 
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def rendered_dom(html: Path, profile: Path) -> str:
     """The DOM of ``html`` after its scripts ran, from headless Debian chromium."""
     exe = shutil.which("chromium-browser") or ensure_debian_package("chromium", "chromium")
-    out = subprocess.run([exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=20000",
-                          "--dump-dom", html.as_uri()], capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            exe,
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={profile}",
+            "--virtual-time-budget=20000",
+            "--dump-dom",
+            html.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if out.returncode != 0 or "<html" not in out.stdout:
         pytest.skip(f"chromium could not render here (exit {out.returncode}): {out.stderr[-300:]}")
     return out.stdout
@@ -183,8 +235,14 @@ def test_runtime_settings_rerun_nothing_and_training_is_watchable(tiny_run, tmp_
     from memplast import curves
 
     runtime_only = tmp_path / "runtime.yaml"
-    runtime_only.write_text(yaml.safe_dump({"protocol": {"eval_batch_size": 7, "state_every": 3, "device": "cpu"},
-                                            "probes": {"batch_size": 13, "keep_checkpoints": True}}))
+    runtime_only.write_text(
+        yaml.safe_dump(
+            {
+                "protocol": {"eval_batch_size": 7, "state_every": 3, "device": "cpu"},
+                "probes": {"batch_size": 13, "keep_checkpoints": True},
+            }
+        )
+    )
     out = snakemake("-n", "--directory", str(tiny_run), "--configfile", *TINY, str(runtime_only))
     assert "Nothing to be done" in out.stdout + out.stderr
     science = tmp_path / "science.yaml"  # control: a science setting does rerun training
@@ -193,7 +251,12 @@ def test_runtime_settings_rerun_nothing_and_training_is_watchable(tiny_run, tmp_
     assert job_counts(out.stdout)["train_task"] > 0
     # one log line per epoch, and every run's epochs in the study-wide curves
     log = (tiny_run / "logs/train/order0/none/random/none/base/task1.log").read_text()
-    assert [int(e) for e in re.findall(r"task 1: epoch (\d+)/4 train loss [0-9.]+ acc [0-9.]+ \| val acc", log)] == [1, 2, 3, 4]
+    assert [int(e) for e in re.findall(r"task 1: epoch (\d+)/4 train loss [0-9.]+ acc [0-9.]+ \| val acc", log)] == [
+        1,
+        2,
+        3,
+        4,
+    ]
     assert re.search(r"img/s \| ETA \d+:\d\d:\d\d", log)
     table = pd.read_parquet(tiny_run / "results/stats/training_curves.parquet")
     assert len(table) == 2 * 2 * 3 * 4 and table.groupby("run")["epoch"].nunique().eq(12).all()  # runs x tasks x E
@@ -208,19 +271,26 @@ def test_tuning_one_algorithm_or_adding_orders_reruns_only_their_jobs(tiny_run, 
     import yaml
 
     other = tmp_path / "other_algorithms.yaml"  # tiny trains base and retrained only
-    other.write_text(yaml.safe_dump({"protocol": {"cbp": {"replacement_rate": 0.5}, "shrink_perturb": {"shrink": 0.5},
-                                                  "upgd": {"sigma": 0.5}}}))
+    other.write_text(
+        yaml.safe_dump(
+            {"protocol": {"cbp": {"replacement_rate": 0.5}, "shrink_perturb": {"shrink": 0.5}, "upgd": {"sigma": 0.5}}}
+        )
+    )
     out = snakemake("-n", "--directory", str(tiny_run), "--configfile", *TINY, str(other))
     assert "Nothing to be done" in out.stdout + out.stderr, out.stdout[-3000:]
     per_run = ("class_order", "train_task", "train_task_reference", "probe", "deltas", "run_summary")
     added, alone = tmp_path / "added.yaml", tmp_path / "alone.yaml"
     added.write_text(yaml.safe_dump({"class_orders": {"seeds": [0, 1, 2]}}))
     alone.write_text(yaml.safe_dump({"class_orders": {"seeds": [2]}}))
-    grown = job_counts(snakemake("-n", "--quiet", "rules", "--directory", str(tiny_run), "--configfile", *TINY,
-                                 str(added)).stdout)
+    grown = job_counts(
+        snakemake("-n", "--quiet", "rules", "--directory", str(tiny_run), "--configfile", *TINY, str(added)).stdout
+    )
     (tmp_path / "fresh").mkdir()
-    fresh = job_counts(snakemake("-n", "--quiet", "rules", "--directory", str(tmp_path / "fresh"), "--configfile",
-                                 *TINY, str(alone)).stdout)
+    fresh = job_counts(
+        snakemake(
+            "-n", "--quiet", "rules", "--directory", str(tmp_path / "fresh"), "--configfile", *TINY, str(alone)
+        ).stdout
+    )
     assert fresh["train_task"] > 0 and {r: grown.get(r, 0) for r in per_run} == {r: fresh.get(r, 0) for r in per_run}
 
 
@@ -267,22 +337,71 @@ def test_killed_training_job_resumes(tiny_run, tmp_path, kill_omp, finish_omp):
             p.unlink()
     env_stop = thread_env(kill_omp)
     out = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "train_task.py"), "--prepared", "data/digits/prepared.npz",
-         "--order", "results/class_orders/order0.csv", "--kept", "results/subsets/none/kept.parquet",
-         "--end", f"{run}/task1/end.pt", "--checkpoints", "[x1.pt, x2.pt, x3.pt, x4.pt]",
-         "--window", "[w0.pt, w1.pt]", "--live", "live.pt",
-         "--metrics", f"{run}/task1/metrics.parquet", "--order_log", f"{run}/task1/order_log.parquet",
-         "--run", "order0/none/random/none/base", "--seed", "0", "--task", "1", "--ordering", "random",
-         "--alpha", "0", "--algorithm", "base", "--ckpt_task_epochs", "[1, 2, 3, 4]",
-         "--resume", "results/resume/order0/none/random/none/base/task1.pt", "--score_col", "curv_exact",
-         "--cfg", str(_cfg_slice()), "--runtime", _runtime_settings(), "--prev_state", f"{run}/task0/end.pt",
-         "--stop_after_epoch", "7"],
-        cwd=work, capture_output=True, text=True, env=env_stop,
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "train_task.py"),
+            "--prepared",
+            "data/digits/prepared.npz",
+            "--order",
+            "results/class_orders/order0.csv",
+            "--kept",
+            "results/subsets/none/kept.parquet",
+            "--end",
+            f"{run}/task1/end.pt",
+            "--checkpoints",
+            "[x1.pt, x2.pt, x3.pt, x4.pt]",
+            "--window",
+            "[w0.pt, w1.pt]",
+            "--live",
+            "live.pt",
+            "--metrics",
+            f"{run}/task1/metrics.parquet",
+            "--order_log",
+            f"{run}/task1/order_log.parquet",
+            "--run",
+            "order0/none/random/none/base",
+            "--seed",
+            "0",
+            "--task",
+            "1",
+            "--ordering",
+            "random",
+            "--alpha",
+            "0",
+            "--algorithm",
+            "base",
+            "--ckpt_task_epochs",
+            "[1, 2, 3, 4]",
+            "--resume",
+            "results/resume/order0/none/random/none/base/task1.pt",
+            "--score_col",
+            "curv_exact",
+            "--cfg",
+            str(_cfg_slice()),
+            "--runtime",
+            _runtime_settings(),
+            "--prev_state",
+            f"{run}/task0/end.pt",
+            "--stop_after_epoch",
+            "7",
+        ],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        env=env_stop,
     )
     assert out.returncode != 0 and "stopped after epoch 7" in out.stderr
     assert (work / "results/resume/order0/none/random/none/base/task1.pt").exists()
-    out = snakemake(f"{run}/task1/end.pt", "--directory", str(work), "--cores", "2", "--configfile", *TINY,
-                    env=thread_env(finish_omp))
+    out = snakemake(
+        f"{run}/task1/end.pt",
+        "--directory",
+        str(work),
+        "--cores",
+        "2",
+        "--configfile",
+        *TINY,
+        env=thread_env(finish_omp),
+    )
     logs = (work / "logs" / "train").rglob("task1.log")
     assert any("resuming after task-epoch" in p.read_text() for p in logs), out.stderr[-2000:]
     resumed = torch.load(work / run / "task1/end.pt", weights_only=True)["model"]

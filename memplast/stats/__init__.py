@@ -14,15 +14,36 @@ The unit of inference is the sample. Modules by concern:
 """
 
 from memplast.stats.common import (  # noqa: F401
-    CONDITION_KEYS, DEFAULT_OUTCOMES, ESTIMATORS, KINDS, MIN_N, POOLED_COLUMNS, PRIMARY, RUN_KEYS, add_bh, bh,
-    bootstrap_p, outcomes_of, require,
+    CONDITION_KEYS,
+    DEFAULT_OUTCOMES,
+    ESTIMATORS,
+    KINDS,
+    MIN_N,
+    POOLED_COLUMNS,
+    PRIMARY,
+    RUN_KEYS,
+    add_bh,
+    bh,
+    bootstrap_p,
+    outcomes_of,
+    require,
 )
 from memplast.stats.conditions import accuracy_differences  # noqa: F401
 from memplast.stats.correlation import (  # noqa: F401
-    CORRELATION_COLUMNS, correlations, partial_spearman, windowed_correlation_columns, windowed_correlation_results,
+    CORRELATION_COLUMNS,
+    correlations,
+    partial_spearman,
+    windowed_correlation_columns,
+    windowed_correlation_results,
 )
 from memplast.stats.effects import (  # noqa: F401
-    CROSS_SAMPLE_COLUMNS, DECILE_COLUMNS, MEDIATION_COLUMNS, TAIL_COLUMNS, cross_sample, decile_effects, mediation,
+    CROSS_SAMPLE_COLUMNS,
+    DECILE_COLUMNS,
+    MEDIATION_COLUMNS,
+    TAIL_COLUMNS,
+    cross_sample,
+    decile_effects,
+    mediation,
     tails,
 )
 from memplast.stats.models import ols_rank_fe  # noqa: F401

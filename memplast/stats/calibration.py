@@ -31,10 +31,22 @@ KEYS = CONDITION_KEYS + ["kind", "order_seed", "boundary"]
 SHIFTED = {**PRIMARY, "filter": "shifted"}
 
 
-def calibration_deltas(beta: float = 0.3, trend: float = 0.0, gamma: float = 1.0, a: float = 1.0,
-                       sd_sample: float = 1.0, sd_order: float = 0.0, shift: float | None = 0.0, n_orders: int = 3,
-                       n_classes: int = 8, classes_per_task: int = 2, n_per_class: int = 30, outcome: str = "d_loss",
-                       design_seed: int = 0, seed: int = 0) -> pd.DataFrame:
+def calibration_deltas(
+    beta: float = 0.3,
+    trend: float = 0.0,
+    gamma: float = 1.0,
+    a: float = 1.0,
+    sd_sample: float = 1.0,
+    sd_order: float = 0.0,
+    shift: float | None = 0.0,
+    n_orders: int = 3,
+    n_classes: int = 8,
+    classes_per_task: int = 2,
+    n_per_class: int = 30,
+    outcome: str = "d_loss",
+    design_seed: int = 0,
+    seed: int = 0,
+) -> pd.DataFrame:
     """A deltas table (one kind, ``windowed``) from the model in the module docstring; ``shift``
     None leaves out the second condition."""
     design = np.random.default_rng([design_seed, 7])
@@ -59,17 +71,33 @@ def calibration_deltas(beta: float = 0.3, trend: float = 0.0, gamma: float = 1.0
                 old = task[rows] <= k
                 m = len(rows)
                 loss_t = np.exp(0.5 * u[rows] + 0.5 * rng.normal(size=m))
-                y = ((beta + trend * k + delta[o] + sh) * e[rows] + gamma * u[rows] + s[rows] + 0.3 * np.log(loss_t)
-                     + rng.normal(size=m))
-                for key, val in (("order_seed", np.full(m, o)), ("filter", np.full(m, cond["filter"], dtype=object)),
-                                 ("sample_id", rows), ("boundary", np.full(m, k)), ("is_old", old),
-                                 ("loss_t", np.where(old, loss_t, np.nan)), (outcome, np.where(old, y, np.nan))):
+                y = (
+                    (beta + trend * k + delta[o] + sh) * e[rows]
+                    + gamma * u[rows]
+                    + s[rows]
+                    + 0.3 * np.log(loss_t)
+                    + rng.normal(size=m)
+                )
+                for key, val in (
+                    ("order_seed", np.full(m, o)),
+                    ("filter", np.full(m, cond["filter"], dtype=object)),
+                    ("sample_id", rows),
+                    ("boundary", np.full(m, k)),
+                    ("is_old", old),
+                    ("loss_t", np.where(old, loss_t, np.nan)),
+                    (outcome, np.where(old, y, np.nan)),
+                ):
                     cols[key].append(val)
     out = pd.DataFrame({k: np.concatenate(v) for k, v in cols.items()})
     sid = out["sample_id"].to_numpy()
-    return out.assign(ordering=PRIMARY["ordering"], weighting=PRIMARY["weighting"], algorithm=PRIMARY["algorithm"],
-                      label=label[sid], kind="windowed", memo=memo[sid])[RUN_KEYS + [
-                          "sample_id", "label", "boundary", "is_old", "kind", "memo", "loss_t", outcome]]
+    return out.assign(
+        ordering=PRIMARY["ordering"],
+        weighting=PRIMARY["weighting"],
+        algorithm=PRIMARY["algorithm"],
+        label=label[sid],
+        kind="windowed",
+        memo=memo[sid],
+    )[RUN_KEYS + ["sample_id", "label", "boundary", "is_old", "kind", "memo", "loss_t", outcome]]
 
 
 REP = "weighting"  # replicate tables are stacked with the replicate number in this factor
@@ -80,12 +108,18 @@ def stack(tables: list[pd.DataFrame]) -> pd.DataFrame:
     labels (so draws and permutations stay within replicate) and ``weighting`` = r."""
     n_s = max(int(t["sample_id"].max()) + 1 for t in tables)
     n_c = max(int(t["label"].max()) + 1 for t in tables)
-    return pd.concat([t.assign(sample_id=t["sample_id"] + r * n_s, label=t["label"] + r * n_c, **{REP: r})
-                      for r, t in enumerate(tables)], ignore_index=True)
+    return pd.concat(
+        [
+            t.assign(sample_id=t["sample_id"] + r * n_s, label=t["label"] + r * n_c, **{REP: r})
+            for r, t in enumerate(tables)
+        ],
+        ignore_index=True,
+    )
 
 
-def evaluate(deltas: pd.DataFrame, n_boot: int, n_null: int, seed: int, ci_level: float = 0.95,
-             outcome: str = "d_loss") -> pd.DataFrame:
+def evaluate(
+    deltas: pd.DataFrame, n_boot: int, n_null: int, seed: int, ci_level: float = 0.95, outcome: str = "d_loss"
+) -> pd.DataFrame:
     """Every reported quantity of each replicate (``weighting``) of ``deltas``: rep, quantity, key,
     estimate, ci_low, ci_high, p (the workflow's own pooling functions on one shared resample)."""
     old = deltas[deltas["is_old"]]
@@ -96,17 +130,31 @@ def evaluate(deltas: pd.DataFrame, n_boot: int, n_null: int, seed: int, ci_level
     parts = []
     cells = pooling.cell_rows(res, ci_level)
     cells = cells[cells["filter"] == prim]
-    parts.append(cells.assign(quantity="cell " + cells["estimator"],
-                              key=cells["order_seed"].astype(str) + "/" + cells["boundary"].astype(str)))
+    parts.append(
+        cells.assign(
+            quantity="cell " + cells["estimator"],
+            key=cells["order_seed"].astype(str) + "/" + cells["boundary"].astype(str),
+        )
+    )
     pooled = pooling.pooled_rows(res, group, ci_level)
     pooled = pooled[pooled["filter"] == prim]
     level = np.where(pooled["boundary"].astype(str) == "all", "all", "boundary")
-    parts.append(pooled.assign(quantity=pooled["pooling"] + " " + level + " " + pooled["estimator"],
-                               key=pooled["boundary"].astype(str)))
+    parts.append(
+        pooled.assign(
+            quantity=pooled["pooling"] + " " + level + " " + pooled["estimator"], key=pooled["boundary"].astype(str)
+        )
+    )
     perm = pooled[pooled["pooling"] == "fixed"]
     perm_level = np.where(perm["boundary"].astype(str) == "all", "all", "boundary")
-    parts.append(perm.assign(quantity="p_perm " + perm_level + " " + perm["estimator"], key=perm["boundary"].astype(str),
-                             p=perm["p_perm"], ci_low=np.nan, ci_high=np.nan))
+    parts.append(
+        perm.assign(
+            quantity="p_perm " + perm_level + " " + perm["estimator"],
+            key=perm["boundary"].astype(str),
+            p=perm["p_perm"],
+            ci_low=np.nan,
+            ci_high=np.nan,
+        )
+    )
     trend = pooling.trend_rows(res, group, ci_level, {"windowed": 1})
     trend = trend[trend["filter"] == prim]
     parts.append(trend.assign(quantity="trend " + trend["estimator"], key="all"))
@@ -128,8 +176,16 @@ def truth(scenario: Mapping, n_per_class: int = 4000) -> pd.DataFrame:
     return out[["quantity", "key", "estimate"]].rename(columns={"estimate": "truth"})
 
 
-def calibration_runs(scenario: Mapping, n_rep: int, n_boot: int = 200, n_null: int = 100, alpha: float = 0.05,
-                     seed: int = 0, truth_table: pd.DataFrame | None = None, per_call: int = 100) -> pd.DataFrame:
+def calibration_runs(
+    scenario: Mapping,
+    n_rep: int,
+    n_boot: int = 200,
+    n_null: int = 100,
+    alpha: float = 0.05,
+    seed: int = 0,
+    truth_table: pd.DataFrame | None = None,
+    per_call: int = 100,
+) -> pd.DataFrame:
     """One row per replicate and quantity: covered (truth within the CI) and rejected (p < alpha).
     Replicates are evaluated ``per_call`` at a time (stacked tables, independent draws)."""
     t = truth(scenario) if truth_table is None else truth_table
@@ -150,11 +206,13 @@ def calibration_runs(scenario: Mapping, n_rep: int, n_boot: int = 200, n_null: i
 def calibration_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Per quantity: replicates, mean truth, coverage, rejection rate, and Monte Carlo SEs
     (binomial sd over replicates of the per-replicate mean, so correlated cells count once)."""
-    per_rep = runs.groupby(["quantity", "rep"]).agg(covered=("covered", "mean"), rejected=("rejected", "mean"),
-                                                   truth=("truth", "mean"))
+    per_rep = runs.groupby(["quantity", "rep"]).agg(
+        covered=("covered", "mean"), rejected=("rejected", "mean"), truth=("truth", "mean")
+    )
     g = per_rep.groupby("quantity")
-    out = g.agg(n_rep=("covered", "size"), truth=("truth", "mean"), coverage=("covered", "mean"),
-                rejection=("rejected", "mean"))
+    out = g.agg(
+        n_rep=("covered", "size"), truth=("truth", "mean"), coverage=("covered", "mean"), rejection=("rejected", "mean")
+    )
     out["coverage_se"] = g["covered"].std() / np.sqrt(out["n_rep"])
     out["rejection_se"] = g["rejected"].std() / np.sqrt(out["n_rep"])
     return out.reset_index()

@@ -23,8 +23,20 @@ PRIMARY = {"filter": "none", "ordering": "random", "weighting": "none", "algorit
 MIN_N = 5  # fewest finite pairs a per-cell statistic is computed from (else NaN)
 ESTIMATORS = ("raw", "partial")
 # Columns every pooled row of results/stats/*.csv carries (after the condition factors).
-POOLED_COLUMNS = ["outcome", "kind", "boundary", "estimator", "pooling", "estimate", "ci_low", "ci_high", "p",
-                  "p_bh", "n_samples", "n_orders"]
+POOLED_COLUMNS = [
+    "outcome",
+    "kind",
+    "boundary",
+    "estimator",
+    "pooling",
+    "estimate",
+    "ci_low",
+    "ci_high",
+    "p",
+    "p_bh",
+    "n_samples",
+    "n_orders",
+]
 
 
 def rng_for(seed, *key) -> np.random.Generator:

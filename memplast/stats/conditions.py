@@ -17,8 +17,9 @@ from memplast.stats.common import CONDITION_KEYS, PRIMARY, RUN_KEYS, key_dict, r
 ACCURACY_METRICS = ("test_acc", "dormant_units")
 
 
-def accuracy_differences(summary: pd.DataFrame, primary: Mapping[str, str] | None = None,
-                         ci_level: float = 0.95) -> pd.DataFrame:
+def accuracy_differences(
+    summary: pd.DataFrame, primary: Mapping[str, str] | None = None, ci_level: float = 0.95
+) -> pd.DataFrame:
     """Per condition (other than the primary), metric and task: paired difference over class orders.
 
     For metric m in ``ACCURACY_METRICS`` present in ``summary``, d_o = m(condition, order o, task)
@@ -43,13 +44,27 @@ def accuracy_differences(summary: pd.DataFrame, primary: Mapping[str, str] | Non
             pair = pd.concat([g[m].rename("c"), prim[m].rename("p")], axis=1, join="inner").dropna()
             for task, t in pair.groupby(level="task", sort=True):
                 d = (t["c"] - t["p"]).to_numpy(float)
-                row = {**ident, "metric": m, "task": task, "boundary": "all", "estimator": "paired_mean_difference",
-                       "pooling": "none", "estimate": d.mean(), "ci_low": np.nan, "ci_high": np.nan, "p": np.nan,
-                       "n_samples": np.nan, "n_orders": len(d)}
+                row = {
+                    **ident,
+                    "metric": m,
+                    "task": task,
+                    "boundary": "all",
+                    "estimator": "paired_mean_difference",
+                    "pooling": "none",
+                    "estimate": d.mean(),
+                    "ci_low": np.nan,
+                    "ci_high": np.nan,
+                    "p": np.nan,
+                    "n_samples": np.nan,
+                    "n_orders": len(d),
+                }
                 if len(d) >= 2 and np.ptp(d) > 0:
                     se = d.std(ddof=1) / np.sqrt(len(d))
                     crit = stats.t.ppf(0.5 + ci_level / 2, len(d) - 1)
-                    row.update(ci_low=d.mean() - crit * se, ci_high=d.mean() + crit * se,
-                               p=float(stats.ttest_rel(t["c"], t["p"]).pvalue))
+                    row.update(
+                        ci_low=d.mean() - crit * se,
+                        ci_high=d.mean() + crit * se,
+                        p=float(stats.ttest_rel(t["c"], t["p"]).pvalue),
+                    )
                 rows.append(row)
     return pd.DataFrame(rows)

@@ -15,9 +15,18 @@ from scipy import stats
 from memplast.stats.common import RUN_KEYS, finite, key_dict, old_rows, require
 
 CORRELATION_COLUMNS = [
-    "n", "pearson_r", "pearson_p", "pearson_ci_low", "pearson_ci_high",
-    "spearman_r", "spearman_p", "spearman_ci_low", "spearman_ci_high",
-    "kendall_tau", "kendall_p", "ci_method",
+    "n",
+    "pearson_r",
+    "pearson_p",
+    "pearson_ci_low",
+    "pearson_ci_high",
+    "spearman_r",
+    "spearman_p",
+    "spearman_ci_low",
+    "spearman_ci_high",
+    "kendall_tau",
+    "kendall_p",
+    "ci_method",
 ]
 BCA_MAX_N = 5000  # above this n the BCa jackknife is too costly; percentile intervals are used
 _ELEMENTS_PER_BATCH = 5_000_000  # bootstrap batch size cap (resamples x n) to bound memory
@@ -28,6 +37,7 @@ def _pearson_along(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
     b = b - b.mean(axis=axis, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         return (a * b).sum(axis=axis) / np.sqrt((a * a).sum(axis=axis) * (b * b).sum(axis=axis))
+
 
 def _average_ranks(codes: np.ndarray) -> np.ndarray:
     """Average (tie-aware, 1-based) ranks along the last axis of integer level codes.
@@ -45,10 +55,12 @@ def _average_ranks(codes: np.ndarray) -> np.ndarray:
     avg = below + (counts + 1) / 2.0
     return np.take_along_axis(avg, flat, axis=1).reshape(shape)
 
+
 def _pearson_spearman_statistic(x, y, cx, cy, axis=-1):
     """Vectorized (Pearson r, Spearman rho) of paired resamples; cx, cy are dense rank codes."""
     x, y, cx, cy = (np.moveaxis(np.asarray(a), axis, -1) for a in (x, y, cx, cy))
     return np.stack([_pearson_along(x, y), _pearson_along(_average_ranks(cx), _average_ranks(cy))])
+
 
 def correlations(x, y, n_boot: int = 2000, seed=0, ci_level: float = 0.95) -> dict:
     """Pearson, Spearman and Kendall correlation of paired x, y, with bootstrap CIs.
@@ -91,17 +103,25 @@ def correlations(x, y, n_boot: int = 2000, seed=0, ci_level: float = 0.95) -> di
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             res = stats.bootstrap(
-                (x, y, cx, cy), _pearson_spearman_statistic, paired=True, vectorized=True,
-                n_resamples=n_boot, confidence_level=ci_level, method=method,
-                batch=max(1, _ELEMENTS_PER_BATCH // n), rng=np.random.default_rng(seed),
+                (x, y, cx, cy),
+                _pearson_spearman_statistic,
+                paired=True,
+                vectorized=True,
+                n_resamples=n_boot,
+                confidence_level=ci_level,
+                method=method,
+                batch=max(1, _ELEMENTS_PER_BATCH // n),
+                rng=np.random.default_rng(seed),
             )
         lo, hi = res.confidence_interval
         out["pearson_ci_low"], out["spearman_ci_low"] = (float(v) for v in lo)
         out["pearson_ci_high"], out["spearman_ci_high"] = (float(v) for v in hi)
     return out
 
-def partial_spearman(df: pd.DataFrame, x: str, y: str, covariates: Sequence[str] = ("loss_t",),
-                     categorical: Sequence[str] = ("label",)) -> dict:
+
+def partial_spearman(
+    df: pd.DataFrame, x: str, y: str, covariates: Sequence[str] = ("loss_t",), categorical: Sequence[str] = ("label",)
+) -> dict:
     """Spearman partial correlation of ``x`` and ``y`` given covariates.
 
     Rows with a non-finite x, y or covariate (or missing category) are dropped. x, y and the
@@ -139,6 +159,7 @@ def partial_spearman(df: pd.DataFrame, x: str, y: str, covariates: Sequence[str]
     out.update(r=r, p=float(2 * stats.t.sf(abs(t), dof)))
     return out
 
+
 def windowed_correlation_results(deltas: pd.DataFrame, tau: float = 0.01, memo: str = "memo") -> pd.DataFrame:
     """The user's legacy table: memo vs boundary deltas per boundary (windowed kind, old samples).
 
@@ -150,7 +171,9 @@ def windowed_correlation_results(deltas: pd.DataFrame, tau: float = 0.01, memo: 
     run, the run keys that vary are prepended and there is one row per run and boundary.
     """
     dormant = f"d_dormant_t{tau:g}"
-    require(deltas, ["boundary", "is_old", "kind", memo, "d_loss", "grad_drop", dormant], "windowed_correlation_results")
+    require(
+        deltas, ["boundary", "is_old", "kind", memo, "d_loss", "grad_drop", dormant], "windowed_correlation_results"
+    )
     data = old_rows(deltas)
     data = data[data["kind"] == "windowed"]
     if data.empty:
@@ -162,16 +185,32 @@ def windowed_correlation_results(deltas: pd.DataFrame, tau: float = 0.01, memo: 
         g = finite(g, [memo, "_loss", "_grad_norm", "_dormant"])
         row = key_dict(runs + ["boundary"], key)
         for name in ("loss", "grad_norm", "dormant"):
-            c = correlations(g[memo], g[f"_{name}"], n_boot=0) if len(g) >= 3 else dict.fromkeys(CORRELATION_COLUMNS, np.nan)
-            for method, r_key, p_key in (("pearson", "pearson_r", "pearson_p"), ("spearman", "spearman_r", "spearman_p"),
-                                         ("kendall", "kendall_tau", "kendall_p")):
+            c = (
+                correlations(g[memo], g[f"_{name}"], n_boot=0)
+                if len(g) >= 3
+                else dict.fromkeys(CORRELATION_COLUMNS, np.nan)
+            )
+            for method, r_key, p_key in (
+                ("pearson", "pearson_r", "pearson_p"),
+                ("spearman", "spearman_r", "spearman_p"),
+                ("kendall", "kendall_tau", "kendall_p"),
+            ):
                 row[f"memo_delta_{name}_{method}_r"] = c[r_key]
                 row[f"memo_delta_{name}_{method}_p"] = c[p_key]
         row["n_samples"] = len(g)
         rows.append(row)
     return pd.DataFrame(rows, columns=runs + windowed_correlation_columns())
 
+
 def windowed_correlation_columns() -> list[str]:
     """Column order of the legacy ``windowed_correlation_results`` table (without run keys)."""
-    return (["boundary"] + [f"memo_delta_{d}_{m}_{s}" for d in ("loss", "grad_norm", "dormant")
-                            for m in ("pearson", "spearman", "kendall") for s in ("r", "p")] + ["n_samples"])
+    return (
+        ["boundary"]
+        + [
+            f"memo_delta_{d}_{m}_{s}"
+            for d in ("loss", "grad_norm", "dormant")
+            for m in ("pearson", "spearman", "kendall")
+            for s in ("r", "p")
+        ]
+        + ["n_samples"]
+    )

@@ -18,17 +18,36 @@ from memplast.stats.common import KINDS, RUN_KEYS, finite, key_dict, require, re
 
 DECILE_COLUMNS = ["term", "decile", "n", "memo_min", "memo_max", "median", "ci_low", "ci_high", "p"]
 TAIL_COLUMNS = [
-    "boundary", "n", "k", "memo_threshold", "n_high", "n_tail_high", "p_high_tail", "p_high_all",
-    "enrichment", "odds_ratio", "p", "jaccard_prev",
+    "boundary",
+    "n",
+    "k",
+    "memo_threshold",
+    "n_high",
+    "n_tail_high",
+    "p_high_tail",
+    "p_high_all",
+    "enrichment",
+    "odds_ratio",
+    "p",
+    "jaccard_prev",
 ]
 MEDIATION_EFFECTS = ("acme", "ade", "total", "prop_mediated")
 MEDIATION_COLUMNS = ["n"] + [f"{e}{s}" for e in MEDIATION_EFFECTS for s in ("", "_ci_low", "_ci_high", "_p")]
-CROSS_SAMPLE_COLUMNS = RUN_KEYS + ["kind", "boundary", "n_new", "new_memo_mean", "n_old", "old_d_loss_mean",
-                                   "spearman_r", "n_boundaries"]
+CROSS_SAMPLE_COLUMNS = RUN_KEYS + [
+    "kind",
+    "boundary",
+    "n_new",
+    "new_memo_mean",
+    "n_old",
+    "old_d_loss_mean",
+    "spearman_r",
+    "n_boundaries",
+]
 
 
-def decile_effects(df: pd.DataFrame, memo: str, outcome: str, n_deciles: int = 10, n_boot: int = 2000,
-                   seed=0, ci_level: float = 0.95) -> pd.DataFrame:
+def decile_effects(
+    df: pd.DataFrame, memo: str, outcome: str, n_deciles: int = 10, n_boot: int = 2000, seed=0, ci_level: float = 0.95
+) -> pd.DataFrame:
     """Median outcome per memo decile, and top-minus-bottom decile difference in medians.
 
     Rows with non-finite memo or outcome are dropped. Samples are split into ``n_deciles``
@@ -57,24 +76,57 @@ def decile_effects(df: pd.DataFrame, memo: str, outcome: str, n_deciles: int = 1
     # the statistic returns the D medians and top - bottom, so all CIs share the resamples.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ci = stats.bootstrap(groups, medians_and_difference, vectorized=True, n_resamples=n_boot,
-                             confidence_level=ci_level, method="percentile",
-                             rng=np.random.default_rng(seed)).confidence_interval
+        ci = stats.bootstrap(
+            groups,
+            medians_and_difference,
+            vectorized=True,
+            n_resamples=n_boot,
+            confidence_level=ci_level,
+            method="percentile",
+            rng=np.random.default_rng(seed),
+        ).confidence_interval
         p = stats.mannwhitneyu(groups[-1], groups[0], alternative="two-sided").pvalue
     estimate = medians_and_difference(*groups)
-    rows = [{"term": "decile", "decile": d, "n": len(groups[d - 1]), "memo_min": x[dec == d].min(),
-             "memo_max": x[dec == d].max(), "median": float(estimate[d - 1]),
-             "ci_low": float(ci.low[d - 1]), "ci_high": float(ci.high[d - 1]), "p": np.nan}
-            for d in range(1, n_deciles + 1)]
-    rows.append({"term": "top_minus_bottom", "decile": pd.NA, "n": len(groups[-1]) + len(groups[0]),
-                 "memo_min": np.nan, "memo_max": np.nan, "median": float(estimate[-1]),
-                 "ci_low": float(ci.low[-1]), "ci_high": float(ci.high[-1]), "p": float(p)})
+    rows = [
+        {
+            "term": "decile",
+            "decile": d,
+            "n": len(groups[d - 1]),
+            "memo_min": x[dec == d].min(),
+            "memo_max": x[dec == d].max(),
+            "median": float(estimate[d - 1]),
+            "ci_low": float(ci.low[d - 1]),
+            "ci_high": float(ci.high[d - 1]),
+            "p": np.nan,
+        }
+        for d in range(1, n_deciles + 1)
+    ]
+    rows.append(
+        {
+            "term": "top_minus_bottom",
+            "decile": pd.NA,
+            "n": len(groups[-1]) + len(groups[0]),
+            "memo_min": np.nan,
+            "memo_max": np.nan,
+            "median": float(estimate[-1]),
+            "ci_low": float(ci.low[-1]),
+            "ci_high": float(ci.high[-1]),
+            "p": float(p),
+        }
+    )
     out = pd.DataFrame(rows, columns=DECILE_COLUMNS)
     out["decile"] = out["decile"].astype("Int64")
     return out
 
-def tails(df: pd.DataFrame, q: float, score_col: str, memo: str = "memo", threshold_quantile: float = 0.9,
-          largest: bool = True) -> pd.DataFrame:
+
+def tails(
+    df: pd.DataFrame,
+    q: float,
+    score_col: str,
+    memo: str = "memo",
+    threshold_quantile: float = 0.9,
+    largest: bool = True,
+) -> pd.DataFrame:
     """Memo enrichment of the extreme tail of a per-sample score, per boundary, and its persistence.
 
     ``df`` is one run and one kind (columns sample_id, boundary, score_col, memo). Per boundary,
@@ -99,7 +151,8 @@ def tails(df: pd.DataFrame, q: float, score_col: str, memo: str = "memo", thresh
             continue
         k = max(1, math.ceil(q * n - 1e-9))
         ranked = g.assign(_s=g[score_col] if largest else -g[score_col]).sort_values(
-            ["_s", "sample_id"], ascending=[False, True], kind="mergesort")
+            ["_s", "sample_id"], ascending=[False, True], kind="mergesort"
+        )
         tail = set(ranked["sample_id"].iloc[:k])
         m = float(np.quantile(g[memo].to_numpy(float), threshold_quantile))
         high = g[memo].to_numpy(float) >= m
@@ -108,15 +161,36 @@ def tails(df: pd.DataFrame, q: float, score_col: str, memo: str = "memo", thresh
         c, d = int((~in_tail & high).sum()), int((~in_tail & ~high).sum())
         odds, p = stats.fisher_exact([[a, b], [c, d]])
         p_tail, p_all = a / k, high.mean()
-        rows.append({"boundary": boundary, "n": n, "k": k, "memo_threshold": m, "n_high": int(high.sum()),
-                     "n_tail_high": a, "p_high_tail": p_tail, "p_high_all": p_all,
-                     "enrichment": p_tail / p_all if p_all > 0 else np.nan, "odds_ratio": float(odds), "p": float(p),
-                     "jaccard_prev": len(tail & prev) / len(tail | prev) if prev is not None else np.nan})
+        rows.append(
+            {
+                "boundary": boundary,
+                "n": n,
+                "k": k,
+                "memo_threshold": m,
+                "n_high": int(high.sum()),
+                "n_tail_high": a,
+                "p_high_tail": p_tail,
+                "p_high_all": p_all,
+                "enrichment": p_tail / p_all if p_all > 0 else np.nan,
+                "odds_ratio": float(odds),
+                "p": float(p),
+                "jaccard_prev": len(tail & prev) / len(tail | prev) if prev is not None else np.nan,
+            }
+        )
         prev = tail
     return pd.DataFrame(rows, columns=TAIL_COLUMNS)
 
-def mediation(df: pd.DataFrame, memo: str, mediator: str, outcome: str, sims: int = 200, seed=0,
-              covariates: Sequence[str] = (), ci_level: float = 0.95) -> dict:
+
+def mediation(
+    df: pd.DataFrame,
+    memo: str,
+    mediator: str,
+    outcome: str,
+    sims: int = 200,
+    seed=0,
+    covariates: Sequence[str] = (),
+    ci_level: float = 0.95,
+) -> dict:
     """Causal mediation memo -> mediator -> outcome with statsmodels' ``Mediation``.
 
     Rows with a non-finite value in any used column are dropped. Mediator model: OLS
@@ -137,23 +211,32 @@ def mediation(df: pd.DataFrame, memo: str, mediator: str, outcome: str, sims: in
     data = finite(df, cols)
     if len(data) < len(cols) + 3:
         raise ValueError(f"mediation: {len(data)} complete rows; need >= {len(cols) + 3}")
-    exog_m = sm.add_constant(pd.DataFrame({"x": data[memo].to_numpy(float),
-                                           **{f"c{i}": data[c].to_numpy(float) for i, c in enumerate(covariates)}}))
+    exog_m = sm.add_constant(
+        pd.DataFrame(
+            {"x": data[memo].to_numpy(float), **{f"c{i}": data[c].to_numpy(float) for i, c in enumerate(covariates)}}
+        )
+    )
     exog_y = exog_m.assign(m=data[mediator].to_numpy(float))
     mediator_model = sm.OLS(data[mediator].to_numpy(float), exog_m)
     outcome_model = sm.OLS(data[outcome].to_numpy(float), exog_y)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = Mediation(outcome_model, mediator_model, "x", "m").fit(
-            method="bootstrap", n_rep=sims, rng=np.random.default_rng(seed))
+            method="bootstrap", n_rep=sims, rng=np.random.default_rng(seed)
+        )
         table = res.summary(alpha=1 - ci_level)
-    names = {"acme": "ACME (average)", "ade": "ADE (average)", "total": "Total effect",
-             "prop_mediated": "Prop. mediated (average)"}
+    names = {
+        "acme": "ACME (average)",
+        "ade": "ADE (average)",
+        "total": "Total effect",
+        "prop_mediated": "Prop. mediated (average)",
+    }
     out = {"n": len(data)}
     for key, label in names.items():
         est, lo, hi, p = (float(v) for v in table.loc[label])
         out.update({key: est, f"{key}_ci_low": lo, f"{key}_ci_high": hi, f"{key}_p": p})
     return out
+
 
 def cross_sample(deltas: pd.DataFrame, kinds: Sequence[str] = KINDS) -> pd.DataFrame:
     """Do memorized *new* classes hurt *old* samples? Per run, kind and boundary.
@@ -178,9 +261,16 @@ def cross_sample(deltas: pd.DataFrame, kinds: Sequence[str] = KINDS) -> pd.DataF
             old_mask = gb["is_old"].astype(bool)
             new_memo = finite(gb[~old_mask], ["memo"])["memo"]
             old_loss = finite(gb[old_mask], ["d_loss"])["d_loss"]
-            per_b.append({**ident, "boundary": boundary, "n_new": len(new_memo),
-                          "new_memo_mean": new_memo.mean() if len(new_memo) else np.nan,
-                          "n_old": len(old_loss), "old_d_loss_mean": old_loss.mean() if len(old_loss) else np.nan})
+            per_b.append(
+                {
+                    **ident,
+                    "boundary": boundary,
+                    "n_new": len(new_memo),
+                    "new_memo_mean": new_memo.mean() if len(new_memo) else np.nan,
+                    "n_old": len(old_loss),
+                    "old_d_loss_mean": old_loss.mean() if len(old_loss) else np.nan,
+                }
+            )
         table = pd.DataFrame(per_b)
         both = finite(table, ["new_memo_mean", "old_d_loss_mean"])
         r = np.nan

@@ -33,19 +33,29 @@ def ols_rank_fe(data: pd.DataFrame, outcome: str, ci_level: float = 0.95, memo: 
     """
     require(data, ["sample_id", "label", "boundary", "order_seed", "loss_t", memo, outcome], "ols_rank_fe")
     d = finite(data, [memo, outcome, "loss_t"])
-    out = {"estimate": np.nan, "ci_low": np.nan, "ci_high": np.nan, "p": np.nan, "n": len(d),
-           "n_samples": d["sample_id"].nunique()}
+    out = {
+        "estimate": np.nan,
+        "ci_low": np.nan,
+        "ci_high": np.nan,
+        "p": np.nan,
+        "n": len(d),
+        "n_samples": d["sample_id"].nunique(),
+    }
     if len(d) < MIN_N + 2 or d[memo].nunique() < 2:
         return out
     cells = [d["order_seed"], d["boundary"]]
-    frame = pd.DataFrame({"y": d[outcome].astype(float), "q": pct_rank(d[memo], cells),
-                          "ql": pct_rank(d["loss_t"], cells)})
+    frame = pd.DataFrame(
+        {"y": d[outcome].astype(float), "q": pct_rank(d[memo], cells), "ql": pct_rank(d["loss_t"], cells)}
+    )
     fe = [d["label"], d["boundary"], d["order_seed"]]
     demeaned = frame - frame.groupby(fe).transform("mean")
     if demeaned["q"].abs().max() < 1e-12:
         return out
     res = sm.OLS(demeaned["y"].to_numpy(), demeaned[["q", "ql"]].to_numpy()).fit(
-        cov_type="cluster", cov_kwds={"groups": d["sample_id"].to_numpy()})
+        cov_type="cluster", cov_kwds={"groups": d["sample_id"].to_numpy()}
+    )
     lo, hi = res.conf_int(1 - ci_level)[0]
-    out.update(estimate=float(res.params[0]), ci_low=float(lo), ci_high=float(hi), p=max(float(res.pvalues[0]), P_FLOOR))
+    out.update(
+        estimate=float(res.params[0]), ci_low=float(lo), ci_high=float(hi), p=max(float(res.pvalues[0]), P_FLOOR)
+    )
     return out

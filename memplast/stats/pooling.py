@@ -101,8 +101,14 @@ def random_effects(y: np.ndarray, boot: np.ndarray, ci_level: float) -> dict:
     se = float(np.sqrt(var))
     mu = float(y.mean())
     crit = stats.t.ppf(0.5 + ci_level / 2, df)
-    out.update(estimate=mu, ci_low=mu - crit * se, ci_high=mu + crit * se, tau2=tau2, df=float(df),
-               p=max(float(2 * stats.t.sf(abs(mu) / se, df)), P_FLOOR) if se > 0 else np.nan)
+    out.update(
+        estimate=mu,
+        ci_low=mu - crit * se,
+        ci_high=mu + crit * se,
+        tau2=tau2,
+        df=float(df),
+        p=max(float(2 * stats.t.sf(abs(mu) / se, df)), P_FLOOR) if se > 0 else np.nan,
+    )
     return out
 
 
@@ -118,8 +124,11 @@ def cell_rows(res: Resampled, ci_level: float) -> pd.DataFrame:
     parts = []
     for e, name in enumerate(ESTIMATORS):
         s = summarise(res, [(np.array([i]), np.ones(1)) for i in range(len(meta))], e, ci_level)
-        parts.append(pd.concat([meta.drop(columns="n"), s], axis=1).assign(
-            estimator=name, pooling="none", n_samples=meta["n"].to_numpy(), n_orders=1))
+        parts.append(
+            pd.concat([meta.drop(columns="n"), s], axis=1).assign(
+                estimator=name, pooling="none", n_samples=meta["n"].to_numpy(), n_orders=1
+            )
+        )
     return pd.concat(parts, ignore_index=True)
 
 
@@ -132,7 +141,9 @@ def pooled_rows(res: Resampled, group: Sequence[str], ci_level: float, order_key
         boot_e = res.boot[:, :, e]
         specs, fixed_c, random_rows, random_c = [], [], [], []
         for ident, g in _groups(res, group):
-            levels = [(b, gb.index.to_numpy()) for b, gb in g.groupby("boundary", sort=True)] + [("all", g.index.to_numpy())]
+            levels = [(b, gb.index.to_numpy()) for b, gb in g.groupby("boundary", sort=True)] + [
+                ("all", g.index.to_numpy())
+            ]
             for boundary, idx in levels:
                 orders = orders_all[idx]
                 uo = np.unique(orders)
@@ -145,8 +156,9 @@ def pooled_rows(res: Resampled, group: Sequence[str], ci_level: float, order_key
                 per_order = [_weights(res, idx[orders == o], e) for o in uo]
                 live = [po for po in per_order if len(po[0])]
                 y = np.array([res.estimate[r, e] @ w for r, w in live])
-                ran = random_effects(y, np.stack([boot_e[:, r] @ w for r, w in live], axis=1) if live
-                                     else np.empty((0, 0)), ci_level)
+                ran = random_effects(
+                    y, np.stack([boot_e[:, r] @ w for r, w in live], axis=1) if live else np.empty((0, 0)), ci_level
+                )
                 ran.pop("tau2")
                 random_rows.append({**base, "estimator": name, "pooling": "random", **ran})
                 # the null of the same equal-weight mean over orders
@@ -179,9 +191,19 @@ def trend_rows(res: Resampled, group: Sequence[str], ci_level: float, strides: d
             if len(ok) >= 2:
                 k = np.asarray(used, float)[ok]
                 c = _combine([per_b[i] for i in ok], (k - k.mean()) / np.sum((k - k.mean()) ** 2))
-            specs.append({**ident, "boundary": "all", "estimator": name, "pooling": "fixed", "n_boundaries": len(ok),
-                          "boundaries_used": ",".join(str(int(used[i])) for i in ok), "stride": stride,
-                          "n_samples": _n_samples(res, g.index.to_numpy()), "n_orders": g["order_seed"].nunique()})
+            specs.append(
+                {
+                    **ident,
+                    "boundary": "all",
+                    "estimator": name,
+                    "pooling": "fixed",
+                    "n_boundaries": len(ok),
+                    "boundaries_used": ",".join(str(int(used[i])) for i in ok),
+                    "stride": stride,
+                    "n_samples": _n_samples(res, g.index.to_numpy()),
+                    "n_orders": g["order_seed"].nunique(),
+                }
+            )
             contrasts.append(c)
         if specs:
             s = summarise(res, contrasts, e, ci_level).drop(columns=NULL_COLUMNS)
@@ -189,8 +211,9 @@ def trend_rows(res: Resampled, group: Sequence[str], ci_level: float, strides: d
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
 
 
-def difference_rows(res: Resampled, factors: Sequence[str], primary: dict, group: Sequence[str],
-                    ci_level: float) -> pd.DataFrame:
+def difference_rows(
+    res: Resampled, factors: Sequence[str], primary: dict, group: Sequence[str], ci_level: float
+) -> pd.DataFrame:
     """Paired difference of the fixed-pooled (all boundaries) estimate: each condition minus the
     primary one, per ``group`` (kind, outcome) and estimator, from the same draws."""
     meta = res.rows.reset_index(drop=True)
@@ -207,9 +230,18 @@ def difference_rows(res: Resampled, factors: Sequence[str], primary: dict, group
             idx = g.index.to_numpy()
             wc, wp = _weights(res, idx, e), _weights(res, p_idx, e)
             c = _combine([wc, wp], [1.0, -1.0]) if len(wc[0]) and len(wp[0]) else EMPTY
-            specs.append({**ident, "boundary": "all", "estimator": name, "pooling": "fixed",
-                          "metric": "pooled_estimate_difference", "task": pd.NA,
-                          "n_samples": _n_samples(res, np.r_[idx, p_idx]), "n_orders": g["order_seed"].nunique()})
+            specs.append(
+                {
+                    **ident,
+                    "boundary": "all",
+                    "estimator": name,
+                    "pooling": "fixed",
+                    "metric": "pooled_estimate_difference",
+                    "task": pd.NA,
+                    "n_samples": _n_samples(res, np.r_[idx, p_idx]),
+                    "n_orders": g["order_seed"].nunique(),
+                }
+            )
             contrasts.append(c)
         if specs:
             s = summarise(res, contrasts, e, ci_level).drop(columns=NULL_COLUMNS)

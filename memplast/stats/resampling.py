@@ -130,8 +130,16 @@ def _within(sab, a: _Moments, b: _Moments, w_class):
     return sab - corr.sum(axis=0)
 
 
-def cell_statistics(w: np.ndarray, x: _Moments, l: _Moments, y: _Moments, w_class: np.ndarray,
-                    sxx: np.ndarray, sll: np.ndarray, sxl: np.ndarray) -> np.ndarray:
+def cell_statistics(
+    w: np.ndarray,
+    x: _Moments,
+    l: _Moments,  # noqa: E741
+    y: _Moments,
+    w_class: np.ndarray,
+    sxx: np.ndarray,
+    sll: np.ndarray,
+    sxl: np.ndarray,
+) -> np.ndarray:
     """(b, 2): raw Spearman and within-class partial Spearman given r(loss_t) (module docstring)."""
     sxy, syy, syl = _colsum(x.wc, y.c), _colsum(y.wc, y.c), _colsum(l.wc, y.c)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -158,8 +166,9 @@ class Cell:
     closed: bool  # every class in the cell is complete, so a within-class permutation maps it onto itself
 
 
-def build_cells(old: pd.DataFrame, universe: Universe, keys: Sequence[str], outcomes: Sequence[str],
-                memo: str = "memo") -> list[Cell]:
+def build_cells(
+    old: pd.DataFrame, universe: Universe, keys: Sequence[str], outcomes: Sequence[str], memo: str = "memo"
+) -> list[Cell]:
     """Cells of ``old`` (old-class rows) per combination of ``keys``; rows need finite memo, loss_t
     and outcome; outcomes sharing the same finite rows share one Cell (and its memo/loss ranks).
     Cells with fewer than ``MIN_N`` rows are left out (their statistics are NaN)."""
@@ -181,7 +190,7 @@ def build_cells(old: pd.DataFrame, universe: Universe, keys: Sequence[str], outc
     bounds = np.flatnonzero(np.r_[True, np.diff(code[order]) != 0, True])
     cells = []
     for gi in range(len(bounds) - 1):
-        rows = order[bounds[gi]:bounds[gi + 1]]
+        rows = order[bounds[gi] : bounds[gi + 1]]
         key = firsts[int(code[rows[0]])]
         if len(np.unique(sid_all[rows])) < len(rows):
             raise ValueError(f"build_cells: sample ids repeat within cell {key}; one row per sample expected")
@@ -196,20 +205,28 @@ def build_cells(old: pd.DataFrame, universe: Universe, keys: Sequence[str], outc
             lab = lab_all[sub]
             starts = np.flatnonzero(np.r_[True, lab[1:] != lab[:-1]])
             counts = np.diff(np.r_[starts, len(lab)])
-            cells.append(Cell(
-                key=key, outcomes=[outcomes[j] for j in js], idx=sid_all[sub], class_starts=starts,
-                memo=memo_all[sub], memo_rank=RankIndex.of(memo_all[sub]), loss_rank=RankIndex.of(loss_all[sub]),
-                y_rank=[RankIndex.of(ys_all[sub, j]) for j in js],
-                closed=bool((counts == class_size[lab[starts]]).all()),
-            ))
+            cells.append(
+                Cell(
+                    key=key,
+                    outcomes=[outcomes[j] for j in js],
+                    idx=sid_all[sub],
+                    class_starts=starts,
+                    memo=memo_all[sub],
+                    memo_rank=RankIndex.of(memo_all[sub]),
+                    loss_rank=RankIndex.of(loss_all[sub]),
+                    y_rank=[RankIndex.of(ys_all[sub, j]) for j in js],
+                    closed=bool((counts == class_size[lab[starts]]).all()),
+                )
+            )
     return cells
 
 
 def _cell_chunks(cell: Cell, w: np.ndarray) -> np.ndarray:
     """``_cell_batch`` over replicate chunks of at most ``CELL_ELEMENTS`` weights."""
     step = max(1, CELL_ELEMENTS // len(cell.idx))
-    return np.concatenate([_cell_batch(cell, w[:, i:i + step].astype(np.float64))
-                           for i in range(0, w.shape[1], step)])
+    return np.concatenate(
+        [_cell_batch(cell, w[:, i : i + step].astype(np.float64)) for i in range(0, w.shape[1], step)]
+    )
 
 
 def _cell_batch(cell: Cell, w: np.ndarray, memo_ranks: np.ndarray | None = None) -> np.ndarray:
@@ -219,7 +236,7 @@ def _cell_batch(cell: Cell, w: np.ndarray, memo_ranks: np.ndarray | None = None)
     n_w = w.sum(axis=0)
     xr = cell.memo_rank.ranks(w) if memo_ranks is None else np.array(memo_ranks, dtype=np.float64)
     x = _Moments(xr, w, n_w, cell.class_starts)
-    l = _Moments(cell.loss_rank.ranks(w), w, n_w, cell.class_starts)
+    l = _Moments(cell.loss_rank.ranks(w), w, n_w, cell.class_starts)  # noqa: E741
     w_class = np.add.reduceat(w, cell.class_starts, axis=0)
     sxx, sll, sxl = _colsum(x.wc, x.c), _colsum(l.wc, l.c), _colsum(x.wc, l.c)
     out = np.empty((w.shape[1], len(cell.outcomes), 2))
@@ -276,8 +293,16 @@ class Resampled:
     universe: Universe
 
 
-def resample(old: pd.DataFrame, keys: Sequence[str], outcomes: Sequence[str], n_boot: int, n_null: int,
-             rng: np.random.Generator, memo: str = "memo", threads: int = 1) -> Resampled:
+def resample(
+    old: pd.DataFrame,
+    keys: Sequence[str],
+    outcomes: Sequence[str],
+    n_boot: int,
+    n_null: int,
+    rng: np.random.Generator,
+    memo: str = "memo",
+    threads: int = 1,
+) -> Resampled:
     """Estimates, bootstrap replicates and permutation-null replicates of every cell of ``old``.
 
     Bootstrap: ``n_boot`` class-stratified sample-id draws (``stratified_counts``), each applied to
@@ -303,10 +328,9 @@ def resample(old: pd.DataFrame, keys: Sequence[str], outcomes: Sequence[str], n_
     for b0 in range(0, n_boot, batch):
         w_all = np.ascontiguousarray(stratified_counts(universe, min(batch, n_boot - b0), rng).T)  # (S, b)
 
-
         def one(c_sl, w_all=w_all, b0=b0):
             c, sl = c_sl
-            boot[b0:b0 + w_all.shape[1], sl] = _cell_chunks(c, w_all[c.idx])
+            boot[b0 : b0 + w_all.shape[1], sl] = _cell_chunks(c, w_all[c.idx])
 
         with ThreadPoolExecutor(max(1, int(threads))) as pool:
             list(pool.map(one, zip(cells, spans)))
@@ -322,10 +346,11 @@ def resample(old: pd.DataFrame, keys: Sequence[str], outcomes: Sequence[str], n_
                 base = c.memo_rank.ranks(np.ones((len(c.idx), 1)))[:, 0]
             step = max(1, CELL_ELEMENTS // len(c.idx))
             for i in range(0, len(perm), step):
-                pp = perm[i:i + step, c.idx].T  # (n, p)
+                pp = perm[i : i + step, c.idx].T  # (n, p)
                 xr = base[pos[pp]] if c.closed else stats.rankdata(static[pp], axis=0)
-                null[p0 + i:p0 + i + pp.shape[1], sl] = (_null_closed(c, xr) if c.closed else
-                                                          _cell_batch(c, np.ones(pp.shape), memo_ranks=xr))
+                null[p0 + i : p0 + i + pp.shape[1], sl] = (
+                    _null_closed(c, xr) if c.closed else _cell_batch(c, np.ones(pp.shape), memo_ranks=xr)
+                )
     # a degenerate resample of a tiny cell (constant ranks) gives NaN: count it as the estimate
     boot = np.where(np.isfinite(boot), boot, est[None])
     null = np.where(np.isfinite(null), null, est[None])

@@ -15,10 +15,20 @@ from scipy import stats
 from memplast.stats.common import CONDITION_KEYS, PRIMARY, rng_for
 
 
-def synthetic_deltas(n_orders: int = 2, n_classes: int = 10, classes_per_task: int = 2, n_per_class: int = 75,
-                     effect: float = 0.5, trend: float = 0.0, mediated: tuple[float, float] = (0.6, 0.5),
-                     class_confound: float = 1.0, nan_fraction: float = 0.01, noise_fraction: float = 0.05,
-                     conditions: Sequence[Mapping[str, str]] | None = None, seed: int = 0) -> pd.DataFrame:
+def synthetic_deltas(
+    n_orders: int = 2,
+    n_classes: int = 10,
+    classes_per_task: int = 2,
+    n_per_class: int = 75,
+    effect: float = 0.5,
+    trend: float = 0.0,
+    mediated: tuple[float, float] = (0.6, 0.5),
+    class_confound: float = 1.0,
+    nan_fraction: float = 0.01,
+    noise_fraction: float = 0.05,
+    conditions: Sequence[Mapping[str, str]] | None = None,
+    seed: int = 0,
+) -> pd.DataFrame:
     """A realistic pooled deltas table with planted effects (for tests, figures and timing).
 
     Per sample (shared by all runs): class effect u_c ~ N(0, 1); log memo = 0.7 u_c + N(0, 1)
@@ -66,29 +76,54 @@ def synthetic_deltas(n_orders: int = 2, n_classes: int = 10, classes_per_task: i
                 g_t = g_t_static[rows]
                 pred_forget = 0.5 * zk + rs.normal(size=m)
                 for kind, sd in (("immediate", 1.0), ("windowed", 0.6)):
-                    eps = lambda: sd * rs.normal(size=m)  # noqa: E731
+                    eps = lambda: sd * rs.normal(size=m)  # noqa: B023 (called within the iteration)
                     dorm = np.round(0.02 * (a * zk + eps()), 3)
-                    d_loss = (effect + trend * k) * zk + b * dorm / 0.02 + class_confound * uk + 0.3 * np.log(loss_t) + eps()
+                    d_loss = (
+                        (effect + trend * k) * zk + b * dorm / 0.02 + class_confound * uk + 0.3 * np.log(loss_t) + eps()
+                    )
                     d_log_grad = -0.5 * effect * zk + eps()
                     d_log_grad[rs.random(m) < nan_fraction] = np.nan
-                    frame = pd.DataFrame({
-                        "order_seed": order_seed, **cond, "sample_id": sample_id[rows], "label": label[rows],
-                        "boundary": k, "is_old": is_old, "noisy": noisy[rows], "kind": kind,
-                        "memo": memo[rows], "memo_pct": memo_pct[rows], "loss_t": loss_t,
-                        "d_loss": d_loss, "d_log_grad": d_log_grad, "grad_drop": g_t * (1 - np.exp(d_log_grad)),
-                        "d_input_grad": 0.3 * zk + eps(), "d_margin": -0.8 * d_loss + eps(),
-                        "d_dormant_t0": np.round(dorm * 0.5, 3), "d_dormant_t0.001": np.round(dorm * 0.8, 3),
-                        "d_dormant_t0.01": dorm, "drift_after": np.abs(0.5 + 0.2 * zk + eps()),
-                        "align_dot": align_cos * g_t, "align_cos": align_cos, "pred_forget": pred_forget,
-                    })
+                    frame = pd.DataFrame(
+                        {
+                            "order_seed": order_seed,
+                            **cond,
+                            "sample_id": sample_id[rows],
+                            "label": label[rows],
+                            "boundary": k,
+                            "is_old": is_old,
+                            "noisy": noisy[rows],
+                            "kind": kind,
+                            "memo": memo[rows],
+                            "memo_pct": memo_pct[rows],
+                            "loss_t": loss_t,
+                            "d_loss": d_loss,
+                            "d_log_grad": d_log_grad,
+                            "grad_drop": g_t * (1 - np.exp(d_log_grad)),
+                            "d_input_grad": 0.3 * zk + eps(),
+                            "d_margin": -0.8 * d_loss + eps(),
+                            "d_dormant_t0": np.round(dorm * 0.5, 3),
+                            "d_dormant_t0.001": np.round(dorm * 0.8, 3),
+                            "d_dormant_t0.01": dorm,
+                            "drift_after": np.abs(0.5 + 0.2 * zk + eps()),
+                            "align_dot": align_cos * g_t,
+                            "align_cos": align_cos,
+                            "pred_forget": pred_forget,
+                        }
+                    )
                     frame["d_drift"] = frame["drift_after"] - 0.5  # after minus a constant before-window drift
                     # new classes have no loss before the boundary (old-class mask), as in memplast.deltas
                     frame.loc[~is_old, ["loss_t", "d_loss", "d_log_grad", "grad_drop", "d_margin"]] = np.nan
                     frames.append(frame)
     return pd.concat(frames, ignore_index=True)
 
-def synthetic_summary(n_orders: int = 5, n_tasks: int = 5, conditions: Sequence[Mapping[str, str]] | None = None,
-                      shift: Mapping[tuple, float] | None = None, seed: int = 0) -> pd.DataFrame:
+
+def synthetic_summary(
+    n_orders: int = 5,
+    n_tasks: int = 5,
+    conditions: Sequence[Mapping[str, str]] | None = None,
+    shift: Mapping[tuple, float] | None = None,
+    seed: int = 0,
+) -> pd.DataFrame:
     """Per-run per-task summary table with a planted accuracy shift per condition.
 
     test_acc = 0.9 - 0.05 task + shift[condition] + N(0, 0.01) (retrained: no decay), where
@@ -106,7 +141,17 @@ def synthetic_summary(n_orders: int = 5, n_tasks: int = 5, conditions: Sequence[
         for order_seed in range(n_orders):
             for task in range(n_tasks):
                 acc = 0.9 - decay * task + s + rng.normal(0, 0.01)
-                rows.append({"order_seed": order_seed, **cond, "task": task, "test_acc": acc,
-                             "val_acc": acc + rng.normal(0, 0.01), "dormant_units": 0.05 * task * (decay > 0) + 0.01,
-                             "effective_rank": 50 - task, "stable_rank": 10 - 0.5 * task, "mean_abs_weight": 0.01 + 0.001 * task})
+                rows.append(
+                    {
+                        "order_seed": order_seed,
+                        **cond,
+                        "task": task,
+                        "test_acc": acc,
+                        "val_acc": acc + rng.normal(0, 0.01),
+                        "dormant_units": 0.05 * task * (decay > 0) + 0.01,
+                        "effective_rank": 50 - task,
+                        "stable_rank": 10 - 0.5 * task,
+                        "mean_abs_weight": 0.01 + 0.001 * task,
+                    }
+                )
     return pd.DataFrame(rows)

@@ -29,8 +29,19 @@ import pandas as pd
 
 from memplast.stats import effects, models, pooling
 from memplast.stats.common import (
-    CONDITION_KEYS, KINDS, POOLED_COLUMNS, PRIMARY, RUN_KEYS, add_bh, finite, key_dict, old_rows, outcomes_of,
-    require, require_finite, rng_for,
+    CONDITION_KEYS,
+    KINDS,
+    POOLED_COLUMNS,
+    PRIMARY,
+    RUN_KEYS,
+    add_bh,
+    finite,
+    key_dict,
+    old_rows,
+    outcomes_of,
+    require,
+    require_finite,
+    rng_for,
 )
 from memplast.stats.conditions import accuracy_differences
 from memplast.stats.correlation import windowed_correlation_columns, windowed_correlation_results
@@ -38,12 +49,30 @@ from memplast.stats.resampling import resample
 
 log = logging.getLogger("memplast.stats")
 
-TABLES = ("headline", "pooled", "per_boundary", "trend", "models", "deciles", "tails", "mediation", "cross_sample",
-          "windowed_correlation_results")
+TABLES = (
+    "headline",
+    "pooled",
+    "per_boundary",
+    "trend",
+    "models",
+    "deciles",
+    "tails",
+    "mediation",
+    "cross_sample",
+    "windowed_correlation_results",
+)
 ROW_COLUMNS = POOLED_COLUMNS + pooling.NULL_COLUMNS
 # Sign that makes "larger = more plasticity lost" for the tails analysis (positive = worse).
-PLASTICITY_LOSS_SIGN = {"d_loss": 1, "grad_drop": 1, "d_log_grad": -1, "d_margin": -1, "pred_forget": 1,
-                        "d_drift": 1, "align_dot": -1, "align_cos": -1}
+PLASTICITY_LOSS_SIGN = {
+    "d_loss": 1,
+    "grad_drop": 1,
+    "d_log_grad": -1,
+    "d_margin": -1,
+    "pred_forget": 1,
+    "d_drift": 1,
+    "align_dot": -1,
+    "align_cos": -1,
+}
 
 
 def boundary_stride(epochs_per_task: int, window: int) -> int:
@@ -64,9 +93,15 @@ def _level(table: pd.DataFrame) -> pd.Series:
 def association_tables(old: pd.DataFrame, cfg: Mapping, outcomes: list, kinds: list) -> dict[str, pd.DataFrame]:
     """headline, pooled, per_boundary and trend for the condition(s) in ``old`` (one draw set)."""
     seed, ci = int(cfg.get("seed", 0)), float(cfg.get("ci_level", 0.95))
-    res = resample(old[old["kind"].isin(kinds)], CONDITION_KEYS + ["kind", "order_seed", "boundary"], outcomes,
-                   int(cfg.get("n_boot", 2000)), int(cfg.get("n_permutations", 2000)), rng_for(seed, "resample"),
-                   threads=int(cfg.get("threads", 1)))
+    res = resample(
+        old[old["kind"].isin(kinds)],
+        CONDITION_KEYS + ["kind", "order_seed", "boundary"],
+        outcomes,
+        int(cfg.get("n_boot", 2000)),
+        int(cfg.get("n_permutations", 2000)),
+        rng_for(seed, "resample"),
+        threads=int(cfg.get("threads", 1)),
+    )
     group = CONDITION_KEYS + ["kind", "outcome"]
     cells = pooling.cell_rows(res, ci)
     cells = add_bh(cells, ["estimator"])
@@ -75,10 +110,12 @@ def association_tables(old: pd.DataFrame, cfg: Mapping, outcomes: list, kinds: l
     strides = {"immediate": 1, "windowed": boundary_stride(int(cfg["epochs_per_task"]), int(cfg["window"]))}
     trend = add_bh(pooling.trend_rows(res, group, ci, strides), ["estimator"])
     headline = pooled[(pooled["boundary"].astype(str) == "all") & (pooled["pooling"] == "fixed")]
-    return {"headline": _order(headline.reset_index(drop=True), CONDITION_KEYS),
-            "pooled": _order(pooled, CONDITION_KEYS),
-            "per_boundary": _order(cells, CONDITION_KEYS + ["order_seed"]),
-            "trend": _order(trend, CONDITION_KEYS)}
+    return {
+        "headline": _order(headline.reset_index(drop=True), CONDITION_KEYS),
+        "pooled": _order(pooled, CONDITION_KEYS),
+        "per_boundary": _order(cells, CONDITION_KEYS + ["order_seed"]),
+        "trend": _order(trend, CONDITION_KEYS),
+    }
 
 
 def model_table(old: pd.DataFrame, cfg: Mapping, outcomes: list, kinds: list) -> pd.DataFrame:
@@ -87,9 +124,18 @@ def model_table(old: pd.DataFrame, cfg: Mapping, outcomes: list, kinds: list) ->
     for key, g in old[old["kind"].isin(kinds)].groupby(CONDITION_KEYS + ["kind"], sort=True):
         for outcome in outcomes:
             fit = models.ols_rank_fe(g, outcome, float(cfg.get("ci_level", 0.95)))
-            rows.append({**key_dict(CONDITION_KEYS + ["kind"], key), "outcome": outcome, "boundary": "all",
-                         "estimator": "ols_rank_fe", "pooling": "fixed", "n_rows": fit.pop("n"),
-                         "n_orders": g["order_seed"].nunique(), **fit})
+            rows.append(
+                {
+                    **key_dict(CONDITION_KEYS + ["kind"], key),
+                    "outcome": outcome,
+                    "boundary": "all",
+                    "estimator": "ols_rank_fe",
+                    "pooling": "fixed",
+                    "n_rows": fit.pop("n"),
+                    "n_orders": g["order_seed"].nunique(),
+                    **fit,
+                }
+            )
     return _order(add_bh(pd.DataFrame(rows), []), CONDITION_KEYS)
 
 
@@ -112,13 +158,19 @@ def effect_tables(deltas: pd.DataFrame, old: pd.DataFrame, cfg: Mapping, outcome
             if len(finite(g, ["memo", outcome])) < 2 * n_deciles:
                 continue
             key = tuple(ident.values())
-            d = effects.decile_effects(g, "memo", outcome, n_deciles, n_boot, rng_for(seed, "deciles", *key, outcome).integers(2**32), ci)
+            d = effects.decile_effects(
+                g, "memo", outcome, n_deciles, n_boot, rng_for(seed, "deciles", *key, outcome).integers(2**32), ci
+            )
             out.append(d.assign(**ident, outcome=outcome))
         return out
 
     keys = by + ["outcome"]
     parts = _per_run(old, kinds, by, deciles)
-    dec = pd.concat(parts, ignore_index=True)[keys + effects.DECILE_COLUMNS] if parts else pd.DataFrame(columns=keys + effects.DECILE_COLUMNS)
+    dec = (
+        pd.concat(parts, ignore_index=True)[keys + effects.DECILE_COLUMNS]
+        if parts
+        else pd.DataFrame(columns=keys + effects.DECILE_COLUMNS)
+    )
     dec["p_bh"] = np.nan
     top = dec["term"] == "top_minus_bottom"
     if top.any():
@@ -132,12 +184,18 @@ def effect_tables(deltas: pd.DataFrame, old: pd.DataFrame, cfg: Mapping, outcome
             sign = 1 if score.startswith("d_dormant") else PLASTICITY_LOSS_SIGN.get(score)
             if sign is None or finite(g, [score, "memo"]).empty:
                 continue
-            out.append(effects.tails(g, q, score, "memo", thr, largest=sign > 0).assign(**ident, score=score, direction=sign))
+            out.append(
+                effects.tails(g, q, score, "memo", thr, largest=sign > 0).assign(**ident, score=score, direction=sign)
+            )
         return out
 
     keys = RUN_KEYS + ["kind", "score", "direction"]
     parts = _per_run(old, kinds, RUN_KEYS + ["kind"], tails)
-    tl = pd.concat(parts, ignore_index=True)[keys + effects.TAIL_COLUMNS] if parts else pd.DataFrame(columns=keys + effects.TAIL_COLUMNS)
+    tl = (
+        pd.concat(parts, ignore_index=True)[keys + effects.TAIL_COLUMNS]
+        if parts
+        else pd.DataFrame(columns=keys + effects.TAIL_COLUMNS)
+    )
 
     sims = int(cfg.get("mediation_sims", 200))
     tau = max(cfg.get("taus", [0.01]))
@@ -149,16 +207,32 @@ def effect_tables(deltas: pd.DataFrame, old: pd.DataFrame, cfg: Mapping, outcome
         for m in mediators:
             if "d_loss" not in g or len(finite(g, ["memo_rank", m, "d_loss", "loss_t"])) < 10:
                 continue
-            r = effects.mediation(g, "memo_rank", m, "d_loss", sims, rng_for(seed, "mediation", *ident.values(), m).integers(2**32),
-                                  covariates=["loss_t"], ci_level=ci)
+            r = effects.mediation(
+                g,
+                "memo_rank",
+                m,
+                "d_loss",
+                sims,
+                rng_for(seed, "mediation", *ident.values(), m).integers(2**32),
+                covariates=["loss_t"],
+                ci_level=ci,
+            )
             out.append({**ident, "exposure": "rank(memo)", "mediator": m, "outcome": "d_loss", **r})
         return out
 
     keys = by + ["exposure", "mediator", "outcome"]
     med = pd.DataFrame(_per_run(old, kinds, by, mediation), columns=keys + effects.MEDIATION_COLUMNS)
-    cross = effects.cross_sample(deltas, kinds) if "d_loss" in deltas.columns else pd.DataFrame(columns=effects.CROSS_SAMPLE_COLUMNS)
-    return {"deciles": dec, "tails": add_bh(tl, RUN_KEYS + ["kind"]), "mediation": add_bh(med, RUN_KEYS + ["kind"], ["acme_p"]),
-            "cross_sample": cross}
+    cross = (
+        effects.cross_sample(deltas, kinds)
+        if "d_loss" in deltas.columns
+        else pd.DataFrame(columns=effects.CROSS_SAMPLE_COLUMNS)
+    )
+    return {
+        "deciles": dec,
+        "tails": add_bh(tl, RUN_KEYS + ["kind"]),
+        "mediation": add_bh(med, RUN_KEYS + ["kind"], ["acme_p"]),
+        "cross_sample": cross,
+    }
 
 
 def run_all(deltas: pd.DataFrame, cfg: Mapping) -> dict[str, pd.DataFrame]:
@@ -171,8 +245,11 @@ def run_all(deltas: pd.DataFrame, cfg: Mapping) -> dict[str, pd.DataFrame]:
         if key not in cfg:
             raise ValueError(f"run_all: cfg is missing {key!r}")
     outcomes = outcomes_of(cfg)
-    require(deltas, RUN_KEYS + ["sample_id", "label", "boundary", "is_old", "kind", "memo", "loss_t"] + outcomes,
-            "run_all deltas")
+    require(
+        deltas,
+        RUN_KEYS + ["sample_id", "label", "boundary", "is_old", "kind", "memo", "loss_t"] + outcomes,
+        "run_all deltas",
+    )
     kinds = [k for k in KINDS if (deltas["kind"] == k).any()]
     old = old_rows(deltas).sort_values("sample_id", kind="stable")
     require_finite(old, ["memo", "loss_t"] + outcomes, "run_all (old samples)")
@@ -182,8 +259,9 @@ def run_all(deltas: pd.DataFrame, cfg: Mapping) -> dict[str, pd.DataFrame]:
     out.update(effect_tables(deltas, old, cfg, outcomes, kinds))
     tau = max(cfg.get("taus", [0.01]))
     legacy_ok = "windowed" in kinds and {"d_loss", "grad_drop", f"d_dormant_t{tau:g}"} <= set(deltas.columns)
-    out["windowed_correlation_results"] = (windowed_correlation_results(deltas, tau) if legacy_ok
-                                           else pd.DataFrame(columns=windowed_correlation_columns()))
+    out["windowed_correlation_results"] = (
+        windowed_correlation_results(deltas, tau) if legacy_ok else pd.DataFrame(columns=windowed_correlation_columns())
+    )
     log.info("run_all: all tables in %.1f s", time.perf_counter() - t_start)
     return out
 
@@ -200,12 +278,22 @@ def compare_conditions(deltas: pd.DataFrame | None, summary: pd.DataFrame, cfg: 
         kinds = [k for k in KINDS if (deltas["kind"] == k).any()]
         old = old_rows(deltas)
         old = old[old["kind"].isin(kinds)]
-        res = resample(old, CONDITION_KEYS + ["kind", "order_seed", "boundary"], outcomes, int(cfg.get("n_boot", 2000)), 0,
-                       rng_for(int(cfg.get("seed", 0)), "conditions"), threads=int(cfg.get("threads", 1)))
+        res = resample(
+            old,
+            CONDITION_KEYS + ["kind", "order_seed", "boundary"],
+            outcomes,
+            int(cfg.get("n_boot", 2000)),
+            0,
+            rng_for(int(cfg.get("seed", 0)), "conditions"),
+            threads=int(cfg.get("threads", 1)),
+        )
         diff = pooling.difference_rows(res, CONDITION_KEYS, primary, ["kind", "outcome"], ci)
         parts.append(diff)
-    table = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) else pd.DataFrame(
-        columns=CONDITION_KEYS + ["metric", "task"] + POOLED_COLUMNS)
+    table = (
+        pd.concat([p for p in parts if len(p)], ignore_index=True)
+        if any(len(p) for p in parts)
+        else pd.DataFrame(columns=CONDITION_KEYS + ["metric", "task"] + POOLED_COLUMNS)
+    )
     for c in ("outcome", "kind"):
         if c not in table:
             table[c] = pd.NA
