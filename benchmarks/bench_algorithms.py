@@ -27,7 +27,8 @@ import time
 import torch
 
 from memplast import algorithms as A
-from memplast.models import ResNet18, class_mask, per_sample_loss
+from memplast.masks import class_mask, per_sample_loss
+from memplast.models import ResNet18
 
 C, N = 100, 90
 CBP = {"replacement_rate": 1e-5, "decay_rate": 0.99, "maturity_threshold": 1000, "mode": "faithful"}

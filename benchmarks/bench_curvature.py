@@ -22,7 +22,8 @@ import time
 import torch
 
 from memplast import curvature as cv
-from memplast.models import ResNet18, class_mask, per_sample_loss
+from memplast.masks import class_mask, per_sample_loss
+from memplast.models import ResNet18
 
 CLOCK = time.process_time  # main() switches to wall time when torch uses more than one thread
 

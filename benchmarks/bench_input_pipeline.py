@@ -28,8 +28,9 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from memplast.data import Prepared, channel_stats, make_synthetic
-from memplast.models import ResNet18, class_mask
-from memplast.train import DeviceData, make_optimizer, train_epoch
+from memplast.masks import class_mask
+from memplast.models import ResNet18
+from memplast.train import DeviceData, train_epoch
 
 BATCH = 90
 N_CLASSES = 100
@@ -117,7 +118,7 @@ def time_epoch(p: Prepared) -> float:
     """Images/s of one train_epoch of ResNet-18 width 16 (after one warm-up batch)."""
     torch.manual_seed(0)
     model = ResNet18(N_CLASSES, 3, 16)
-    optimizer = make_optimizer(model, lr=0.1, momentum=0.9, weight_decay=5e-4)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     data = DeviceData(p, torch.device("cpu"))
     mask = class_mask(range(N_CLASSES), N_CLASSES)
     gen = torch.Generator().manual_seed(0)

@@ -29,7 +29,8 @@ import torch
 torch.set_num_threads(1)
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 import numpy as np
-from memplast.models import ResNet18, class_mask
+from memplast.models import ResNet18
+from memplast.masks import class_mask
 kind, batch = sys.argv[1], int(sys.argv[2])
 g = torch.Generator().manual_seed(0)
 model = ResNet18(100, 3, 64)
@@ -38,7 +39,7 @@ y = torch.randint(0, 100, (batch,), generator=g)
 mask = class_mask(range(100), 100)
 if kind == "train":
     from memplast.data import Prepared
-    from memplast.train import DeviceData, make_optimizer, train_epoch, evaluate
+    from memplast.train import DeviceData, evaluate, train_epoch
     n = 60000
     images = np.random.default_rng(0).integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)
     labels = np.arange(n) % 100
@@ -46,14 +47,13 @@ if kind == "train":
                  sample_id=np.arange(n), source=np.full(n, "train"), split=np.full(n, "train"),
                  mean=[0.5] * 3, std=[0.25] * 3, n_classes=100)
     data = DeviceData(p, torch.device("cpu"))
-    opt = make_optimizer(model, 0.1, 0.9, 5e-4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     aug = {"crop_padding": 4, "flip": True, "rotation_degrees": 15.0}
     train_epoch(model, opt, data, np.arange(batch), mask, batch, g, aug)
     evaluate(model, data, np.arange(1000), mask, 1000)
 elif kind == "memo_scorer":
-    from memplast.train import make_optimizer
-    from memplast.models import per_sample_loss
-    opt = make_optimizer(model, 0.1, 0.9, 1e-4)
+    from memplast.masks import per_sample_loss
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     per_sample_loss(model(x), y, mask).mean().backward()
     opt.step()
 elif kind == "curvature":

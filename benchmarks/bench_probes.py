@@ -33,7 +33,8 @@ import torch
 from torch.func import functional_call, grad, vmap
 
 from memplast import probes
-from memplast.models import ResNet18, class_mask, per_sample_loss
+from memplast.masks import class_mask, per_sample_loss
+from memplast.models import ResNet18
 
 C = 100
 
@@ -71,7 +72,7 @@ def run(width: int, n: int, repeats: int, slow_rows: bool) -> dict:
 
     def vmap_grad():
         def loss1(p, xi, yi):
-            return probes.masked_ce(functional_call(model, {**p, **buffers}, (xi[None],)), yi[None], native[None])[0]
+            return per_sample_loss(functional_call(model, {**p, **buffers}, (xi[None],)), yi[None], native[None])[0]
 
         g = vmap(grad(loss1), in_dims=(None, 0, 0), chunk_size=8)(params, x, y)
         return torch.sqrt(sum(v.flatten(1).square().sum(1) for v in g.values()))
@@ -81,7 +82,7 @@ def run(width: int, n: int, repeats: int, slow_rows: bool) -> dict:
         for i in range(n):
             xi = x[i : i + 1].clone().requires_grad_()
             gs = torch.autograd.grad(
-                probes.masked_ce(model(xi), y[i : i + 1], masks[i : i + 1])[0], [xi, *model.parameters()]
+                per_sample_loss(model(xi), y[i : i + 1], masks[i : i + 1])[0], [xi, *model.parameters()]
             )
             out.append((gs[0].norm(), torch.sqrt(sum(g.square().sum() for g in gs[1:]))))
         return out
@@ -102,7 +103,7 @@ def pred_forget_validation(n_tasks: int = 4) -> list[dict]:
 
     from memplast import config, data, train
     from memplast.augment import normalize
-    from memplast.models import load_checkpoint
+    from memplast.checkpoints import load_checkpoint
 
     root = Path(__file__).resolve().parents[1]
     cfg = config.load(root / "config.yaml", root / "config" / "demo.yaml")
@@ -148,14 +149,14 @@ def pred_forget_validation(n_tasks: int = 4) -> list[dict]:
             params = {k: p.detach() for k, p in model.named_parameters()}
             buffers = dict(model.named_buffers())
             with torch.no_grad():
-                before = probes.masked_ce(
+                before = per_sample_loss(
                     functional_call(model, {**params, **buffers}, (x,)), y, probes.row_masks(old_mask, len(y))
                 )
             for eta in (proto["lr"], proto["lr"] / 10):
                 pred = probes.probe_checkpoint(model, x, y, old_mask, old_mask, direction=G, eta=eta)["pred_forget"]
                 stepped = {k: v - eta * G[k] for k, v in params.items()}
                 with torch.no_grad():
-                    after = probes.masked_ce(
+                    after = per_sample_loss(
                         functional_call(model, {**stepped, **buffers}, (x,)), y, probes.row_masks(old_mask, len(y))
                     )
                 real = (after - before).double()

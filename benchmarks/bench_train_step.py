@@ -31,8 +31,9 @@ import torch
 from memplast import augment
 from memplast.data import Prepared, channel_stats, make_synthetic
 from memplast.device import count_host_syncs
-from memplast.models import build_model, class_mask, per_sample_loss, seen_classes
-from memplast.train import DeviceData, NonFiniteLoss, make_optimizer, train_epoch
+from memplast.masks import class_mask, per_sample_loss, seen_classes
+from memplast.models import build_model
+from memplast.train import DeviceData, NonFiniteLoss, train_epoch
 
 BATCH = 90
 AUG = {"crop_padding": 4, "flip": True, "rotation_degrees": 15.0}
@@ -95,7 +96,7 @@ def setting(arch: str, width: int, n_classes: int, shape, n: int):
 
 
 def run_epoch(kind, data, rows, model, seen, n_classes):
-    optimizer = make_optimizer(model, 0.01, 0.9, 5e-4)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     gen = torch.Generator().manual_seed(0)
     if kind == "before":
         return lambda: step_before(model, optimizer, data, rows, class_mask(seen, n_classes), BATCH, gen, AUG)

@@ -25,8 +25,9 @@ import torch
 from memplast import config as mpconfig
 from memplast import data
 from memplast.augment import normalize
+from memplast.checkpoints import load_checkpoint
+from memplast.masks import class_mask
 from memplast.model_metrics import model_metrics
-from memplast.models import class_mask, load_checkpoint
 from memplast.plasticity import gap_table, signature_table, trend_table
 from memplast.train import RunSpec, run_task
 

@@ -1,6 +1,10 @@
-"""Plasticity-maintaining algorithms (the ``algorithm`` run factor): shrink-and-perturb,
-continual backprop (CBP, Dohare et al. 2024) and utility-based perturbed gradient descent
-(UPGD, Elsayed & Mahmood 2024, first order).
+"""The ``algorithm`` run factor: what each algorithm adds to plain SGD, behind one interface.
+
+:class:`Algorithm` (``base``) is the interface; each algorithm is a subclass registered in
+:data:`ALGORITHMS` (``retrained``, ``head_reset``, ``shrink_perturb``, ``cbp``, ``upgd``,
+``upgd_cbp``), so the training loop never names one. The mechanisms behind them:
+shrink-and-perturb, continual backprop (CBP, Dohare et al. 2024) and utility-based perturbed
+gradient descent (UPGD, Elsayed & Mahmood 2024, first order).
 
 Every random draw (replacement weights, perturbations) comes from a seeded CPU
 ``torch.Generator`` and is moved to the device afterwards, so results and the generator
@@ -15,19 +19,11 @@ import math
 import torch
 from torch import nn
 
-from memplast.models import HiddenLayer, head, hidden_layers
+from memplast.device import stable_seed
+from memplast.models import HiddenLayer, head, hidden_layers, reinit
 
-ALGORITHMS = ("base", "retrained", "head_reset", "shrink_perturb", "cbp", "upgd", "upgd_cbp")
 CBP_MODES = ("faithful", "paper")
 UPGD_GATINGS = ("full", "hidden_only", "output_only")
-
-
-def uses_cbp(algorithm: str) -> bool:
-    return algorithm in ("cbp", "upgd_cbp")
-
-
-def uses_upgd(algorithm: str) -> bool:
-    return algorithm in ("upgd", "upgd_cbp")
 
 
 # --------------------------------------------------------------------------- shrink and perturb
@@ -317,3 +313,137 @@ def make_upgd(model: nn.Module, cfg: dict, lr: float, weight_decay: float, seed:
         non_gated_scale=cfg["non_gated_scale"],
         seed=seed,
     )
+
+
+# --------------------------------------------------------------------------- the interface
+class Algorithm:
+    """``base``: SGD with momentum and L2 weight decay (``protocol``), nothing else.
+
+    The hooks the training loop calls, in this order:
+    ``make_optimizer(model)`` once per task job (before any state is loaded), ``attach(model,
+    noise_generator)`` once the previous task's state is loaded, ``start_task(state, task)`` at
+    the start of every task (re-initialisations), ``after_step(acts)`` after every optimizer step
+    (with the batch's ReLU outputs when ``wants_acts``), ``pop_replaced()`` once per epoch (units
+    re-initialised since the last call); ``state_dict``/``load_state_dict`` round-trip whatever is
+    not in the model, the optimizer or the run's generators (saved under the key ``cbp`` of the
+    task states, as before this interface).
+    """
+
+    wants_acts = False
+
+    def __init__(self, protocol: dict, order_seed: int):
+        self.protocol, self.order_seed = protocol, order_seed
+
+    @property
+    def lr(self) -> float:
+        """The learning rate every task restarts from."""
+        return self.protocol["lr"]
+
+    def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        p = self.protocol
+        return torch.optim.SGD(model.parameters(), lr=p["lr"], momentum=p["momentum"], weight_decay=p["weight_decay"])
+
+    def attach(self, model: nn.Module, noise_generator: torch.Generator) -> None:
+        pass
+
+    def start_task(self, state, task: int) -> None:
+        pass
+
+    after_step = None  # a callable, or None when the algorithm does nothing after a step
+
+    def pop_replaced(self) -> int:
+        return 0
+
+    def state_dict(self):
+        return None
+
+    def load_state_dict(self, state) -> None:
+        pass
+
+
+class Retrained(Algorithm):
+    """``retrained``: the network re-initialised at the start of every task after the first (the
+    reference for relative accuracy); SGD momentum kept unless ``keep_momentum_on_reset`` is false."""
+
+    def start_task(self, state, task: int) -> None:
+        if task == 0:
+            return
+        reinit(state.model, stable_seed("init", self.order_seed, task))
+        if not self.protocol["keep_momentum_on_reset"]:
+            state.optimizer = self.make_optimizer(state.model)
+
+
+class HeadReset(Algorithm):
+    """``head_reset``: the linear head re-initialised at the start of every task after the first."""
+
+    def start_task(self, state, task: int) -> None:
+        if task == 0:
+            return
+        reinit(head(state.model), stable_seed("head", self.order_seed, task))
+        if not self.protocol["keep_momentum_on_reset"]:
+            for p in head(state.model).parameters():
+                state.optimizer.state.pop(p, None)
+
+
+class ShrinkPerturb(Algorithm):
+    """``shrink_perturb``: theta <- shrink * theta + noise after every step (:func:`shrink_perturb_step`)."""
+
+    def attach(self, model: nn.Module, noise_generator: torch.Generator) -> None:
+        self.after_step = shrink_perturb_step(model, self.protocol["shrink_perturb"], noise_generator)
+
+
+class ContinualBackprop(Algorithm):
+    """``cbp``: SGD plus :class:`CBP` after every step."""
+
+    wants_acts = True
+
+    def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        optimizer = super().make_optimizer(model)
+        self.cbp = CBP(model, self.protocol["cbp"], stable_seed("cbp", self.order_seed))
+        return optimizer
+
+    def attach(self, model: nn.Module, noise_generator: torch.Generator) -> None:
+        self.after_step = self.cbp
+
+    def pop_replaced(self) -> int:
+        return self.cbp.pop_replaced()
+
+    def state_dict(self):
+        return self.cbp.state_dict()
+
+    def load_state_dict(self, state) -> None:
+        self.cbp.load_state_dict(state)
+
+
+class Upgd(Algorithm):
+    """``upgd``: the :class:`UPGD` optimizer (``protocol.upgd``) instead of SGD."""
+
+    @property
+    def lr(self) -> float:
+        return self.protocol["upgd"]["lr"] or self.protocol["lr"]
+
+    def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        p = self.protocol
+        return make_upgd(model, p["upgd"], self.lr, p["weight_decay"], stable_seed("upgd", self.order_seed))
+
+
+class UpgdCbp(ContinualBackprop, Upgd):
+    """``upgd_cbp``: the UPGD optimizer plus continual backprop."""
+
+
+ALGORITHMS = {
+    "base": Algorithm,
+    "retrained": Retrained,
+    "head_reset": HeadReset,
+    "shrink_perturb": ShrinkPerturb,
+    "cbp": ContinualBackprop,
+    "upgd": Upgd,
+    "upgd_cbp": UpgdCbp,
+}
+
+
+def make_algorithm(name: str, protocol: dict, order_seed: int) -> Algorithm:
+    """The algorithm ``name`` of the run factor, reading its hyper-parameters from ``protocol``."""
+    if name not in ALGORITHMS:
+        raise ValueError(f"unknown algorithm {name!r}; choose one of {sorted(ALGORITHMS)}")
+    return ALGORITHMS[name](protocol, order_seed)

@@ -2,7 +2,8 @@
 
 Every output carries its provenance (code version, runtime), so two runs of different commits
 never match byte for byte. :func:`content_digest` hashes what a file *says* instead:
-- Parquet: the table's data (Arrow IPC of the table with its schema metadata dropped);
+- Parquet: the table's data (Arrow IPC of the table with its schema metadata dropped), without
+  the wall-clock columns (``TIMING_COLUMNS``);
 - checkpoints (``.pt``): every tensor's bytes, dtype and shape, and the other entries except
   ``provenance_json``;
 - ``.npz``: every array except ``provenance_json``;
@@ -22,6 +23,7 @@ import json
 import sys
 from pathlib import Path
 
+TIMING_COLUMNS = ("seconds", "images_per_sec")
 SKIP_SUFFIXES = {".pdf", ".png", ".svg", ".html", ".log", ".tmp"}
 
 
@@ -60,6 +62,7 @@ def content_digest(path: Path) -> str | None:
         import pyarrow.parquet as pq
 
         table = pq.read_table(path)
+        table = table.drop_columns([c for c in TIMING_COLUMNS if c in table.column_names])
         table = table.replace_schema_metadata(None)
         sink = io.BytesIO()
         with pa.ipc.new_stream(sink, table.schema) as writer:

@@ -25,7 +25,6 @@ Conventions shared by every function here:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
@@ -36,7 +35,9 @@ import pandas as pd
 import torch
 from torch import nn
 
-from memplast.models import eval_mode, masked_labels, masked_logits, per_sample_loss
+from memplast.device import stable_seed
+from memplast.masks import masked_labels, masked_logits, per_sample_loss
+from memplast.models import eval_mode
 from memplast.progress import tqdm
 
 log = logging.getLogger("memplast.curvature")
@@ -100,7 +101,7 @@ def strict_numerics(device, deterministic: bool = True) -> dict:
 def checkpoint_seed(seed: int, epoch: int) -> int:
     """The probe seed of one checkpoint: a 63-bit hash of (seed, epoch), so every checkpoint of a
     grid draws independent probes (a shared seed makes the errors of a grid mean correlated)."""
-    return int.from_bytes(hashlib.sha256(repr(("probes", int(seed), int(epoch))).encode()).digest()[:8], "little") >> 1
+    return stable_seed("probes", int(seed), int(epoch))
 
 
 # --------------------------------------------------------------------------- probe vectors

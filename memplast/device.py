@@ -43,6 +43,20 @@ def _host_side():
         _local.host -= 1
 
 
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' -> cuda when available, else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("protocol.device is 'cuda' but no GPU is visible; use device: auto or cpu")
+    return torch.device(name)
+
+
+def stable_seed(*parts) -> int:
+    """A 63-bit seed from any printable parts, identical across processes and machines."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 1
+
+
 def cpu_generator(seed: int) -> torch.Generator:
     """A seeded CPU generator: draw on the CPU, then move the draws (same values on any device)."""
     return torch.Generator(device="cpu").manual_seed(seed)

@@ -22,7 +22,9 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from memplast.probes import _as_tensor, batch_stat_buffers, eval_mode, masked_ce, row_masks, split_state
+from memplast.masks import per_sample_loss, row_masks
+from memplast.models import eval_mode
+from memplast.probes import _as_tensor, batch_stat_buffers, split_state
 
 DORMANT_RATE = 0.01
 FAITHFUL_BATCH = 1000
@@ -100,7 +102,7 @@ def model_metrics(
             masks = row_masks(mask.to(device), len(y))
             feats.append(out.features.cpu())
             hits.append((out.logits.masked_fill(~masks, -math.inf).argmax(1) == y).cpu())
-            losses.append(masked_ce(out.logits, y, masks).double().cpu())
+            losses.append(per_sample_loss(out.logits, y, masks).double().cpu())
     dormant = (active.double() / observed < DORMANT_RATE).split([a.shape[1] for a in out.acts])
     result = {
         "n_samples": int(sum(len(h) for h in hits)),

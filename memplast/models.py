@@ -9,9 +9,9 @@ the exact curvature (``curvature.exact_ggn``) relies on.
 from __future__ import annotations
 
 import contextlib
+import copy
 from typing import NamedTuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -124,6 +124,18 @@ class SmallCNN(nn.Module):
 ARCHS = {"resnet18": ResNet18, "small_cnn": SmallCNN}
 
 
+def reinit(module: nn.Module, seed: int) -> None:
+    """Re-draw a module's parameters with the reference init from ``seed``: drawn on the CPU
+    (a copy of the module) and copied to the module's device, so the same on any device."""
+    cpu = copy.deepcopy(module).cpu()
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(seed)  # CPU only: CUDA generators untouched
+        init_reference(cpu)
+    with torch.no_grad():
+        for p, q in zip(module.parameters(), cpu.parameters(), strict=True):
+            p.copy_(q)
+
+
 def build_model(arch: str, num_classes: int, in_channels: int, width: int) -> nn.Module:
     """Build a freshly initialised network by name (``model.arch`` in config)."""
     if arch not in ARCHS:
@@ -182,111 +194,3 @@ def hidden_layers(model: nn.Module) -> list[HiddenLayer]:
             HiddenLayer("hidden", model.hidden, None, model.fc, 3),
         ]
     raise ValueError(f"no hidden-layer mapping for {type(model).__name__}; add one to models.hidden_layers")
-
-
-@torch.no_grad()
-def reestimate_bn(model: nn.Module, batches) -> int:
-    """Replace every BatchNorm's running statistics by their exact average over ``batches``
-    (an iterable of input tensors, in train mode, no gradients); returns the number of samples.
-    Running means/variances are the equal-weight average of the per-batch statistics
-    (``momentum=None``), so the last batches of a sorted epoch no longer dominate them."""
-    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d)]
-    saved = [(m, m.momentum) for m in bns]
-    flags = [(m, m.training) for m in model.modules()]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-    model.train()
-    n = 0
-    try:
-        for x in batches:
-            model(x)
-            n += len(x)
-    finally:
-        for m, momentum in saved:
-            m.momentum = momentum
-        for m, training in flags:
-            m.training = training
-    return n
-
-
-def class_mask(seen_classes, num_classes: int, device=None) -> torch.Tensor:
-    """Boolean mask over the output units: True for the classes seen so far."""
-    mask = torch.zeros(num_classes, dtype=torch.bool, device=device)
-    mask[torch.as_tensor(list(seen_classes), dtype=torch.long, device=device)] = True
-    return mask
-
-
-class SeenClasses(NamedTuple):
-    """The seen classes as the training step uses them, built once per task (:func:`seen_classes`):
-    index tensors instead of a boolean mask, so selecting logits needs no host synchronisation."""
-
-    mask: torch.Tensor  # bool over output units
-    index: torch.Tensor  # long: the seen classes in increasing order (the kept logit columns)
-    position: torch.Tensor  # long over output units: column of each seen class, -1 if unseen
-    classes: np.ndarray  # the seen classes on the host (label checks without touching the device)
-
-
-def seen_classes(mask_or_classes, num_classes: int | None = None, device=None) -> SeenClasses:
-    """:class:`SeenClasses` from a boolean mask (one synchronisation on a GPU) or from class ids."""
-    if isinstance(mask_or_classes, SeenClasses):
-        return mask_or_classes
-    if isinstance(mask_or_classes, torch.Tensor) and mask_or_classes.dtype == torch.bool:
-        mask = mask_or_classes
-        classes = np.flatnonzero(mask.cpu().numpy())
-    else:
-        classes = np.unique(np.asarray(list(mask_or_classes), dtype=np.int64))
-        mask = class_mask(classes, num_classes, device)
-    position = np.full(len(mask), -1, dtype=np.int64)
-    position[classes] = np.arange(len(classes))
-    index = torch.as_tensor(classes, dtype=torch.long).to(mask.device)
-    return SeenClasses(mask, index, torch.as_tensor(position).to(mask.device), classes)
-
-
-def masked_logits(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Logits of the seen classes only (N x n_seen), in class-index order."""
-    if isinstance(mask, SeenClasses):
-        return logits.index_select(1, mask.index)
-    return logits[:, mask]
-
-
-def masked_labels(labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Labels re-indexed into the seen-class columns of :func:`masked_logits`. With a boolean
-    mask, raises if a label is unseen (a host synchronisation); with :class:`SeenClasses` the
-    caller checks labels on the host once (an unseen label maps to -1, which cross-entropy rejects)."""
-    if isinstance(mask, SeenClasses):
-        return mask.position[labels]
-    position = torch.cumsum(mask.long(), 0) - 1
-    if not bool(mask[labels].all()):
-        raise ValueError("a label is outside the class mask: the sample's class has not been seen")
-    return position[labels]
-
-
-def per_sample_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of each sample over the seen classes, -log softmax(z[mask])_y, not averaged.
-    Unseen-class logits take no part, so they receive no gradient. ``mask`` is a boolean mask or
-    :class:`SeenClasses` (same values, no host synchronisation)."""
-    return F.cross_entropy(masked_logits(logits, mask), masked_labels(labels, mask), reduction="none")
-
-
-# --------------------------------------------------------------------------- checkpoints
-def save_checkpoint(path, model: nn.Module, meta: dict, provenance: dict, **extra) -> None:
-    """Weights (with BN buffers) plus what is needed to rebuild the model, atomically."""
-    import json
-
-    from memplast.io import atomic_path
-
-    payload = {"model": model.state_dict(), "meta": meta, "provenance_json": json.dumps(provenance, default=str)}
-    payload.update(extra)
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-
-
-def load_checkpoint(path, device="cpu") -> tuple[nn.Module, dict]:
-    """Rebuild the model of a checkpoint written by :func:`save_checkpoint`; returns (model, meta)."""
-    payload = torch.load(path, map_location=device, weights_only=True)
-    meta = payload["meta"]
-    model = build_model(meta["arch"], meta["num_classes"], meta["in_channels"], meta["width"]).to(device)
-    model.load_state_dict(payload["model"])
-    model.eval()
-    return model, meta

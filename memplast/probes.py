@@ -17,9 +17,8 @@ How each is computed for a whole batch at once:
   the eval and the native mask), ReLU outputs (dormant proportions) and features (drift).
 - One backward pass of sum_i loss_i w.r.t. the *input* gives every input gradient. Hooks on every
   Conv2d / Linear / BatchNorm layer receive the layer's input a_i and output gradient b_i on the
-  way and turn them into ||d loss_i / d W||^2 per sample (formulas in ``_linear_sqnorms``,
-  ``_conv_sqnorms``, ``_bn_sqnorms``); per-sample gradients exist at most for one layer (and
-  one chunk of samples) at a time.
+  way and turn them into ||d loss_i / d W||^2 per sample (``memplast.grad_norms``); per-sample
+  gradients exist at most for one layer (and one chunk of samples) at a time.
 - With BatchNorm in eval mode samples do not interact, so d(sum_j loss_j)/d(layer output of i)
   = d loss_i / d(layer output of i): every per-sample quantity is independent of the batch.
 - Alignment: one forward-mode JVP of theta -> (loss_1..loss_N) along G gives every g_i . G;
@@ -35,7 +34,6 @@ batch). Results in this mode depend on the batch composition by construction.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import math
@@ -48,6 +46,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, jvp
 
+from memplast.grad_norms import GradNormHooks
+from memplast.masks import in_mask, per_sample_loss, row_masks
 from memplast.models import eval_mode
 from memplast.progress import tqdm
 
@@ -60,27 +60,6 @@ _BN = nn.modules.batchnorm._BatchNorm
 
 
 # --------------------------------------------------------------------------- mask-based quantities
-def row_masks(mask: torch.Tensor, n: int) -> torch.Tensor:
-    """A class mask per sample (N x C, bool) from one mask (C) or per-sample masks (N x C)."""
-    mask = torch.as_tensor(mask, dtype=torch.bool)
-    return mask.expand(n, -1) if mask.dim() == 1 else mask
-
-
-def in_mask(labels: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """valid_i = 1[y_i in M_i]: the loss of sample i is defined under its mask."""
-    return masks.gather(1, labels[:, None])[:, 0]
-
-
-def masked_ce(logits: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """loss_i = log sum_{j in M_i} exp z_ij - z_iy (cross-entropy over the classes of M_i).
-
-    Same value as ``models.per_sample_loss`` for a shared mask, but every row may have its own
-    mask. Classes outside M_i get no gradient. Rows with y_i outside M_i are meaningless (the
-    caller sets them to NaN)."""
-    lse = torch.logsumexp(logits.masked_fill(~masks, -math.inf), 1)
-    return lse - logits.gather(1, labels[:, None])[:, 0]
-
-
 def margin(logits: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """margin_i = z_iy - max_{j in M_i, j != y_i} z_ij (NaN when M_i holds no other class)."""
     own = F.one_hot(labels, logits.shape[1]).bool()
@@ -101,7 +80,7 @@ def confidence(loss: torch.Tensor) -> torch.Tensor:
 
 def mask_quantities(logits: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor, suffix: str = "") -> dict:
     """loss, margin, correct, confidence of every sample under its mask; NaN where y_i is not in M_i."""
-    loss = masked_ce(logits, labels, masks)
+    loss = per_sample_loss(logits, labels, masks)
     out = {"loss": loss, "margin": margin(logits, labels, masks), "correct": correct(logits, labels, masks)}
     out["confidence"] = confidence(loss)
     undefined = ~in_mask(labels, masks)
@@ -189,124 +168,6 @@ def feature_drift(features: torch.Tensor, previous: torch.Tensor | None) -> torc
     return (features.double() - previous.double()).norm(dim=1)
 
 
-# --------------------------------------------------------------------------- per-sample gradient norms
-def _linear_sqnorms(layer: nn.Linear, a: torch.Tensor, b: torch.Tensor) -> tuple:
-    """Per-sample squared gradient norms of a linear layer out = W a + c with output gradient b:
-    grad_W loss_i = b_i a_i^T, so ||grad_W||^2 = ||a_i||^2 ||b_i||^2 and ||grad_c||^2 = ||b_i||^2."""
-    if a.dim() != 2:
-        raise NotImplementedError(f"per-sample gradient norms need 2-D Linear inputs, got {a.dim()}-D")
-    b2 = b.square().sum(1)
-    return a.square().sum(1) * b2, b2
-
-
-def _conv_sqnorms(conv: nn.Conv2d, a: torch.Tensor, b: torch.Tensor, max_elements: int = 2**25) -> tuple:
-    """Per-sample squared gradient norms of a convolution with unfolded input U_i ((C_in k k) x P,
-    P output positions) and output gradient B_i (C_out x P): grad_W loss_i = B_i U_i^T and
-    grad_bias loss_i = B_i 1. ||B_i U_i^T||^2 is formed from the per-sample weight gradients (one
-    grouped weight-gradient convolution with the batch as groups, cost ~ P C_out C_in k^2) or,
-    when about as cheap or cheaper (few positions, many channels), as the "ghost norm"
-    sum_pq (B_i^T B_i)_pq (U_i^T U_i)_pq (cost P^2 (C_out + C_in k^2))."""
-    bias2 = b.sum((2, 3)).square().sum(1)
-    n, c_out, p = b.shape[0], b.shape[1], b.shape[2] * b.shape[3]
-    d = a.shape[1] * conv.kernel_size[0] * conv.kernel_size[1]
-    # 1.5: grouped weight-gradient convolutions lose efficiency on small maps (benchmarks/bench_probes.py)
-    ghost = p * (c_out + d) < 1.5 * c_out * d
-    per_sample = p * (p + d) if ghost else c_out * d + a[0].numel() + b[0].numel()
-    chunk = max(1, max_elements // per_sample)
-    weight2 = []
-    for s in range(0, n, chunk):  # chunks only bound the memory
-        ac, bc = a[s : s + chunk], b[s : s + chunk]
-        m = len(ac)
-        if ghost:
-            u = F.unfold(ac, conv.kernel_size, conv.dilation, conv.padding, conv.stride)
-            bf = bc.flatten(2)
-            weight2.append(((bf.transpose(1, 2) @ bf) * (u.transpose(1, 2) @ u)).sum((1, 2)))
-        else:  # sample j of the chunk = group j: the weight gradient is (m C_out) x C_in x k x k
-            gw = torch.nn.grad.conv2d_weight(
-                ac.reshape(1, -1, *ac.shape[2:]),
-                (m * c_out, a.shape[1], *conv.kernel_size),
-                bc.reshape(1, -1, *bc.shape[2:]),
-                conv.stride,
-                conv.padding,
-                conv.dilation,
-                groups=m,
-            )
-            weight2.append(gw.reshape(m, -1).square().sum(1))
-    return torch.cat(weight2), bias2
-
-
-def _bn_sqnorms(bn: _BN, a: tuple, b: torch.Tensor) -> tuple:
-    """Per-sample squared gradient norms of BatchNorm with fixed statistics, out = gamma xhat + beta,
-    xhat = (a - mean) / sqrt(var + eps): grad_gamma_c = sum_p b_ic(p) xhat_ic(p), grad_beta_c = sum_p b_ic(p).
-    ``a`` is (input, mean, var) as seen in the forward pass."""
-    a, mean, var = a
-    shape = (1, -1) + (1,) * (a.dim() - 2)
-    xhat = (a - mean.view(shape)) * torch.rsqrt(var.view(shape) + bn.eps)
-    dims = tuple(range(2, a.dim()))
-    gamma = (b * xhat).sum(dims) if dims else b * xhat
-    beta = b.sum(dims) if dims else b
-    return gamma.square().sum(1), beta.square().sum(1)
-
-
-_SQNORMS = ((nn.Conv2d, _conv_sqnorms), (nn.Linear, _linear_sqnorms), (_BN, _bn_sqnorms))
-
-
-class GradNormHooks:
-    """Forward hooks on every layer with trainable parameters. While active, a backward pass of
-    sum_i loss_i (in any direction that reaches the layers, e.g. w.r.t. the input) adds every
-    layer's per-sample squared parameter-gradient norm into ``self.sq`` (N)."""
-
-    def __init__(self, model: nn.Module):
-        self.layers = []  # (module, sqnorm fn, weight trainable, bias trainable)
-        for name, mod in model.named_modules():
-            own = {n: p.requires_grad for n, p in mod.named_parameters(recurse=False)}
-            if not any(own.values()):
-                continue
-            fn = next((f for cls, f in _SQNORMS if isinstance(mod, cls)), None)
-            if fn is None or set(own) - {"weight", "bias"}:
-                raise NotImplementedError(
-                    f"per-sample gradient norms support Conv2d, Linear and BatchNorm layers; "
-                    f"{name or 'the model'} ({type(mod).__name__}) has trainable parameters {sorted(own)}"
-                )
-            conv = isinstance(mod, nn.Conv2d)
-            if conv and (mod.groups != 1 or mod.padding_mode != "zeros" or isinstance(mod.padding, str)):
-                raise NotImplementedError(f"{name}: only groups=1 convolutions with numeric zero padding are supported")
-            if isinstance(mod, _BN) and mod.running_mean is None:
-                raise NotImplementedError(f"{name}: BatchNorm without running statistics is not supported")
-            self.layers.append((mod, fn, own.get("weight", False), own.get("bias", False)))
-        self.sq = None
-        self.handles = []
-        self.seen = set()
-
-    @contextlib.contextmanager
-    def active(self, n: int, dtype, device):
-        """Hooks registered for one forward + backward of a batch of ``n`` samples."""
-        self.sq = torch.zeros(n, dtype=dtype, device=device)
-        self.seen = set()
-        self.handles = [spec[0].register_forward_hook(functools.partial(self._forward, spec)) for spec in self.layers]
-        try:
-            yield self
-        finally:
-            for h in self.handles:
-                h.remove()
-            self.handles = []
-
-    def _forward(self, spec, mod, inputs, out):
-        if mod in self.seen:  # a shared layer's gradient is a sum over its uses: norms do not add up
-            raise NotImplementedError(f"{type(mod).__name__} layer called twice in one forward pass")
-        self.seen.add(mod)
-        if out.requires_grad:
-            a = inputs[0].detach()
-            if isinstance(mod, _BN):  # the statistics in use now (functional_call swaps them back later)
-                a = (a, mod.running_mean.detach(), mod.running_var.detach())
-            out.register_hook(functools.partial(self._backward, spec, a))
-
-    def _backward(self, spec, a, grad):
-        mod, fn, w, b = spec
-        w2, b2 = fn(mod, a, grad.detach())
-        self.sq += w2 * w + b2 * b
-
-
 # --------------------------------------------------------------------------- model plumbing
 
 
@@ -375,7 +236,7 @@ def mean_gradient(
             masks = row_masks(mask.to(device), len(y))
             if not bool(in_mask(y, masks).all()):
                 raise ValueError("mean_gradient: a label is outside the class mask")
-            grads = torch.autograd.grad(masked_ce(logits, y, masks).sum(), list(params.values()))
+            grads = torch.autograd.grad(per_sample_loss(logits, y, masks).sum(), list(params.values()))
             for k, g in zip(params, grads, strict=True):
                 total[k] += g
     return {k: v / len(labels) for k, v in total.items()}
@@ -404,7 +265,7 @@ def _forward_backward(model, state, hooks, x, y, m_eval, m_native, taus, score_t
     valid = in_mask(y, m_eval)
     with hooks.active(len(y), x.dtype, x.device):
         out = functional_call(model, state, (x,), {"return_acts": True})
-        loss = masked_ce(out.logits, y, m_eval)
+        loss = per_sample_loss(out.logits, y, m_eval)
         gx = torch.autograd.grad(loss[valid].sum(), x)[0] if bool(valid.any()) else torch.zeros_like(x)
     logits = out.logits.detach()
     row = {**mask_quantities(logits, y, m_eval), **mask_quantities(logits, y, m_native, "_native")}
@@ -421,7 +282,7 @@ def _alignment(model, state, trainable, x, y, m_eval, direction, eta, grad_norm)
     """align_dot, align_cos and (with ``eta``) pred_forget from forward-mode JVPs along G."""
 
     def loss_fn(p):
-        return masked_ce(functional_call(model, {**state, **p}, (x,)), y, m_eval)
+        return per_sample_loss(functional_call(model, {**state, **p}, (x,)), y, m_eval)
 
     dot, curv = directional_terms(loss_fn, trainable, direction, second_order=eta is not None)
     g_norm = torch.sqrt(sum(v.double().square().sum() for v in direction.values()))
@@ -502,7 +363,58 @@ COLUMNS = (
     "input_grad_norm",
 )
 TAIL = ("drift", "align_dot", "align_cos", "pred_forget")
-ROLES = ("before", "after", "live")
+
+
+def _check_boundary(checkpoints, boundary_epoch, best, labels, sample_ids, is_old, old_mask, native_masks, live):
+    """The arguments of :func:`probe_boundary` checked; returns the mask of task k+1."""
+    epochs = sorted(checkpoints)
+    before = [e for e in epochs if e <= boundary_epoch]
+    if best not in checkpoints:
+        raise ValueError(
+            f"probe_boundary: no checkpoint for the best epoch {best} of boundary epoch "
+            f"{boundary_epoch} (have {epochs})"
+        )
+    if before != list(range(before[0], best + 1)):
+        raise ValueError(
+            f"probe_boundary: the before-window {before} must be consecutive epochs ending at the best epoch {best}"
+        )
+    if missing := [e for e in epochs if e not in native_masks]:
+        raise ValueError(f"probe_boundary: no native mask for epochs {missing}")
+    if live is not None and best == boundary_epoch:
+        raise ValueError("probe_boundary: a live checkpoint is only meaningful when the best epoch precedes E_k")
+    if not (len(labels) == len(sample_ids) == len(is_old)):
+        raise ValueError("probe_boundary: images, labels, sample_ids and is_old differ in length")
+    if len(np.unique(sample_ids)) != len(sample_ids):
+        raise ValueError("probe_boundary: duplicate sample ids")
+    if not torch.equal(old_mask[labels], is_old):
+        raise ValueError("probe_boundary: is_old disagrees with old_mask (is_old must be 'label in old mask')")
+    next_mask = (
+        _as_tensor(native_masks[boundary_epoch + 1]).bool()
+        if boundary_epoch + 1 in native_masks
+        else old_mask | torch.isin(torch.arange(len(old_mask)), labels[~is_old])
+    )
+    if not bool(next_mask[labels].all()):
+        raise ValueError("probe_boundary: a sample's class is not seen at task k+1")
+    return next_mask
+
+
+def _frame(cols: dict, sample_ids, epoch: int, role: str, best: int, labels, is_old) -> pd.DataFrame:
+    """The rows of one probed checkpoint, columns in table order (missing ones NaN)."""
+    n = len(labels)
+    df = pd.DataFrame(
+        {
+            "sample_id": sample_ids,
+            "epoch": np.full(n, epoch, dtype=np.int64),
+            "role": role,
+            "best_epoch": np.full(n, best, dtype=np.int64),
+            "label": labels.numpy(),
+            "is_old": is_old.numpy(),
+        }
+    )
+    dormant = [k for k in cols if k.startswith("dormant_")]
+    for k in COLUMNS[6:] + tuple(dormant) + TAIL:
+        df[k] = cols[k].numpy() if k in cols else np.nan
+    return df
 
 
 def probe_boundary(
@@ -540,41 +452,16 @@ def probe_boundary(
     native mask) over the new-class samples, align_dot = g_i . G, align_cos = g_i . G /
     (||g_i|| ||G||), pred_forget with eta = ``next_task_lr``. Logs one warning when dormancy
     thresholds coincide (:func:`warn_degenerate`)."""
-    images = _as_tensor(images)
-    labels = _as_tensor(labels, torch.long)
+    images, labels = _as_tensor(images), _as_tensor(labels, torch.long)
     sample_ids = np.asarray(sample_ids)
     is_old = torch.as_tensor(np.asarray(is_old, dtype=bool))
     old_mask = _as_tensor(old_mask).bool()
     epochs = sorted(checkpoints)
     best = int(boundary_epoch if best_epoch is None else best_epoch)
-    before = [e for e in epochs if e <= boundary_epoch]
-    if best not in checkpoints:
-        raise ValueError(
-            f"probe_boundary: no checkpoint for the best epoch {best} of boundary epoch "
-            f"{boundary_epoch} (have {epochs})"
-        )
-    if before != list(range(before[0], best + 1)):
-        raise ValueError(
-            f"probe_boundary: the before-window {before} must be consecutive epochs ending at the best epoch {best}"
-        )
-    if missing := [e for e in epochs if e not in native_masks]:
-        raise ValueError(f"probe_boundary: no native mask for epochs {missing}")
-    if live is not None and best == boundary_epoch:
-        raise ValueError("probe_boundary: a live checkpoint is only meaningful when the best epoch precedes E_k")
-    if not (len(images) == len(labels) == len(sample_ids) == len(is_old)):
+    if len(images) != len(labels):
         raise ValueError("probe_boundary: images, labels, sample_ids and is_old differ in length")
-    if len(np.unique(sample_ids)) != len(sample_ids):
-        raise ValueError("probe_boundary: duplicate sample ids")
-    if not torch.equal(old_mask[labels], is_old):
-        raise ValueError("probe_boundary: is_old disagrees with old_mask (is_old must be 'label in old mask')")
-    next_mask = (
-        _as_tensor(native_masks[boundary_epoch + 1]).bool()
-        if boundary_epoch + 1 in native_masks
-        else old_mask | torch.isin(torch.arange(len(old_mask)), labels[~is_old])
-    )
-    if not bool(next_mask[labels].all()):
-        raise ValueError("probe_boundary: a sample's class is not seen at task k+1")
-
+    next_mask = _check_boundary(checkpoints, boundary_epoch, best, labels, sample_ids, is_old, old_mask, native_masks,
+                                live)  # fmt: skip
     frames, previous, at_best = [], None, None
     points = [(e, checkpoints[e], "before" if e <= boundary_epoch else "after") for e in epochs]
     if live is not None:
@@ -613,20 +500,7 @@ def probe_boundary(
             previous = features
         if epoch == best and role == "before":
             at_best = features
-        df = pd.DataFrame(
-            {
-                "sample_id": sample_ids,
-                "epoch": np.full(len(labels), epoch, dtype=np.int64),
-                "role": role,
-                "best_epoch": np.full(len(labels), best, dtype=np.int64),
-                "label": labels.numpy(),
-                "is_old": is_old.numpy(),
-            }
-        )
-        dormant = [k for k in cols if k.startswith("dormant_")]
-        for k in COLUMNS[6:] + tuple(dormant) + TAIL:
-            df[k] = cols[k].numpy() if k in cols else np.nan
-        frames.append(df)
+        frames.append(_frame(cols, sample_ids, epoch, role, best, labels, is_old))
         log.info(
             "boundary %d: probed epoch %d (%s, %d samples) in %.1fs",
             boundary_epoch,

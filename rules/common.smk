@@ -3,7 +3,7 @@ import math
 
 from memplast import runtime
 from memplast.config import FACTORS, condition_path, conditions, n_classes
-from memplast.train import probe_epochs
+from memplast.grid import probe_epochs
 
 DATASET = config["dataset"]["name"]
 ORDER_SEEDS = config["class_orders"]["seeds"]

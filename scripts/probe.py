@@ -13,22 +13,16 @@ import torch  # noqa: E402
 
 from memplast import io  # noqa: E402
 from memplast.augment import normalize  # noqa: E402
+from memplast.checkpoints import read_boundary  # noqa: E402
 from memplast.cli import entrypoint  # noqa: E402
 from memplast.config import SCORE_COLUMNS  # noqa: E402
 from memplast.curvature import checkpoint_seed, curvature_scores, strict_numerics  # noqa: E402
 from memplast.data import load_prepared  # noqa: E402
-from memplast.models import class_mask, load_checkpoint  # noqa: E402
+from memplast.device import resolve_device  # noqa: E402
+from memplast.grid import task_classes  # noqa: E402
+from memplast.masks import class_mask  # noqa: E402
 from memplast.probes import degenerate_thresholds, probe_boundary  # noqa: E402
 from memplast.runtime import resolve as runtime_of  # noqa: E402
-from memplast.train import resolve_device, task_classes  # noqa: E402
-
-
-def _load(path, device):
-    """(model, meta) of a checkpoint, or (None, meta) for an empty window slot."""
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    if payload["meta"].get("empty"):
-        return None, payload["meta"]
-    return load_checkpoint(path, device)
 
 
 def main(
@@ -64,20 +58,11 @@ def main(
     images = normalize(torch.as_tensor(data.images[rows]), data.mean, data.std)
     labels = torch.as_tensor(data.labels[rows])
     boundary_epoch = (boundary + 1) * proto["epochs_per_task"]
-    models, live, best = {}, None, None
-    for path in checkpoints:
-        model, meta = _load(path, device)
-        if model is None:
-            continue
-        mask = class_mask(meta["seen"], data.n_classes, device)
-        if meta.get("live"):
-            live = (model, mask)
-        else:
-            models[meta["epoch"]] = (model, mask)
-            if meta.get("slot") == 0:
-                best = int(meta["best_epoch"])
-    if best is None:
-        raise ValueError(f"boundary {boundary}: no before-window slot 0 among the checkpoints; retrain task {boundary}")
+    window = read_boundary(checkpoints, device, boundary)
+    best = window.best_epoch
+    masks = {e: class_mask(seen, data.n_classes, device) for e, seen in window.seen.items()}
+    models = {e: (m, masks[e]) for e, m in window.models.items()}
+    live = None if window.live is None else (window.live[0], class_mask(window.live[1], data.n_classes, device))
     restored = live is not None and best < boundary_epoch
     table = probe_boundary(
         {e: m for e, (m, _) in models.items()},

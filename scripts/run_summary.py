@@ -13,12 +13,13 @@ import torch  # noqa: E402
 
 from memplast import io  # noqa: E402
 from memplast.augment import normalize  # noqa: E402
+from memplast.checkpoints import load_checkpoint  # noqa: E402
 from memplast.cli import entrypoint  # noqa: E402
 from memplast.data import load_prepared  # noqa: E402
+from memplast.device import resolve_device  # noqa: E402
+from memplast.masks import class_mask  # noqa: E402
 from memplast.model_metrics import model_metrics, per_class_accuracy  # noqa: E402
-from memplast.models import class_mask, load_checkpoint  # noqa: E402
 from memplast.runtime import resolve as runtime_of  # noqa: E402
-from memplast.train import resolve_device  # noqa: E402
 
 
 def main(

@@ -15,7 +15,7 @@ from memplast.cli import entrypoint  # noqa: E402
 from memplast.data import load_prepared  # noqa: E402
 from memplast.runtime import resolve as runtime_of  # noqa: E402
 from memplast.runtime import with_runtime  # noqa: E402
-from memplast.train import RunSpec, run_task  # noqa: E402
+from memplast.train import RunSpec, TaskPaths, run_task  # noqa: E402
 
 
 def main(
@@ -39,7 +39,6 @@ def main(
     prev_state: str | None = None,
     scores: str | None = None,
     file_order: str | None = None,
-    stop_after_epoch: int | None = None,
     window: list = (),
     live: str | None = None,
     runtime: dict | None = None,
@@ -64,29 +63,19 @@ def main(
         file_order=file_ids,
     )
     E = cfg["protocol"]["epochs_per_task"]
-    paths = {task * E + te: p for te, p in zip(ckpt_task_epochs, np.atleast_1d(checkpoints))}
-    prov = io.provenance(cfg, run=run, task=task, score_col=score_col)
-    protocol = with_runtime(cfg["protocol"], runtime_of(cfg, runtime))
-    run_task(
-        spec,
-        data,
-        protocol,
-        cfg["model"],
-        cfg["dataset"]["augmentation"],
-        cfg["ordering"],
-        cfg["weighting"],
-        prev_state,
-        end,
-        paths,
-        metrics,
-        order_log,
-        resume,
-        prov,
-        stop_after_epoch,
-        window_paths=list(np.atleast_1d(window)),
-        live_path=live,
+    paths = TaskPaths(
+        end=end,
+        checkpoints={task * E + te: p for te, p in zip(ckpt_task_epochs, np.atleast_1d(checkpoints))},
+        metrics=metrics,
+        order_log=order_log,
+        resume=resume,
+        prev_state=prev_state,
+        window=list(np.atleast_1d(window)),
+        live=live,
     )
-
+    prov = io.provenance(cfg, run=run, task=task, score_col=score_col)
+    run_cfg = {**cfg, "protocol": with_runtime(cfg["protocol"], runtime_of(cfg, runtime))}
+    run_task(spec, data, run_cfg, paths, prov)
 
 if __name__ == "__main__":
     entrypoint(main, globals().get("snakemake"))

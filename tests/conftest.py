@@ -73,3 +73,40 @@ def ensure_debian_package(executable: str, package: str) -> str:
     if not found:
         pytest.skip(f"apt installed {package} but `{executable}` is still not on PATH")
     return found
+
+
+class Killed(KeyboardInterrupt):
+    """Raised by :func:`run_one_task`'s ``stop`` hook after an epoch, as a kill would."""
+
+
+def run_one_task(tmp, cfg, prepared, task, prev=None, algorithm="base", ordering="random", alpha=0.0, memo=None,
+                 stop=None, name=None, ckpt_epochs=None, window=0, seed=0, resume=None):  # fmt: skip
+    """Train task ``task`` of a run of ``cfg`` on ``prepared`` (every training sample kept) into ``tmp``:
+    end state ``t<task>/end.pt``, checkpoints ``t<task>/e<g>.pt`` at the global epochs ``ckpt_epochs``
+    (default: the task's last), ``window`` before-window slots and the live epoch. ``stop``: the
+    job is killed (:class:`Killed`) after that global epoch. Returns (metrics, checkpoints)."""
+    from memplast import data as mpdata
+    from memplast.train import RunSpec, TaskPaths, run_task
+
+    E = cfg["protocol"]["epochs_per_task"]
+    epochs = [task * E + E] if ckpt_epochs is None else ckpt_epochs
+    d = Path(tmp) / f"t{task}"
+    paths = TaskPaths(
+        end=str(d / "end.pt"),
+        checkpoints={g: str(d / f"e{g}.pt") for g in epochs},
+        metrics=str(d / "m.parquet"),
+        order_log=str(d / "o.parquet"),
+        resume=resume or str(Path(tmp) / "resume" / f"t{task}.pt"),
+        prev_state=prev,
+        window=[str(d / f"best-{j}.pt") for j in range(window)],
+        live=str(d / "live.pt") if window else None,
+    )
+    train_ids = prepared.sample_id[prepared.split == "train"]
+    spec = RunSpec(name or f"order0/none/random/none/{algorithm}", seed, mpdata.class_order(seed, 10), task,
+                   train_ids, ordering, alpha, algorithm, memo=memo)  # fmt: skip
+
+    def kill_after(row):
+        if stop is not None and row["epoch"] >= stop:
+            raise Killed(f"stopped after epoch {row['epoch']}")
+
+    return run_task(spec, prepared, cfg, paths, {"test": 1}, on_epoch=kill_after), paths.checkpoints

@@ -10,7 +10,8 @@ import yaml
 from conftest import ROOT
 
 from memplast import budget
-from memplast.models import build_model, save_checkpoint
+from memplast.checkpoints import save_checkpoint
+from memplast.models import build_model
 
 DRY_RUN = """\
 [Mon Nov 30 12:20:33 2026]

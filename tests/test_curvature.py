@@ -12,8 +12,9 @@ from torch import nn
 
 from memplast import curvature as cv
 from memplast.data import prepare
+from memplast.masks import class_mask, per_sample_loss
 from memplast.memo_validation import noise_auroc
-from memplast.models import ResNet18, SmallCNN, class_mask, per_sample_loss
+from memplast.models import ResNet18, SmallCNN
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -12,10 +12,21 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import Killed, run_one_task
 
 from memplast import data, train
-from memplast.device import CPU_STATE_BYTES, count_host_syncs, host_int, load_generator_state, to_device, to_host
-from memplast.models import build_model, class_mask, init_reference, per_sample_loss, seen_classes
+from memplast.algorithms import shrink_perturb_step
+from memplast.device import (
+    CPU_STATE_BYTES,
+    count_host_syncs,
+    host_int,
+    load_generator_state,
+    stable_seed,
+    to_device,
+    to_host,
+)
+from memplast.masks import class_mask, per_sample_loss, seen_classes
+from memplast.models import build_model, init_reference, reinit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -80,8 +91,8 @@ def setting(digits, demo_config):
 
 def _fresh(model_cfg, seed=0):
     model = build_model("small_cnn", 10, 1, 4)
-    train._reinit(model, seed)
-    return model, train.make_optimizer(model, 0.05, 0.9, 5e-4)
+    reinit(model, seed)
+    return model, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
 
 
 def test_step_is_the_reference_step_bitwise(setting):
@@ -128,7 +139,7 @@ def test_training_step_never_synchronises(setting, algorithm):
         if algorithm == "shrink_perturb":
             model, _ = _fresh(setting[4])
             kw = {
-                "after_step": train.shrink_perturb_step(
+                "after_step": shrink_perturb_step(
                     model, {"shrink": 0.9, "noise_std": 1e-3}, torch.Generator().manual_seed(0)
                 )
             }
@@ -209,26 +220,8 @@ def small(demo_config):
 
 
 def _task(tmp, cfg, prepared, task, prev, algorithm, stop=None):
-    name = f"order0/none/random/none/{algorithm}"
-    spec = train.RunSpec(
-        name, 0, data.class_order(0, 10), task, prepared.sample_id[prepared.split == "train"], "random", 0.0, algorithm
-    )
-    train.run_task(
-        spec,
-        prepared,
-        cfg["protocol"],
-        cfg["model"],
-        cfg["dataset"]["augmentation"],
-        cfg["ordering"],
-        cfg["weighting"],
-        prev,
-        str(tmp / f"t{task}" / "end.pt"),
-        {},
-        str(tmp / f"t{task}" / "m.parquet"),
-        str(tmp / f"t{task}" / "o.parquet"),
-        str(tmp / f"resume{task}.pt"),
-        {"t": 1},
-        stop_after_epoch=stop,
+    run_one_task(
+        tmp, cfg, prepared, task, prev, algorithm, stop=stop, ckpt_epochs=[], resume=str(tmp / f"resume{task}.pt")
     )
     return str(tmp / f"t{task}" / "end.pt")
 
@@ -237,7 +230,7 @@ def as_if_written_on_gpu(path, out):
     """The end state as a GPU run wrote it before generators were kept on the CPU: the noise
     generator's state is a CUDA state (and every tensor would load back to the GPU)."""
     state = torch.load(path, weights_only=True)
-    state["noise_generator"] = cuda_generator_state(train.stable_seed("noise", "x") % 2**63)
+    state["noise_generator"] = cuda_generator_state(stable_seed("noise", "x") % 2**63)
     torch.save(state, out)
     return str(out)
 
@@ -254,7 +247,7 @@ def test_task_resumes_from_a_state_saved_on_another_device(tmp_path, small, digi
     w1, w2 = (torch.load(e, weights_only=True)["model"] for e in (e1, e2))
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
     # and a kill + resume inside that task (resume state saved every epoch) ends bitwise the same
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Killed):
         _task(tmp_path / "d", small, digits, 1, foreign, "shrink_perturb", stop=3)
     r = torch.load(tmp_path / "d" / "resume1.pt", weights_only=False)
     assert r["noise_generator"].numel() == CPU_STATE_BYTES
@@ -266,7 +259,7 @@ def test_task_resumes_from_a_state_saved_on_another_device(tmp_path, small, digi
 def test_reinit_draws_the_seeded_cpu_init_and_leaves_global_rng_alone():
     model = build_model("small_cnn", 10, 1, 4)
     before = torch.random.get_rng_state()
-    train._reinit(model, 123)
+    reinit(model, 123)
     assert torch.equal(before, torch.random.get_rng_state())
     ref = build_model("small_cnn", 10, 1, 4)
     with torch.random.fork_rng(devices=[]):
@@ -276,7 +269,7 @@ def test_reinit_draws_the_seeded_cpu_init_and_leaves_global_rng_alone():
         assert torch.equal(p, q), n
     # the head alone: the same draws as the head of a fresh CPU module
     head = copy.deepcopy(model.fc)
-    train._reinit(model.fc, 9)
+    reinit(model.fc, 9)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(9)
         init_reference(head)
@@ -289,7 +282,7 @@ def test_shrink_perturb_noise_seeded_from_the_cpu_generator():
     model = build_model("small_cnn", 10, 1, 16)
     theta = [p.detach().clone() for p in model.parameters()]
     g = torch.Generator().manual_seed(3)
-    step = train.shrink_perturb_step(model, {"shrink": 0.5, "noise_std": 0.01}, g)
+    step = shrink_perturb_step(model, {"shrink": 0.5, "noise_std": 0.01}, g)
     step()
     eps = torch.cat([((p.detach() - 0.5 * t) / 0.01).flatten() for p, t in zip(model.parameters(), theta, strict=True)])
     n = eps.numel()

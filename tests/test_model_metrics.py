@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from memplast import model_metrics as mm
-from memplast.models import Forward, SmallCNN, class_mask
+from memplast.masks import class_mask
+from memplast.models import Forward, SmallCNN
 
 C = 10
 

@@ -140,7 +140,8 @@ def test_random_filter_matches_the_memo_filter_counts_per_class_but_not_its_samp
 
 
 def test_bn_reestimation_averages_the_batch_statistics():
-    from memplast.models import SmallCNN, reestimate_bn
+    from memplast.models import SmallCNN
+    from memplast.train import reestimate_bn
 
     torch.manual_seed(0)
     model = SmallCNN(num_classes=3, in_channels=1, width=4)

@@ -11,8 +11,9 @@ import torch
 from conftest import randomize_bn
 from torch import nn
 
-from memplast import probes
-from memplast.models import Forward, ResNet18, SmallCNN, class_mask, per_sample_loss
+from memplast import grad_norms, probes
+from memplast.masks import class_mask, per_sample_loss
+from memplast.models import Forward, ResNet18, SmallCNN
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -163,7 +164,7 @@ def test_alignment_jvp_equals_explicit_gradients_and_double_backward():
     model.eval()
 
     def loss_fn(p):
-        return probes.masked_ce(torch.func.functional_call(model, {**p, **buffers}, (x,)), y, masks)
+        return per_sample_loss(torch.func.functional_call(model, {**p, **buffers}, (x,)), y, masks)
 
     dot, ghg = probes.directional_terms(loss_fn, params, G, second_order=True)
     dot_only, none = probes.directional_terms(loss_fn, params, G)
@@ -198,12 +199,12 @@ def test_conv_sqnorms_both_paths(stride, padding, dilation, cin, cout, hw):
     a = torch.randn(5, cin, hw, hw, dtype=torch.float64)
     out = conv(a)
     b = torch.randn_like(out)
-    w2, b2 = probes._conv_sqnorms(conv, a, b)
+    w2, b2 = grad_norms._conv_sqnorms(conv, a, b)
     for i in range(5):
         gw, gb = torch.autograd.grad((conv(a[i : i + 1]) * b[i : i + 1]).sum(), [conv.weight, conv.bias])
         close(w2[i], gw.square().sum())
         close(b2[i], gb.square().sum())
-    w2_chunked, _ = probes._conv_sqnorms(conv, a, b, max_elements=1)  # one sample per chunk
+    w2_chunked, _ = grad_norms._conv_sqnorms(conv, a, b, max_elements=1)  # one sample per chunk
     close(w2_chunked, w2)
 
 
@@ -213,12 +214,12 @@ def test_masks_change_the_loss_exactly_as_by_hand():
     two = torch.tensor([True, True, False, False])
     three = torch.tensor([True, True, True, False])
     per_row = torch.stack([two, three])
-    close(probes.masked_ce(z, y, per_row)[0], torch.tensor(math.log(math.e + math.e**2) - 1.0, dtype=torch.float64))
+    close(per_sample_loss(z, y, per_row)[0], torch.tensor(math.log(math.e + math.e**2) - 1.0, dtype=torch.float64))
     close(
-        probes.masked_ce(z, y, per_row)[1],
+        per_sample_loss(z, y, per_row)[1],
         torch.tensor(math.log(1 + math.exp(-1) + math.exp(4)) - 4.0, dtype=torch.float64),
     )
-    close(probes.masked_ce(z, y, probes.row_masks(three, 2)), per_sample_loss(z, y, three))
+    close(per_sample_loss(z, y, probes.row_masks(three, 2)), per_sample_loss(z, y, three))
     q = probes.mask_quantities(z, y, per_row)
     close(q["margin"], torch.tensor([1.0 - 2.0, 4.0 - 0.0], dtype=torch.float64))
     close(q["correct"], torch.tensor([0.0, 1.0], dtype=torch.float64))

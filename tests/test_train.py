@@ -10,13 +10,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import Killed, run_one_task
 
 from memplast import data, train
-from memplast.models import class_mask, load_checkpoint, per_sample_loss
+from memplast.checkpoints import load_checkpoint
+from memplast.grid import lr_at, probe_epochs, task_epoch_range
+from memplast.masks import class_mask, per_sample_loss
+from memplast.weighting import memo_weights
 
 
 def test_lr_at_every_task_epoch():
-    lrs = [train.lr_at(e, 0.1, [60, 120, 160], 0.2) for e in range(200)]
+    lrs = [lr_at(e, 0.1, [60, 120, 160], 0.2) for e in range(200)]
     assert lrs[:60] == [0.1] * 60
     assert np.allclose(lrs[60:120], 0.02) and np.allclose(lrs[120:160], 0.004) and np.allclose(lrs[160:], 0.0008)
 
@@ -39,19 +43,19 @@ def test_memo_weights_z_score_clip_and_mean_one_by_hand():
     memo = np.array([1.0, 2.0, 3.0, 10.0])  # mean 4, population sd sqrt(12.5)
     z = (memo - 4.0) / np.sqrt(12.5)
     # alpha 0.5: nothing clipped, the z-scored weights already average 1
-    np.testing.assert_allclose(train.memo_weights(memo, alpha=0.5, lo=0.5, hi=2.0), 1 + 0.5 * z, rtol=1e-12)
+    np.testing.assert_allclose(memo_weights(memo, alpha=0.5, lo=0.5, hi=2.0), 1 + 0.5 * z, rtol=1e-12)
     # alpha 1: 1 + z = [0.15, 0.43, 0.72, 2.70] -> clipped to [0.5, 0.5, 0.72, 2.0] (mean 0.93) -> renormalised
     v = np.array([0.5, 0.5, 1 + z[2], 2.0])
-    w = train.memo_weights(memo, alpha=1.0, lo=0.5, hi=2.0)
+    w = memo_weights(memo, alpha=1.0, lo=0.5, hi=2.0)
     np.testing.assert_allclose(w, v / v.mean(), rtol=1e-12)
     assert w[0] == w[1] and w[3] / w[0] == pytest.approx(4.0)  # clipping kept the ratios of the clipped ends
     # the old clip(1 + alpha memo / mean) weights averaged above 1 (a larger effective lr): no longer
     memo = np.random.default_rng(0).lognormal(size=5000)
     for alpha in (0.25, 0.5, 2.0, -1.0):
-        w = train.memo_weights(memo, alpha, 0.5, 2.0)
+        w = memo_weights(memo, alpha, 0.5, 2.0)
         assert abs(w.mean() - 1.0) < 1e-12
         assert np.corrcoef(w, memo)[0, 1] * np.sign(alpha) > 0.3
-    np.testing.assert_array_equal(train.memo_weights(np.full(7, 3.0), 0.5, 0.5, 2.0), np.ones(7))
+    np.testing.assert_array_equal(memo_weights(np.full(7, 3.0), 0.5, 0.5, 2.0), np.ones(7))
 
 
 @pytest.fixture(scope="module")
@@ -62,56 +66,10 @@ def small(demo_config):
     return cfg
 
 
-def _run(
-    tmp,
-    cfg,
-    prepared,
-    task,
-    prev=None,
-    algorithm="base",
-    ordering="random",
-    alpha=0.0,
-    memo=None,
-    stop=None,
-    name="order0/none/random/none/base",
-    ckpt_all=False,
-    window=0,
-    seed=0,
-):
+def _run(tmp, cfg, prepared, task, prev=None, ckpt_all=False, name="order0/none/random/none/base", **kw):
     E = cfg["protocol"]["epochs_per_task"]
-    epochs = train.task_epoch_range(task, E) if ckpt_all else [task * E + E]
-    ckpts = {g: str(tmp / f"t{task}" / f"e{g}.pt") for g in epochs}
-    spec = train.RunSpec(
-        name,
-        seed,
-        data.class_order(seed, 10),
-        task,
-        prepared.sample_id[prepared.split == "train"],
-        ordering,
-        alpha,
-        algorithm,
-        memo=memo,
-    )
-    metrics = train.run_task(
-        spec,
-        prepared,
-        cfg["protocol"],
-        cfg["model"],
-        cfg["dataset"]["augmentation"],
-        cfg["ordering"],
-        cfg["weighting"],
-        prev,
-        str(tmp / f"t{task}" / "end.pt"),
-        ckpts,
-        str(tmp / f"t{task}" / "m.parquet"),
-        str(tmp / f"t{task}" / "o.parquet"),
-        str(tmp / "resume" / f"t{task}.pt"),
-        {"test": 1},
-        stop_after_epoch=stop,
-        window_paths=[str(tmp / f"t{task}" / f"best-{j}.pt") for j in range(window)],
-        live_path=str(tmp / f"t{task}" / "live.pt") if window else None,
-    )
-    return metrics, ckpts
+    epochs = list(task_epoch_range(task, E)) if ckpt_all else None
+    return run_one_task(tmp, cfg, prepared, task, prev, name=name, ckpt_epochs=epochs, **kw)
 
 
 def _weights(path):
@@ -172,7 +130,7 @@ def test_killed_and_resumed_task_ends_bitwise_identical(tmp_path, small, digits)
     _run(tmp_path / "k", small, digits, 0)
     prev = str(tmp_path / "k" / "t0" / "end.pt")
     _run(tmp_path / "ref", small, digits, 1, prev=ref_prev, window=2)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Killed):
         _run(tmp_path / "k", small, digits, 1, prev=prev, stop=4 + 3, ckpt_all=True, window=2)
     assert (tmp_path / "k" / "resume" / "t1.pt").exists()
     # the resume file holds model, best model, momentum and the before-window states (the last w
@@ -214,7 +172,7 @@ def test_resume_under_another_thread_count_is_logged_and_refused_when_determinis
         torch.set_num_threads(1)
         _run(tmp_path / "k", cfg, digits, 0)
         prev = str(tmp_path / "k" / "t0" / "end.pt")
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(Killed):
             _run(tmp_path / "k", cfg, digits, 1, prev=prev, stop=4 + 3)
         saved = torch.load(tmp_path / "k" / "resume" / "t1.pt", weights_only=False)
         assert saved["runtime"] == {"threads": 1, "device": "cpu", "torch": torch.__version__}
@@ -315,8 +273,8 @@ def test_memo_ordering_and_weighting_run(tmp_path, small, digits):
 
 
 def test_probe_epochs_cover_the_after_window_and_the_end():
-    assert train.probe_epochs(2, 10, 3) == [21, 22, 23, 30]
-    assert train.probe_epochs(0, 10, 3, extra=[5]) == [1, 2, 3, 5, 10]
+    assert probe_epochs(2, 10, 3) == [21, 22, 23, 30]
+    assert probe_epochs(0, 10, 3, extra=[5]) == [1, 2, 3, 5, 10]
 
 
 @pytest.mark.parametrize(
@@ -332,14 +290,14 @@ def test_before_window_ends_at_the_best_epoch(tmp_path, small, digits, monkeypat
     """Validation accuracies are planted (evaluate is replaced); the window slots must hold the
     weights of epochs best, best-1, .. (compared with every epoch's saved live weights), live.pt
     the last epoch, and the end checkpoint the best epoch's weights."""
-    real, calls = train.evaluate, []
+    real, calls = train.epoch.evaluate, []
 
     def planted(model, data_, rows, mask, batch_size, *aug):
         loss, _ = real(model, data_, rows, mask, batch_size, *aug)
         calls.append(1)
         return loss, val_acc[min((len(calls) - 1) // 2, len(val_acc) - 1)]
 
-    monkeypatch.setattr(train, "evaluate", planted)
+    monkeypatch.setattr(train.epoch, "evaluate", planted)
     cfg = copy.deepcopy(small)
     cfg["protocol"].update(epochs_per_task=6, lr_milestones=[4], early_stopping=early_stopping)
     metrics, ckpts = _run(tmp_path, cfg, digits, 0, ckpt_all=True, window=3)

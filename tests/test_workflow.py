@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -336,7 +337,7 @@ def test_killed_training_job_resumes(tiny_run, tmp_path, kill_omp, finish_omp):
         if p.is_file():
             p.unlink()
     env_stop = thread_env(kill_omp)
-    out = subprocess.run(
+    job = subprocess.Popen(
         [
             sys.executable,
             str(ROOT / "scripts" / "train_task.py"),
@@ -382,15 +383,20 @@ def test_killed_training_job_resumes(tiny_run, tmp_path, kill_omp, finish_omp):
             _runtime_settings(),
             "--prev_state",
             f"{run}/task0/end.pt",
-            "--stop_after_epoch",
-            "7",
         ],
         cwd=work,
-        capture_output=True,
+        stderr=subprocess.PIPE,
         text=True,
         env=env_stop,
     )
-    assert out.returncode != 0 and "stopped after epoch 7" in out.stderr
+    # kill -9 once task-epoch 2 is logged: its resume state is written before the line, and two
+    # epochs are left, so the job dies mid-task as a preempted or timed-out job would
+    for line in job.stderr:
+        if "task 1: epoch 2/4" in line:
+            job.kill()
+            break
+    job.communicate()
+    assert job.returncode == -signal.SIGKILL
     assert (work / "results/resume/order0/none/random/none/base/task1.pt").exists()
     out = snakemake(
         f"{run}/task1/end.pt",

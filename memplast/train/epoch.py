@@ -1,0 +1,207 @@
+"""The epoch step shared by incremental training and the memorization scorer.
+
+:func:`fit_epoch` sets the learning rate and runs one pass of SGD steps (:func:`train_epoch`);
+:func:`evaluate_splits` evaluates validation and test (:func:`evaluate`); :func:`log_epoch`
+writes the one progress line per epoch. :func:`reestimate_bn` recomputes BatchNorm statistics
+(after a non-random sample ordering, design §7).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from memplast.device import stable_seed, to_host
+from memplast.masks import per_sample_loss, seen_classes
+from memplast.models import eval_mode
+from memplast.train.device_data import DeviceData
+
+log = logging.getLogger("memplast.train")
+
+
+def side_generator(*parts) -> torch.Generator:
+    """A CPU generator for draws outside the training stream (BN re-estimation, test augmentation),
+    seeded from ``parts``, so they never shift the run's own draws and need no resume state."""
+    return torch.Generator().manual_seed(stable_seed(*parts))
+
+
+@torch.no_grad()
+def evaluate(
+    model,
+    data: DeviceData,
+    rows: np.ndarray,
+    mask: torch.Tensor,
+    batch_size: int,
+    generator=None,
+    aug: dict | None = None,
+) -> tuple[float, float]:
+    """Mean loss and accuracy over ``rows`` with logits masked to the seen classes (eval-mode BN);
+    with ``aug`` the inputs are augmented from ``generator`` (``protocol.test_augmentation``).
+    Sums stay on the device and are read once."""
+    seen = seen_classes(mask)
+    data.check_labels(rows, seen)
+    idx = data.index(rows)
+    total_loss = torch.zeros((), dtype=torch.float64, device=data.device)
+    correct = torch.zeros((), dtype=torch.long, device=data.device)
+    with eval_mode(model):
+        for start in range(0, len(rows), batch_size):
+            x, y = data.take(idx[start : start + batch_size], generator, aug)
+            logits = model(x)
+            total_loss += per_sample_loss(logits, y, seen).sum().double()
+            correct += (logits.masked_fill(~seen.mask, float("-inf")).argmax(1) == y).sum()
+    total_loss, correct = to_host(total_loss, correct)
+    n = max(len(rows), 1)
+    return float(total_loss) / n, int(correct) / n
+
+
+def log_epoch(where: str, row: dict, n_epochs: int, eta_seconds: float) -> None:
+    """One progress line per epoch: task-epoch, train loss/acc, val acc, lr, images/s, ETA of the task."""
+    log.info(
+        "%s: epoch %d/%d train loss %.4f acc %.4f | val acc %.4f | lr %.3g | %.0f img/s | ETA %s",
+        where,
+        row["task_epoch"],
+        n_epochs,
+        row["train_loss"],
+        row["train_acc"],
+        row["val_acc"],
+        row["lr"],
+        row["images_per_sec"],
+        _hms(eta_seconds),
+    )
+
+
+def _hms(seconds: float) -> str:
+    s = int(round(max(seconds, 0.0)))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+class NonFiniteLoss(FloatingPointError):
+    pass
+
+
+def train_epoch(
+    model,
+    optimizer,
+    data: DeviceData,
+    rows: np.ndarray,
+    mask,
+    batch_size: int,
+    generator,
+    aug: dict | None,
+    weights: torch.Tensor | None = None,
+    after_step=None,
+    where: str = "",
+):
+    """One pass over ``rows`` in the given order. Loss per batch = mean_i w_i * loss_i.
+
+    ``after_step`` runs after every optimizer step; if it has ``wants_acts`` it receives the
+    batch's ReLU outputs (continual backprop). The step never waits for the device: rows go to
+    the device once, the mask is an index tensor, and losses, accuracy and the finite-loss check
+    are read once, after the epoch (a non-finite loss raises then, before any state is saved).
+    Returns (per-sample losses in ``rows`` order as a numpy array, accuracy).
+    """
+    model.train()
+    wants_acts = getattr(after_step, "wants_acts", False)
+    seen = seen_classes(mask)
+    data.check_labels(rows, seen)
+    idx = data.index(rows)
+    losses = torch.empty(len(rows), device=data.device)
+    batch_loss = torch.empty(math.ceil(len(rows) / batch_size), device=data.device)
+    correct = torch.zeros((), dtype=torch.long, device=data.device)
+    for b, start in enumerate(range(0, len(rows), batch_size)):
+        x, y = data.take(idx[start : start + batch_size], generator, aug)
+        out = model(x, return_acts=True) if wants_acts else model(x)
+        logits = out.logits if wants_acts else out
+        loss_i = per_sample_loss(logits, y, seen)
+        w = weights[start : start + batch_size] if weights is not None else None
+        loss = (loss_i * w).mean() if w is not None else loss_i.mean()
+        batch_loss[b] = loss.detach()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if wants_acts:
+            after_step(out.acts)
+        elif after_step is not None:
+            after_step()
+        losses[start : start + y.shape[0]] = loss_i.detach()
+        correct += (logits.detach().masked_fill(~seen.mask, float("-inf")).argmax(1) == y).sum()
+    losses, batch_loss, correct = to_host(losses, batch_loss, correct)
+    bad = np.flatnonzero(~np.isfinite(batch_loss))
+    if len(bad):
+        raise NonFiniteLoss(
+            f"non-finite loss ({batch_loss[bad[0]]}) in {where}, batch starting at {bad[0] * batch_size}; "
+            "lower protocol.lr or check the data"
+        )
+    return losses, int(correct) / max(len(rows), 1)
+
+
+def fit_epoch(
+    model,
+    optimizer,
+    data: DeviceData,
+    rows: np.ndarray,
+    mask,
+    lr: float,
+    batch_size: int,
+    generator,
+    aug: dict | None,
+    weights=None,
+    after_step=None,
+    where: str = "",
+):
+    """Set the learning rate to ``lr`` and train one epoch over ``rows`` in this order
+    (:func:`train_epoch`). Returns (per-sample losses, accuracy, seconds)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    t0 = time.perf_counter()
+    losses, acc = train_epoch(
+        model, optimizer, data, rows, mask, batch_size, generator, aug, weights, after_step, where
+    )
+    return losses, acc, time.perf_counter() - t0
+
+
+def evaluate_splits(
+    model,
+    data: DeviceData,
+    mask,
+    batch_size: int,
+    val_rows,
+    test_rows,
+    test_generator=None,
+    test_aug: dict | None = None,
+) -> dict:
+    """val_loss, val_acc, test_loss, test_acc (test inputs augmented with ``test_aug``, if given)."""
+    val_loss, val_acc = evaluate(model, data, val_rows, mask, batch_size)
+    test_loss, test_acc = evaluate(model, data, test_rows, mask, batch_size, test_generator, test_aug)
+    return {"val_loss": val_loss, "val_acc": val_acc, "test_loss": test_loss, "test_acc": test_acc}
+
+
+@torch.no_grad()
+def reestimate_bn(model: nn.Module, batches) -> int:
+    """Replace every BatchNorm's running statistics by their exact average over ``batches``
+    (an iterable of input tensors, in train mode, no gradients); returns the number of samples.
+    Running means/variances are the equal-weight average of the per-batch statistics
+    (``momentum=None``), so the last batches of a sorted epoch no longer dominate them."""
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d)]
+    saved = [(m, m.momentum) for m in bns]
+    flags = [(m, m.training) for m in model.modules()]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    n = 0
+    try:
+        for x in batches:
+            model(x)
+            n += len(x)
+    finally:
+        for m, momentum in saved:
+            m.momentum = momentum
+        for m, training in flags:
+            m.training = training
+    return n

@@ -1,0 +1,160 @@
+"""What a task carries from one epoch to the next, and its one save/restore path.
+
+:class:`TaskState` is what the next task, a resume and the end state share: the model, the
+optimizer, the algorithm's own state and the run's two CPU generators (data order and
+augmentation; the algorithm's noise). :class:`Progress` is what only a resume adds: the epochs
+done, their metrics and order log, the best epoch so far and the before-window in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from memplast.algorithms import Algorithm, make_algorithm
+from memplast.checkpoints import BeforeWindow, save_state
+from memplast.device import cpu_generator, load_generator_state, stable_seed
+from memplast.models import build_model, reinit
+
+log = logging.getLogger("memplast.train")
+
+
+@dataclass
+class TaskState:
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    algorithm: Algorithm
+    generator: torch.Generator  # data order and augmentation
+    noise_generator: torch.Generator  # the algorithm's perturbations
+
+    @classmethod
+    def new(cls, meta: dict, algorithm: str, protocol: dict, order_seed: int, device) -> TaskState:
+        """A freshly initialised run. Common random numbers: init and streams depend on the class-order
+        seed only, so every run of a class order (any algorithm or data condition) shares them."""
+        model = build_model(meta["arch"], meta["num_classes"], meta["in_channels"], meta["width"])
+        reinit(model, stable_seed("init", order_seed))
+        model.to(device)
+        algo = make_algorithm(algorithm, protocol, order_seed)
+        optimizer = algo.make_optimizer(model)
+        generator = cpu_generator(stable_seed("run", order_seed))
+        noise = cpu_generator(stable_seed("noise", order_seed))  # CPU whatever the device (saved states)
+        return cls(model, optimizer, algo, generator, noise)
+
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "noise_generator": self.noise_generator.get_state(),
+            "cbp": self.algorithm.state_dict(),  # the algorithm's state (key kept from the CBP-only days)
+        }
+
+    def load_state_dict(self, state: dict, source: str) -> None:
+        """Restore from a previous task's end state or a resume state read from ``source``."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        load_generator_state(self.generator, state["generator"], f"{source}: generator")
+        load_generator_state(self.noise_generator, state["noise_generator"], f"{source}: noise_generator")
+        if state["cbp"] is not None:
+            self.algorithm.load_state_dict(state["cbp"])
+
+
+@dataclass
+class Progress:
+    """The epoch loop's own state: ``epoch`` task-epochs done (0-based next epoch), the ordering's
+    base order, metrics and order-log rows, the best epoch (val_acc, epoch, weights, its window)."""
+
+    base: np.ndarray
+    window: BeforeWindow
+    best: dict | None = None
+    rows: list = field(default_factory=list)
+    orders: list = field(default_factory=list)
+    epoch: int = 0
+
+    @property
+    def best_acc(self) -> float:
+        return self.best["val_acc"] if self.best else -float("inf")
+
+
+class ResumeFile:
+    """The resume state of one task job (``results/resume/<run>/task<t>.pt``) and its staging
+    directory, where window checkpoints wait until the task ends (Snakemake deletes a killed job's
+    outputs, not these). A resume fits only the same run, task, science key and window size."""
+
+    def __init__(self, path, run: str, task: int, key: str, runtime: dict):
+        self.path, self.run, self.task, self.key, self.runtime = Path(path), run, task, key, runtime
+        self.staging = self.path.with_suffix(".ckpt")
+
+    def staged(self, epoch: int) -> Path:
+        return self.staging / f"e{epoch}.pt"
+
+    def save(self, state: TaskState, progress: Progress, staged: list) -> None:
+        save_state(
+            self.path,
+            {
+                "spec": self.run,
+                "task": self.task,
+                "config": self.key,
+                "runtime": self.runtime,
+                **state.state_dict(),
+                "base": progress.base,
+                "best": progress.best,
+                "metrics": progress.rows,
+                "orders": progress.orders,
+                "epoch": progress.epoch,
+                "staged": staged,
+                "recent": progress.window.snapshot(),
+                "window": progress.window.size,
+            },
+        )
+
+    def load(self, state: TaskState, progress: Progress, deterministic: bool, where: str) -> Progress:
+        """The progress to continue from: the resume file's when it fits (``state`` restored from it
+        too), else ``progress`` unchanged."""
+        if not self.path.exists():
+            return progress
+        r = torch.load(self.path, map_location=next(state.model.parameters()).device, weights_only=False)
+        same = r["spec"] == self.run and r["task"] == self.task and r["config"] == self.key
+        if not (same and r.get("window", 0) == progress.window.size):
+            log.info("%s: ignoring stale resume file %s", where, self.path)
+            return progress
+        if not ("staged" in r and all(self.staged(g).exists() for g in r["staged"])):
+            log.info("%s: resume file %s lacks its staged window checkpoints; the task restarts", where, self.path)
+            return progress
+        if r.get("runtime") != self.runtime:
+            # CPU reductions (convolution backward above all) depend on the thread count, GPU
+            # kernels on the device: a resume under other settings is not bitwise the same run.
+            change = f"saved under {r.get('runtime')}, now {self.runtime}"
+            if deterministic:
+                log.warning(
+                    "%s: not resuming from %s (%s): protocol.deterministic promises bitwise identity, "
+                    "so the task restarts from its first epoch",
+                    where,
+                    self.path,
+                    change,
+                )
+                return progress
+            log.warning(
+                "%s: resuming from %s under other runtime settings (%s): results will differ "
+                "bitwise from an uninterrupted run",
+                where,
+                self.path,
+                change,
+            )
+        state.load_state_dict(r, str(self.path))
+        log.info("%s: resuming after task-epoch %d from %s", where, r["epoch"], self.path)
+        window = BeforeWindow(progress.window.size, r.get("recent", []))
+        return Progress(r["base"], window, r["best"], r["metrics"], r["orders"], r["epoch"])
+
+    def finish(self, checkpoints: dict, end_epoch: int) -> None:
+        """Move the staged window checkpoints onto the job's outputs and delete the resume file."""
+        for g in sorted(checkpoints):
+            if g != end_epoch:
+                Path(checkpoints[g]).parent.mkdir(parents=True, exist_ok=True)
+                self.staged(g).replace(checkpoints[g])
+        if self.staging.is_dir() and not any(self.staging.iterdir()):
+            self.staging.rmdir()
