@@ -324,7 +324,7 @@ def test_algorithm_tasks_resume_bitwise_and_log_replacements(tmp_path, fast, dig
     assert end["replaced"] == m.loc[m.kind == "epoch", "replaced"].sum()
     state = torch.load(tmp_path / "k" / "t1" / "end.pt", weights_only=True)
     cbp = issubclass(A.ALGORITHMS[algorithm], A.ContinualBackprop)
-    assert (end["replaced"] > 0) == cbp and (state["cbp"] is not None) == cbp
+    assert (end["replaced"] > 0) == cbp and (state["algorithm"] is not None) == cbp
     if issubclass(A.ALGORITHMS[algorithm], A.Upgd):
         assert "generator" in state["optimizer"] and all("utility" in s for s in state["optimizer"]["state"].values())
 
@@ -409,7 +409,7 @@ def test_a_new_algorithm_is_one_class_and_the_task_function_never_names_one(tmp_
     assert made[0].calls == ["make_optimizer", "attach", "start_task 0"]
     assert steps0 == 2 * math.ceil(n_task / cfg["protocol"]["batch_size"])  # one call per SGD step
     assert m0.loc[m0.kind == "epoch", "replaced"].sum() == steps0  # pop_replaced once per epoch
-    assert torch.load(tmp_path / "t0" / "end.pt", weights_only=True)["cbp"] == {"steps": steps0}
+    assert torch.load(tmp_path / "t0" / "end.pt", weights_only=True)["algorithm"] == {"steps": steps0}
     run_one_task(tmp_path, cfg, digits, 1, prev=str(tmp_path / "t0" / "end.pt"), algorithm="recorder")
     assert made[1].calls == ["make_optimizer", f"load {steps0}", "attach", "start_task 1"]
     assert made[1].steps > steps0

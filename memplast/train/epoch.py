@@ -96,17 +96,19 @@ def train_epoch(
     weights: torch.Tensor | None = None,
     after_step=None,
     where: str = "",
+    wants_acts: bool | None = None,
 ):
     """One pass over ``rows`` in the given order. Loss per batch = mean_i w_i * loss_i.
 
-    ``after_step`` runs after every optimizer step; if it has ``wants_acts`` it receives the
-    batch's ReLU outputs (continual backprop). The step never waits for the device: rows go to
-    the device once, the mask is an index tensor, and losses, accuracy and the finite-loss check
+    ``after_step`` runs after every optimizer step; with ``wants_acts`` (default: the callable's own
+    ``wants_acts`` attribute) it receives the batch's ReLU outputs (continual backprop). The step
+    never waits for the device: rows go to the device once, the mask is an index tensor, and losses, accuracy and the finite-loss check
     are read once, after the epoch (a non-finite loss raises then, before any state is saved).
     Returns (per-sample losses in ``rows`` order as a numpy array, accuracy).
     """
     model.train()
-    wants_acts = getattr(after_step, "wants_acts", False)
+    if wants_acts is None:
+        wants_acts = getattr(after_step, "wants_acts", False)
     seen = seen_classes(mask)
     data.check_labels(rows, seen)
     idx = data.index(rows)
@@ -153,6 +155,7 @@ def fit_epoch(
     weights=None,
     after_step=None,
     where: str = "",
+    wants_acts: bool | None = None,
 ):
     """Set the learning rate to ``lr`` and train one epoch over ``rows`` in this order
     (:func:`train_epoch`). Returns (per-sample losses, accuracy, seconds)."""
@@ -160,7 +163,7 @@ def fit_epoch(
         group["lr"] = lr
     t0 = time.perf_counter()
     losses, acc = train_epoch(
-        model, optimizer, data, rows, mask, batch_size, generator, aug, weights, after_step, where
+        model, optimizer, data, rows, mask, batch_size, generator, aug, weights, after_step, where, wants_acts
     )
     return losses, acc, time.perf_counter() - t0
 

@@ -50,7 +50,7 @@ class TaskState:
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
             "noise_generator": self.noise_generator.get_state(),
-            "cbp": self.algorithm.state_dict(),  # the algorithm's state (key kept from the CBP-only days)
+            "algorithm": self.algorithm.state_dict(),
         }
 
     def load_state_dict(self, state: dict, source: str) -> None:
@@ -59,8 +59,11 @@ class TaskState:
         self.optimizer.load_state_dict(state["optimizer"])
         load_generator_state(self.generator, state["generator"], f"{source}: generator")
         load_generator_state(self.noise_generator, state["noise_generator"], f"{source}: noise_generator")
-        if state["cbp"] is not None:
-            self.algorithm.load_state_dict(state["cbp"])
+        if "algorithm" not in state:
+            raise ValueError(f"{source}: a state written before the algorithm interface (no 'algorithm' entry); "
+                             "delete it and retrain that task")  # fmt: skip
+        if state["algorithm"] is not None:
+            self.algorithm.load_state_dict(state["algorithm"])
 
 
 @dataclass
@@ -101,7 +104,7 @@ class ResumeFile:
                 "config": self.key,
                 "runtime": self.runtime,
                 **state.state_dict(),
-                "base": progress.base,
+                "base_order": progress.base,
                 "best": progress.best,
                 "metrics": progress.rows,
                 "orders": progress.orders,
@@ -148,7 +151,7 @@ class ResumeFile:
         state.load_state_dict(r, str(self.path))
         log.info("%s: resuming after task-epoch %d from %s", where, r["epoch"], self.path)
         window = BeforeWindow(progress.window.size, r.get("recent", []))
-        return Progress(r["base"], window, r["best"], r["metrics"], r["orders"], r["epoch"])
+        return Progress(r["base_order"], window, r["best"], r["metrics"], r["orders"], r["epoch"])
 
     def finish(self, checkpoints: dict, end_epoch: int) -> None:
         """Move the staged window checkpoints onto the job's outputs and delete the resume file."""

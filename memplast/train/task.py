@@ -166,6 +166,7 @@ class TaskRun:
         losses, train_acc, seconds = fit_epoch(
             state.model, state.optimizer, task.data, task.row_of.loc[order].to_numpy(), task.mask, lr, p["batch_size"],
             state.generator, task.aug, w, state.algorithm.after_step, f"{self.where}, epoch {g}",
+            state.algorithm.wants_acts,
         )  # fmt: skip
         if task.bn_reestimate:
             shuffled = task.row_of.to_numpy()[torch.randperm(len(task.row_of), generator=side_generator("bn", spec.order_seed, g)).numpy()]  # fmt: skip
