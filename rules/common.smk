@@ -2,8 +2,15 @@
 import math
 
 from memplast import runtime
-from memplast.config import FACTORS, condition_path, conditions, n_classes
-from memplast.train import probe_epochs
+from memplast.grid import (
+    MEMO_ORDERINGS,
+    RUN_ID,
+    WILDCARDS,
+    condition_path,
+    conditions,
+    images_per_class,
+    probe_epochs,
+)
 
 DATASET = config["dataset"]["name"]
 ORDER_SEEDS = config["class_orders"]["seeds"]
@@ -16,47 +23,23 @@ W = config["probes"]["window"]
 # Task-epochs (1-based, the same in every task) whose weights a training job saves.
 CKPT_TASK_EPOCHS = probe_epochs(0, E, W, config["probes"]["extra_epochs"])
 BOUNDARIES = list(range(N_TASKS - 1))
-
-
-def _images_per_class():
-    """Training images per class, for runtime estimates (no data needed at DAG time)."""
-    ds = config["dataset"]
-    if ds["name"] in ("cifar100", "cifar10"):
-        return (500 if ds["name"] == "cifar100" else 5000) - ds["n_val_per_class"]
-    per_class = 180 if ds["name"] == "digits" else ds["synthetic"]["n_per_class"]
-    return int(
-        per_class * (1 - ds["split_fractions"]["val"] - ds["split_fractions"]["test"])
-    )
-
-
-IMAGES_PER_CLASS = _images_per_class()
+# Training images per class, for runtime estimates (no data needed at DAG time).
+IMAGES_PER_CLASS = images_per_class(config["dataset"])
 
 PREPARED = f"data/{DATASET}/prepared.npz"
 SAMPLES = f"data/{DATASET}/samples.parquet"
 ORDER_FILE = "results/class_orders/order{seed}.csv"
 SCORES = "results/memo/scores.parquet"
-RUN_ID = "order{seed}/{filter}/{ordering}/{weighting}/{algorithm}"
 RUN = f"results/runs/{RUN_ID}"
 SUBSET = "results/subsets/{filter}"
-
-# Orderings that need memo scores (so their runs wait for the memo stage).
-MEMO_ORDERINGS = ("ascending", "descending", "stratified")
 
 ENV_TORCH = "../envs/torch.yaml"
 ENV_STATS = "../envs/stats.yaml"
 
 
+# the run factors' vocabulary (memplast/grid.py): a name the rules accept is one the parsers accept
 wildcard_constraints:
-    dataset="cifar100|cifar10|digits|synthetic",
-    seed=r"\d+",
-    task=r"\d+",
-    boundary=r"\d+",
-    epoch=r"\d+",
-    te=r"\d+",
-    filter=r"none|(global|per_class|balanced)(_random)?-q[0-9.]+",
-    ordering="random|fixed|ascending|descending|stratified|file",
-    weighting=r"none|alpha-?[0-9.]+",
-    algorithm="base|retrained|head_reset|shrink_perturb|cbp|upgd|upgd_cbp",
+    **WILDCARDS,
 
 
 def log_path(name):

@@ -1,7 +1,7 @@
 # Memorization scores: train the scorer on all training data, curvature per checkpoint of its
 # epoch grid (one job each), average over the grid into results/memo/scores.parquet.
 from memplast.config import score_column
-from memplast.train import scorer_grid
+from memplast.grid import scorer_grid
 
 MEMO = config["memo"]
 SCORER_GRID = scorer_grid(MEMO["scorer"]["epochs"], MEMO["scorer"]["grid_every"])

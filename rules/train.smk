@@ -1,6 +1,6 @@
 # Incremental training: the memo filter of each condition (rule subset), then one job per
 # (run, task). A run's path names it: results/runs/order<seed>/<filter>/<ordering>/<weighting>/<algorithm>.
-from memplast.config import parse_weighting
+from memplast.grid import parse_weighting
 
 
 rule subset:

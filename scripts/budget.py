@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT))
 
 from memplast import budget  # noqa: E402
 from memplast import config as mpconfig  # noqa: E402
-from memplast.train import probe_epochs  # noqa: E402
+from memplast.grid import probe_epochs  # noqa: E402
 
 HEADLINE = "results/figures/memo_vs_dgrad.pdf"
 

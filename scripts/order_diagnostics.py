@@ -14,7 +14,8 @@ import torch  # noqa: E402
 from memplast import io, orderings  # noqa: E402
 from memplast.cli import entrypoint  # noqa: E402
 from memplast.data import load_prepared  # noqa: E402
-from memplast.train import stable_seed, task_classes  # noqa: E402
+from memplast.grid import task_classes  # noqa: E402
+from memplast.train import stable_seed  # noqa: E402
 
 
 def main(

@@ -11,14 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
-from memplast import data, train
+from memplast import data, grid, train
 from memplast.models import class_mask, load_checkpoint, per_sample_loss
-
-
-def test_lr_at_every_task_epoch():
-    lrs = [train.lr_at(e, 0.1, [60, 120, 160], 0.2) for e in range(200)]
-    assert lrs[:60] == [0.1] * 60
-    assert np.allclose(lrs[60:120], 0.02) and np.allclose(lrs[120:160], 0.004) and np.allclose(lrs[160:], 0.0008)
 
 
 def test_unseen_logits_get_no_gradient_and_softmax_covers_seen_only():
@@ -79,7 +73,7 @@ def _run(
     seed=0,
 ):
     E = cfg["protocol"]["epochs_per_task"]
-    epochs = train.task_epoch_range(task, E) if ckpt_all else [task * E + E]
+    epochs = grid.task_epoch_range(task, E) if ckpt_all else [task * E + E]
     ckpts = {g: str(tmp / f"t{task}" / f"e{g}.pt") for g in epochs}
     spec = train.RunSpec(
         name,
@@ -312,11 +306,6 @@ def test_memo_ordering_and_weighting_run(tmp_path, small, digits):
     )
     log = pd.read_parquet(tmp_path / "t0" / "o.parquet")
     assert log["hash"].nunique() == 1  # the same sorted order every epoch
-
-
-def test_probe_epochs_cover_the_after_window_and_the_end():
-    assert train.probe_epochs(2, 10, 3) == [21, 22, 23, 30]
-    assert train.probe_epochs(0, 10, 3, extra=[5]) == [1, 2, 3, 5, 10]
 
 
 @pytest.mark.parametrize(
