@@ -12,6 +12,7 @@ setting is appended to ``--out`` so docs/positive_control.md quotes measured num
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import tempfile
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from snakemake.utils import update_config
 
 from memplast import config as mpconfig
 from memplast import data
@@ -69,8 +71,9 @@ SETTINGS = {
 
 def load_cfg(name: str, extra: dict | None = None) -> dict:
     cfg = mpconfig.load(ROOT / "config.yaml", ROOT / "config" / "demo.yaml")
-    cfg = mpconfig.deep_update(cfg, SETTINGS[name])
-    return mpconfig.deep_update(cfg, extra or {})
+    update_config(cfg, copy.deepcopy(SETTINGS[name]))
+    update_config(cfg, copy.deepcopy(extra or {}))
+    return cfg
 
 
 def end_metrics(path: str, prepared: data.Prepared) -> dict:

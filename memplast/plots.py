@@ -3,7 +3,7 @@
 Every public function draws one figure from tables the workflow already wrote, saves it as a
 vector PDF plus a PNG with the same stem (for the HTML report) and returns the Figure, so tests
 can inspect its axes. Provenance travels with the file: ``json.dumps(prov)`` is the PDF's
-``Subject`` (read it back with :func:`memplast.io.read_pdf_provenance`) and the PNG's ``Description``.
+``Subject`` and the PNG's ``Description`` (read it back with :func:`memplast.io.read_provenance`).
 Figures are built on ``matplotlib.figure.Figure`` with the Agg canvas (never pyplot), so
 nothing accumulates in pyplot's figure registry. Lines differ by marker and line style as well
 as colour, so every figure reads in greyscale.
@@ -23,7 +23,6 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from memplast import io
-from memplast.io import read_pdf_provenance  # noqa: F401  (re-exported; lives in io)
 from memplast.stats import common as stats
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
@@ -487,7 +486,6 @@ def memo_validation(
 
 __all__ = [
     "save",
-    "read_pdf_provenance",
     "outcome_label",
     "accuracy_curves",
     "dormant_and_rank",
