@@ -83,7 +83,7 @@ def end_metrics(path: str, prepared: data.Prepared) -> dict:
     rows = np.flatnonzero((prepared.split == "train") & np.isin(prepared.labels, seen))
     x = normalize(torch.as_tensor(prepared.images[rows]), prepared.mean, prepared.std)
     m = model_metrics(model, x, torch.as_tensor(prepared.labels[rows]), class_mask(seen, prepared.n_classes, "cpu"))
-    return {"dormant": m["dormant_frac"], "eff_rank": m["effective_rank"], "stable_rank": m["approx_rank"]}
+    return {"dormant": m["dormant_frac"], "eff_rank": m["effective_rank"], "rank99": m["rank99"]}
 
 
 def run_one(cfg: dict, prepared: data.Prepared, seed: int, algorithm: str, tmp: Path) -> list[dict]:
@@ -131,10 +131,16 @@ def summarize(rows: list[dict]) -> dict:
     """The workflow's plasticity tables (memplast.plasticity: gap, trend with recoveries, signature)
     computed from the search's rows, as JSON-ready records."""
 
+    # rows stored before the rename call the 99%-count of singular values "stable_rank"
     df = pd.DataFrame(rows).rename(
-        columns={"order": "order_seed", "eff_rank": "effective_rank", "dormant": "dormant_units"}
+        columns={
+            "order": "order_seed",
+            "eff_rank": "effective_rank",
+            "dormant": "dormant_units",
+            "stable_rank": "rank99",
+        }
     )
-    means = df.groupby(["algorithm", "task"])[["dormant_units", "effective_rank", "stable_rank", "test_acc"]].mean()
+    means = df.groupby(["algorithm", "task"])[["dormant_units", "effective_rank", "rank99", "test_acc"]].mean()
     return {
         "gap": gap_table(df, {}).to_dict("records"),
         "trend": trend_table(df, {}).to_dict("records"),
@@ -169,11 +175,11 @@ def report(res: dict) -> None:
             f"{m} {a} - retrained per task: "
             + ", ".join(f"{r.mean:+.3f} [{r.lo:+.3f}, {r.hi:+.3f}]" for r in g.itertuples())
         )
-    print("algorithm task dormant eff_rank stable_rank test_acc")
+    print("algorithm task dormant eff_rank rank99 test_acc")
     for s in res["signature"]:
         print(
             f"{s['algorithm']:>14} {s['task']:>2} {s['dormant_units']:.3f} {s['effective_rank']:7.2f} "
-            f"{s['stable_rank']:5.1f} {s['test_acc']:.4f}"
+            f"{s['rank99']:5.1f} {s['test_acc']:.4f}"
         )
 
 

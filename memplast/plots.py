@@ -61,7 +61,7 @@ METHOD_KEY = "exact / Hutch. / FD: Tr(H²) estimators\nCSL: cum. sample loss; FZ
 MODEL_METRICS = {
     "dormant_units": "dormant units (fraction; activation rate < 0.01)",
     "effective_rank": "effective rank exp H(s/Σs) of features",
-    "stable_rank": "stable rank: #s for 99% of Σs (Dohare)",
+    "rank99": "rank99: #s for 99% of Σs (Dohare's stable rank)",
     "mean_abs_weight": "mean |θ| over all parameters",
 }
 TASK_LABEL = "task t (metric at end of task t)"
@@ -208,8 +208,8 @@ def accuracy_curves(summary: pd.DataFrame, path, prov: Mapping) -> Figure:
 
 
 def dormant_and_rank(summary: pd.DataFrame, path, prov: Mapping) -> Figure:
-    """Dormant units, effective rank, stable rank and mean |weight| over tasks per condition
-    (mean over class orders, min–max band); a missing metric column leaves a note."""
+    """Dormant units, effective rank, rank99 (Dohare et al.'s "stable rank") and mean |weight| over
+    tasks per condition (mean over class orders, min–max band); a missing metric column leaves a note."""
     stats.require(summary, stats.RUN_KEYS + ["task"], "dormant_and_rank")
     fig = _figure(11, 8)
     axes = fig.subplots(2, 2).ravel()

@@ -143,7 +143,7 @@ def test_dormant_and_rank(tmp_path):
     assert [ax.get_title() for ax in fig.axes] == [
         "(a) dormant_units",
         "(b) effective_rank",
-        "(c) stable_rank",
+        "(c) rank99",
         "(d) mean_abs_weight",
     ]
     assert all(ax.get_xlabel().startswith("task t") for ax in fig.axes)
