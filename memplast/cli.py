@@ -97,7 +97,7 @@ class JobError(RuntimeError):
 
 
 def _job_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(add_help=False)
+    p = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     which = p.add_mutually_exclusive_group()
     which.add_argument("--target", help="an output path of the workflow: run the job that makes it")
     which.add_argument("--rule", help="a rule name (with --wildcards): run that rule's job")
