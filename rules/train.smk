@@ -1,6 +1,6 @@
 # Incremental training: the memo filter of each condition (rule subset), then one job per
 # (run, task). A run's path names it: results/runs/order<seed>/<filter>/<ordering>/<weighting>/<algorithm>.
-from memplast.grid import parse_weighting
+from memplast.grid import ALGORITHMS, parse_weighting
 
 
 rule subset:
@@ -50,7 +50,8 @@ rule train_task:
     benchmark:
         bench_path(f"train/{RUN_ID}/task{{task}}")
     wildcard_constraints:
-        algorithm=r"(?!retrained/)[^/]+",  # retrained: rule train_task_reference
+        # retrained: rule train_task_reference
+        algorithm="|".join(a for a in ALGORITHMS if a != "retrained"),
     conda:
         ENV_TORCH
     threads: job("train", "threads")
