@@ -120,22 +120,15 @@ def pred_forget_validation(n_tasks: int = 4) -> list[dict]:
             )
             end = str(tmp / f"end{t}.pt")
             E = proto["epochs_per_task"]
-            train.run_task(
-                spec,
-                prepared,
-                proto,
-                cfg["model"],
-                cfg["dataset"]["augmentation"],
-                cfg["ordering"],
-                cfg["weighting"],
-                prev,
-                end,
-                {(t + 1) * E: str(tmp / f"ckpt{t}.pt")},
-                str(tmp / f"m{t}.parquet"),
-                str(tmp / f"o{t}.parquet"),
-                str(tmp / f"r{t}.pt"),
-                {},
+            paths = train.TaskPaths(
+                end=end,
+                checkpoints={(t + 1) * E: str(tmp / f"ckpt{t}.pt")},
+                metrics=str(tmp / f"m{t}.parquet"),
+                order_log=str(tmp / f"o{t}.parquet"),
+                resume=str(tmp / f"r{t}.pt"),
+                prev_state=prev,
             )
+            train.run_task(spec, prepared, cfg, paths, {})
             prev = end
             model, _ = load_checkpoint(tmp / f"ckpt{t}.pt")
             old, nxt = order[: (t + 1) * cpt], order[: (t + 2) * cpt]

@@ -12,6 +12,7 @@ setting is appended to ``--out`` so docs/positive_control.md quotes measured num
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import tempfile
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from snakemake.utils import update_config
 
 from memplast import config as mpconfig
 from memplast import data
@@ -29,7 +31,7 @@ from memplast.checkpoints import load_checkpoint
 from memplast.masks import class_mask
 from memplast.model_metrics import model_metrics
 from memplast.plasticity import gap_table, signature_table, trend_table
-from memplast.train import RunSpec, run_task
+from memplast.train import RunSpec, TaskPaths, run_task
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -70,8 +72,9 @@ SETTINGS = {
 
 def load_cfg(name: str, extra: dict | None = None) -> dict:
     cfg = mpconfig.load(ROOT / "config.yaml", ROOT / "config" / "demo.yaml")
-    cfg = mpconfig.deep_update(cfg, SETTINGS[name])
-    return mpconfig.deep_update(cfg, extra or {})
+    update_config(cfg, copy.deepcopy(SETTINGS[name]))
+    update_config(cfg, copy.deepcopy(extra or {}))
+    return cfg
 
 
 def end_metrics(path: str, prepared: data.Prepared) -> dict:
@@ -81,7 +84,7 @@ def end_metrics(path: str, prepared: data.Prepared) -> dict:
     rows = np.flatnonzero((prepared.split == "train") & np.isin(prepared.labels, seen))
     x = normalize(torch.as_tensor(prepared.images[rows]), prepared.mean, prepared.std)
     m = model_metrics(model, x, torch.as_tensor(prepared.labels[rows]), class_mask(seen, prepared.n_classes, "cpu"))
-    return {"dormant": m["dormant_frac"], "eff_rank": m["effective_rank"], "stable_rank": m["approx_rank"]}
+    return {"dormant": m["dormant_frac"], "eff_rank": m["effective_rank"], "rank99": m["rank99"]}
 
 
 def run_one(cfg: dict, prepared: data.Prepared, seed: int, algorithm: str, tmp: Path) -> list[dict]:
@@ -94,22 +97,15 @@ def run_one(cfg: dict, prepared: data.Prepared, seed: int, algorithm: str, tmp: 
         d = tmp / f"order{seed}-{algorithm}" / f"task{t}"
         ckpt = str(d / "end_ckpt.pt")
         spec = RunSpec(f"order{seed}/none/random/none/{algorithm}", seed, order, t, train_ids, "random", 0.0, algorithm)
-        m = run_task(
-            spec,
-            prepared,
-            p,
-            cfg["model"],
-            cfg["dataset"]["augmentation"],
-            cfg["ordering"],
-            cfg["weighting"],
-            prev,
-            str(d / "end.pt"),
-            {(t + 1) * p["epochs_per_task"]: ckpt},
-            str(d / "m.parquet"),
-            str(d / "o.parquet"),
-            str(d / "resume.pt"),
-            {"search": 1},
+        paths = TaskPaths(
+            end=str(d / "end.pt"),
+            checkpoints={(t + 1) * p["epochs_per_task"]: ckpt},
+            metrics=str(d / "m.parquet"),
+            order_log=str(d / "o.parquet"),
+            resume=str(d / "resume.pt"),
+            prev_state=prev,
         )
+        m = run_task(spec, prepared, cfg, paths, {"search": 1})
         end = m[m.kind == "end"].iloc[0]
         out.append(
             {
@@ -129,10 +125,16 @@ def summarize(rows: list[dict]) -> dict:
     """The workflow's plasticity tables (memplast.plasticity: gap, trend with recoveries, signature)
     computed from the search's rows, as JSON-ready records."""
 
+    # rows stored before the rename call the 99%-count of singular values "stable_rank"
     df = pd.DataFrame(rows).rename(
-        columns={"order": "order_seed", "eff_rank": "effective_rank", "dormant": "dormant_units"}
+        columns={
+            "order": "order_seed",
+            "eff_rank": "effective_rank",
+            "dormant": "dormant_units",
+            "stable_rank": "rank99",
+        }
     )
-    means = df.groupby(["algorithm", "task"])[["dormant_units", "effective_rank", "stable_rank", "test_acc"]].mean()
+    means = df.groupby(["algorithm", "task"])[["dormant_units", "effective_rank", "rank99", "test_acc"]].mean()
     return {
         "gap": gap_table(df, {}).to_dict("records"),
         "trend": trend_table(df, {}).to_dict("records"),
@@ -167,11 +169,11 @@ def report(res: dict) -> None:
             f"{m} {a} - retrained per task: "
             + ", ".join(f"{r.mean:+.3f} [{r.lo:+.3f}, {r.hi:+.3f}]" for r in g.itertuples())
         )
-    print("algorithm task dormant eff_rank stable_rank test_acc")
+    print("algorithm task dormant eff_rank rank99 test_acc")
     for s in res["signature"]:
         print(
             f"{s['algorithm']:>14} {s['task']:>2} {s['dormant_units']:.3f} {s['effective_rank']:7.2f} "
-            f"{s['stable_rank']:5.1f} {s['test_acc']:.4f}"
+            f"{s['rank99']:5.1f} {s['test_acc']:.4f}"
         )
 
 

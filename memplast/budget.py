@@ -23,6 +23,8 @@ import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from memplast import grid
+
 ROOT = Path(__file__).resolve().parent.parent
 # Bytes per row of Parquet tables, measured on the demo's outputs (34-column probe tables: 75;
 # curvature tables: 56; per-sample deltas and memo scores: 66 and 151).
@@ -89,22 +91,16 @@ class Sizes:
     """Estimated bytes of each output file of the workflow under ``config``."""
 
     def __init__(self, config: dict):
-        from memplast.config import n_classes
-
         self.cfg = config
         ds = config["dataset"]
-        self.n_classes = n_classes(config)
-        shape = (
-            ds["synthetic"]["shape"]
-            if ds["name"] == "synthetic"
-            else ([1, 8, 8] if ds["name"] == "digits" else [3, 32, 32])
-        )
+        self.n_classes = grid.n_classes(ds)
+        shape = grid.image_shape(ds)
         self.pixels = int(shape[0] * shape[1] * shape[2])
         m = config["model"]
         self.weights, self.params = model_bytes(m["arch"], self.n_classes, shape[0], m["width"])
         s = config["memo"]["scorer"]
         self.scorer_weights, _ = model_bytes(s["arch"], self.n_classes, shape[0], s["width"])
-        self.per_class = images_per_class(config)
+        self.per_class = grid.images_per_class(ds)
         self.n_images = self.n_classes * self.per_class  # training images (the largest split)
         self.window = config["probes"]["window"]
         self.cpt = config["protocol"]["classes_per_task"]
@@ -133,15 +129,6 @@ class Sizes:
         if path.endswith((".parquet", ".csv")):
             return "other tables", 50e3
         return "other tables", 0.0
-
-
-def images_per_class(config: dict) -> int:
-    """Training images per class (as rules/common.smk's runtime model counts them)."""
-    ds = config["dataset"]
-    if ds["name"] in ("cifar100", "cifar10"):
-        return (500 if ds["name"] == "cifar100" else 5000) - ds["n_val_per_class"]
-    per_class = 180 if ds["name"] == "digits" else ds["synthetic"]["n_per_class"]
-    return int(per_class * (1 - ds["split_fractions"]["val"] - ds["split_fractions"]["test"]))
 
 
 def summarize(jobs: list[dict], sizes: Sizes) -> dict:

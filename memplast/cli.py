@@ -9,6 +9,12 @@ Either way the thread count is set explicitly (never left to ``OMP_NUM_THREADS``
 count: CPU reductions depend on it) and recorded in the provenance of every output::
 
     python scripts/prepare.py --dataset_cfg '{name: digits}' --prepared data/digits/prepared.npz ...
+
+Or the workflow's own job for one output, with everything Snakemake would pass (input, output,
+params, log, threads, resources, wildcards, config), from the Snakefile and its config files::
+
+    python scripts/subset.py --target results/subsets/none/kept.parquet --configfile config.yaml config/demo.yaml
+    python scripts/subset.py --rule subset --wildcards filter=none --configfile config.yaml config/demo.yaml
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 
 import yaml
 
@@ -82,9 +89,112 @@ def set_threads(n) -> int:
     return n
 
 
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class JobError(RuntimeError):
+    """The workflow has no job for the requested output (or rule and wildcards); the message names the cause."""
+
+
+def _job_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--target", help="an output path of the workflow: run the job that makes it")
+    which.add_argument("--rule", help="a rule name (with --wildcards): run that rule's job")
+    p.add_argument("--wildcards", nargs="*", default=[], metavar="NAME=VALUE")
+    p.add_argument("--configfile", nargs="+", default=[], type=Path, help="config overlays, as for snakemake")
+    p.add_argument("--snakefile", type=Path, default=ROOT / "Snakefile")
+    return p
+
+
+def workflow_job(script: str, target=None, rule=None, wildcards=(), configfiles=(), snakefile=ROOT / "Snakefile"):
+    """The Snakemake object the rule's ``script:`` directive would receive for the job that makes
+    ``target`` (or the job of ``rule`` with ``wildcards``): the workflow is loaded from
+    ``snakefile`` with its ``configfile:`` and the ``configfiles`` overlays, working directory the
+    current one, and the job is built by Snakemake's own DAG (``DAG.new_job``), so its input, output,
+    params, log, threads, resources and wildcards are exactly what Snakemake would pass. Threads are
+    capped at the machine's cores (as ``snakemake --cores all``). Raises :class:`JobError`."""
+    from snakemake.api import SnakemakeApi
+    from snakemake.exceptions import RuleException, WorkflowError
+    from snakemake.iocontainers import Snakemake
+    from snakemake.settings.types import ConfigSettings, DAGSettings, OutputSettings, Quietness, ResourceSettings
+
+    from memplast.grid import ConfigError
+
+    try:
+        wc = dict(w.split("=", 1) for w in wildcards)
+    except ValueError:
+        raise JobError(f"--wildcards {' '.join(wildcards)}: give NAME=VALUE pairs") from None
+    for path in (*configfiles, snakefile):
+        if not Path(path).is_file():
+            raise JobError(f"{path}: no such file")
+    with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
+        try:
+            wapi = api.workflow(
+                resource_settings=ResourceSettings(cores=os.cpu_count() or 1),
+                config_settings=ConfigSettings(configfiles=[p.resolve() for p in configfiles]),
+                snakefile=Path(snakefile).resolve(),
+                workdir=Path.cwd(),
+            )
+            wapi.dag(DAGSettings(targets={target} if target else set()))
+            wf = wapi._workflow  # the loaded workflow (the API has no public accessor)
+            wf._prepare_dag(forceall=False, ignore_incomplete=True, lock_warn_only=True, nolock=True)
+            if rule is not None:  # the rule's first output with the wildcards: the job's target
+                names = wf.get_rule(rule).wildcard_names
+                if set(wc) != names:
+                    raise JobError(
+                        f"rule {rule} has wildcards {sorted(names)}, given {sorted(wc)}; give NAME=VALUE for each"
+                    )
+                target = wf.get_rule(rule).get_some_product().apply_wildcards(wc)
+            producers = [r for r in wf.rules if r.is_producer(target) and r.name == (rule or r.name)]
+            if len(producers) != 1:
+                names = ", ".join(r.name for r in producers)
+                raise JobError(
+                    f"no rule of {snakefile} makes {target}; check the path (and wildcards) against the rules' outputs"
+                    if not producers
+                    else f"{target} is made by several rules ({names}); use --rule and --wildcards"
+                )
+            job = wf.async_run(wf.dag.new_job(producers[0], targetfile=target))
+            if Path(job.rule.script or "").name != Path(script).name:
+                expected = f"scripts/{Path(job.rule.script or '?').name}"
+                raise JobError(
+                    f"rule {job.rule.name} runs {expected}, not {Path(script).name}; run that script instead"
+                )
+            missing = [f for f in job.input._plainstrings() if not os.path.exists(f)]
+            if missing:
+                raise JobError(f"rule {job.rule.name} needs {missing[0]}, which does not exist; make it first")
+            return Snakemake(
+                job.input, job.output, job.params, job.wildcards, job.threads, job.resources, job.log,
+                wf.config, job.rule.name, None, str(Path(script).resolve().parent),
+            )  # fmt: skip
+        except (WorkflowError, RuleException, ConfigError) as exc:  # unknown rule, bad wildcards, bad config, ...
+            raise JobError(" ".join(str(exc).split()) or type(exc).__name__) from None
+
+
+def _job_from_argv(main, argv) -> object | None:
+    """The workflow's job when argv asks for one (--target or --rule), else None (the --name VALUE form)."""
+    args, rest = _job_parser().parse_known_args(argv)
+    if args.target is None and args.rule is None:
+        return None
+    script = getattr(sys.modules.get(main.__module__), "__file__", None) or main.__module__
+    if rest:
+        raise JobError(f"with --target or --rule, the job's arguments come from the workflow; drop {' '.join(rest)}")
+    smk = workflow_job(script, args.target, args.rule, args.wildcards, args.configfile, args.snakefile)
+    for path in smk.log:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return smk
+
+
 def entrypoint(main, smk=None) -> None:
-    """Call ``main`` with arguments taken from the Snakemake object ``smk`` or from argv."""
+    """Call ``main`` with arguments taken from the Snakemake object ``smk`` or from argv: either the
+    workflow's own job (``--target PATH`` or ``--rule NAME --wildcards K=V ..``, see :func:`workflow_job`)
+    or one ``--name VALUE`` flag per parameter of ``main``."""
     accepted = inspect.signature(main).parameters
+    if smk is None:
+        try:
+            smk = _job_from_argv(main, sys.argv[1:])
+        except JobError as exc:  # one line naming the cause, no traceback
+            raise SystemExit(f"{Path(sys.argv[0]).name}: {exc}") from None
     if smk is not None:
         setup_logging(smk.log[0] if smk.log else None)
         kwargs = _snakemake_kwargs(smk)
@@ -100,7 +210,11 @@ def entrypoint(main, smk=None) -> None:
         gpu_slots.assign(int(dict(smk.resources.items()).get("gpu", 0) or 0), job)
     else:
         setup_logging(None)
-        parser = argparse.ArgumentParser(description=(main.__doc__ or "").strip().splitlines()[0])
+        parser = argparse.ArgumentParser(
+            description=(main.__doc__ or "").strip().splitlines()[0],
+            epilog="Or run the workflow's own job for one output: --target PATH [--configfile FILE ..], "
+            "or --rule NAME --wildcards NAME=VALUE .. [--configfile FILE ..].",
+        )
         for name, p in accepted.items():
             if name == "threads":
                 continue

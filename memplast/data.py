@@ -19,14 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-SPLITS = ("train", "val", "test")
-
-# name -> (number of classes, image shape); synthetic is configured.
-DATASETS = {
-    "cifar100": (100, (3, 32, 32)),
-    "cifar10": (10, (3, 32, 32)),
-    "digits": (10, (1, 8, 8)),
-}
+from memplast import grid
 
 # The reference (Dohare et al.) normalizes CIFAR-100 with these train-set statistics.
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
@@ -49,13 +42,6 @@ CIFAR_LAYOUT = {
 
 class DataError(ValueError):
     """Bad or missing input data; the message names the cause and the fix."""
-
-
-def n_classes_of(dataset_cfg: dict) -> int:
-    name = dataset_cfg["name"]
-    if name == "synthetic":
-        return int(dataset_cfg["synthetic"]["n_classes"])
-    return DATASETS[name][0]
 
 
 # --------------------------------------------------------------------------- safe unpickling
@@ -326,7 +312,7 @@ def prepare(dataset_cfg: dict, archive: str | Path | None = None) -> Prepared:
         sample_id = np.arange(len(labels))
         source = np.full(len(labels), "train", dtype=object)
         split = fraction_split(labels, fractions["val"], fractions["test"], dataset_cfg["split_seed"])
-    n_classes = n_classes_of(dataset_cfg)
+    n_classes = grid.n_classes(dataset_cfg)
     noise = dataset_cfg["label_noise"]
     noisy_labels, noisy = plant_label_noise(labels, split, noise["fraction"], n_classes, noise["seed"])
     if name == "cifar100":

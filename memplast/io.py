@@ -2,7 +2,8 @@
 
 Every output records the config slice and the code version that made it:
 Parquet in its schema metadata, CSV in a JSON sidecar (``<file>.prov.json``, so the CSV
-stays plain for the user's existing scripts), PDF in its metadata, checkpoints in a key.
+stays plain for the user's existing scripts), figures in the metadata of the PDF and of the PNG
+beside it, checkpoints in a key.
 All writers are atomic: they write a temporary file and rename it, so a failed job
 never leaves a half-written output behind.
 """
@@ -13,7 +14,6 @@ import contextlib
 import functools
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -127,7 +127,7 @@ def read_parquet(path, columns=None) -> pd.DataFrame:
 
 
 def read_provenance(path) -> dict:
-    """The provenance record of a workflow output (Parquet, CSV, checkpoint, npz, PDF)."""
+    """The provenance record of a workflow output (Parquet, CSV, checkpoint, npz, figure PDF or PNG)."""
     path = Path(path)
     if path.suffix == ".parquet":
         meta = pq.read_schema(path).metadata or {}
@@ -143,32 +143,22 @@ def read_provenance(path) -> dict:
 
         with np.load(path) as z:
             return json.loads(str(z["provenance_json"]))
-    if path.suffix == ".pdf":
-        return read_pdf_provenance(path)
+    if path.suffix in (".pdf", ".png"):
+        return read_figure_provenance(path)
     raise ValueError(f"no provenance reader for {path}")
 
 
-def read_pdf_provenance(path) -> dict:
-    """The provenance dict that ``memplast.plots.save`` put in a PDF's ``Subject`` (literal-string parse)."""
-    raw = Path(path).read_bytes()
-    m = re.search(rb"/Subject\s*\(", raw)
-    if m is None:
-        raise ValueError(f"{path}: no /Subject entry in the PDF metadata")
-    escapes = {ord("n"): b"\n", ord("r"): b"\r", ord("t"): b"\t", ord("("): b"(", ord(")"): b")", ord("\\"): b"\\"}
-    out, i, depth = bytearray(), m.end(), 0
-    while True:
-        c = raw[i]
-        if c == ord("\\"):
-            out += escapes.get(raw[i + 1], bytes([raw[i + 1]]))
-            i += 2
-            continue
-        if c == ord("(") or (c == ord(")") and depth):
-            depth += 1 if c == ord("(") else -1
-        elif c == ord(")"):
-            break
-        out.append(c)
-        i += 1
-    return json.loads(out.decode("latin-1"))
+def read_figure_provenance(path) -> dict:
+    """The provenance of a figure: the JSON that ``memplast.plots.save`` put in the ``Description``
+    of the PNG written beside each PDF (the PDF's ``Subject`` holds the same)."""
+    from PIL import Image
+
+    png = Path(path).with_suffix(".png")
+    with Image.open(png) as im:
+        text = im.text.get("Description")
+    if text is None:
+        raise ValueError(f"{png}: no Description in the PNG metadata; was it written by memplast.plots.save?")
+    return json.loads(text)
 
 
 def write_csv(df: pd.DataFrame, path, prov: dict) -> None:
@@ -177,8 +167,3 @@ def write_csv(df: pd.DataFrame, path, prov: dict) -> None:
         Path(tmp).write_text(json.dumps(prov, indent=1, default=str))
     with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False)
-
-
-def write_json(obj, path) -> None:
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(json.dumps(obj, indent=1, default=str))

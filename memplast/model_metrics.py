@@ -37,9 +37,11 @@ def effective_rank(s: torch.Tensor) -> float:
     return math.exp(-float(torch.where(p > 0, p * p.log(), torch.zeros_like(p)).sum()))
 
 
-def approx_rank(s: torch.Tensor, prop: float = 0.99) -> int:
-    """Smallest k with s_1 + .. + s_k >= prop * sum_j s_j (s sorted descending); with prop = 0.99
-    this is the "stable rank" plotted by Dohare et al. (2024), after Kumar et al. (2021)."""
+def rank99(s: torch.Tensor, prop: float = 0.99) -> int:
+    """Smallest k with s_1 + .. + s_k >= prop * sum_j s_j (s sorted descending): the number of
+    singular values that make up 99% of their sum (with the default ``prop``). Dohare et al. (2024)
+    call it "stable rank" (after Kumar et al. 2021's approximate rank); it is not the classical
+    stable rank (:func:`stable_rank`)."""
     cum = torch.cumsum(s, 0)
     return int((cum < prop * cum[-1]).sum()) + 1
 
@@ -50,12 +52,12 @@ def stable_rank(s: torch.Tensor) -> float:
 
 
 def rank_measures(features: torch.Tensor) -> dict:
-    """effective_rank, approx_rank and stable_rank of a feature matrix (rows = samples), from its
+    """effective_rank, rank99 and stable_rank of a feature matrix (rows = samples), from its
     singular values in float64."""
     s = torch.linalg.svdvals(features.double())
     if float(s.max()) == 0.0:
-        return {"effective_rank": math.nan, "approx_rank": 0, "stable_rank": math.nan}
-    return {"effective_rank": effective_rank(s), "approx_rank": approx_rank(s), "stable_rank": stable_rank(s)}
+        return {"effective_rank": math.nan, "rank99": 0, "stable_rank": math.nan}
+    return {"effective_rank": effective_rank(s), "rank99": rank99(s), "stable_rank": stable_rank(s)}
 
 
 def mean_abs_weight(model: nn.Module) -> float:

@@ -81,15 +81,15 @@ def gap_table(summary: pd.DataFrame, primary: dict, reference: str = "retrained"
     return pd.concat([paired_gap(rows, a, reference, level=level) for a in algorithms], ignore_index=True)
 
 
-SIGNATURE = ("effective_rank", "stable_rank", "dormant_units")  # model-level columns of run_summaries
+SIGNATURE = ("effective_rank", "rank99", "dormant_units")  # model-level columns of run_summaries
 
 
 def signature_table(
     summary: pd.DataFrame, primary: dict, measures=SIGNATURE, reference: str = "retrained", level: float = 0.95
 ) -> pd.DataFrame:
-    """The model-level signature as paired gaps: per measure (effective rank, stable rank, dormant
-    fraction of the end checkpoint), algorithm and task, ``paired_gap`` of the measure to the
-    reference's. Base losing plasticity: ranks below retrained's, dormant fraction above."""
+    """The model-level signature as paired gaps: per measure (effective rank, rank99 = the 99%-count
+    of singular values, Dohare et al.'s "stable rank", and dormant fraction of the end checkpoint),
+    algorithm and task, ``paired_gap`` of the measure to the reference's. Base losing plasticity: ranks below retrained's, dormant fraction above."""
     rows = primary_rows(summary, primary)
     algorithms = [a for a in sorted(rows["algorithm"].unique()) if a != reference]
     parts = []

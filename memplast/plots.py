@@ -3,7 +3,7 @@
 Every public function draws one figure from tables the workflow already wrote, saves it as a
 vector PDF plus a PNG with the same stem (for the HTML report) and returns the Figure, so tests
 can inspect its axes. Provenance travels with the file: ``json.dumps(prov)`` is the PDF's
-``Subject`` (read it back with :func:`memplast.io.read_pdf_provenance`) and the PNG's ``Description``.
+``Subject`` and the PNG's ``Description`` (read it back with :func:`memplast.io.read_provenance`).
 Figures are built on ``matplotlib.figure.Figure`` with the Agg canvas (never pyplot), so
 nothing accumulates in pyplot's figure registry. Lines differ by marker and line style as well
 as colour, so every figure reads in greyscale.
@@ -23,7 +23,6 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from memplast import io
-from memplast.io import read_pdf_provenance  # noqa: F401  (re-exported; lives in io)
 from memplast.stats import common as stats
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
@@ -62,7 +61,7 @@ METHOD_KEY = "exact / Hutch. / FD: Tr(H²) estimators\nCSL: cum. sample loss; FZ
 MODEL_METRICS = {
     "dormant_units": "dormant units (fraction; activation rate < 0.01)",
     "effective_rank": "effective rank exp H(s/Σs) of features",
-    "stable_rank": "stable rank: #s for 99% of Σs (Dohare)",
+    "rank99": "rank99: #s for 99% of Σs (Dohare's stable rank)",
     "mean_abs_weight": "mean |θ| over all parameters",
 }
 TASK_LABEL = "task t (metric at end of task t)"
@@ -209,8 +208,8 @@ def accuracy_curves(summary: pd.DataFrame, path, prov: Mapping) -> Figure:
 
 
 def dormant_and_rank(summary: pd.DataFrame, path, prov: Mapping) -> Figure:
-    """Dormant units, effective rank, stable rank and mean |weight| over tasks per condition
-    (mean over class orders, min–max band); a missing metric column leaves a note."""
+    """Dormant units, effective rank, rank99 (Dohare et al.'s "stable rank") and mean |weight| over
+    tasks per condition (mean over class orders, min–max band); a missing metric column leaves a note."""
     stats.require(summary, stats.RUN_KEYS + ["task"], "dormant_and_rank")
     fig = _figure(11, 8)
     axes = fig.subplots(2, 2).ravel()
@@ -487,7 +486,6 @@ def memo_validation(
 
 __all__ = [
     "save",
-    "read_pdf_provenance",
     "outcome_label",
     "accuracy_curves",
     "dormant_and_rank",

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from memplast.config import FilterSpec
+from memplast.grid import FilterSpec
 
 
 class FilterError(ValueError):

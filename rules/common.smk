@@ -1,9 +1,17 @@
 # Paths, the run grid and small helpers shared by every rule family.
 import math
 
+from memplast import checkpoints as ckpt
 from memplast import runtime
-from memplast.config import FACTORS, condition_path, conditions, n_classes
-from memplast.grid import probe_epochs
+from memplast.grid import (
+    MEMO_ORDERINGS,
+    RUN_ID,
+    WILDCARDS,
+    condition_path,
+    conditions,
+    images_per_class,
+    probe_epochs,
+)
 
 DATASET = config["dataset"]["name"]
 ORDER_SEEDS = config["class_orders"]["seeds"]
@@ -16,47 +24,23 @@ W = config["probes"]["window"]
 # Task-epochs (1-based, the same in every task) whose weights a training job saves.
 CKPT_TASK_EPOCHS = probe_epochs(0, E, W, config["probes"]["extra_epochs"])
 BOUNDARIES = list(range(N_TASKS - 1))
-
-
-def _images_per_class():
-    """Training images per class, for runtime estimates (no data needed at DAG time)."""
-    ds = config["dataset"]
-    if ds["name"] in ("cifar100", "cifar10"):
-        return (500 if ds["name"] == "cifar100" else 5000) - ds["n_val_per_class"]
-    per_class = 180 if ds["name"] == "digits" else ds["synthetic"]["n_per_class"]
-    return int(
-        per_class * (1 - ds["split_fractions"]["val"] - ds["split_fractions"]["test"])
-    )
-
-
-IMAGES_PER_CLASS = _images_per_class()
+# Training images per class, for runtime estimates (no data needed at DAG time).
+IMAGES_PER_CLASS = images_per_class(config["dataset"])
 
 PREPARED = f"data/{DATASET}/prepared.npz"
 SAMPLES = f"data/{DATASET}/samples.parquet"
 ORDER_FILE = "results/class_orders/order{seed}.csv"
 SCORES = "results/memo/scores.parquet"
-RUN_ID = "order{seed}/{filter}/{ordering}/{weighting}/{algorithm}"
 RUN = f"results/runs/{RUN_ID}"
 SUBSET = "results/subsets/{filter}"
-
-# Orderings that need memo scores (so their runs wait for the memo stage).
-MEMO_ORDERINGS = ("ascending", "descending", "stratified")
 
 ENV_TORCH = "../envs/torch.yaml"
 ENV_STATS = "../envs/stats.yaml"
 
 
+# the run factors' vocabulary (memplast/grid.py): a name the rules accept is one the parsers accept
 wildcard_constraints:
-    dataset="cifar100|cifar10|digits|synthetic",
-    seed=r"\d+",
-    task=r"\d+",
-    boundary=r"\d+",
-    epoch=r"\d+",
-    te=r"\d+",
-    filter=r"none|(global|per_class|balanced)(_random)?-q[0-9.]+",
-    ordering="random|fixed|ascending|descending|stratified|file",
-    weighting=r"none|alpha-?[0-9.]+",
-    algorithm="base|retrained|head_reset|shrink_perturb|cbp|upgd|upgd_cbp",
+    **WILDCARDS,
 
 
 def log_path(name):
@@ -180,7 +164,7 @@ def train_inputs(wc):
     if wc.ordering == "file":
         inputs["file_order"] = config["ordering"]["file"]
     if task > 0:
-        inputs["prev_state"] = f"{RUN}/task{{prev}}/end.pt".format(**wc, prev=task - 1)
+        inputs["prev_state"] = ckpt.end_state(RUN.format(**wc), task - 1)
     return inputs
 
 
@@ -193,11 +177,6 @@ def train_runtime(wc, attempt):
 
 def boundary_checkpoints(wc):
     """The before-window slots of task k (epochs B_k, B_k-1, .., B_k-w+1 on the training path),
-    its live last epoch, and E_k+1 .. E_k+w (start of task k+1)."""
-    k = int(wc.boundary)
-    task_k = f"{RUN}/task{k}/ckpt".format(**wc)
-    after = [
-        f"{RUN}/task{{t}}/ckpt/te{{te}}.pt".format(**wc, t=k + 1, te=te)
-        for te in range(1, W + 1)
-    ]
-    return [*(f"{task_k}/best-{j}.pt" for j in range(W)), f"{task_k}/live.pt", *after]
+    its live last epoch, and E_k+1 .. E_k+w (start of task k+1): memplast.checkpoints.
+    """
+    return ckpt.boundary_checkpoints(RUN.format(**wc), int(wc.boundary), W)

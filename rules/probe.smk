@@ -63,7 +63,7 @@ rule run_summary:
     input:
         prepared=PREPARED,
         ends=expand(
-            f"{RUN}/task{{task}}/ckpt/te{E}.pt",
+            ckpt.epoch_checkpoint(RUN, "{task}", E),
             task=range(N_TASKS),
             allow_missing=True,
         ),

@@ -1,7 +1,7 @@
 # Statistics, figures and the report. The primary condition's analysis needs only the primary
 # runs (all class orders); condition comparisons need every run. Asking for one figure never
 # trains more than it needs.
-from memplast.stats import TABLES
+from memplast.grid import TABLES
 
 PRIMARY_RUNS = run_dirs([PRIMARY])
 ALL_RUNS = run_dirs()

@@ -1,6 +1,6 @@
 # Incremental training: the memo filter of each condition (rule subset), then one job per
 # (run, task). A run's path names it: results/runs/order<seed>/<filter>/<ordering>/<weighting>/<algorithm>.
-from memplast.config import parse_weighting
+from memplast.grid import ALGORITHMS, parse_weighting
 
 
 rule subset:
@@ -29,20 +29,14 @@ rule train_task:
     input:
         unpack(train_inputs),
     output:
-        end=f"{RUN}/task{{task}}/end.pt",
+        end=ckpt.end_state(RUN, "{task}"),
         checkpoints=maybe_temp(
-            expand(
-                f"{RUN}/task{{task}}/ckpt/te{{te}}.pt",
-                te=CKPT_TASK_EPOCHS,
-                allow_missing=True,
-            )
+            [ckpt.epoch_checkpoint(RUN, "{task}", te) for te in CKPT_TASK_EPOCHS]
         ),
         # before-window of the boundary after this task: slot j = epoch (best - j), known only
         # after training; live = the last epoch before the best weights are restored
-        window=expand(
-            f"{RUN}/task{{task}}/ckpt/best-{{j}}.pt", j=range(W), allow_missing=True
-        ),
-        live=f"{RUN}/task{{task}}/ckpt/live.pt",
+        window=ckpt.window_slots(RUN, "{task}", W),
+        live=ckpt.live_checkpoint(RUN, "{task}"),
         metrics=f"{RUN}/task{{task}}/metrics.parquet",
         order_log=f"{RUN}/task{{task}}/order_log.parquet",
     log:
@@ -50,7 +44,8 @@ rule train_task:
     benchmark:
         bench_path(f"train/{RUN_ID}/task{{task}}")
     wildcard_constraints:
-        algorithm=r"(?!retrained/)[^/]+",  # retrained: rule train_task_reference
+        # retrained: rule train_task_reference
+        algorithm="|".join(a for a in ALGORITHMS if a != "retrained"),
     conda:
         ENV_TORCH
     threads: job("train", "threads")
@@ -77,8 +72,8 @@ rule train_task:
 # (for their summary), not the probe windows.
 use rule train_task as train_task_reference with:
     output:
-        end=f"{RUN}/task{{task}}/end.pt",
-        checkpoints=maybe_temp([f"{RUN}/task{{task}}/ckpt/te{E}.pt"]),
+        end=ckpt.end_state(RUN, "{task}"),
+        checkpoints=maybe_temp([ckpt.epoch_checkpoint(RUN, "{task}", E)]),
         metrics=f"{RUN}/task{{task}}/metrics.parquet",
         order_log=f"{RUN}/task{{task}}/order_log.parquet",
     wildcard_constraints:

@@ -9,13 +9,13 @@ sys.path.insert(
 
 import numpy as np  # noqa: E402
 
-from memplast import data, io  # noqa: E402
+from memplast import data, grid, io  # noqa: E402
 from memplast.cli import entrypoint  # noqa: E402
 
 
 def main(samples: str, order: str, seed: int, cfg: dict):
     """Class permutation for SEED; checks that every class has training samples."""
-    n_classes = data.n_classes_of(cfg["dataset"])
+    n_classes = grid.n_classes(cfg["dataset"])
     perm = data.class_order(seed, n_classes, cfg["class_orders"]["lop_compatible"])
     table = io.read_parquet(samples, columns=["split", "label"])
     present = set(np.unique(table.loc[table["split"] == "train", "label"]))

@@ -13,7 +13,7 @@ from memplast.cli import entrypoint  # noqa: E402
 
 def main(summary: str, gaps: str, signature: str, trends: str, pdf: str, png: str, cfg: dict):
     """Write GAPS (per algorithm and task: mean paired accuracy gap to retrained with its
-    t-interval), SIGNATURE (the same for effective rank, stable rank and dormant fraction), TRENDS
+    t-interval), SIGNATURE (the same for effective rank, rank99 and dormant fraction), TRENDS
     (per algorithm: the gap's slope over tasks, a mitigation's recovery of base's final gap) and the figure."""
     table = io.read_parquet(summary)
     level = cfg["ci_level"]

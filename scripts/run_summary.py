@@ -67,9 +67,10 @@ def main(
                 "val_acc": end["val_acc"],
                 "dormant_units": m["dormant_frac"],
                 "effective_rank": m["effective_rank"],
-                # stable rank as Dohare et al.: smallest k whose singular values reach 99% of their sum
-                "stable_rank": m["approx_rank"],
-                "numerical_rank": m["stable_rank"],
+                # smallest k whose singular values reach 99% of their sum (Dohare et al.'s "stable rank")
+                "rank99": m["rank99"],
+                # the classical stable rank ||Phi||_F^2 / ||Phi||_2^2
+                "stable_rank": m["stable_rank"],
                 "mean_abs_weight": m["mean_abs_weight"],
                 "dormant_units_faithful": faithful["dormant_frac"],
                 "effective_rank_faithful": faithful["effective_rank"],

@@ -13,7 +13,7 @@ import pandas as pd  # noqa: E402
 
 from memplast import io  # noqa: E402
 from memplast.cli import entrypoint  # noqa: E402
-from memplast.config import parse_filter  # noqa: E402
+from memplast.grid import parse_filter  # noqa: E402
 from memplast.subsets import apply_filter, balance_report  # noqa: E402
 
 log = logging.getLogger("memplast.subset")

@@ -77,5 +77,6 @@ def main(
     run_cfg = {**cfg, "protocol": with_runtime(cfg["protocol"], runtime_of(cfg, runtime))}
     run_task(spec, data, run_cfg, paths, prov)
 
+
 if __name__ == "__main__":
     entrypoint(main, globals().get("snakemake"))

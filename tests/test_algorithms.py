@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from memplast import algorithms as A
+from memplast import grid
 from memplast.models import ResNet18, SmallCNN, hidden_layers
 
 CBP_CFG = {"replacement_rate": 0.0, "decay_rate": 0.9, "maturity_threshold": 0, "mode": "faithful"}
@@ -414,6 +415,7 @@ def test_a_new_algorithm_is_one_class_and_the_task_function_never_names_one(tmp_
     assert made[1].calls == ["make_optimizer", f"load {steps0}", "attach", "start_task 1"]
     assert made[1].steps > steps0
     names = set(A.ALGORITHMS) - {"recorder"}
+    assert names == set(grid.ALGORITHMS)  # the registry implements exactly the run factor's vocabulary
     train_pkg = Path(A.__file__).parent / "train"
     for path in train_pkg.glob("*.py"):
         strings = {n.value for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Constant)}

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from memplast import budget
+from memplast import budget, grid
 from memplast.checkpoints import save_checkpoint
 from memplast.models import build_model
 
@@ -74,7 +74,7 @@ def test_gpu_hours_of_training_follow_the_runtime_model(tmp_path, demo_config):
     s = budget.summarize(jobs, budget.Sizes(demo_config))
     p, res = demo_config["protocol"], demo_config["resources"]["train"]
     runs = len([j for j in jobs if j["rule"] in ("train_task", "train_task_reference")]) // p["n_tasks"]
-    per_class = budget.images_per_class(demo_config)
+    per_class = grid.images_per_class(demo_config["dataset"])
     minutes = sum(
         math.ceil(
             p["epochs_per_task"] * (t + 1) * p["classes_per_task"] * per_class * res["seconds_per_image"] / 60 + 10

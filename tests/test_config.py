@@ -7,6 +7,7 @@ import yaml
 from conftest import ROOT
 
 from memplast import config as mpconfig
+from memplast import grid
 from memplast.config import ConfigError
 
 
@@ -69,37 +70,37 @@ def test_bad_values_are_rejected_with_the_key_named(overrides, message):
 
 def test_quantile_one_is_allowed():
     load(conditions={"filters": ["none", "per_class-q1", "global-q0.95"]})
-    assert mpconfig.parse_filter("per_class-q1").quantile == 1.0
+    assert grid.parse_filter("per_class-q1").quantile == 1.0
 
 
 def test_conditions_one_at_a_time_and_factorial(paper_config, demo_config):
-    conds = mpconfig.conditions(paper_config)
+    conds = grid.conditions(paper_config)
     assert conds[0] == paper_config["conditions"]["primary"]
     # one at a time: every non-primary condition differs from the primary in exactly one factor
     for c in conds[1:]:
-        assert sum(c[f] != conds[0][f] for f in mpconfig.FACTORS) == 1
+        assert sum(c[f] != conds[0][f] for f in grid.FACTORS) == 1
     # 2 memo filters + their 2 size-matched random controls, 3 orderings (fixed among them), retrained
     assert len(conds) == 1 + 2 * 2 + 3 + 0 + 1
     filters = [c["filter"] for c in conds]
     for f in paper_config["conditions"]["filters"][1:]:
-        assert mpconfig.random_control(f) in filters
+        assert grid.random_control(f) in filters
     assert "fixed" in [c["ordering"] for c in conds]
     no_controls = {**paper_config["conditions"], "random_filter_controls": False}
-    assert len(mpconfig.conditions({**paper_config, "conditions": no_controls})) == len(conds) - 2
-    demo = mpconfig.conditions(demo_config)
+    assert len(grid.conditions({**paper_config, "conditions": no_controls})) == len(conds) - 2
+    demo = grid.conditions(demo_config)
     assert len(demo) == 2 * 2 + 1 and demo[0]["filter"] == "none" and demo[0]["ordering"] == "random"
     assert [c for c in demo if c["algorithm"] == "retrained"] == [{**demo[0], "algorithm": "retrained"}]
-    full = mpconfig.conditions({**demo_config, "conditions": {**demo_config["conditions"], "design": "factorial"}})
+    full = grid.conditions({**demo_config, "conditions": {**demo_config["conditions"], "design": "factorial"}})
     assert len(full) == 2 * 2 * 2 and len({tuple(c.values()) for c in full}) == 8
 
 
 def test_parse_factor_names():
-    assert mpconfig.parse_filter("balanced-q0.8") == mpconfig.FilterSpec("balanced", 0.8)
-    assert mpconfig.parse_filter("per_class_random-q0.9") == mpconfig.FilterSpec("per_class", 0.9, random=True)
-    assert mpconfig.random_control("global-q0.8") == "global_random-q0.8"
-    assert mpconfig.parse_weighting("alpha0.5") == 0.5 and mpconfig.parse_weighting("none") == 0.0
+    assert grid.parse_filter("balanced-q0.8") == grid.FilterSpec("balanced", 0.8)
+    assert grid.parse_filter("per_class_random-q0.9") == grid.FilterSpec("per_class", 0.9, random=True)
+    assert grid.random_control("global-q0.8") == "global_random-q0.8"
+    assert grid.parse_weighting("alpha0.5") == 0.5 and grid.parse_weighting("none") == 0.0
     with pytest.raises(ConfigError):
-        mpconfig.parse_filter("per_class-q0")
+        grid.parse_filter("per_class-q0")
 
 
 def test_demo_overlay_is_valid_yaml_and_small():

@@ -113,3 +113,40 @@ def test_missing_dot_names_the_fix(tmp_path):
     message = out.stderr.strip()
     assert message.count("\n") == 0 and "apt-get install graphviz" in message and "--formats mermaid" in message
     assert not (tmp_path / "out").exists()  # failed before writing anything
+
+
+HEAVY = ("torch", "scipy", "statsmodels")
+
+
+def workflow_imports() -> list[str]:
+    """The import statements of the Snakefile and rules/*.smk (a parenthesized import joined into one line)."""
+    statements = []
+    for path in [ROOT / "Snakefile", *sorted((ROOT / "rules").glob("*.smk"))]:
+        lines, current = path.read_text().splitlines(), ""
+        for line in lines:
+            if not current and not re.match(r"(from \S+ import |import )", line):
+                continue
+            current += " " + line.strip()
+            if current.count("(") == current.count(")"):
+                statements.append(current.strip())
+                current = ""
+    return statements
+
+
+def test_building_the_dag_imports_no_heavy_module():
+    """Snakemake imports what the Snakefile and the rules import for every dry run: none of torch,
+    scipy or statsmodels (the training and statistics stacks are the jobs' business)."""
+    imports = workflow_imports()
+    assert any("memplast.grid" in s for s in imports) and any("memplast.report" in s for s in imports)
+    code = "\n".join(["import sys", *imports, f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))"])
+    out = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", code],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == "[]", f"the Snakefile's imports load {out.stdout.strip()}"
+    imported = {line.split("|")[-1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")}
+    assert not [m for m in imported if m.split(".")[0] in HEAVY]

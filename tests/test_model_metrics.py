@@ -27,16 +27,16 @@ def test_rank_measures_on_known_singular_values():
     got = mm.rank_measures(with_singular_values(s))
     p = [x / 100 for x in s if x > 0]
     assert got["effective_rank"] == pytest.approx(math.exp(-sum(q * math.log(q) for q in p)), rel=1e-9)
-    assert got["approx_rank"] == 3  # 50 + 30 + 19 = 99% of the sum
+    assert got["rank99"] == 3  # 50 + 30 + 19 = 99% of the sum
     assert got["stable_rank"] == pytest.approx((50**2 + 30**2 + 19**2 + 1) / 50**2, rel=1e-9)
     flat = mm.rank_measures(with_singular_values([2.0] * 4 + [0.0, 0.0]))
     assert (
         flat["effective_rank"] == pytest.approx(4.0)
-        and flat["approx_rank"] == 4
+        and flat["rank99"] == 4
         and flat["stable_rank"] == pytest.approx(4.0)
     )
-    assert mm.approx_rank(torch.tensor([98.0, 1.0, 1.0])) == 2
-    assert mm.approx_rank(torch.tensor([99.0, 1.0])) == 1
+    assert mm.rank99(torch.tensor([98.0, 1.0, 1.0])) == 2
+    assert mm.rank99(torch.tensor([99.0, 1.0])) == 1
 
 
 class HandModel(nn.Module):

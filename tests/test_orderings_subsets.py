@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from memplast import orderings, subsets
-from memplast.config import FilterSpec
+from memplast.grid import FilterSpec
 
 
 @pytest.fixture()

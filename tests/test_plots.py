@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from memplast import io, orderings, plots, plots_headline, stats
 from memplast import memo_validation as mv
-from memplast import orderings, plots, plots_headline, stats
 
 PROV = {"code_version": "0.test", "config": {"note": "parens ( ) and \\ backslash", "unicode": "Δρ"}, "seed": 3}
 OTHER = {**stats.PRIMARY, "filter": "global_q0.9"}
@@ -22,7 +22,7 @@ def check_files(path, prov=PROV) -> None:
     assert path.stat().st_size > 1000 and png.stat().st_size > 1000
     assert path.read_bytes().startswith(b"%PDF")
     assert png.read_bytes().startswith(b"\x89PNG")
-    assert plots.read_pdf_provenance(path) == prov
+    assert io.read_provenance(path) == prov
     with Image.open(png) as im:
         assert json.loads(im.info["Description"]) == prov
     assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
@@ -143,7 +143,7 @@ def test_dormant_and_rank(tmp_path):
     assert [ax.get_title() for ax in fig.axes] == [
         "(a) dormant_units",
         "(b) effective_rank",
-        "(c) stable_rank",
+        "(c) rank99",
         "(d) mean_abs_weight",
     ]
     assert all(ax.get_xlabel().startswith("task t") for ax in fig.axes)

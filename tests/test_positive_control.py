@@ -54,7 +54,7 @@ def test_base_ends_below_retrained(tmp_path):
     assert (tmp_path / "results/figures/plasticity_gap.pdf").stat().st_size > 1000
     # the model-level signature and the trend come from the same run summaries
     sig = pd.read_csv(tmp_path / "results/stats/plasticity_signature.csv", comment="#")
-    assert set(sig["measure"]) == {"effective_rank", "stable_rank", "dormant_units"}
+    assert set(sig["measure"]) == {"effective_rank", "rank99", "dormant_units"}
     eff = sig[(sig.measure == "effective_rank") & (sig.algorithm == "base")].set_index("task")
     assert eff["mean"].iloc[0] == 0 and eff["mean"].iloc[-1] == pytest.approx(
         summary.pivot_table(index=["order_seed", "task"], columns="algorithm", values="effective_rank")

@@ -14,7 +14,7 @@ from conftest import Killed, run_one_task
 
 from memplast import data, train
 from memplast.checkpoints import load_checkpoint
-from memplast.grid import lr_at, probe_epochs, task_epoch_range
+from memplast.grid import lr_at, task_epoch_range
 from memplast.masks import class_mask, per_sample_loss
 from memplast.weighting import memo_weights
 
@@ -270,11 +270,6 @@ def test_memo_ordering_and_weighting_run(tmp_path, small, digits):
     )
     log = pd.read_parquet(tmp_path / "t0" / "o.parquet")
     assert log["hash"].nunique() == 1  # the same sorted order every epoch
-
-
-def test_probe_epochs_cover_the_after_window_and_the_end():
-    assert probe_epochs(2, 10, 3) == [21, 22, 23, 30]
-    assert probe_epochs(0, 10, 3, extra=[5]) == [1, 2, 3, 5, 10]
 
 
 @pytest.mark.parametrize(

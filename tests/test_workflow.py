@@ -145,12 +145,11 @@ def tiny_run(tmp_path_factory):
 @pytest.mark.slow
 def test_tiny_run_produces_figures_tables_and_provenance(tiny_run):
     from memplast import io
-    from memplast.plots import read_pdf_provenance
 
     for name in ("memo_vs_dgrad", "memo_vs_dloss", "memo_vs_ddormant", "accuracy_curves", "memo_validation"):
         pdf = tiny_run / "results" / "figures" / f"{name}.pdf"
         assert pdf.stat().st_size > 1000 and (pdf.with_suffix(".png")).exists()
-        assert "code_version" in read_pdf_provenance(pdf) and io.read_provenance(pdf) == read_pdf_provenance(pdf)
+        assert "code_version" in io.read_provenance(pdf)
     deltas = pd.read_parquet(tiny_run / "results/runs/order0/none/random/none/base/deltas.parquet")
     assert set(deltas["boundary"]) == {0, 1} and set(deltas["kind"]) == {"immediate", "windowed"}
     assert deltas.loc[deltas.is_old, "d_loss"].notna().all()

@@ -13,6 +13,7 @@ The unit of inference is the sample. Modules by concern:
 - ``synthetic`` / ``calibration``: generators with planted effects, and calibration runs.
 """
 
+from memplast.grid import TABLES  # noqa: F401  (the table names: memplast.grid owns them)
 from memplast.stats.common import (  # noqa: F401
     CONDITION_KEYS,
     DEFAULT_OUTCOMES,
@@ -50,4 +51,4 @@ from memplast.stats.models import ols_rank_fe  # noqa: F401
 from memplast.stats.pooling import NULL_COLUMNS, random_effects  # noqa: F401
 from memplast.stats.resampling import resample  # noqa: F401
 from memplast.stats.synthetic import synthetic_deltas, synthetic_summary  # noqa: F401
-from memplast.stats.tables import ROW_COLUMNS, TABLES, boundary_stride, compare_conditions, run_all  # noqa: F401
+from memplast.stats.tables import ROW_COLUMNS, boundary_stride, compare_conditions, run_all  # noqa: F401

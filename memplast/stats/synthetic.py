@@ -150,7 +150,7 @@ def synthetic_summary(
                         "val_acc": acc + rng.normal(0, 0.01),
                         "dormant_units": 0.05 * task * (decay > 0) + 0.01,
                         "effective_rank": 50 - task,
-                        "stable_rank": 10 - 0.5 * task,
+                        "rank99": 10 - 0.5 * task,
                         "mean_abs_weight": 0.01 + 0.001 * task,
                     }
                 )

@@ -49,18 +49,6 @@ from memplast.stats.resampling import resample
 
 log = logging.getLogger("memplast.stats")
 
-TABLES = (
-    "headline",
-    "pooled",
-    "per_boundary",
-    "trend",
-    "models",
-    "deciles",
-    "tails",
-    "mediation",
-    "cross_sample",
-    "windowed_correlation_results",
-)
 ROW_COLUMNS = POOLED_COLUMNS + pooling.NULL_COLUMNS
 # Sign that makes "larger = more plasticity lost" for the tails analysis (positive = worse).
 PLASTICITY_LOSS_SIGN = {
@@ -236,7 +224,7 @@ def effect_tables(deltas: pd.DataFrame, old: pd.DataFrame, cfg: Mapping, outcome
 
 
 def run_all(deltas: pd.DataFrame, cfg: Mapping) -> dict[str, pd.DataFrame]:
-    """Every table in ``TABLES`` from the pooled deltas of the runs to analyse (usually the primary
+    """Every table in ``memplast.grid.TABLES`` from the pooled deltas of the runs to analyse (usually the primary
     condition over all class orders). ``cfg``: seed, n_boot, ci_level, n_permutations,
     tail_quantile, n_deciles, mediation_sims, outcomes (the one list of outcome columns),
     epochs_per_task and window (required), taus."""
