@@ -1,11 +1,34 @@
 """memplast: does per-sample memorization predict per-sample loss of plasticity?
 
-The library behind the Snakemake workflow. One module per concept:
-grid (run factors, the run grid, epoch arithmetic, table names: what the DAG is built from,
-standard library only), config (schema and cross-key checks), data (datasets, splits, label noise,
-class orders), io (tables with provenance), models, augment (batched input pipeline), train (the
-incremental protocol), subsets (memo filters), orderings, curvature (memorization scores), probes
-(per-sample checkpoint quantities), model_metrics, deltas (boundary deltas), stats, plots.
+The library behind the Snakemake workflow, one module per concept (docs/design.md §9):
+
+- grid: run factors and their names, the run grid, wildcard patterns, epoch arithmetic, table
+  names (standard library only: what the DAG is built from)
+- config: config schema, defaults and cross-key checks
+- runtime: runtime settings (how a job runs, never what it computes)
+- cli: the command line / Snakemake entry point of every script (`--target`)
+- data, feldman_zhang: datasets, splits, label noise, class orders, prepared data
+- io, checksums: files with provenance; content checksums of a results tree
+- device, gpu_slots: devices, seeds, generators, host-device traffic; one GPU per job
+- models: networks and their init
+- masks: class masks and the one class-masked loss
+- checkpoints: checkpoint paths, writer, reader, the before-window format
+- augment: the batched input pipeline
+- algorithms: plasticity algorithms behind one interface
+- train/ (task, state, epoch, device_data, scorer): training: one task of a run, the state it
+  carries, the shared epoch step, the memo scorer
+- subsets, orderings, weighting: run factors' data side: memo filters, sample orderings, loss weights
+- curvature, memo_validation: memorization scores and their validation
+- probes, grad_norms: per-sample probes; per-sample gradient norms
+- model_metrics: model-level metrics (dormant units, ranks, weight magnitude)
+- deltas: boundary deltas
+- stats/: statistics
+- plasticity: accuracy relative to `retrained`
+- curves, plots, plots_headline, report: training curves, figures, report landing page
+- budget, progress: budget of a target; progress bars through logging
+
+The Snakefile and rules import only grid, config, runtime, checkpoints and report (no torch,
+scipy or statsmodels at DAG-build time; tests/test_dag.py).
 """
 
 __version__ = "0.1.0"

@@ -346,32 +346,8 @@ def _as_image(a) -> tuple[np.ndarray, str | None]:
     return a, ("gray" if a.ndim == 2 else None)
 
 
-def memo_validation(
-    scores: pd.DataFrame,
-    agreement: pd.DataFrame,
-    auroc: pd.DataFrame,
-    images: Mapping,
-    path,
-    prov: Mapping,
-    top_k: int = 16,
-) -> Figure:
-    """Do the memorization scores agree and flag planted label noise? (training samples).
-
-    (a) distribution of log10 score per method (violins; non-positive scores counted, not drawn);
-    (b) Spearman between methods (subset 'all' of ``agreement`` when present);
-    (c) AUROC per method for flagging the planted noisy labels (note when ``auroc`` is empty);
-    (d) the ``top_k`` training images by ``memo`` with label (and original label when noisy).
-    """
-    if "split" in scores.columns:
-        scores = scores[scores["split"] == "train"]
-    methods = [m for m in METHOD_LABELS if m in scores.columns and np.isfinite(scores[m].to_numpy(float)).any()]
-    fig = _figure(14, 8.5)
-    left, right = fig.subfigures(1, 2, width_ratios=[1.25, 1])
-    grid = left.add_gridspec(2, 2)
-    ax_d = left.add_subplot(grid[0, :])
-    ax_h = left.add_subplot(grid[1, 0])
-    ax_a = left.add_subplot(grid[1, 1])
-
+def _score_violins(ax_d, scores: pd.DataFrame, methods: list) -> None:
+    """Panel (a): log10 score per method (violins; non-positive scores counted, not drawn)."""
     long, ticks = [], []
     for m in methods:
         v = scores[m].to_numpy(float)
@@ -400,6 +376,9 @@ def memo_validation(
     ax_d.set_xlabel("method")
     ax_d.set_ylabel("log10 score (per method's own units)")
 
+
+def _agreement_heatmap(ax_h, agreement: pd.DataFrame) -> None:
+    """Panel (b): Spearman between methods (subset 'all' when present)."""
     ax_h.set_title("(b) Spearman ρ between methods")
     sub = agreement
     if not agreement.empty and "subset" in agreement.columns:
@@ -432,6 +411,9 @@ def memo_validation(
     ax_h.set_xlabel(METHOD_KEY, fontsize=8)
     ax_h.set_ylabel("method")
 
+
+def _auroc_bars(ax_a, auroc: pd.DataFrame | None) -> None:
+    """Panel (c): AUROC per method for the planted noisy labels."""
     ax_a.set_title("(c) AUROC, planted noisy labels")
     ax_a.set_xlabel(METHOD_KEY, fontsize=8)
     ax_a.set_ylabel("AUROC (0.5 = chance, dotted)")
@@ -454,6 +436,9 @@ def memo_validation(
                 fontsize=8,
             )
 
+
+def _top_images(right, scores: pd.DataFrame, images: Mapping, top_k: int) -> None:
+    """Panel (d): the ``top_k`` training images by memo, with label (and original label when noisy)."""
     top = (
         scores.sort_values(["memo", "sample_id"], ascending=[False, True], kind="mergesort").head(top_k)
         if "memo" in scores.columns
@@ -479,6 +464,38 @@ def memo_validation(
             if bool(r.get("noisy", False)) and "orig_label" in r:
                 title += f"\nnoisy, orig {r['orig_label']}"
             ax.set_title(title, fontsize=7)
+
+
+def memo_validation(
+    scores: pd.DataFrame,
+    agreement: pd.DataFrame,
+    auroc: pd.DataFrame,
+    images: Mapping,
+    path,
+    prov: Mapping,
+    top_k: int = 16,
+) -> Figure:
+    """Do the memorization scores agree and flag planted label noise? (training samples).
+
+    (a) distribution of log10 score per method (violins; non-positive scores counted, not drawn);
+    (b) Spearman between methods (subset 'all' of ``agreement`` when present);
+    (c) AUROC per method for flagging the planted noisy labels (note when ``auroc`` is empty);
+    (d) the ``top_k`` training images by ``memo`` with label (and original label when noisy).
+    """
+    if "split" in scores.columns:
+        scores = scores[scores["split"] == "train"]
+    methods = [m for m in METHOD_LABELS if m in scores.columns and np.isfinite(scores[m].to_numpy(float)).any()]
+    fig = _figure(14, 8.5)
+    left, right = fig.subfigures(1, 2, width_ratios=[1.25, 1])
+    grid = left.add_gridspec(2, 2)
+    ax_d = left.add_subplot(grid[0, :])
+    ax_h = left.add_subplot(grid[1, 0])
+    ax_a = left.add_subplot(grid[1, 1])
+
+    _score_violins(ax_d, scores, methods)
+    _agreement_heatmap(ax_h, agreement)
+    _auroc_bars(ax_a, auroc)
+    _top_images(right, scores, images, top_k)
     fig.suptitle("Validation of the memorization scores")
     save(fig, path, prov)
     return fig

@@ -11,7 +11,7 @@ import torch
 from conftest import randomize_bn
 from torch import nn
 
-from memplast import grad_norms, probes
+from memplast import probes
 from memplast.masks import class_mask, per_sample_loss
 from memplast.models import Forward, ResNet18, SmallCNN
 
@@ -183,55 +183,6 @@ def test_mean_gradient_is_mean_of_per_sample_gradients():
     per_sample_loss(ref(x), y, NEXT).mean().backward()
     for n, p in ref.named_parameters():
         close(G[n], p.grad)
-
-
-@pytest.mark.parametrize(
-    "stride,padding,dilation,cin,cout,hw",
-    [
-        (1, 1, 1, 2, 3, 6),  # P large: per-sample gradient formed directly
-        (2, 0, 1, 3, 2, 5),
-        (1, 2, 2, 8, 16, 2),  # P small, many channels: ghost norm
-    ],
-)
-def test_conv_sqnorms_both_paths(stride, padding, dilation, cin, cout, hw):
-    torch.manual_seed(0)
-    conv = nn.Conv2d(cin, cout, 3, stride, padding, dilation).double()
-    a = torch.randn(5, cin, hw, hw, dtype=torch.float64)
-    out = conv(a)
-    b = torch.randn_like(out)
-    w2, b2 = grad_norms._conv_sqnorms(conv, a, b)
-    for i in range(5):
-        gw, gb = torch.autograd.grad((conv(a[i : i + 1]) * b[i : i + 1]).sum(), [conv.weight, conv.bias])
-        close(w2[i], gw.square().sum())
-        close(b2[i], gb.square().sum())
-    w2_chunked, _ = grad_norms._conv_sqnorms(conv, a, b, max_elements=1)  # one sample per chunk
-    close(w2_chunked, w2)
-
-
-def test_masks_change_the_loss_exactly_as_by_hand():
-    z = torch.tensor([[1.0, 2.0, 3.0, 0.5], [0.0, -1.0, 4.0, 2.0]], dtype=torch.float64)
-    y = torch.tensor([0, 2])
-    two = torch.tensor([True, True, False, False])
-    three = torch.tensor([True, True, True, False])
-    per_row = torch.stack([two, three])
-    close(per_sample_loss(z, y, per_row)[0], torch.tensor(math.log(math.e + math.e**2) - 1.0, dtype=torch.float64))
-    close(
-        per_sample_loss(z, y, per_row)[1],
-        torch.tensor(math.log(1 + math.exp(-1) + math.exp(4)) - 4.0, dtype=torch.float64),
-    )
-    close(per_sample_loss(z, y, probes.row_masks(three, 2)), per_sample_loss(z, y, three))
-    q = probes.mask_quantities(z, y, per_row)
-    close(q["margin"], torch.tensor([1.0 - 2.0, 4.0 - 0.0], dtype=torch.float64))
-    close(q["correct"], torch.tensor([0.0, 1.0], dtype=torch.float64))
-    close(
-        q["confidence"],
-        torch.tensor(
-            [math.e / (math.e + math.e**2), math.exp(4) / (1 + math.exp(-1) + math.exp(4))], dtype=torch.float64
-        ),
-    )
-    q = probes.mask_quantities(z, y, probes.row_masks(two, 2))  # label 2 is outside {0, 1}
-    assert math.isnan(q["loss"][1]) and math.isnan(q["margin"][1]) and math.isnan(q["correct"][1])
-    assert math.isnan(probes.margin(z, y, torch.tensor([[True, False, False, False]] * 2))[0])  # no other class
 
 
 class HandModel(nn.Module):
