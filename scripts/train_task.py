@@ -1,4 +1,4 @@
-"""Train one task of one incremental run (the LoP protocol; see memplast/train.py)."""
+"""Train one task of one incremental run (the LoP protocol; see memplast/train/task.py)."""
 
 import sys
 from pathlib import Path
