@@ -32,12 +32,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from memplast.stats.common import MIN_N, finite, require
 
 COUNT_ELEMENTS = 20_000_000  # replicates x samples of one batch of draws (uint16): set by the universe size only
-CELL_ELEMENTS = 1_000_000  # replicates x rows of one cell evaluated at once (~12 float64 work arrays)
+CELL_ELEMENTS = 1_000_000  # replicates x rows of one cell evaluated at once (~2 (k + 4) float64 work arrays)
+BLOCK = 64  # tie groups per block of the blocked cumulative sum (``RankIndex.doubled``)
 
 
 @dataclass
@@ -83,11 +83,16 @@ def within_class_permutations(universe: Universe, n: int, rng: np.random.Generat
 
 @dataclass
 class RankIndex:
-    """Sort order and tie groups of one value vector, so weighted ranks need no sort."""
+    """Sort order and tie groups of one value vector, so weighted ranks need no sort per draw.
+
+    ``slot``: position of every tie group in the blocked layout of ``doubled`` (group s = q BLOCK + t
+    sits at t n_blocks + q), ``row_slot``: the slot of every row's tie group."""
 
     order: np.ndarray
     starts: np.ndarray
     inverse: np.ndarray
+    slot: np.ndarray = field(default=None, repr=False)
+    row_slot: np.ndarray = field(default=None, repr=False)
 
     @classmethod
     def of(cls, values: np.ndarray) -> RankIndex:
@@ -96,59 +101,76 @@ class RankIndex:
         new = np.r_[True, s[1:] != s[:-1]]
         inverse = np.empty(len(values), dtype=np.int64)
         inverse[order] = np.cumsum(new) - 1
-        return cls(order, np.flatnonzero(new), inverse)
+        starts = np.flatnonzero(new)
+        n_blocks = -(-len(starts) // BLOCK)
+        group = np.arange(len(starts))
+        slot = (group % BLOCK) * n_blocks + group // BLOCK
+        return cls(order, starts, inverse, slot, slot[inverse])
+
+    def doubled(self, w: np.ndarray) -> np.ndarray:
+        """(b, n) doubled average ranks minus one, Q = 2 r - 1 = G_prev + G, of the rows under
+        multiplicities ``w`` (n + 1, b; float64 integers, last row 0), G = the cumulative weight of
+        the tie groups in sorted order (G_prev: before the row's group). Integers, so exact.
+
+        The cumulative sum runs over a blocked layout (BLOCK x n_blocks x b; group q BLOCK + t at
+        [t, q]): BLOCK vectorised adds of whole (n_blocks, b) planes, then the block offsets."""
+        n_blocks = -(-len(self.starts) // BLOCK)
+        b = w.shape[1]
+        x = np.zeros((BLOCK * n_blocks, b))
+        if len(self.starts) < len(self.order):
+            x[self.slot] = np.add.reduceat(w[self.order], self.starts, axis=0)
+        else:
+            x[self.slot] = w[self.order]
+        x = x.reshape(BLOCK, n_blocks, b)
+        z = np.empty_like(x)
+        z[0] = x[0]
+        pair = x[1:] + x[:-1]
+        for t in range(1, BLOCK):
+            np.add(z[t - 1], pair[t - 1], out=z[t])
+        total = x.sum(axis=0)
+        offset = np.cumsum(total, axis=0)
+        offset -= total
+        z += 2 * offset
+        return z.reshape(BLOCK * n_blocks, b).T[:, self.row_slot]
 
     def ranks(self, w: np.ndarray) -> np.ndarray:
-        """Average ranks under multiplicities ``w`` (n, b): cumsum(g) - (g - 1) / 2 per tie group
-        (samples along axis 0, so every gather and segment sum moves whole rows of b replicates)."""
-        g = w[self.order]
-        if len(self.starts) < len(self.order):
-            g = np.add.reduceat(g, self.starts, axis=0)
-        avg = np.cumsum(g, axis=0)
-        avg -= (g - 1) / 2
-        return avg[self.inverse]
+        """(n, b) average ranks (ties averaged as ``scipy.stats.rankdata``) under multiplicities w (n, b)."""
+        q = self.doubled(np.vstack([np.asarray(w, np.float64), np.zeros((1, w.shape[1]))]))
+        return (q.T + 1) / 2
 
 
-def _colsum(a, b):
-    return np.einsum("ij,ij->j", a, b)
+def cell_statistics(q: np.ndarray, w: np.ndarray, class_starts: np.ndarray) -> np.ndarray:
+    """(b, J, 2): raw Spearman and within-class partial Spearman given r(loss_t) of each outcome.
 
+    ``q`` (k, b, n): doubled ranks Q = 2 r - 1 of memo, loss_t and the J outcomes; ``w`` (b, n)
+    multiplicities. With N = sum w, the centred ranks are c = (Q - N) / 2 and sum w Q = N^2, so
+    S_ab = sum w c_a c_b = (sum w Q_a Q_b - N^3) / 4: every cross-product of one replicate in one
+    matrix product (exact: integers below 2^53); class sums A_c = (sum_c w Q_a - N W_c) / 2;
+    T_ab = S_ab - sum_c A_c B_c / W_c (class-demeaned), partial = T'_xy / sqrt(T'_xx T'_yy) with
+    T'_ab = T_ab - T_al T_bl / T_ll (module docstring)."""
+    wq = q * w
+    n_w = w.sum(axis=1)
+    s = (np.matmul(q.transpose(1, 0, 2), wq.transpose(1, 2, 0)) - (n_w**3)[:, None, None]) / 4  # (b, k, k)
+    w_class = np.add.reduceat(w, class_starts, axis=1)  # (b, C)
+    a = (np.add.reduceat(wq, class_starts, axis=2) - n_w[None, :, None] * w_class) / 2  # (k, b, C)
+    live = w_class > 0
+    inv = np.where(live, 1 / np.where(live, w_class, 1), 0.0)
 
-class _Moments:
-    """Weighted centred ranks of one variable, and its class sums, for one batch of weights."""
+    def within(i, j):  # T_ij for variable i (scalar) and j (scalar or array of outcome indices)
+        return s[:, i, j] - np.einsum("bc,kbc->bk" if np.ndim(j) else "bc,bc->b", a[i] * inv, a[j])
 
-    def __init__(self, r: np.ndarray, w: np.ndarray, n_w: np.ndarray, class_starts: np.ndarray):
-        self.c = r
-        self.c -= (n_w + 1) / 2  # weighted mean rank is (N + 1) / 2 exactly
-        self.wc = w * self.c
-        self.by_class = np.add.reduceat(self.wc, class_starts, axis=0)
-
-
-def _within(sab, a: _Moments, b: _Moments, w_class):
-    """Class-demeaned weighted cross-product: S_ab - sum_c A_c B_c / W_c."""
+    ys = np.arange(2, q.shape[0])
+    sxx, sxy, syy = s[:, 0, 0], s[:, 0, 2:], s[:, ys, ys]
     with np.errstate(invalid="ignore", divide="ignore"):
-        corr = np.where(w_class > 0, a.by_class * b.by_class / np.where(w_class > 0, w_class, 1), 0.0)
-    return sab - corr.sum(axis=0)
-
-
-def cell_statistics(
-    w: np.ndarray,
-    x: _Moments,
-    l: _Moments,  # noqa: E741
-    y: _Moments,
-    w_class: np.ndarray,
-    sxx: np.ndarray,
-    sll: np.ndarray,
-    sxl: np.ndarray,
-) -> np.ndarray:
-    """(b, 2): raw Spearman and within-class partial Spearman given r(loss_t) (module docstring)."""
-    sxy, syy, syl = _colsum(x.wc, y.c), _colsum(y.wc, y.c), _colsum(l.wc, y.c)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        raw = sxy / np.sqrt(sxx * syy)
-        txx, tyy, tll = _within(sxx, x, x, w_class), _within(syy, y, y, w_class), _within(sll, l, l, w_class)
-        txy, txl, tyl = _within(sxy, x, y, w_class), _within(sxl, x, l, w_class), _within(syl, y, l, w_class)
-        pxx, pyy, pxy = txx - txl**2 / tll, tyy - tyl**2 / tll, txy - txl * tyl / tll
-        partial = pxy / np.sqrt(pxx * pyy)
-    return np.clip(np.stack([raw, partial], axis=1), -1, 1)
+        raw = sxy / np.sqrt(sxx[:, None] * syy)
+        txx, tll, txl = within(0, 0), within(1, 1), within(0, 1)
+        txy, tyl = within(0, ys), within(1, ys)
+        tyy = syy - np.einsum("kbc,kbc->bk", a[2:] * inv, a[2:])
+        pxx = txx - txl**2 / tll
+        pyy = tyy - tyl**2 / tll[:, None]
+        pxy = txy - txl[:, None] * tyl / tll[:, None]
+        partial = pxy / np.sqrt(pxx[:, None] * pyy)
+    return np.clip(np.stack([raw, partial], axis=2), -1, 1)
 
 
 @dataclass
@@ -164,6 +186,7 @@ class Cell:
     loss_rank: RankIndex
     y_rank: list
     closed: bool  # every class in the cell is complete, so a within-class permutation maps it onto itself
+    pool: np.ndarray  # universe indices of every sample of the cell's classes (where permuted memo comes from)
 
 
 def build_cells(
@@ -216,6 +239,7 @@ def build_cells(
                     loss_rank=RankIndex.of(loss_all[sub]),
                     y_rank=[RankIndex.of(ys_all[sub, j]) for j in js],
                     closed=bool((counts == class_size[lab[starts]]).all()),
+                    pool=np.concatenate([universe.strata[c] for c in lab[starts]]),
                 )
             )
     return cells
@@ -224,26 +248,23 @@ def build_cells(
 def _cell_chunks(cell: Cell, w: np.ndarray) -> np.ndarray:
     """``_cell_batch`` over replicate chunks of at most ``CELL_ELEMENTS`` weights."""
     step = max(1, CELL_ELEMENTS // len(cell.idx))
-    return np.concatenate(
-        [_cell_batch(cell, w[:, i : i + step].astype(np.float64)) for i in range(0, w.shape[1], step)]
-    )
+    return np.concatenate([_cell_batch(cell, w[:, i : i + step]) for i in range(0, w.shape[1], step)])
 
 
 def _cell_batch(cell: Cell, w: np.ndarray, memo_ranks: np.ndarray | None = None) -> np.ndarray:
     """(b, n_outcomes, 2) statistics of ``cell`` under multiplicities ``w`` (n, b); ``memo_ranks``
     (n, b) overrides the memo ranks (permutation null, unit weights)."""
     w = np.asarray(w, dtype=np.float64)
-    n_w = w.sum(axis=0)
-    xr = cell.memo_rank.ranks(w) if memo_ranks is None else np.array(memo_ranks, dtype=np.float64)
-    x = _Moments(xr, w, n_w, cell.class_starts)
-    l = _Moments(cell.loss_rank.ranks(w), w, n_w, cell.class_starts)  # noqa: E741
-    w_class = np.add.reduceat(w, cell.class_starts, axis=0)
-    sxx, sll, sxl = _colsum(x.wc, x.c), _colsum(l.wc, l.c), _colsum(x.wc, l.c)
-    out = np.empty((w.shape[1], len(cell.outcomes), 2))
-    for j, yr in enumerate(cell.y_rank):
-        y = _Moments(yr.ranks(w), w, n_w, cell.class_starts)
-        out[:, j] = cell_statistics(w, x, l, y, w_class, sxx, sll, sxl)
-    return out
+    n, b = w.shape
+    wz = np.vstack([w, np.zeros((1, b))])
+    ranks = [cell.memo_rank, cell.loss_rank, *cell.y_rank]
+    q = np.empty((len(ranks), b, n))
+    for v, ri in enumerate(ranks):
+        if v == 0 and memo_ranks is not None:
+            q[0] = 2 * np.asarray(memo_ranks, dtype=np.float64).T - 1
+        else:
+            q[v] = ri.doubled(wz)
+    return cell_statistics(q, np.ascontiguousarray(w.T), cell.class_starts)
 
 
 def _null_closed(cell: Cell, xr: np.ndarray) -> np.ndarray:
@@ -277,6 +298,23 @@ def _null_closed(cell: Cell, xr: np.ndarray) -> np.ndarray:
         pxy = txy - txl[:, None] * tyl[None, :] / tll
         partial = pxy / np.sqrt(pxx[:, None] * pyy[None, :])
     return np.clip(np.stack([raw, partial], axis=2), -1, 1)
+
+
+def _null_general(cell: Cell, static: np.ndarray, perm_rows: np.ndarray) -> np.ndarray:
+    """(p, n_outcomes, 2) null statistics of a cell that is not closed, for permutation targets
+    ``perm_rows`` (n, p; universe indices): the memo the cell's rows take is a subset of the memo of
+    the cell's classes (``pool``), so its within-cell ranks are weighted ranks over the pool with
+    weight 1 on the samples taken and 0 elsewhere: one sort of the pool, none per permutation."""
+    pool = cell.pool[np.isfinite(static[cell.pool])]
+    at = np.full(len(static), len(pool))
+    at[pool] = np.arange(len(pool))
+    taken = at[perm_rows]  # (n, p) position in the pool
+    p = perm_rows.shape[1]
+    w = np.zeros((len(pool) + 1, p))
+    w[taken, np.arange(p)] = 1.0
+    q = RankIndex.of(static[pool]).doubled(w)  # (p, len(pool))
+    memo_ranks = (np.take_along_axis(q, taken.T, axis=1).T + 1) / 2
+    return _cell_batch(cell, np.ones(perm_rows.shape), memo_ranks=memo_ranks)
 
 
 @dataclass
@@ -347,9 +385,8 @@ def resample(
             step = max(1, CELL_ELEMENTS // len(c.idx))
             for i in range(0, len(perm), step):
                 pp = perm[i : i + step, c.idx].T  # (n, p)
-                xr = base[pos[pp]] if c.closed else stats.rankdata(static[pp], axis=0)
                 null[p0 + i : p0 + i + pp.shape[1], sl] = (
-                    _null_closed(c, xr) if c.closed else _cell_batch(c, np.ones(pp.shape), memo_ranks=xr)
+                    _null_closed(c, base[pos[pp]]) if c.closed else _null_general(c, static, pp)
                 )
     # a degenerate resample of a tiny cell (constant ranks) gives NaN: count it as the estimate
     boot = np.where(np.isfinite(boot), boot, est[None])
