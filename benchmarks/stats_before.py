@@ -98,11 +98,49 @@ def _null_general(cell, static, perm_rows):
     return _cell_batch(cell, np.ones(perm_rows.shape), memo_ranks=stats.rankdata(static[perm_rows], axis=0))
 
 
+def _null_closed(cell: resampling.Cell, xr: np.ndarray) -> np.ndarray:
+    """(p, n_outcomes, 2) statistics of a closed cell with unit weights and permuted memo ranks
+    ``xr`` (n, p): the outcome and loss ranks, every class sum of the memo ranks and S_xx do not
+    change under a within-class permutation, so only S_xy and S_xl are new: one matrix product."""
+    n = len(cell.idx)
+    one = np.ones((n, 1))
+    centre = (n + 1) / 2
+    x0 = ranks(cell.memo_rank, one)[:, 0] - centre
+    lc = ranks(cell.loss_rank, one)[:, 0] - centre
+    ycs = np.stack([ranks(yr, one)[:, 0] - centre for yr in cell.y_rank], axis=1)  # (n, J)
+    starts = cell.class_starts
+    wc = np.diff(np.r_[starts, n]).astype(float)
+    xc_class, lc_class = np.add.reduceat(x0, starts), np.add.reduceat(lc, starts)
+    yc_class = np.add.reduceat(ycs, starts, axis=0)  # (C, J)
+    sxx, sll = x0 @ x0, lc @ lc
+    syy, syl = np.einsum("ij,ij->j", ycs, ycs), lc @ ycs
+    txx, tll = sxx - np.sum(xc_class**2 / wc), sll - np.sum(lc_class**2 / wc)
+    tyy = syy - np.sum(yc_class**2 / wc[:, None], axis=0)
+    tyl = syl - (lc_class / wc) @ yc_class
+    xc = xr - centre  # (n, p)
+    prod = xc.T @ np.column_stack([ycs, lc])  # (p, J + 1)
+    sxy, sxl = prod[:, :-1], prod[:, -1]
+    txy = sxy - (xc_class / wc) @ yc_class
+    txl = sxl - np.sum(xc_class * lc_class / wc)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        raw = sxy / np.sqrt(sxx * syy)
+        pxx = txx - txl**2 / tll
+        pyy = tyy - tyl**2 / tll
+        pxy = txy - txl[:, None] * tyl[None, :] / tll
+        partial = pxy / np.sqrt(pxx[:, None] * pyy[None, :])
+    return np.clip(np.stack([raw, partial], axis=2), -1, 1)
+
+
 @contextlib.contextmanager
 def patched():
     """``memplast.stats.resampling`` with the old per-cell draw functions."""
-    saved = {k: getattr(resampling, k) for k in ("_cell_chunks", "_null_general")}
-    resampling._cell_chunks, resampling._null_general = _cell_chunks, _null_general
+    names = ("_cell_chunks", "_null_general", "_null_stats")
+    saved = {k: getattr(resampling, k) for k in names}
+    resampling._cell_chunks, resampling._null_general, resampling._null_stats = (
+        _cell_chunks,
+        _null_general,
+        _null_closed,
+    )
     try:
         yield
     finally:

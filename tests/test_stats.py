@@ -346,6 +346,42 @@ def test_cell_statistics_equal_scipy_and_statsmodels_on_the_explicit_resample():
         assert got[1] == pytest.approx(S.partial_spearman(rows, "memo", "y", ["loss_t"], ["label"])["r"], abs=1e-10)
 
 
+def test_every_replicate_equals_a_fresh_rank_of_the_explicit_resample_or_permutation():
+    """resample's bootstrap and null replicates (ranks from cumulative sums of the draw's weights, no
+    sort per draw) equal scipy's rankdata-based Spearman / partial Spearman recomputed from scratch on
+    the weighted-expanded rows (bootstrap) and the permuted memo (null), for the same seed; cells with
+    ties, several boundaries, and a NaN outcome row (a cell that is not closed under permutation)."""
+    base = cell_table(n_classes=4, n_per_class=12, seed=8)
+    rng = np.random.default_rng(9)
+    cells = [base.assign(boundary=k, y=np.round(base["y"] + rng.normal(size=len(base)), 1)) for k in range(2)]
+    df = pd.concat(cells, ignore_index=True)
+    df.loc[3, "y"] = np.nan  # boundary 0: one class incomplete -> the sort-free general null path
+    n_boot, n_null = 6, 5
+    res = resampling.resample(df, KEYS, ["y"], n_boot, n_null, np.random.default_rng(4))
+    universe = resampling.Universe.of(df)
+    draw = np.random.default_rng(4)
+    counts = resampling.stratified_counts(universe, n_boot, draw)
+    perms = resampling.within_class_permutations(universe, n_null, draw)
+    memo_u = df.drop_duplicates("sample_id").set_index("sample_id").loc[universe.sample_id, "memo"].to_numpy()
+
+    def both(rows):
+        return (
+            stats.spearmanr(rows["memo"], rows["y"]).statistic,
+            S.partial_spearman(rows, "memo", "y", ["loss_t"], ["label"])["r"],
+        )
+
+    for r, (boundary,) in enumerate(res.rows[["boundary"]].itertuples(index=False)):
+        cell = df[(df["boundary"] == boundary) & df["y"].notna()]
+        at = universe.index(cell["sample_id"])
+        assert res.estimate[r] == pytest.approx(both(cell), abs=1e-12)
+        for b in range(n_boot):
+            expanded = cell.loc[cell.index.repeat(counts[b, at])]
+            np.testing.assert_allclose(res.boot[b, r], both(expanded), atol=1e-12)
+        for p in range(n_null):
+            permuted = cell.assign(memo=memo_u[perms[p, at]])
+            np.testing.assert_allclose(res.null[p, r], both(permuted), atol=1e-12)
+
+
 def test_bootstrap_is_class_stratified_and_one_draw_serves_every_cell():
     df = cell_table(seed=2)
     universe = resampling.Universe.of(df)
@@ -671,6 +707,6 @@ def test_null_of_closed_cells_equals_the_general_computation():
     pos[cell.idx] = np.arange(len(cell.idx))
     base = cell.memo_rank.ranks(np.ones((len(cell.idx), 1)))[:, 0]
     xr = base[pos[perm[:, cell.idx].T]]
-    fast = resampling._null_closed(cell, xr)
+    fast = resampling._null_stats(cell, xr)
     slow = resampling._cell_batch(cell, np.ones(xr.shape), memo_ranks=xr)
     np.testing.assert_allclose(fast, slow, atol=1e-10)

@@ -93,6 +93,7 @@ class RankIndex:
     inverse: np.ndarray
     slot: np.ndarray = field(default=None, repr=False)
     row_slot: np.ndarray = field(default=None, repr=False)
+    source: np.ndarray = field(default=None, repr=False)
 
     @classmethod
     def of(cls, values: np.ndarray) -> RankIndex:
@@ -114,24 +115,27 @@ class RankIndex:
 
         The cumulative sum runs over a blocked layout (BLOCK x n_blocks x b; group q BLOCK + t at
         [t, q]): BLOCK vectorised adds of whole (n_blocks, b) planes, then the block offsets."""
-        n_blocks = -(-len(self.starts) // BLOCK)
-        b = w.shape[1]
-        x = np.zeros((BLOCK * n_blocks, b))
-        if len(self.starts) < len(self.order):
-            x[self.slot] = np.add.reduceat(w[self.order], self.starts, axis=0)
+        n_groups, n = len(self.starts), len(self.order)
+        n_blocks = -(-n_groups // BLOCK)
+        if self.source is None:  # row of w (the last = the zero row) that lands in each slot
+            src = np.full(BLOCK * n_blocks, n if n_groups == n else n_groups)
+            src[self.slot] = self.order[self.starts] if n_groups == n else np.arange(n_groups)
+            self.source = src
+        if n_groups < n:
+            g = np.add.reduceat(w[self.order], self.starts, axis=0)
+            x = np.vstack([g, np.zeros((1, w.shape[1]))])[self.source]
         else:
-            x[self.slot] = w[self.order]
-        x = x.reshape(BLOCK, n_blocks, b)
+            x = w[self.source]
+        x = x.reshape(BLOCK, n_blocks, -1)
+        for t in range(1, BLOCK):  # within-block inclusive cumulative sums, in place
+            x[t] += x[t - 1]
+        offset = np.cumsum(x[-1], axis=0)  # the blocks' totals, accumulated
+        x[:, 1:] += offset[None, :-1]  # global G
         z = np.empty_like(x)
+        np.add(x[1:], x[:-1], out=z[1:])  # G + G_prev
         z[0] = x[0]
-        pair = x[1:] + x[:-1]
-        for t in range(1, BLOCK):
-            np.add(z[t - 1], pair[t - 1], out=z[t])
-        total = x.sum(axis=0)
-        offset = np.cumsum(total, axis=0)
-        offset -= total
-        z += 2 * offset
-        return z.reshape(BLOCK * n_blocks, b).T[:, self.row_slot]
+        z[0, 1:] += offset[:-1]
+        return z.reshape(BLOCK * n_blocks, -1).T[:, self.row_slot]
 
     def ranks(self, w: np.ndarray) -> np.ndarray:
         """(n, b) average ranks (ties averaged as ``scipy.stats.rankdata``) under multiplicities w (n, b)."""
@@ -267,32 +271,33 @@ def _cell_batch(cell: Cell, w: np.ndarray, memo_ranks: np.ndarray | None = None)
     return cell_statistics(q, np.ascontiguousarray(w.T), cell.class_starts)
 
 
-def _null_closed(cell: Cell, xr: np.ndarray) -> np.ndarray:
-    """(p, n_outcomes, 2) statistics of a closed cell with unit weights and permuted memo ranks
-    ``xr`` (n, p): the outcome and loss ranks, every class sum of the memo ranks and S_xx do not
-    change under a within-class permutation, so only S_xy and S_xl are new: one matrix product."""
+def _null_stats(cell: Cell, xr: np.ndarray) -> np.ndarray:
+    """(p, n_outcomes, 2) statistics of a cell with unit weights and permuted memo ranks ``xr``
+    (n, p): the outcome and loss ranks (and their class sums) do not change under a permutation of
+    memo, so S_xy and S_xl of every permutation are one matrix product; S_xx and the memo class sums
+    are recomputed (they change when the cell does not hold whole classes, or memo has ties)."""
     n = len(cell.idx)
     one = np.ones((n, 1))
     centre = (n + 1) / 2
-    x0 = cell.memo_rank.ranks(one)[:, 0] - centre
     lc = cell.loss_rank.ranks(one)[:, 0] - centre
     ycs = np.stack([yr.ranks(one)[:, 0] - centre for yr in cell.y_rank], axis=1)  # (n, J)
     starts = cell.class_starts
-    wc = np.diff(np.r_[starts, n]).astype(float)
-    xc_class, lc_class = np.add.reduceat(x0, starts), np.add.reduceat(lc, starts)
-    yc_class = np.add.reduceat(ycs, starts, axis=0)  # (C, J)
-    sxx, sll = x0 @ x0, lc @ lc
-    syy, syl = np.einsum("ij,ij->j", ycs, ycs), lc @ ycs
-    txx, tll = sxx - np.sum(xc_class**2 / wc), sll - np.sum(lc_class**2 / wc)
-    tyy = syy - np.sum(yc_class**2 / wc[:, None], axis=0)
-    tyl = syl - (lc_class / wc) @ yc_class
+    wc = np.diff(np.r_[starts, n]).astype(float)[:, None]
+    lc_class, yc_class = np.add.reduceat(lc, starts)[:, None], np.add.reduceat(ycs, starts, axis=0)  # (C, 1), (C, J)
+    sll, syy, syl = lc @ lc, np.einsum("ij,ij->j", ycs, ycs), lc @ ycs
+    tll = sll - np.sum(lc_class**2 / wc)
+    tyy = syy - np.sum(yc_class**2 / wc, axis=0)
+    tyl = syl - (lc_class / wc)[:, 0] @ yc_class
     xc = xr - centre  # (n, p)
+    xc_class = np.add.reduceat(xc, starts, axis=0) / wc  # (C, p) class means x W_c / W_c
+    sxx = np.einsum("ij,ij->j", xc, xc)
+    txx = sxx - np.sum(xc_class * np.add.reduceat(xc, starts, axis=0), axis=0)
     prod = xc.T @ np.column_stack([ycs, lc])  # (p, J + 1)
     sxy, sxl = prod[:, :-1], prod[:, -1]
-    txy = sxy - (xc_class / wc) @ yc_class
-    txl = sxl - np.sum(xc_class * lc_class / wc)
+    txy = sxy - xc_class.T @ yc_class
+    txl = sxl - xc_class.T @ lc_class[:, 0]
     with np.errstate(invalid="ignore", divide="ignore"):
-        raw = sxy / np.sqrt(sxx * syy)
+        raw = sxy / np.sqrt(sxx[:, None] * syy[None, :])
         pxx = txx - txl**2 / tll
         pyy = tyy - tyl**2 / tll
         pxy = txy - txl[:, None] * tyl[None, :] / tll
@@ -313,8 +318,7 @@ def _null_general(cell: Cell, static: np.ndarray, perm_rows: np.ndarray) -> np.n
     w = np.zeros((len(pool) + 1, p))
     w[taken, np.arange(p)] = 1.0
     q = RankIndex.of(static[pool]).doubled(w)  # (p, len(pool))
-    memo_ranks = (np.take_along_axis(q, taken.T, axis=1).T + 1) / 2
-    return _cell_batch(cell, np.ones(perm_rows.shape), memo_ranks=memo_ranks)
+    return _null_stats(cell, (np.take_along_axis(q, taken.T, axis=1).T + 1) / 2)
 
 
 @dataclass
@@ -386,7 +390,7 @@ def resample(
             for i in range(0, len(perm), step):
                 pp = perm[i : i + step, c.idx].T  # (n, p)
                 null[p0 + i : p0 + i + pp.shape[1], sl] = (
-                    _null_closed(c, base[pos[pp]]) if c.closed else _null_general(c, static, pp)
+                    _null_stats(c, base[pos[pp]]) if c.closed else _null_general(c, static, pp)
                 )
     # a degenerate resample of a tiny cell (constant ranks) gives NaN: count it as the estimate
     boot = np.where(np.isfinite(boot), boot, est[None])
