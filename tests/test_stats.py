@@ -483,7 +483,19 @@ def test_random_effects_reduce_to_hksj_for_independent_orders_and_to_the_sample_
     assert out["estimate"] == pytest.approx(y.mean())
     se = (out["ci_high"] - out["ci_low"]) / (2 * stats.t.ppf(0.975, out["df"]))
     assert se**2 == pytest.approx(var_hk, rel=0.02)
-    assert out["df"] == k - 1
+    assert out["df"] == pytest.approx(k - 1, rel=0.05)  # no shared-sample variance: HKSJ's t
+    # orders sharing samples and differing: the bootstrap part of the variance adds degrees of freedom
+    common = rng.normal(size=(200_000, 1)) * 0.05
+    boot3 = y + common + rng.normal(size=(200_000, 4)) * np.sqrt(v)
+    out3 = S.random_effects(y, boot3, 0.95)
+    sigma3 = np.cov(boot3, rowvar=False)
+    v_o = np.sum((y - y.mean()) ** 2) / (k * (k - 1))
+    v_b = (sigma3.sum() - np.trace(sigma3)) / (k * (k - 1))
+    assert out3["tau2"] > 0 and v_b > 0.1 * v_o
+    assert out3["df"] == pytest.approx((v_o + v_b) ** 2 / (v_o**2 / (k - 1) + v_b**2 / (200_000 - 1)))
+    se3 = (out3["ci_high"] - out3["ci_low"]) / (2 * stats.t.ppf(0.975, out3["df"]))
+    assert se3**2 == pytest.approx(v_o + v_b)
+    assert k - 1 < out3["df"] and out3["ci_high"] - out3["ci_low"] < 2 * stats.t.ppf(0.975, k - 1) * se3
     # orders that agree (shared samples, no heterogeneity): the sample-level variance, normal reference
     shared = rng.normal(size=(5000, 1)) * 0.05
     boot2 = 0.3 + shared + rng.normal(size=(5000, 3)) * 0.001
@@ -532,6 +544,46 @@ def demo():
         primary=S.PRIMARY,
     )
     return deltas, cfg, S.run_all(deltas, cfg)
+
+
+def test_p_values_at_the_resampling_floor_are_bounds_and_bh_adjusts_p_perm_too(demo):
+    _, cfg, out = demo
+    b_floor, p_floor = 1 / (cfg["n_boot"] + 1), 1 / (cfg["n_permutations"] + 1)
+    for name in ("pooled", "per_boundary"):
+        t = out[name]
+        boot = t[t["pooling"] != "random"]
+        assert boot["p_at_floor"].any() and (~boot["p_at_floor"]).any(), name  # demo has both kinds
+        assert (boot.loc[boot["p_at_floor"], "p"] == b_floor).all() and (boot["p"].dropna() >= b_floor).all()
+        assert not t.loc[t["pooling"] == "random", "p_at_floor"].any()  # analytic t p: not a resampling bound
+        perm = t.dropna(subset=["p_perm"])
+        np.testing.assert_array_equal(perm["p_perm_at_floor"], np.isclose(perm["p_perm"], p_floor))
+        assert (t["p_perm_bh"].dropna() >= t["p_perm"].dropna().loc[t["p_perm_bh"].dropna().index]).all()
+    t = out["per_boundary"]
+    for _, g in t.groupby("estimator"):
+        np.testing.assert_allclose(g["p_perm_bh"], S.bh(g["p_perm"]))
+
+
+def test_every_row_says_what_it_generalises_to_and_headline_shows_random_effects_from_5_orders(demo):
+    _, cfg, out = demo
+    assert set(out["per_boundary"]["generalises_to"]) == {"this class order"}
+    pooled = out["pooled"]
+    assert (
+        pooled["generalises_to"] == pooled["pooling"].map({"fixed": "these class orders", "random": "new class orders"})
+    ).all()
+    head = out["headline"]
+    assert "df" not in head and (head["generalises_to"] == "these class orders").all()
+    assert head["random_estimate"].isna().all()  # 2 class orders: no random-effects column yet
+    deltas = S.synthetic_deltas(n_orders=5, n_classes=4, classes_per_task=2, n_per_class=20, seed=3)
+    five = S.tables.association_tables(
+        deltas[deltas.is_old], {**cfg, "n_boot": 50, "n_permutations": 0}, ["d_loss"], ["windowed"]
+    )
+    ran = five["pooled"][(five["pooled"]["pooling"] == "random") & (five["pooled"]["boundary"].astype(str) == "all")]
+    merged = five["headline"].merge(ran, on=["outcome", "kind", "estimator"], suffixes=("", "_r"))
+    assert len(merged) == 2
+    np.testing.assert_allclose(merged["random_estimate"], merged["estimate_r"])
+    np.testing.assert_allclose(
+        merged[["random_ci_low", "random_ci_high", "random_df"]], merged[["ci_low_r", "ci_high_r", "df"]]
+    )
 
 
 def test_run_all_writes_every_documented_table_with_the_pooled_columns(demo):
