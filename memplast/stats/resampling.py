@@ -19,9 +19,21 @@ the estimate itself), ranks taken within the cell:
   S'_ab = S_ab - S_al S_bl / S_ll and partial = S'_xy / sqrt(S'_xx S'_yy), the within-class
   partial Spearman (equal to residualising the ranks on class dummies and r(loss_t) by OLS).
 
-Cost: O(B n) per cell and statistic (a gather, a cumulative sum over tie groups, a few weighted
-sums); draws in batches of ``COUNT_ELEMENTS // S`` replicates (S = samples), each cell evaluated
-in chunks of ``CELL_ELEMENTS // n`` replicates, so memory stays bounded at any scale.
+Computation (no sort and no per-cell Python loop over replicates): each variable is sorted once
+(``RankIndex``); a draw's ranks are cumulative sums of its integer weights in that order, kept as
+doubled ranks Q = 2 r - 1 (integers, exact in float32 below 2^24) and computed for a chunk of
+replicates at once (``RankIndex.doubled``). Every cross-product sum_i w_i Q_a Q_b of a replicate
+(memo, loss_t, all outcomes) is one matrix product, exact in float64 (integers below 2^53), so the
+statistics equal the sort-per-draw definition to rounding of the final divisions (tested against
+``scipy.stats.rankdata`` on the explicit resample). The permutation null keeps the loss and
+outcome ranks fixed: per permutation only memo's ranks change, and S_xy, S_xl of all permutations
+are one matrix product (``_null_stats``); memo ranks of a cell without whole classes are weighted
+ranks over its classes' samples, not a sort (``_null_general``).
+
+Cost: O(B n k) per cell (k = 2 + outcomes); draws in batches of ``COUNT_ELEMENTS // S``
+replicates (S = samples), each cell evaluated in chunks of ``CELL_ELEMENTS // n`` replicates
+(``NULL_ELEMENTS // n`` permutations), so memory stays bounded at any scale.
+benchmarks/bench_stats.py measures it at paper size against the previous implementation.
 """
 
 from __future__ import annotations
@@ -36,7 +48,9 @@ import pandas as pd
 from memplast.stats.common import MIN_N, finite, require
 
 COUNT_ELEMENTS = 20_000_000  # replicates x samples of one batch of draws (uint16): set by the universe size only
-CELL_ELEMENTS = 1_000_000  # replicates x rows of one cell evaluated at once (~2 (k + 4) float64 work arrays)
+CELL_ELEMENTS = 250_000  # replicates x rows of one cell evaluated at once (~2 (k + 4) work arrays; cache-sized)
+NULL_ELEMENTS = 1_000_000  # permutations x rows of one cell's null evaluated at once
+RANK_DTYPE = np.float32  # cumulative weights and doubled ranks: integers < 2 N < 2^24, exact for cells below 8 M rows
 BLOCK = 64  # tie groups per block of the blocked cumulative sum (``RankIndex.doubled``)
 
 
@@ -123,7 +137,7 @@ class RankIndex:
             self.source = src
         if n_groups < n:
             g = np.add.reduceat(w[self.order], self.starts, axis=0)
-            x = np.vstack([g, np.zeros((1, w.shape[1]))])[self.source]
+            x = np.vstack([g, np.zeros((1, w.shape[1]), dtype=w.dtype)])[self.source]
         else:
             x = w[self.source]
         x = x.reshape(BLOCK, n_blocks, -1)
@@ -260,7 +274,7 @@ def _cell_batch(cell: Cell, w: np.ndarray, memo_ranks: np.ndarray | None = None)
     (n, b) overrides the memo ranks (permutation null, unit weights)."""
     w = np.asarray(w, dtype=np.float64)
     n, b = w.shape
-    wz = np.vstack([w, np.zeros((1, b))])
+    wz = np.vstack([w, np.zeros((1, b))]).astype(RANK_DTYPE)
     ranks = [cell.memo_rank, cell.loss_rank, *cell.y_rank]
     q = np.empty((len(ranks), b, n))
     for v, ri in enumerate(ranks):
@@ -315,10 +329,10 @@ def _null_general(cell: Cell, static: np.ndarray, perm_rows: np.ndarray) -> np.n
     at[pool] = np.arange(len(pool))
     taken = at[perm_rows]  # (n, p) position in the pool
     p = perm_rows.shape[1]
-    w = np.zeros((len(pool) + 1, p))
-    w[taken, np.arange(p)] = 1.0
+    w = np.zeros((len(pool) + 1, p), dtype=RANK_DTYPE)
+    w[taken, np.arange(p)] = 1
     q = RankIndex.of(static[pool]).doubled(w)  # (p, len(pool))
-    return _null_stats(cell, (np.take_along_axis(q, taken.T, axis=1).T + 1) / 2)
+    return _null_stats(cell, (np.take_along_axis(q, taken.T, axis=1).T.astype(np.float64) + 1) / 2)
 
 
 @dataclass
@@ -386,7 +400,7 @@ def resample(
                 pos = np.full(len(universe.sample_id), -1)
                 pos[c.idx] = np.arange(len(c.idx))
                 base = c.memo_rank.ranks(np.ones((len(c.idx), 1)))[:, 0]
-            step = max(1, CELL_ELEMENTS // len(c.idx))
+            step = max(1, NULL_ELEMENTS // len(c.idx))
             for i in range(0, len(perm), step):
                 pp = perm[i : i + step, c.idx].T  # (n, p)
                 null[p0 + i : p0 + i + pp.shape[1], sl] = (
