@@ -762,3 +762,17 @@ def test_null_of_closed_cells_equals_the_general_computation():
     fast = resampling._null_stats(cell, xr)
     slow = resampling._cell_batch(cell, np.ones(xr.shape), memo_ranks=xr)
     np.testing.assert_allclose(fast, slow, atol=1e-10)
+
+
+def test_stats_cost_model_counts_the_old_class_rows_and_grows_with_draws_rows_and_threads():
+    from memplast import stats_cost
+
+    # the measured paper-size table: 5 orders, 100 classes in 20 tasks of 5, 450 per class, 2 kinds
+    assert stats_cost.old_rows(5, 5, 20, 450) == stats_cost.ROWS_MEASURED
+    small = S.synthetic_deltas(n_orders=2, n_classes=8, classes_per_task=2, n_per_class=10, seed=0)
+    assert stats_cost.old_rows(2, 2, 4, 10) == int(small["is_old"].sum())
+    rows = stats_cost.ROWS_MEASURED
+    one = stats_cost.runtime_minutes(rows, 2000, 2000, 1)
+    assert stats_cost.runtime_minutes(rows, 2000, 2000, 2) < one < stats_cost.runtime_minutes(rows, 4000, 2000, 1)
+    assert stats_cost.runtime_minutes(rows, 2000, 0, 2, effects=False) < stats_cost.runtime_minutes(rows, 2000, 2000, 2)
+    assert stats_cost.mem_mb(2 * rows, 2) > stats_cost.mem_mb(rows, 2) >= 2 * stats_cost.PEAK_MB
