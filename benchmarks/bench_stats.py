@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pyarrow
 
 from memplast import stats
 from memplast.stats import calibration
@@ -67,6 +68,7 @@ def measure(args) -> None:
 
         stats_before.patched().__enter__()
     old = pd.read_parquet(args.table)
+    pyarrow.default_memory_pool().release_unused()  # as scripts/stats_primary.py: the read's buffers
     outcomes, kinds = list(stats.DEFAULT_OUTCOMES), list(stats.KINDS)
     out = {"impl": args.impl, "threads": args.threads, "rows": len(old)}
 

@@ -2,12 +2,13 @@
 per variable and replicate chunk, a fresh ``scipy.stats.rankdata`` sort per permutation of a cell
 that is not closed), for the before/after comparison of ``bench_stats.py`` in one process.
 
-``patched()`` swaps these into ``memplast.stats.resampling`` for the duration of a ``with`` block;
+``patched()`` swaps these (and the old ``RankIndex``: sort order, group starts, inverse) into ``memplast.stats.resampling`` for the duration of a ``with`` block;
 the library itself keeps one implementation."""
 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
@@ -15,15 +16,32 @@ from scipy import stats
 from memplast.stats import resampling
 
 
-def ranks(self, w: np.ndarray) -> np.ndarray:  # the old RankIndex.ranks
-    """Average ranks under multiplicities ``w`` (n, b): cumsum(g) - (g - 1) / 2 per tie group
-    (samples along axis 0, so every gather and segment sum moves whole rows of b replicates)."""
-    g = w[self.order]
-    if len(self.starts) < len(self.order):
-        g = np.add.reduceat(g, self.starts, axis=0)
-    avg = np.cumsum(g, axis=0)
-    avg -= (g - 1) / 2
-    return avg[self.inverse]
+@dataclass
+class RankIndex:
+    """Sort order and tie groups of one value vector, so weighted ranks need no sort."""
+
+    order: np.ndarray
+    starts: np.ndarray
+    inverse: np.ndarray
+
+    @classmethod
+    def of(cls, values: np.ndarray) -> RankIndex:
+        order = np.argsort(values, kind="stable")
+        s = values[order]
+        new = np.r_[True, s[1:] != s[:-1]]
+        inverse = np.empty(len(values), dtype=np.int64)
+        inverse[order] = np.cumsum(new) - 1
+        return cls(order, np.flatnonzero(new), inverse)
+
+    def ranks(self, w: np.ndarray) -> np.ndarray:
+        """Average ranks under multiplicities ``w`` (n, b): cumsum(g) - (g - 1) / 2 per tie group
+        (samples along axis 0, so every gather and segment sum moves whole rows of b replicates)."""
+        g = w[self.order]
+        if len(self.starts) < len(self.order):
+            g = np.add.reduceat(g, self.starts, axis=0)
+        avg = np.cumsum(g, axis=0)
+        avg -= (g - 1) / 2
+        return avg[self.inverse]
 
 
 def _colsum(a, b):
@@ -81,14 +99,14 @@ def _cell_batch(cell: resampling.Cell, w: np.ndarray, memo_ranks: np.ndarray | N
     (n, b) overrides the memo ranks (permutation null, unit weights)."""
     w = np.asarray(w, dtype=np.float64)
     n_w = w.sum(axis=0)
-    xr = ranks(cell.memo_rank, w) if memo_ranks is None else np.array(memo_ranks, dtype=np.float64)
+    xr = cell.memo_rank.ranks(w) if memo_ranks is None else np.array(memo_ranks, dtype=np.float64)
     x = _Moments(xr, w, n_w, cell.class_starts)
-    l = _Moments(ranks(cell.loss_rank, w), w, n_w, cell.class_starts)  # noqa: E741
+    l = _Moments(cell.loss_rank.ranks(w), w, n_w, cell.class_starts)  # noqa: E741
     w_class = np.add.reduceat(w, cell.class_starts, axis=0)
     sxx, sll, sxl = _colsum(x.wc, x.c), _colsum(l.wc, l.c), _colsum(x.wc, l.c)
     out = np.empty((w.shape[1], len(cell.outcomes), 2))
     for j, yr in enumerate(cell.y_rank):
-        y = _Moments(ranks(yr, w), w, n_w, cell.class_starts)
+        y = _Moments(yr.ranks(w), w, n_w, cell.class_starts)
         out[:, j] = cell_statistics(w, x, l, y, w_class, sxx, sll, sxl)
     return out
 
@@ -105,9 +123,9 @@ def _null_closed(cell: resampling.Cell, xr: np.ndarray) -> np.ndarray:
     n = len(cell.idx)
     one = np.ones((n, 1))
     centre = (n + 1) / 2
-    x0 = ranks(cell.memo_rank, one)[:, 0] - centre
-    lc = ranks(cell.loss_rank, one)[:, 0] - centre
-    ycs = np.stack([ranks(yr, one)[:, 0] - centre for yr in cell.y_rank], axis=1)  # (n, J)
+    x0 = cell.memo_rank.ranks(one)[:, 0] - centre
+    lc = cell.loss_rank.ranks(one)[:, 0] - centre
+    ycs = np.stack([yr.ranks(one)[:, 0] - centre for yr in cell.y_rank], axis=1)  # (n, J)
     starts = cell.class_starts
     wc = np.diff(np.r_[starts, n]).astype(float)
     xc_class, lc_class = np.add.reduceat(x0, starts), np.add.reduceat(lc, starts)

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from memplast.stats.common import MIN_N, finite, require
+from memplast.stats.common import MIN_N, require
 
 COUNT_ELEMENTS = 20_000_000  # replicates x samples of one batch of draws (uint16): set by the universe size only
 CELL_ELEMENTS = 250_000  # replicates x rows of one cell evaluated at once (~2 (k + 4) work arrays; cache-sized)
@@ -97,50 +97,49 @@ def within_class_permutations(universe: Universe, n: int, rng: np.random.Generat
 
 @dataclass
 class RankIndex:
-    """Sort order and tie groups of one value vector, so weighted ranks need no sort per draw.
+    """One value vector's sort, kept as what weighted ranks need without a sort per draw: the slot
+    of each row's tie group in the blocked layout of ``doubled`` (group s = q BLOCK + t sits at
+    t n_blocks + q), the row (or, with ties, the tie group) whose weight fills each slot (the last
+    index: zero), and with ties the sort order and group starts. int32 (memory at paper size)."""
 
-    ``slot``: position of every tie group in the blocked layout of ``doubled`` (group s = q BLOCK + t
-    sits at t n_blocks + q), ``row_slot``: the slot of every row's tie group."""
-
-    order: np.ndarray
-    starts: np.ndarray
-    inverse: np.ndarray
-    slot: np.ndarray = field(default=None, repr=False)
-    row_slot: np.ndarray = field(default=None, repr=False)
-    source: np.ndarray = field(default=None, repr=False)
+    row_slot: np.ndarray
+    source: np.ndarray
+    order: np.ndarray | None = None
+    starts: np.ndarray | None = None
 
     @classmethod
     def of(cls, values: np.ndarray) -> RankIndex:
+        n = len(values)
         order = np.argsort(values, kind="stable")
         s = values[order]
         new = np.r_[True, s[1:] != s[:-1]]
-        inverse = np.empty(len(values), dtype=np.int64)
-        inverse[order] = np.cumsum(new) - 1
         starts = np.flatnonzero(new)
-        n_blocks = -(-len(starts) // BLOCK)
-        group = np.arange(len(starts))
+        n_groups = len(starts)
+        n_blocks = -(-n_groups // BLOCK)
+        group = np.arange(n_groups)
         slot = (group % BLOCK) * n_blocks + group // BLOCK
-        return cls(order, starts, inverse, slot, slot[inverse])
+        row_slot = np.empty(n, dtype=np.int32)
+        row_slot[order] = slot[np.cumsum(new) - 1]
+        ties = n_groups < n
+        source = np.full(BLOCK * n_blocks, n_groups if ties else n, dtype=np.int32)
+        source[slot] = group if ties else order
+        if not ties:
+            return cls(row_slot, source)
+        return cls(row_slot, source, order.astype(np.int32), starts.astype(np.int32))
 
     def doubled(self, w: np.ndarray) -> np.ndarray:
         """(b, n) doubled average ranks minus one, Q = 2 r - 1 = G_prev + G, of the rows under
-        multiplicities ``w`` (n + 1, b; float64 integers, last row 0), G = the cumulative weight of
-        the tie groups in sorted order (G_prev: before the row's group). Integers, so exact.
+        multiplicities ``w`` (n + 1, b; integers, last row 0), G = the cumulative weight of the tie
+        groups in sorted order (G_prev: before the row's group). Integers, so exact.
 
         The cumulative sum runs over a blocked layout (BLOCK x n_blocks x b; group q BLOCK + t at
         [t, q]): BLOCK vectorised adds of whole (n_blocks, b) planes, then the block offsets."""
-        n_groups, n = len(self.starts), len(self.order)
-        n_blocks = -(-n_groups // BLOCK)
-        if self.source is None:  # row of w (the last = the zero row) that lands in each slot
-            src = np.full(BLOCK * n_blocks, n if n_groups == n else n_groups)
-            src[self.slot] = self.order[self.starts] if n_groups == n else np.arange(n_groups)
-            self.source = src
-        if n_groups < n:
+        if self.order is not None:
             g = np.add.reduceat(w[self.order], self.starts, axis=0)
             x = np.vstack([g, np.zeros((1, w.shape[1]), dtype=w.dtype)])[self.source]
         else:
             x = w[self.source]
-        x = x.reshape(BLOCK, n_blocks, -1)
+        x = x.reshape(BLOCK, len(self.source) // BLOCK, -1)
         for t in range(1, BLOCK):  # within-block inclusive cumulative sums, in place
             x[t] += x[t - 1]
         offset = np.cumsum(x[-1], axis=0)  # the blocks' totals, accumulated
@@ -149,7 +148,7 @@ class RankIndex:
         np.add(x[1:], x[:-1], out=z[1:])  # G + G_prev
         z[0] = x[0]
         z[0, 1:] += offset[:-1]
-        return z.reshape(BLOCK * n_blocks, -1).T[:, self.row_slot]
+        return z.reshape(len(self.source), -1).T[:, self.row_slot]
 
     def ranks(self, w: np.ndarray) -> np.ndarray:
         """(n, b) average ranks (ties averaged as ``scipy.stats.rankdata``) under multiplicities w (n, b)."""
@@ -199,12 +198,12 @@ class Cell:
     outcomes: list
     idx: np.ndarray  # universe index per row
     class_starts: np.ndarray
-    memo: np.ndarray
     memo_rank: RankIndex
     loss_rank: RankIndex
     y_rank: list
     closed: bool  # every class in the cell is complete, so a within-class permutation maps it onto itself
-    pool: np.ndarray  # universe indices of every sample of the cell's classes (where permuted memo comes from)
+    pool: np.ndarray | None  # open cells: universe indices of the samples of its classes (permuted memo's source)
+    pool_rank: RankIndex | None = None  # their memo's rank index (``_null_general``, built once)
 
 
 def build_cells(
@@ -216,17 +215,21 @@ def build_cells(
     require(old, list(keys) + ["sample_id", "label", "loss_t", memo] + list(outcomes), "build_cells")
     labels = np.unique(universe.label)
     class_size = np.bincount(np.searchsorted(labels, universe.label), minlength=len(labels))
-    data = finite(old, [memo, "loss_t"])
+    keep = np.isfinite(old[[memo, "loss_t"]].apply(pd.to_numeric, errors="coerce").to_numpy(float)).all(axis=1)
+    data = old if keep.all() else old[keep]  # no copy of a paper-size table that is all finite
     if data.empty:
         raise ValueError("build_cells: no old-class rows with finite memo and loss_t")
-    code = data.groupby(list(keys), sort=True).ngroup().to_numpy()
-    first_row = np.unique(code, return_index=True)[1]  # first row of group g, g = 0, 1, ... (sorted keys)
+    # group number in sorted key order (= groupby(keys, sort=True).ngroup(), without its copies)
+    factors = [pd.factorize(data[k], sort=True) for k in keys]
+    flat = np.ravel_multi_index([f[0] for f in factors], [max(1, len(f[1])) for f in factors])
+    _, first_row, code = np.unique(flat, return_index=True, return_inverse=True)  # first row of group g
+    del flat, factors
     firsts = data[list(keys)].iloc[first_row].to_dict("records")
     lab_all = np.searchsorted(labels, data["label"].to_numpy())
     sid_all = universe.index(data["sample_id"].to_numpy())
     memo_all = data[memo].to_numpy(float)
     loss_all = data["loss_t"].to_numpy(float)
-    ys_all = data[list(outcomes)].apply(pd.to_numeric, errors="coerce").to_numpy(float)
+    ys_all = np.column_stack([pd.to_numeric(data[o], errors="coerce").to_numpy(float) for o in outcomes])
     order = np.lexsort((sid_all, lab_all, code))
     bounds = np.flatnonzero(np.r_[True, np.diff(code[order]) != 0, True])
     cells = []
@@ -246,18 +249,18 @@ def build_cells(
             lab = lab_all[sub]
             starts = np.flatnonzero(np.r_[True, lab[1:] != lab[:-1]])
             counts = np.diff(np.r_[starts, len(lab)])
+            closed = bool((counts == class_size[lab[starts]]).all())
             cells.append(
                 Cell(
                     key=key,
                     outcomes=[outcomes[j] for j in js],
-                    idx=sid_all[sub],
+                    idx=sid_all[sub].astype(np.int32),
                     class_starts=starts,
-                    memo=memo_all[sub],
                     memo_rank=RankIndex.of(memo_all[sub]),
                     loss_rank=RankIndex.of(loss_all[sub]),
                     y_rank=[RankIndex.of(ys_all[sub, j]) for j in js],
-                    closed=bool((counts == class_size[lab[starts]]).all()),
-                    pool=np.concatenate([universe.strata[c] for c in lab[starts]]),
+                    closed=closed,
+                    pool=None if closed else np.concatenate([universe.strata[c] for c in lab[starts]]),
                 )
             )
     return cells
@@ -331,7 +334,9 @@ def _null_general(cell: Cell, static: np.ndarray, perm_rows: np.ndarray) -> np.n
     p = perm_rows.shape[1]
     w = np.zeros((len(pool) + 1, p), dtype=RANK_DTYPE)
     w[taken, np.arange(p)] = 1
-    q = RankIndex.of(static[pool]).doubled(w)  # (p, len(pool))
+    if cell.pool_rank is None:
+        cell.pool_rank = RankIndex.of(static[pool])
+    q = cell.pool_rank.doubled(w)  # (p, len(pool))
     return _null_stats(cell, (np.take_along_axis(q, taken.T, axis=1).T.astype(np.float64) + 1) / 2)
 
 
@@ -390,9 +395,12 @@ def resample(
 
         with ThreadPoolExecutor(max(1, int(threads))) as pool:
             list(pool.map(one, zip(cells, spans)))
-    static = np.full(len(universe.sample_id), np.nan)
+    in_cells = np.zeros(len(universe.sample_id), dtype=bool)
     for c in cells:
-        static[c.idx] = c.memo
+        in_cells[c.idx] = True
+    static = np.full(len(universe.sample_id), np.nan)  # memo per sample (static), of the samples in cells
+    static[universe.index(old["sample_id"].to_numpy())] = pd.to_numeric(old[memo], errors="coerce").to_numpy(float)
+    static[~in_cells] = np.nan
     for p0 in range(0, n_null, batch):
         perm = within_class_permutations(universe, min(batch, n_null - p0), rng)
         for c, sl in zip(cells, spans):

@@ -103,8 +103,9 @@ def _level(table: pd.DataFrame) -> pd.Series:
 def association_tables(old: pd.DataFrame, cfg: Mapping, outcomes: list, kinds: list) -> dict[str, pd.DataFrame]:
     """headline, pooled, per_boundary and trend for the condition(s) in ``old`` (one draw set)."""
     seed, ci = int(cfg.get("seed", 0)), float(cfg.get("ci_level", 0.95))
+    in_kinds = old["kind"].isin(kinds)
     res = resample(
-        old[old["kind"].isin(kinds)],
+        old if in_kinds.all() else old[in_kinds],  # no copy of a paper-size table
         CONDITION_KEYS + ["kind", "order_seed", "boundary"],
         outcomes,
         int(cfg.get("n_boot", 2000)),
