@@ -1,33 +1,47 @@
-"""Statistics at paper scale, and the calibration table.
+"""Statistics at paper scale (before/after issue 25), and the calibration table.
 
 ``scale`` mode: a synthetic deltas table of the paper's size (45,000 samples = 100 classes x 450,
-19 boundaries, 5 class orders, 2 kinds, the config's 6 outcomes; ``memplast.stats.synthetic_deltas``)
-through the sample-bootstrap tables (headline/pooled/per_boundary/trend, ``n_boot`` replicates and
-``n_permutations`` null permutations) and the OLS models; wall time and peak memory (tracemalloc
-of numpy/pandas allocations, and the process's max RSS). Baseline side by side: the same
-pipeline with ``--n-boot`` 1 and 0 permutations (the fixed cost of building the cells), so the
-ratio is the cost of the resampling itself.
+19 boundaries, 5 class orders, 2 kinds, the config's 6 outcomes; ``memplast.stats.synthetic_deltas``;
+4.3 M old-class rows) through the sample-bootstrap tables (headline/pooled/per_boundary/trend).
+Each measurement runs in a fresh process (its own peak RSS; BLAS pinned to one thread, so
+``threads`` is the statistics' own thread pool) that reads the old-class rows from a parquet file:
+
+- ``before``: the draw functions of the previous implementation (benchmarks/stats_before.py,
+  patched in), ``after``: the library's;
+- per process: fixed cost (``--n-boot`` 2, no null: cells, estimates, pooling), then ``N``
+  bootstrap draws without null, then ``N`` bootstrap + ``N`` null draws; per-draw CPU =
+  the differences / N (so fixed costs cancel); 1 thread, and 2 threads (wall) for the scaling;
+- ``--primary``: then the whole ``stats_primary`` computation (``run_all``: every table) with
+  ``--primary-draws`` bootstrap and null draws on 2 threads, wall time (after only).
+
+Ends with one summary line of the after/before ratios.
 
 ``calibration`` mode: ``memplast.stats.calibration`` over ``--reps`` replicates of three
 scenarios (planted effects; null within class with a class-level confound; null with between-order
 heterogeneity), printing coverage and rejection rate per reported quantity with Monte Carlo SEs.
 
-Usage: python benchmarks/bench_stats.py scale [--scale 1.0] [--n-boot 2000] [--n-perm 2000]
+Usage: python benchmarks/bench_stats.py scale [--scale 1.0] [--draws-before 20] [--draws-after 100] [--primary]
        python benchmarks/bench_stats.py calibration [--reps 500]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import resource
+import subprocess
+import sys
+import tempfile
 import time
-import tracemalloc
+from pathlib import Path
 
 import pandas as pd
+import pyarrow
 
 from memplast import stats
 from memplast.stats import calibration
-from memplast.stats.tables import association_tables, model_table
+from memplast.stats.tables import association_tables
 
 SCENARIOS = {
     "planted": dict(beta=0.3, trend=0.1, shift=0.15),
@@ -43,59 +57,111 @@ def paper_table(scale: float) -> pd.DataFrame:
     )
 
 
-def timed(fn):
-    """(result, wall s, CPU s of this process, peak traced MiB of Python/numpy allocations)."""
-    tracemalloc.start()
-    t0, c0 = time.perf_counter(), time.process_time()
-    out = fn()
-    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
-    peak = tracemalloc.get_traced_memory()[1] / 2**20
-    tracemalloc.stop()
-    return out, seconds, cpu, peak
+CFG = {"seed": 0, "ci_level": 0.95, "epochs_per_task": 30, "window": 5}
+
+
+def measure(args) -> None:
+    """One fresh process: fixed cost, per-draw CPU of bootstrap and null, peak RSS (JSON on stdout)."""
+    if args.impl == "before":
+        sys.path.insert(0, str(Path(__file__).parent))
+        import stats_before
+
+        stats_before.patched().__enter__()
+    old = pd.read_parquet(args.table)
+    pyarrow.default_memory_pool().release_unused()  # as scripts/stats_primary.py: the read's buffers
+    outcomes, kinds = list(stats.DEFAULT_OUTCOMES), list(stats.KINDS)
+    out = {"impl": args.impl, "threads": args.threads, "rows": len(old)}
+
+    def run(n_boot, n_null):
+        cfg = {**CFG, "threads": args.threads, "n_boot": n_boot, "n_permutations": n_null}
+        t0, c0 = time.perf_counter(), time.process_time()
+        association_tables(old, cfg, outcomes, kinds)
+        return time.perf_counter() - t0, time.process_time() - c0
+
+    n = args.n_boot
+    out["fixed_wall"], out["fixed_cpu"] = run(2, 0)
+    if args.threads == 1:
+        wall_b, cpu_b = run(n, 0)
+        out["boot_cpu"] = (cpu_b - out["fixed_cpu"]) / (n - 2)
+    wall_f, cpu_f = run(n, n)
+    out["full_wall"], out["full_cpu"] = wall_f, cpu_f
+    out["draw_wall"] = (wall_f - out["fixed_wall"]) / n  # one bootstrap + one null draw
+    if args.threads == 1:
+        out["null_cpu"] = (cpu_f - cpu_b) / n
+    if args.primary_run:
+        t0 = time.perf_counter()
+        stats.run_all(
+            old, {**CFG, "threads": args.threads, "n_boot": args.primary_run, "n_permutations": args.primary_run}
+        )
+        out["primary_wall"] = time.perf_counter() - t0
+    out["max_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(out))
+
+
+def child(args, impl: str, threads: int, n_boot: int, primary: int = 0) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    cmd = [sys.executable, __file__, "_measure", "--impl", impl, "--threads", str(threads), "--n-boot", str(n_boot)]
+    cmd += ["--table", args.table, "--primary-run", str(primary)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise RuntimeError(f"{impl}/{threads} threads failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def scale_mode(args) -> None:
     t0 = time.perf_counter()
-    deltas = paper_table(args.scale)
-    old = deltas[deltas["is_old"]].sort_values("sample_id", kind="stable")
-    del deltas
+    with tempfile.TemporaryDirectory() as tmp:
+        deltas = paper_table(args.scale)
+        cols = stats.RUN_KEYS + ["sample_id", "label", "boundary", "is_old", "kind", "memo", "loss_t"]
+        old = deltas.loc[deltas["is_old"], cols + list(stats.DEFAULT_OUTCOMES)].sort_values("sample_id", kind="stable")
+        del deltas
+        args.table = str(Path(tmp) / "old.parquet")
+        old.to_parquet(args.table)
+        print(
+            f"table: {len(old):,} old-class rows, {old['sample_id'].nunique():,} samples, "
+            f"{old['boundary'].nunique()} boundaries, {old['order_seed'].nunique()} orders, 2 kinds, "
+            f"{len(stats.DEFAULT_OUTCOMES)} outcomes (built in {time.perf_counter() - t0:.0f} s)",
+            flush=True,
+        )
+        del old
+        res = {}
+        for impl, n in (("before", args.draws_before), ("after", args.draws_after)):
+            for threads in (1, 2):
+                r = res[impl, threads] = child(args, impl, threads, n)
+                print(
+                    f"{impl:6s} {threads} thread(s), {n} draws: fixed cost {r['fixed_wall']:.1f} s wall / "
+                    f"{r['fixed_cpu']:.1f} s CPU; "
+                    + (
+                        f"CPU per bootstrap draw {r['boot_cpu']:.3f} s, per null draw {r['null_cpu']:.3f} s, "
+                        if threads == 1
+                        else ""
+                    )
+                    + f"wall per bootstrap + null draw {r['draw_wall']:.3f} s; peak RSS {r['max_rss_mib']:.0f} MiB",
+                    flush=True,
+                )
+        if args.primary:
+            r = child(args, "after", 2, args.draws_after, primary=args.primary_draws)
+            print(
+                f"after: stats_primary computation (run_all, every table) with {args.primary_draws} bootstrap + "
+                f"{args.primary_draws} null draws on 2 threads: wall {r['primary_wall'] / 60:.1f} min, "
+                f"peak RSS {r['max_rss_mib']:.0f} MiB",
+                flush=True,
+            )
+    b1, a1, b2, a2 = res["before", 1], res["after", 1], res["before", 2], res["after", 2]
+    for impl, one, two in (("before", b1, b2), ("after", a1, a2)):
+        print(
+            f"{impl}: thread scaling (bootstrap + null draw, wall) 1 -> 2 threads: "
+            f"{one['draw_wall']:.3f} -> {two['draw_wall']:.3f} s ({one['draw_wall'] / two['draw_wall']:.2f}x)"
+        )
+    for impl, r in (("before", b1), ("after", a1)):
+        minutes = (r["fixed_cpu"] + 2000 * (r["boot_cpu"] + r["null_cpu"])) / 60
+        print(f"{impl}: 2,000 bootstrap + 2,000 null draws ~{minutes:.0f} CPU min (association tables)")
     print(
-        f"table: {len(old):,} old-class rows, {old['sample_id'].nunique():,} samples, "
-        f"{old['boundary'].nunique()} boundaries, {old['order_seed'].nunique()} orders, 2 kinds "
-        f"(built in {time.perf_counter() - t0:.0f} s; {old.memory_usage(deep=True).sum() / 2**20:.0f} MiB)"
-    )
-    outcomes = list(stats.DEFAULT_OUTCOMES)
-    kinds = list(stats.KINDS)
-    base_cfg = {"seed": 0, "ci_level": 0.95, "epochs_per_task": 30, "window": 5, "threads": args.threads}
-    _, t_base, c_base, m_base = timed(
-        lambda: association_tables(old, {**base_cfg, "n_boot": 2, "n_permutations": 0}, outcomes, kinds)
-    )
-    print(
-        f"baseline (cells, estimates, pooling; 2 replicates): wall {t_base:.1f} s, CPU {c_base:.1f} s, "
-        f"peak traced {m_base:.0f} MiB"
-    )
-    cfg = {**base_cfg, "n_boot": args.n_boot, "n_permutations": args.n_perm}
-    tables, t_full, c_full, m_full = timed(lambda: association_tables(old, cfg, outcomes, kinds))
-    print(
-        f"bootstrap {args.n_boot} + null {args.n_perm}: wall {t_full:.1f} s, CPU {c_full:.1f} s, "
-        f"peak traced {m_full:.0f} MiB; {len(tables['pooled'])} pooled rows"
-    )
-    per_rep = (c_full - c_base) / max(1, args.n_boot - 2)
-    print(
-        f"CPU per bootstrap replicate (all cells, outcomes, kinds): {per_rep:.2f} s -> 2000 replicates "
-        f"~{per_rep * 2000 / 60:.0f} CPU min (linear in replicates; divide by the rule's threads)"
-    )
-    _, t_models, c_models, m_models = timed(lambda: model_table(old, cfg, outcomes, kinds))
-    print(
-        f"OLS rank/FE clustered by sample ({len(outcomes) * len(kinds)} fits): wall {t_models:.1f} s, "
-        f"CPU {c_models:.1f} s, peak traced {m_models:.0f} MiB"
-    )
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"process max RSS {rss:.0f} MiB")
-    print(
-        f"summary: scale {args.scale}, {args.n_boot} bootstrap + {args.n_perm} null replicates: resampling/baseline "
-        f"CPU ratio {c_full / c_base:.1f}x; association tables CPU {c_full:.0f} s, models CPU {c_models:.0f} s, "
-        f"{per_rep:.2f} CPU s per replicate, max RSS {rss:.0f} MiB"
+        f"summary: scale {args.scale}, CPU per bootstrap draw {b1['boot_cpu']:.3f} -> {a1['boot_cpu']:.3f} s "
+        f"({b1['boot_cpu'] / a1['boot_cpu']:.1f}x), per null draw {b1['null_cpu']:.3f} -> {a1['null_cpu']:.3f} s "
+        f"({b1['null_cpu'] / a1['null_cpu']:.1f}x), fixed {b1['fixed_cpu']:.0f} -> {a1['fixed_cpu']:.0f} CPU s, "
+        f"peak RSS {b1['max_rss_mib']:.0f} -> {a1['max_rss_mib']:.0f} MiB, 2-thread speed-up "
+        f"{b1['draw_wall'] / b2['draw_wall']:.2f}x -> {a1['draw_wall'] / a2['draw_wall']:.2f}x"
     )
 
 
@@ -124,17 +190,24 @@ def calibration_mode(args) -> None:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=["scale", "calibration"])
+    parser.add_argument("mode", choices=["scale", "calibration", "_measure"])
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of 450 samples per class")
+    parser.add_argument("--draws-before", type=int, default=20, help="draws timed with the previous implementation")
+    parser.add_argument("--draws-after", type=int, default=100, help="draws timed with the library's")
+    parser.add_argument("--primary", action="store_true", help="also time run_all (every table), 2 threads")
+    parser.add_argument("--primary-draws", type=int, default=2000)
     parser.add_argument("--n-boot", type=int, default=None)
     parser.add_argument("--n-perm", type=int, default=None)
     parser.add_argument("--reps", type=int, default=500)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--impl", choices=["before", "after"], default="after")
+    parser.add_argument("--table", default=None)
+    parser.add_argument("--primary-run", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.mode == "scale":
-        args.n_boot = args.n_boot or 2000
-        args.n_perm = args.n_perm if args.n_perm is not None else 2000
         scale_mode(args)
+    elif args.mode == "_measure":
+        measure(args)
     else:
         args.n_boot = args.n_boot or 200
         args.n_perm = args.n_perm if args.n_perm is not None else 100

@@ -2,7 +2,7 @@
 import math
 
 from memplast import checkpoints as ckpt
-from memplast import runtime
+from memplast import runtime, stats_cost
 from memplast.grid import (
     MEMO_ORDERINGS,
     RUN_ID,
@@ -173,6 +173,23 @@ def train_runtime(wc, attempt):
     n_images = (int(wc.task) + 1) * PROTO["classes_per_task"] * IMAGES_PER_CLASS
     seconds = E * n_images * job("train", "seconds_per_image")
     return int(math.ceil(seconds / 60 + 10)) * attempt
+
+
+def stats_job(runs, key, effects=True):
+    """mem_mb / runtime for the statistics of RUNS from the measured cost model
+    (memplast/stats_cost.py) at stats.n_boot / n_permutations, at least resources.stats.
+    """
+    rows = stats_cost.old_rows(
+        len(runs), PROTO["classes_per_task"], N_TASKS, IMAGES_PER_CLASS
+    )
+    threads = job("stats", "threads")
+    if key == "mem_mb":
+        return max(job("stats", "mem_mb"), stats_cost.mem_mb(rows, threads))
+    n_perm = config["stats"]["n_permutations"] if effects else 0
+    minutes = stats_cost.runtime_minutes(
+        rows, config["stats"]["n_boot"], n_perm, threads, effects
+    )
+    return max(job("stats", "runtime"), minutes)
 
 
 def boundary_checkpoints(wc):

@@ -47,8 +47,8 @@ rule stats_primary:
         ENV_STATS
     threads: job("stats", "threads")
     resources:
-        mem_mb=job("stats", "mem_mb"),
-        runtime=job("stats", "runtime"),
+        mem_mb=stats_job(PRIMARY_RUNS, "mem_mb"),
+        runtime=stats_job(PRIMARY_RUNS, "runtime"),
     params:
         names=PRIMARY_TABLES,
         cfg=STATS_CFG,
@@ -71,8 +71,8 @@ rule stats_conditions:
         ENV_STATS
     threads: job("stats", "threads")
     resources:
-        mem_mb=job("stats", "mem_mb"),
-        runtime=job("stats", "runtime"),
+        mem_mb=stats_job(PROBED_RUNS, "mem_mb", effects=False),
+        runtime=stats_job(PROBED_RUNS, "runtime", effects=False),
     params:
         cfg=STATS_CFG,
     script:

@@ -32,14 +32,22 @@ SCENARIOS = {
     "planted": (dict(beta=0.3, trend=0.1, shift=0.15), 300),
     "heterogeneous_null": (dict(beta=0.0, trend=0.0, sd_order=0.3, shift=None), 300),
 }
-# Known deviations from the windows, measured with these seeds (R as above) and kept visible
+# Known deviation from the windows, measured with these seeds (R as above) and kept visible
 # here rather than hidden: the raw (class-confounded, rho ~ 0.5) pooled-over-everything interval is
-# slightly anti-conservative (coverage 0.903, sd 0.017), and the random-effects p with k = 3 class
-# orders is slightly conservative under heterogeneity (rejection 0.027, sd 0.009).
+# slightly anti-conservative (coverage 0.903, sd 0.017). Random-effects rows have none: their t
+# degrees of freedom count the bootstrap share of the variance (``pooling.satterthwaite_df``;
+# measured: coverage 0.944-0.962, null rejection 0.039-0.056 over the three scenarios).
 KNOWN = {
     ("planted", "fixed all raw", "coverage"): (0.88, 0.98),
-    ("heterogeneous_null", "random all partial", "rejection"): (0.02, 0.07),
 }
+# Random effects answer for new class orders. Their truth here is the estimate over the design's
+# class orders, which is that target for the within-class (partial) rows in every scenario and for
+# the raw rows under order heterogeneity (truth = the mean over orders). Without it, the raw
+# (class-confounded) value of each of the design's fixed class orders differs by class composition,
+# so "new class orders" and "these class orders" are different targets and coverage of the latter
+# is not the random row's calibration (it is 0.98-1.0: the between-order spread is in the interval).
+RANDOM = ["random all partial", "random boundary partial"]
+RANDOM_HETEROGENEOUS = RANDOM + ["random all raw", "random boundary raw", "trend partial"]
 WITHIN_NULL = [
     "cell partial",
     "fixed boundary partial",
@@ -81,26 +89,15 @@ def test_intervals_cover_the_truth(tables):
         fixed = [q for q in table.index if not q.startswith(("p_perm", "random"))]
         assert len(fixed) == 11
         in_window(table, fixed, "coverage", COVERAGE, name)
-    # random effects answer "orders like these": calibrated when the orders differ
-    table = tables["heterogeneous_null"][1]
-    in_window(
-        table,
-        ["random all partial", "random boundary partial", "trend partial"],
-        "coverage",
-        COVERAGE,
-        "heterogeneous_null",
-    )
+    # random effects (new class orders) are held to the same windows in every scenario
+    for name, (_, table) in tables.items():
+        in_window(table, RANDOM_HETEROGENEOUS if name == "heterogeneous_null" else RANDOM, "coverage", COVERAGE, name)
 
 
 def test_null_rejection_at_alpha(tables):
-    in_window(tables["null"][1], WITHIN_NULL, "rejection", REJECTION, "null")
-    in_window(
-        tables["heterogeneous_null"][1],
-        ["random all partial", "random boundary partial", "trend partial"],
-        "rejection",
-        REJECTION,
-        "heterogeneous_null",
-    )
+    in_window(tables["null"][1], WITHIN_NULL + RANDOM, "rejection", REJECTION, "null")
+    hetero = [q for q in RANDOM_HETEROGENEOUS if "raw" not in q]  # raw: the class-level confound is real
+    in_window(tables["heterogeneous_null"][1], hetero, "rejection", REJECTION, "heterogeneous_null")
 
 
 def test_class_level_confound_is_not_reported_as_within_class(tables):

@@ -69,6 +69,31 @@ def test_answer_sentence_says_when_nothing_is_detected(headline):
     assert "no within-class association of memo with d_loss is detected" in text and "90% CI" in text
 
 
+def test_floored_p_values_print_as_bounds_and_rows_say_what_they_generalise_to(headline):
+    row = (
+        headline[(headline.estimator == "partial")]
+        .iloc[[0]]
+        .assign(
+            p=1 / 101,
+            p_bh=1 / 101,
+            p_at_floor=True,
+            n_orders=6,
+            random_estimate=0.2,
+            random_ci_low=0.1,
+            random_ci_high=0.3,
+        )
+    )
+    text = report.answer_rst(row, 0.95)
+    assert "BH p < 1/101 (0.0099)" in text and "< 1/101 (0.0099)" in text.split("* - ")[-1]
+    assert "these 6 class orders, fixed pooling" in text
+    assert "for new class orders (random effects over the 6): ρ = 0.200, 95% CI [0.100, 0.300]" in text
+    adjusted = report.answer_rst(row.assign(p_bh=0.03), 0.95)
+    assert "BH p < 0.03" in adjusted  # BH-adjusted from a bound: still a bound
+    exact = report.answer_rst(row.assign(p_at_floor=False, p_bh=0.0123, random_estimate=float("nan")), 0.95)
+    assert "BH p = 0.012" in exact and "<" not in exact.split("BH p")[1][:3]
+    assert "n/a (needs ≥ 5 class orders)" in exact and "for new class orders (random" not in exact
+
+
 def test_no_report_category_clashes_with_snakemakes_own_link_targets():
     """Snakemake appends '.. _Workflow:' and '.. _Statistics:' plus one target per category to the
     landing page; a category named like those is a duplicate target ("System Message")."""

@@ -346,6 +346,42 @@ def test_cell_statistics_equal_scipy_and_statsmodels_on_the_explicit_resample():
         assert got[1] == pytest.approx(S.partial_spearman(rows, "memo", "y", ["loss_t"], ["label"])["r"], abs=1e-10)
 
 
+def test_every_replicate_equals_a_fresh_rank_of_the_explicit_resample_or_permutation():
+    """resample's bootstrap and null replicates (ranks from cumulative sums of the draw's weights, no
+    sort per draw) equal scipy's rankdata-based Spearman / partial Spearman recomputed from scratch on
+    the weighted-expanded rows (bootstrap) and the permuted memo (null), for the same seed; cells with
+    ties, several boundaries, and a NaN outcome row (a cell that is not closed under permutation)."""
+    base = cell_table(n_classes=4, n_per_class=12, seed=8)
+    rng = np.random.default_rng(9)
+    cells = [base.assign(boundary=k, y=np.round(base["y"] + rng.normal(size=len(base)), 1)) for k in range(2)]
+    df = pd.concat(cells, ignore_index=True)
+    df.loc[3, "y"] = np.nan  # boundary 0: one class incomplete -> the sort-free general null path
+    n_boot, n_null = 6, 5
+    res = resampling.resample(df, KEYS, ["y"], n_boot, n_null, np.random.default_rng(4))
+    universe = resampling.Universe.of(df)
+    draw = np.random.default_rng(4)
+    counts = resampling.stratified_counts(universe, n_boot, draw)
+    perms = resampling.within_class_permutations(universe, n_null, draw)
+    memo_u = df.drop_duplicates("sample_id").set_index("sample_id").loc[universe.sample_id, "memo"].to_numpy()
+
+    def both(rows):
+        return (
+            stats.spearmanr(rows["memo"], rows["y"]).statistic,
+            S.partial_spearman(rows, "memo", "y", ["loss_t"], ["label"])["r"],
+        )
+
+    for r, (boundary,) in enumerate(res.rows[["boundary"]].itertuples(index=False)):
+        cell = df[(df["boundary"] == boundary) & df["y"].notna()]
+        at = universe.index(cell["sample_id"])
+        assert res.estimate[r] == pytest.approx(both(cell), abs=1e-12)
+        for b in range(n_boot):
+            expanded = cell.loc[cell.index.repeat(counts[b, at])]
+            np.testing.assert_allclose(res.boot[b, r], both(expanded), atol=1e-12)
+        for p in range(n_null):
+            permuted = cell.assign(memo=memo_u[perms[p, at]])
+            np.testing.assert_allclose(res.null[p, r], both(permuted), atol=1e-12)
+
+
 def test_bootstrap_is_class_stratified_and_one_draw_serves_every_cell():
     df = cell_table(seed=2)
     universe = resampling.Universe.of(df)
@@ -447,7 +483,19 @@ def test_random_effects_reduce_to_hksj_for_independent_orders_and_to_the_sample_
     assert out["estimate"] == pytest.approx(y.mean())
     se = (out["ci_high"] - out["ci_low"]) / (2 * stats.t.ppf(0.975, out["df"]))
     assert se**2 == pytest.approx(var_hk, rel=0.02)
-    assert out["df"] == k - 1
+    assert out["df"] == pytest.approx(k - 1, rel=0.05)  # no shared-sample variance: HKSJ's t
+    # orders sharing samples and differing: the bootstrap part of the variance adds degrees of freedom
+    common = rng.normal(size=(200_000, 1)) * 0.05
+    boot3 = y + common + rng.normal(size=(200_000, 4)) * np.sqrt(v)
+    out3 = S.random_effects(y, boot3, 0.95)
+    sigma3 = np.cov(boot3, rowvar=False)
+    v_o = np.sum((y - y.mean()) ** 2) / (k * (k - 1))
+    v_b = (sigma3.sum() - np.trace(sigma3)) / (k * (k - 1))
+    assert out3["tau2"] > 0 and v_b > 0.1 * v_o
+    assert out3["df"] == pytest.approx((v_o + v_b) ** 2 / (v_o**2 / (k - 1) + v_b**2 / (200_000 - 1)))
+    se3 = (out3["ci_high"] - out3["ci_low"]) / (2 * stats.t.ppf(0.975, out3["df"]))
+    assert se3**2 == pytest.approx(v_o + v_b)
+    assert k - 1 < out3["df"] and out3["ci_high"] - out3["ci_low"] < 2 * stats.t.ppf(0.975, k - 1) * se3
     # orders that agree (shared samples, no heterogeneity): the sample-level variance, normal reference
     shared = rng.normal(size=(5000, 1)) * 0.05
     boot2 = 0.3 + shared + rng.normal(size=(5000, 3)) * 0.001
@@ -496,6 +544,46 @@ def demo():
         primary=S.PRIMARY,
     )
     return deltas, cfg, S.run_all(deltas, cfg)
+
+
+def test_p_values_at_the_resampling_floor_are_bounds_and_bh_adjusts_p_perm_too(demo):
+    _, cfg, out = demo
+    b_floor, p_floor = 1 / (cfg["n_boot"] + 1), 1 / (cfg["n_permutations"] + 1)
+    for name in ("pooled", "per_boundary"):
+        t = out[name]
+        boot = t[t["pooling"] != "random"]
+        assert boot["p_at_floor"].any() and (~boot["p_at_floor"]).any(), name  # demo has both kinds
+        assert (boot.loc[boot["p_at_floor"], "p"] == b_floor).all() and (boot["p"].dropna() >= b_floor).all()
+        assert not t.loc[t["pooling"] == "random", "p_at_floor"].any()  # analytic t p: not a resampling bound
+        perm = t.dropna(subset=["p_perm"])
+        np.testing.assert_array_equal(perm["p_perm_at_floor"], np.isclose(perm["p_perm"], p_floor))
+        assert (t["p_perm_bh"].dropna() >= t["p_perm"].dropna().loc[t["p_perm_bh"].dropna().index]).all()
+    t = out["per_boundary"]
+    for _, g in t.groupby("estimator"):
+        np.testing.assert_allclose(g["p_perm_bh"], S.bh(g["p_perm"]))
+
+
+def test_every_row_says_what_it_generalises_to_and_headline_shows_random_effects_from_5_orders(demo):
+    _, cfg, out = demo
+    assert set(out["per_boundary"]["generalises_to"]) == {"this class order"}
+    pooled = out["pooled"]
+    assert (
+        pooled["generalises_to"] == pooled["pooling"].map({"fixed": "these class orders", "random": "new class orders"})
+    ).all()
+    head = out["headline"]
+    assert "df" not in head and (head["generalises_to"] == "these class orders").all()
+    assert head["random_estimate"].isna().all()  # 2 class orders: no random-effects column yet
+    deltas = S.synthetic_deltas(n_orders=5, n_classes=4, classes_per_task=2, n_per_class=20, seed=3)
+    five = S.tables.association_tables(
+        deltas[deltas.is_old], {**cfg, "n_boot": 50, "n_permutations": 0}, ["d_loss"], ["windowed"]
+    )
+    ran = five["pooled"][(five["pooled"]["pooling"] == "random") & (five["pooled"]["boundary"].astype(str) == "all")]
+    merged = five["headline"].merge(ran, on=["outcome", "kind", "estimator"], suffixes=("", "_r"))
+    assert len(merged) == 2
+    np.testing.assert_allclose(merged["random_estimate"], merged["estimate_r"])
+    np.testing.assert_allclose(
+        merged[["random_ci_low", "random_ci_high", "random_df"]], merged[["ci_low_r", "ci_high_r", "df"]]
+    )
 
 
 def test_run_all_writes_every_documented_table_with_the_pooled_columns(demo):
@@ -671,6 +759,20 @@ def test_null_of_closed_cells_equals_the_general_computation():
     pos[cell.idx] = np.arange(len(cell.idx))
     base = cell.memo_rank.ranks(np.ones((len(cell.idx), 1)))[:, 0]
     xr = base[pos[perm[:, cell.idx].T]]
-    fast = resampling._null_closed(cell, xr)
+    fast = resampling._null_stats(cell, xr)
     slow = resampling._cell_batch(cell, np.ones(xr.shape), memo_ranks=xr)
     np.testing.assert_allclose(fast, slow, atol=1e-10)
+
+
+def test_stats_cost_model_counts_the_old_class_rows_and_grows_with_draws_rows_and_threads():
+    from memplast import stats_cost
+
+    # the measured paper-size table: 5 orders, 100 classes in 20 tasks of 5, 450 per class, 2 kinds
+    assert stats_cost.old_rows(5, 5, 20, 450) == stats_cost.ROWS_MEASURED
+    small = S.synthetic_deltas(n_orders=2, n_classes=8, classes_per_task=2, n_per_class=10, seed=0)
+    assert stats_cost.old_rows(2, 2, 4, 10) == int(small["is_old"].sum())
+    rows = stats_cost.ROWS_MEASURED
+    one = stats_cost.runtime_minutes(rows, 2000, 2000, 1)
+    assert stats_cost.runtime_minutes(rows, 2000, 2000, 2) < one < stats_cost.runtime_minutes(rows, 4000, 2000, 1)
+    assert stats_cost.runtime_minutes(rows, 2000, 0, 2, effects=False) < stats_cost.runtime_minutes(rows, 2000, 2000, 2)
+    assert stats_cost.mem_mb(2 * rows, 2) > stats_cost.mem_mb(rows, 2) >= 2 * stats_cost.PEAK_MB

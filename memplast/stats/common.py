@@ -34,9 +34,23 @@ POOLED_COLUMNS = [
     "ci_high",
     "p",
     "p_bh",
+    "p_at_floor",
     "n_samples",
     "n_orders",
+    "generalises_to",
 ]
+# What a row's interval and p are about, by its pooling (docs/stats_tables.md): one class order;
+# fixed pooling = these class orders; random effects, or a t over orders = new class orders.
+GENERALISES_TO = {"none": "this class order", "fixed": "these class orders", "random": "new class orders"}
+
+
+def generalises_to(table: pd.DataFrame) -> pd.Series:
+    """``GENERALISES_TO`` of each row's ``pooling`` (``paired_mean_difference`` rows, a paired t over
+    class orders, generalise to new class orders)."""
+    out = table["pooling"].map(GENERALISES_TO)
+    if "estimator" in table:
+        out = out.where(table["estimator"] != "paired_mean_difference", GENERALISES_TO["random"])
+    return out
 
 
 def rng_for(seed, *key) -> np.random.Generator:

@@ -51,6 +51,7 @@ def accuracy_differences(
                     "boundary": "all",
                     "estimator": "paired_mean_difference",
                     "pooling": "none",
+                    "p_at_floor": False,  # paired t over class orders
                     "estimate": d.mean(),
                     "ci_low": np.nan,
                     "ci_high": np.nan,

@@ -19,9 +19,21 @@ the estimate itself), ranks taken within the cell:
   S'_ab = S_ab - S_al S_bl / S_ll and partial = S'_xy / sqrt(S'_xx S'_yy), the within-class
   partial Spearman (equal to residualising the ranks on class dummies and r(loss_t) by OLS).
 
-Cost: O(B n) per cell and statistic (a gather, a cumulative sum over tie groups, a few weighted
-sums); draws in batches of ``COUNT_ELEMENTS // S`` replicates (S = samples), each cell evaluated
-in chunks of ``CELL_ELEMENTS // n`` replicates, so memory stays bounded at any scale.
+Computation (no sort and no per-cell Python loop over replicates): each variable is sorted once
+(``RankIndex``); a draw's ranks are cumulative sums of its integer weights in that order, kept as
+doubled ranks Q = 2 r - 1 (integers, exact in float32 below 2^24) and computed for a chunk of
+replicates at once (``RankIndex.doubled``). Every cross-product sum_i w_i Q_a Q_b of a replicate
+(memo, loss_t, all outcomes) is one matrix product, exact in float64 (integers below 2^53), so the
+statistics equal the sort-per-draw definition to rounding of the final divisions (tested against
+``scipy.stats.rankdata`` on the explicit resample). The permutation null keeps the loss and
+outcome ranks fixed: per permutation only memo's ranks change, and S_xy, S_xl of all permutations
+are one matrix product (``_null_stats``); memo ranks of a cell without whole classes are weighted
+ranks over its classes' samples, not a sort (``_null_general``).
+
+Cost: O(B n k) per cell (k = 2 + outcomes); draws in batches of ``COUNT_ELEMENTS // S``
+replicates (S = samples), each cell evaluated in chunks of ``CELL_ELEMENTS // n`` replicates
+(``NULL_ELEMENTS // n`` permutations), so memory stays bounded at any scale.
+benchmarks/bench_stats.py measures it at paper size against the previous implementation.
 """
 
 from __future__ import annotations
@@ -32,12 +44,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
-from memplast.stats.common import MIN_N, finite, require
+from memplast.stats.common import MIN_N, require
 
 COUNT_ELEMENTS = 20_000_000  # replicates x samples of one batch of draws (uint16): set by the universe size only
-CELL_ELEMENTS = 1_000_000  # replicates x rows of one cell evaluated at once (~12 float64 work arrays)
+CELL_ELEMENTS = 250_000  # replicates x rows of one cell evaluated at once (~2 (k + 4) work arrays; cache-sized)
+NULL_ELEMENTS = 1_000_000  # permutations x rows of one cell's null evaluated at once
+RANK_DTYPE = np.float32  # cumulative weights and doubled ranks: integers < 2 N < 2^24, exact for cells below 8 M rows
+BLOCK = 64  # tie groups per block of the blocked cumulative sum (``RankIndex.doubled``)
 
 
 @dataclass
@@ -83,72 +97,97 @@ def within_class_permutations(universe: Universe, n: int, rng: np.random.Generat
 
 @dataclass
 class RankIndex:
-    """Sort order and tie groups of one value vector, so weighted ranks need no sort."""
+    """One value vector's sort, kept as what weighted ranks need without a sort per draw: the slot
+    of each row's tie group in the blocked layout of ``doubled`` (group s = q BLOCK + t sits at
+    t n_blocks + q), the row (or, with ties, the tie group) whose weight fills each slot (the last
+    index: zero), and with ties the sort order and group starts. int32 (memory at paper size)."""
 
-    order: np.ndarray
-    starts: np.ndarray
-    inverse: np.ndarray
+    row_slot: np.ndarray
+    source: np.ndarray
+    order: np.ndarray | None = None
+    starts: np.ndarray | None = None
 
     @classmethod
     def of(cls, values: np.ndarray) -> RankIndex:
+        n = len(values)
         order = np.argsort(values, kind="stable")
         s = values[order]
         new = np.r_[True, s[1:] != s[:-1]]
-        inverse = np.empty(len(values), dtype=np.int64)
-        inverse[order] = np.cumsum(new) - 1
-        return cls(order, np.flatnonzero(new), inverse)
+        starts = np.flatnonzero(new)
+        n_groups = len(starts)
+        n_blocks = -(-n_groups // BLOCK)
+        group = np.arange(n_groups)
+        slot = (group % BLOCK) * n_blocks + group // BLOCK
+        row_slot = np.empty(n, dtype=np.int32)
+        row_slot[order] = slot[np.cumsum(new) - 1]
+        ties = n_groups < n
+        source = np.full(BLOCK * n_blocks, n_groups if ties else n, dtype=np.int32)
+        source[slot] = group if ties else order
+        if not ties:
+            return cls(row_slot, source)
+        return cls(row_slot, source, order.astype(np.int32), starts.astype(np.int32))
+
+    def doubled(self, w: np.ndarray) -> np.ndarray:
+        """(b, n) doubled average ranks minus one, Q = 2 r - 1 = G_prev + G, of the rows under
+        multiplicities ``w`` (n + 1, b; integers, last row 0), G = the cumulative weight of the tie
+        groups in sorted order (G_prev: before the row's group). Integers, so exact.
+
+        The cumulative sum runs over a blocked layout (BLOCK x n_blocks x b; group q BLOCK + t at
+        [t, q]): BLOCK vectorised adds of whole (n_blocks, b) planes, then the block offsets."""
+        if self.order is not None:
+            g = np.add.reduceat(w[self.order], self.starts, axis=0)
+            x = np.vstack([g, np.zeros((1, w.shape[1]), dtype=w.dtype)])[self.source]
+        else:
+            x = w[self.source]
+        x = x.reshape(BLOCK, len(self.source) // BLOCK, -1)
+        for t in range(1, BLOCK):  # within-block inclusive cumulative sums, in place
+            x[t] += x[t - 1]
+        offset = np.cumsum(x[-1], axis=0)  # the blocks' totals, accumulated
+        x[:, 1:] += offset[None, :-1]  # global G
+        z = np.empty_like(x)
+        np.add(x[1:], x[:-1], out=z[1:])  # G + G_prev
+        z[0] = x[0]
+        z[0, 1:] += offset[:-1]
+        return z.reshape(len(self.source), -1).T[:, self.row_slot]
 
     def ranks(self, w: np.ndarray) -> np.ndarray:
-        """Average ranks under multiplicities ``w`` (n, b): cumsum(g) - (g - 1) / 2 per tie group
-        (samples along axis 0, so every gather and segment sum moves whole rows of b replicates)."""
-        g = w[self.order]
-        if len(self.starts) < len(self.order):
-            g = np.add.reduceat(g, self.starts, axis=0)
-        avg = np.cumsum(g, axis=0)
-        avg -= (g - 1) / 2
-        return avg[self.inverse]
+        """(n, b) average ranks (ties averaged as ``scipy.stats.rankdata``) under multiplicities w (n, b)."""
+        q = self.doubled(np.vstack([np.asarray(w, np.float64), np.zeros((1, w.shape[1]))]))
+        return (q.T + 1) / 2
 
 
-def _colsum(a, b):
-    return np.einsum("ij,ij->j", a, b)
+def cell_statistics(q: np.ndarray, w: np.ndarray, class_starts: np.ndarray) -> np.ndarray:
+    """(b, J, 2): raw Spearman and within-class partial Spearman given r(loss_t) of each outcome.
 
+    ``q`` (k, b, n): doubled ranks Q = 2 r - 1 of memo, loss_t and the J outcomes; ``w`` (b, n)
+    multiplicities. With N = sum w, the centred ranks are c = (Q - N) / 2 and sum w Q = N^2, so
+    S_ab = sum w c_a c_b = (sum w Q_a Q_b - N^3) / 4: every cross-product of one replicate in one
+    matrix product (exact: integers below 2^53); class sums A_c = (sum_c w Q_a - N W_c) / 2;
+    T_ab = S_ab - sum_c A_c B_c / W_c (class-demeaned), partial = T'_xy / sqrt(T'_xx T'_yy) with
+    T'_ab = T_ab - T_al T_bl / T_ll (module docstring)."""
+    wq = q * w
+    n_w = w.sum(axis=1)
+    s = (np.matmul(q.transpose(1, 0, 2), wq.transpose(1, 2, 0)) - (n_w**3)[:, None, None]) / 4  # (b, k, k)
+    w_class = np.add.reduceat(w, class_starts, axis=1)  # (b, C)
+    a = (np.add.reduceat(wq, class_starts, axis=2) - n_w[None, :, None] * w_class) / 2  # (k, b, C)
+    live = w_class > 0
+    inv = np.where(live, 1 / np.where(live, w_class, 1), 0.0)
 
-class _Moments:
-    """Weighted centred ranks of one variable, and its class sums, for one batch of weights."""
+    def within(i, j):  # T_ij for variable i (scalar) and j (scalar or array of outcome indices)
+        return s[:, i, j] - np.einsum("bc,kbc->bk" if np.ndim(j) else "bc,bc->b", a[i] * inv, a[j])
 
-    def __init__(self, r: np.ndarray, w: np.ndarray, n_w: np.ndarray, class_starts: np.ndarray):
-        self.c = r
-        self.c -= (n_w + 1) / 2  # weighted mean rank is (N + 1) / 2 exactly
-        self.wc = w * self.c
-        self.by_class = np.add.reduceat(self.wc, class_starts, axis=0)
-
-
-def _within(sab, a: _Moments, b: _Moments, w_class):
-    """Class-demeaned weighted cross-product: S_ab - sum_c A_c B_c / W_c."""
+    ys = np.arange(2, q.shape[0])
+    sxx, sxy, syy = s[:, 0, 0], s[:, 0, 2:], s[:, ys, ys]
     with np.errstate(invalid="ignore", divide="ignore"):
-        corr = np.where(w_class > 0, a.by_class * b.by_class / np.where(w_class > 0, w_class, 1), 0.0)
-    return sab - corr.sum(axis=0)
-
-
-def cell_statistics(
-    w: np.ndarray,
-    x: _Moments,
-    l: _Moments,  # noqa: E741
-    y: _Moments,
-    w_class: np.ndarray,
-    sxx: np.ndarray,
-    sll: np.ndarray,
-    sxl: np.ndarray,
-) -> np.ndarray:
-    """(b, 2): raw Spearman and within-class partial Spearman given r(loss_t) (module docstring)."""
-    sxy, syy, syl = _colsum(x.wc, y.c), _colsum(y.wc, y.c), _colsum(l.wc, y.c)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        raw = sxy / np.sqrt(sxx * syy)
-        txx, tyy, tll = _within(sxx, x, x, w_class), _within(syy, y, y, w_class), _within(sll, l, l, w_class)
-        txy, txl, tyl = _within(sxy, x, y, w_class), _within(sxl, x, l, w_class), _within(syl, y, l, w_class)
-        pxx, pyy, pxy = txx - txl**2 / tll, tyy - tyl**2 / tll, txy - txl * tyl / tll
-        partial = pxy / np.sqrt(pxx * pyy)
-    return np.clip(np.stack([raw, partial], axis=1), -1, 1)
+        raw = sxy / np.sqrt(sxx[:, None] * syy)
+        txx, tll, txl = within(0, 0), within(1, 1), within(0, 1)
+        txy, tyl = within(0, ys), within(1, ys)
+        tyy = syy - np.einsum("kbc,kbc->bk", a[2:] * inv, a[2:])
+        pxx = txx - txl**2 / tll
+        pyy = tyy - tyl**2 / tll[:, None]
+        pxy = txy - txl[:, None] * tyl / tll[:, None]
+        partial = pxy / np.sqrt(pxx[:, None] * pyy)
+    return np.clip(np.stack([raw, partial], axis=2), -1, 1)
 
 
 @dataclass
@@ -159,11 +198,12 @@ class Cell:
     outcomes: list
     idx: np.ndarray  # universe index per row
     class_starts: np.ndarray
-    memo: np.ndarray
     memo_rank: RankIndex
     loss_rank: RankIndex
     y_rank: list
     closed: bool  # every class in the cell is complete, so a within-class permutation maps it onto itself
+    pool: np.ndarray | None  # open cells: universe indices of the samples of its classes (permuted memo's source)
+    pool_rank: RankIndex | None = None  # their memo's rank index (``_null_general``, built once)
 
 
 def build_cells(
@@ -175,17 +215,21 @@ def build_cells(
     require(old, list(keys) + ["sample_id", "label", "loss_t", memo] + list(outcomes), "build_cells")
     labels = np.unique(universe.label)
     class_size = np.bincount(np.searchsorted(labels, universe.label), minlength=len(labels))
-    data = finite(old, [memo, "loss_t"])
+    keep = np.isfinite(old[[memo, "loss_t"]].apply(pd.to_numeric, errors="coerce").to_numpy(float)).all(axis=1)
+    data = old if keep.all() else old[keep]  # no copy of a paper-size table that is all finite
     if data.empty:
         raise ValueError("build_cells: no old-class rows with finite memo and loss_t")
-    code = data.groupby(list(keys), sort=True).ngroup().to_numpy()
-    first_row = np.unique(code, return_index=True)[1]  # first row of group g, g = 0, 1, ... (sorted keys)
+    # group number in sorted key order (= groupby(keys, sort=True).ngroup(), without its copies)
+    factors = [pd.factorize(data[k], sort=True) for k in keys]
+    flat = np.ravel_multi_index([f[0] for f in factors], [max(1, len(f[1])) for f in factors])
+    _, first_row, code = np.unique(flat, return_index=True, return_inverse=True)  # first row of group g
+    del flat, factors
     firsts = data[list(keys)].iloc[first_row].to_dict("records")
     lab_all = np.searchsorted(labels, data["label"].to_numpy())
     sid_all = universe.index(data["sample_id"].to_numpy())
     memo_all = data[memo].to_numpy(float)
     loss_all = data["loss_t"].to_numpy(float)
-    ys_all = data[list(outcomes)].apply(pd.to_numeric, errors="coerce").to_numpy(float)
+    ys_all = np.column_stack([pd.to_numeric(data[o], errors="coerce").to_numpy(float) for o in outcomes])
     order = np.lexsort((sid_all, lab_all, code))
     bounds = np.flatnonzero(np.r_[True, np.diff(code[order]) != 0, True])
     cells = []
@@ -205,17 +249,18 @@ def build_cells(
             lab = lab_all[sub]
             starts = np.flatnonzero(np.r_[True, lab[1:] != lab[:-1]])
             counts = np.diff(np.r_[starts, len(lab)])
+            closed = bool((counts == class_size[lab[starts]]).all())
             cells.append(
                 Cell(
                     key=key,
                     outcomes=[outcomes[j] for j in js],
-                    idx=sid_all[sub],
+                    idx=sid_all[sub].astype(np.int32),
                     class_starts=starts,
-                    memo=memo_all[sub],
                     memo_rank=RankIndex.of(memo_all[sub]),
                     loss_rank=RankIndex.of(loss_all[sub]),
                     y_rank=[RankIndex.of(ys_all[sub, j]) for j in js],
-                    closed=bool((counts == class_size[lab[starts]]).all()),
+                    closed=closed,
+                    pool=None if closed else np.concatenate([universe.strata[c] for c in lab[starts]]),
                 )
             )
     return cells
@@ -224,59 +269,75 @@ def build_cells(
 def _cell_chunks(cell: Cell, w: np.ndarray) -> np.ndarray:
     """``_cell_batch`` over replicate chunks of at most ``CELL_ELEMENTS`` weights."""
     step = max(1, CELL_ELEMENTS // len(cell.idx))
-    return np.concatenate(
-        [_cell_batch(cell, w[:, i : i + step].astype(np.float64)) for i in range(0, w.shape[1], step)]
-    )
+    return np.concatenate([_cell_batch(cell, w[:, i : i + step]) for i in range(0, w.shape[1], step)])
 
 
 def _cell_batch(cell: Cell, w: np.ndarray, memo_ranks: np.ndarray | None = None) -> np.ndarray:
     """(b, n_outcomes, 2) statistics of ``cell`` under multiplicities ``w`` (n, b); ``memo_ranks``
     (n, b) overrides the memo ranks (permutation null, unit weights)."""
     w = np.asarray(w, dtype=np.float64)
-    n_w = w.sum(axis=0)
-    xr = cell.memo_rank.ranks(w) if memo_ranks is None else np.array(memo_ranks, dtype=np.float64)
-    x = _Moments(xr, w, n_w, cell.class_starts)
-    l = _Moments(cell.loss_rank.ranks(w), w, n_w, cell.class_starts)  # noqa: E741
-    w_class = np.add.reduceat(w, cell.class_starts, axis=0)
-    sxx, sll, sxl = _colsum(x.wc, x.c), _colsum(l.wc, l.c), _colsum(x.wc, l.c)
-    out = np.empty((w.shape[1], len(cell.outcomes), 2))
-    for j, yr in enumerate(cell.y_rank):
-        y = _Moments(yr.ranks(w), w, n_w, cell.class_starts)
-        out[:, j] = cell_statistics(w, x, l, y, w_class, sxx, sll, sxl)
-    return out
+    n, b = w.shape
+    wz = np.vstack([w, np.zeros((1, b))]).astype(RANK_DTYPE)
+    ranks = [cell.memo_rank, cell.loss_rank, *cell.y_rank]
+    q = np.empty((len(ranks), b, n))
+    for v, ri in enumerate(ranks):
+        if v == 0 and memo_ranks is not None:
+            q[0] = 2 * np.asarray(memo_ranks, dtype=np.float64).T - 1
+        else:
+            q[v] = ri.doubled(wz)
+    return cell_statistics(q, np.ascontiguousarray(w.T), cell.class_starts)
 
 
-def _null_closed(cell: Cell, xr: np.ndarray) -> np.ndarray:
-    """(p, n_outcomes, 2) statistics of a closed cell with unit weights and permuted memo ranks
-    ``xr`` (n, p): the outcome and loss ranks, every class sum of the memo ranks and S_xx do not
-    change under a within-class permutation, so only S_xy and S_xl are new: one matrix product."""
+def _null_stats(cell: Cell, xr: np.ndarray) -> np.ndarray:
+    """(p, n_outcomes, 2) statistics of a cell with unit weights and permuted memo ranks ``xr``
+    (n, p): the outcome and loss ranks (and their class sums) do not change under a permutation of
+    memo, so S_xy and S_xl of every permutation are one matrix product; S_xx and the memo class sums
+    are recomputed (they change when the cell does not hold whole classes, or memo has ties)."""
     n = len(cell.idx)
     one = np.ones((n, 1))
     centre = (n + 1) / 2
-    x0 = cell.memo_rank.ranks(one)[:, 0] - centre
     lc = cell.loss_rank.ranks(one)[:, 0] - centre
     ycs = np.stack([yr.ranks(one)[:, 0] - centre for yr in cell.y_rank], axis=1)  # (n, J)
     starts = cell.class_starts
-    wc = np.diff(np.r_[starts, n]).astype(float)
-    xc_class, lc_class = np.add.reduceat(x0, starts), np.add.reduceat(lc, starts)
-    yc_class = np.add.reduceat(ycs, starts, axis=0)  # (C, J)
-    sxx, sll = x0 @ x0, lc @ lc
-    syy, syl = np.einsum("ij,ij->j", ycs, ycs), lc @ ycs
-    txx, tll = sxx - np.sum(xc_class**2 / wc), sll - np.sum(lc_class**2 / wc)
-    tyy = syy - np.sum(yc_class**2 / wc[:, None], axis=0)
-    tyl = syl - (lc_class / wc) @ yc_class
+    wc = np.diff(np.r_[starts, n]).astype(float)[:, None]
+    lc_class, yc_class = np.add.reduceat(lc, starts)[:, None], np.add.reduceat(ycs, starts, axis=0)  # (C, 1), (C, J)
+    sll, syy, syl = lc @ lc, np.einsum("ij,ij->j", ycs, ycs), lc @ ycs
+    tll = sll - np.sum(lc_class**2 / wc)
+    tyy = syy - np.sum(yc_class**2 / wc, axis=0)
+    tyl = syl - (lc_class / wc)[:, 0] @ yc_class
     xc = xr - centre  # (n, p)
+    xc_class = np.add.reduceat(xc, starts, axis=0) / wc  # (C, p) class means x W_c / W_c
+    sxx = np.einsum("ij,ij->j", xc, xc)
+    txx = sxx - np.sum(xc_class * np.add.reduceat(xc, starts, axis=0), axis=0)
     prod = xc.T @ np.column_stack([ycs, lc])  # (p, J + 1)
     sxy, sxl = prod[:, :-1], prod[:, -1]
-    txy = sxy - (xc_class / wc) @ yc_class
-    txl = sxl - np.sum(xc_class * lc_class / wc)
+    txy = sxy - xc_class.T @ yc_class
+    txl = sxl - xc_class.T @ lc_class[:, 0]
     with np.errstate(invalid="ignore", divide="ignore"):
-        raw = sxy / np.sqrt(sxx * syy)
+        raw = sxy / np.sqrt(sxx[:, None] * syy[None, :])
         pxx = txx - txl**2 / tll
         pyy = tyy - tyl**2 / tll
         pxy = txy - txl[:, None] * tyl[None, :] / tll
         partial = pxy / np.sqrt(pxx[:, None] * pyy[None, :])
     return np.clip(np.stack([raw, partial], axis=2), -1, 1)
+
+
+def _null_general(cell: Cell, static: np.ndarray, perm_rows: np.ndarray) -> np.ndarray:
+    """(p, n_outcomes, 2) null statistics of a cell that is not closed, for permutation targets
+    ``perm_rows`` (n, p; universe indices): the memo the cell's rows take is a subset of the memo of
+    the cell's classes (``pool``), so its within-cell ranks are weighted ranks over the pool with
+    weight 1 on the samples taken and 0 elsewhere: one sort of the pool, none per permutation."""
+    pool = cell.pool[np.isfinite(static[cell.pool])]
+    at = np.full(len(static), len(pool))
+    at[pool] = np.arange(len(pool))
+    taken = at[perm_rows]  # (n, p) position in the pool
+    p = perm_rows.shape[1]
+    w = np.zeros((len(pool) + 1, p), dtype=RANK_DTYPE)
+    w[taken, np.arange(p)] = 1
+    if cell.pool_rank is None:
+        cell.pool_rank = RankIndex.of(static[pool])
+    q = cell.pool_rank.doubled(w)  # (p, len(pool))
+    return _null_stats(cell, (np.take_along_axis(q, taken.T, axis=1).T.astype(np.float64) + 1) / 2)
 
 
 @dataclass
@@ -334,9 +395,12 @@ def resample(
 
         with ThreadPoolExecutor(max(1, int(threads))) as pool:
             list(pool.map(one, zip(cells, spans)))
-    static = np.full(len(universe.sample_id), np.nan)
+    in_cells = np.zeros(len(universe.sample_id), dtype=bool)
     for c in cells:
-        static[c.idx] = c.memo
+        in_cells[c.idx] = True
+    static = np.full(len(universe.sample_id), np.nan)  # memo per sample (static), of the samples in cells
+    static[universe.index(old["sample_id"].to_numpy())] = pd.to_numeric(old[memo], errors="coerce").to_numpy(float)
+    static[~in_cells] = np.nan
     for p0 in range(0, n_null, batch):
         perm = within_class_permutations(universe, min(batch, n_null - p0), rng)
         for c, sl in zip(cells, spans):
@@ -344,12 +408,11 @@ def resample(
                 pos = np.full(len(universe.sample_id), -1)
                 pos[c.idx] = np.arange(len(c.idx))
                 base = c.memo_rank.ranks(np.ones((len(c.idx), 1)))[:, 0]
-            step = max(1, CELL_ELEMENTS // len(c.idx))
+            step = max(1, NULL_ELEMENTS // len(c.idx))
             for i in range(0, len(perm), step):
                 pp = perm[i : i + step, c.idx].T  # (n, p)
-                xr = base[pos[pp]] if c.closed else stats.rankdata(static[pp], axis=0)
                 null[p0 + i : p0 + i + pp.shape[1], sl] = (
-                    _null_closed(c, xr) if c.closed else _cell_batch(c, np.ones(pp.shape), memo_ranks=xr)
+                    _null_stats(c, base[pos[pp]]) if c.closed else _null_general(c, static, pp)
                 )
     # a degenerate resample of a tiny cell (constant ranks) gives NaN: count it as the estimate
     boot = np.where(np.isfinite(boot), boot, est[None])

@@ -1,9 +1,13 @@
 """Every results/stats table from the pooled deltas (``run_all``) and the condition comparisons.
 
-Tables and their BH families (``p_bh`` adjusts the ``p`` the row reports, within the family):
+Tables and their BH families (``p_bh`` adjusts the ``p`` the row reports, within the family;
+``p_perm_bh`` adjusts ``p_perm`` in the same family where both are shown: headline, pooled,
+per_boundary). ``p_at_floor`` / ``p_perm_at_floor`` mark p-values at the resampling floor 1/(B+1)
+(bounds), ``generalises_to`` what each row is about (``common.GENERALISES_TO``):
 
-- ``headline``: pooled rows with boundary ``all`` and pooling ``fixed`` (the answer), the same
-  rows and p_bh as in ``pooled``;
+- ``headline``: pooled rows with boundary ``all`` and pooling ``fixed`` (the answer; these class
+  orders), the same rows and p_bh as in ``pooled``, with the matching random-effects row (new
+  class orders) as ``random_*`` columns from ``RANDOM_MIN_ORDERS`` orders on;
 - ``pooled``: per boundary and ``all``, fixed and random; family (estimator, pooling, level),
   level = ``all`` or per-boundary, over outcomes x kinds (x boundaries);
 - ``per_boundary``: one cell per class order (pooling ``none``); family (estimator) over
@@ -36,6 +40,7 @@ from memplast.stats.common import (
     RUN_KEYS,
     add_bh,
     finite,
+    generalises_to,
     key_dict,
     old_rows,
     outcomes_of,
@@ -49,7 +54,11 @@ from memplast.stats.resampling import resample
 
 log = logging.getLogger("memplast.stats")
 
-ROW_COLUMNS = POOLED_COLUMNS + pooling.NULL_COLUMNS
+ROW_COLUMNS = POOLED_COLUMNS + pooling.NULL_COLUMNS + ["p_perm_bh"]
+# random-effects columns of headline.csv (the matching ``random`` row of pooled.csv), filled from
+# ``RANDOM_MIN_ORDERS`` class orders on (fewer: NaN; the between-order variance needs them)
+RANDOM_MIN_ORDERS = 5
+HEADLINE_RANDOM = {c: f"random_{c}" for c in ("estimate", "ci_low", "ci_high", "p", "df")}
 # Sign that makes "larger = more plasticity lost" for the tails analysis (positive = worse).
 PLASTICITY_LOSS_SIGN = {
     "d_loss": 1,
@@ -69,6 +78,7 @@ def boundary_stride(epochs_per_task: int, window: int) -> int:
 
 
 def _order(table: pd.DataFrame, lead: list) -> pd.DataFrame:
+    table = table.assign(generalises_to=generalises_to(table)) if "pooling" in table else table
     cols = lead + [c for c in ROW_COLUMNS if c in table.columns]
     rest = [c for c in table.columns if c not in cols]
     return table[cols + rest]
@@ -81,8 +91,9 @@ def _level(table: pd.DataFrame) -> pd.Series:
 def association_tables(old: pd.DataFrame, cfg: Mapping, outcomes: list, kinds: list) -> dict[str, pd.DataFrame]:
     """headline, pooled, per_boundary and trend for the condition(s) in ``old`` (one draw set)."""
     seed, ci = int(cfg.get("seed", 0)), float(cfg.get("ci_level", 0.95))
+    in_kinds = old["kind"].isin(kinds)
     res = resample(
-        old[old["kind"].isin(kinds)],
+        old if in_kinds.all() else old[in_kinds],  # no copy of a paper-size table
         CONDITION_KEYS + ["kind", "order_seed", "boundary"],
         outcomes,
         int(cfg.get("n_boot", 2000)),
@@ -92,18 +103,34 @@ def association_tables(old: pd.DataFrame, cfg: Mapping, outcomes: list, kinds: l
     )
     group = CONDITION_KEYS + ["kind", "outcome"]
     cells = pooling.cell_rows(res, ci)
-    cells = add_bh(cells, ["estimator"])
+    cells = add_bh(cells, ["estimator"], ["p", "p_perm"])
     pooled = pooling.pooled_rows(res, group, ci)
-    pooled = add_bh(pooled.assign(_level=_level(pooled)), ["estimator", "pooling", "_level"]).drop(columns="_level")
+    family = ["estimator", "pooling", "_level"]
+    pooled = add_bh(pooled.assign(_level=_level(pooled)), family, ["p", "p_perm"]).drop(columns="_level")
     strides = {"immediate": 1, "windowed": boundary_stride(int(cfg["epochs_per_task"]), int(cfg["window"]))}
     trend = add_bh(pooling.trend_rows(res, group, ci, strides), ["estimator"])
-    headline = pooled[(pooled["boundary"].astype(str) == "all") & (pooled["pooling"] == "fixed")]
     return {
-        "headline": _order(headline.reset_index(drop=True), CONDITION_KEYS),
+        "headline": _order(headline_rows(pooled), CONDITION_KEYS),
         "pooled": _order(pooled, CONDITION_KEYS),
         "per_boundary": _order(cells, CONDITION_KEYS + ["order_seed"]),
         "trend": _order(trend, CONDITION_KEYS),
     }
+
+
+def headline_rows(pooled: pd.DataFrame) -> pd.DataFrame:
+    """The fixed rows over all boundaries (these class orders), and next to each the matching
+    random-effects row (new class orders) as ``random_*`` columns once there are at least
+    ``RANDOM_MIN_ORDERS`` class orders (else NaN). No ``df`` column (fixed rows have none)."""
+    at_all = pooled["boundary"].astype(str) == "all"
+    keys = CONDITION_KEYS + ["outcome", "kind", "estimator"]
+    fixed = pooled[at_all & (pooled["pooling"] == "fixed")].drop(columns="df", errors="ignore")
+    ran = pooled[at_all & (pooled["pooling"] == "random")]
+    ran = ran[keys + [c for c in HEADLINE_RANDOM if c in ran]].rename(columns=HEADLINE_RANDOM)
+    out = fixed.merge(ran, on=keys, how="left").reset_index(drop=True)
+    few = out["n_orders"] < RANDOM_MIN_ORDERS
+    for c in HEADLINE_RANDOM.values():
+        out[c] = out[c].astype(float).where(~few) if c in out else np.nan
+    return out
 
 
 def model_table(old: pd.DataFrame, cfg: Mapping, outcomes: list, kinds: list) -> pd.DataFrame:
@@ -122,6 +149,7 @@ def model_table(old: pd.DataFrame, cfg: Mapping, outcomes: list, kinds: list) ->
                     "n_rows": fit.pop("n"),
                     "n_orders": g["order_seed"].nunique(),
                     **fit,
+                    "p_at_floor": False,  # analytic p
                 }
             )
     return _order(add_bh(pd.DataFrame(rows), []), CONDITION_KEYS)
