@@ -67,13 +67,17 @@ def _provenance_json(provenance: dict) -> str:
 
 
 def save_state(path, payload: dict) -> None:
-    """Write a torch payload atomically (end states, resume states, checkpoints)."""
+    """Write a torch payload atomically (end states, resume states, checkpoints).
+
+    torch names the archive's records after the file name it is given (here the temporary name
+    of ``io.atomic_path``); saved through a file object they are named ``archive/`` instead, so the
+    same payload always gives the same bytes and a rerun changes nothing downstream."""
     import torch
 
     from memplast.io import atomic_path
 
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(payload, f)
 
 
 def save_checkpoint(path, model, meta: dict, provenance: dict, **extra) -> None:
