@@ -31,6 +31,7 @@ from pathlib import Path
 import yaml
 
 from memplast import runtime
+from memplast.integrity import DamagedFileError
 
 log = logging.getLogger("memplast")
 
@@ -241,6 +242,9 @@ def entrypoint(main, smk=None) -> None:
     log.info("start %s with %d thread(s)", job, threads)
     try:
         main(**kwargs)
+    except DamagedFileError as exc:  # one line: the file, what is wrong, the recovery
+        log.error("failed %s: %s", job, exc)
+        raise SystemExit(1) from None
     except Exception:
         log.exception("failed %s", job)
         raise

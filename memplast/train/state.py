@@ -9,6 +9,7 @@ done, their metrics and order log, the best epoch so far and the before-window i
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,11 +17,14 @@ import numpy as np
 import torch
 
 from memplast.algorithms import Algorithm, make_algorithm
-from memplast.checkpoints import BeforeWindow, save_state
+from memplast.checkpoints import BeforeWindow, save_state, verify
 from memplast.device import cpu_generator, load_generator_state, stable_seed
+from memplast.integrity import DamagedFileError, check_archive
 from memplast.models import build_model, reinit
 
 log = logging.getLogger("memplast.train")
+
+RESTART_RECOVERY = "its resume state is discarded: rerun the job (the task restarts from its first epoch)"
 
 
 @dataclass
@@ -86,7 +90,8 @@ class Progress:
 class ResumeFile:
     """The resume state of one task job (``results/resume/<run>/task<t>.pt``) and its staging
     directory, where window checkpoints wait until the task ends (Snakemake deletes a killed job's
-    outputs, not these). A resume fits only the same run, task, science key and window size."""
+    outputs, not these). A resume fits only the same run, task, science key and window size. A
+    damaged resume state or staged checkpoint is discarded with a warning: the task restarts."""
 
     def __init__(self, path, run: str, task: int, key: str, runtime: dict):
         self.path, self.run, self.task, self.key, self.runtime = Path(path), run, task, key, runtime
@@ -120,7 +125,15 @@ class ResumeFile:
         too), else ``progress`` unchanged."""
         if not self.path.exists():
             return progress
-        r = torch.load(self.path, map_location=next(state.model.parameters()).device, weights_only=False)
+        try:
+            r = verify(self.path, next(state.model.parameters()).device, weights_only=False)
+            for g in r.get("staged", []):
+                if self.staged(g).exists():
+                    check_archive(self.staged(g))
+        except DamagedFileError as exc:
+            log.warning("%s: %s", where, exc)
+            self.discard()
+            return progress
         same = r["spec"] == self.run and r["task"] == self.task and r["config"] == self.key
         if not (same and r.get("window", 0) == progress.window.size):
             log.info("%s: ignoring stale resume file %s", where, self.path)
@@ -153,11 +166,23 @@ class ResumeFile:
         window = BeforeWindow(progress.window.size, r.get("recent", []))
         return Progress(r["base_order"], window, r["best"], r["metrics"], r["orders"], r["epoch"])
 
+    def discard(self) -> None:
+        """Delete the resume state and its staged checkpoints: the task restarts from its first epoch."""
+        self.path.unlink(missing_ok=True)
+        shutil.rmtree(self.staging, ignore_errors=True)
+
     def finish(self, checkpoints: dict, end_epoch: int) -> None:
-        """Move the staged window checkpoints onto the job's outputs and delete the resume file."""
-        for g in sorted(checkpoints):
-            if g != end_epoch:
-                Path(checkpoints[g]).parent.mkdir(parents=True, exist_ok=True)
-                self.staged(g).replace(checkpoints[g])
+        """Move the staged window checkpoints onto the job's outputs (each verified first) and delete
+        the resume file. A damaged staged checkpoint discards the resume state: the rerun restarts."""
+        moves = [(self.staged(g), Path(checkpoints[g])) for g in sorted(checkpoints) if g != end_epoch]
+        for staged, _ in moves:
+            try:
+                check_archive(staged, RESTART_RECOVERY)
+            except DamagedFileError:
+                self.discard()
+                raise
+        for staged, out in moves:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            staged.replace(out)
         if self.staging.is_dir() and not any(self.staging.iterdir()):
             self.staging.rmdir()

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from memplast import orderings
-from memplast.checkpoints import BeforeWindow, model_meta, save_checkpoint, save_state
+from memplast.checkpoints import BeforeWindow, load_payload, model_meta, save_checkpoint, save_state
 from memplast.data import Prepared
 from memplast.device import resolve_device, to_device
 from memplast.grid import lr_at, task_classes
@@ -128,9 +128,7 @@ class TaskRun:
         )
         self.state = TaskState.new(self.meta, spec.algorithm, self.p, spec.order_seed, device)
         if paths.prev_state is not None:
-            self.state.load_state_dict(
-                torch.load(paths.prev_state, map_location=device, weights_only=True), paths.prev_state
-            )
+            self.state.load_state_dict(load_payload(paths.prev_state, device), paths.prev_state)
         self.state.algorithm.attach(self.state.model, self.state.noise_generator)
         self.state.algorithm.start_task(self.state, self.t)
         if self.p["reset_momentum"]:

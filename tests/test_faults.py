@@ -1,0 +1,157 @@
+"""Fault injection on the demo's tiny settings: damaged checkpoints, states and prepared data are
+detected where they are read and right after they are written, with one line that names the file
+and the recovery; a damaged resume state or staged checkpoint makes the task restart, and the
+restarted task ends byte for byte as an uninterrupted one."""
+
+from __future__ import annotations
+
+import copy
+import errno
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import Killed, run_one_task
+
+from memplast import checkpoints, data
+from memplast.integrity import DamagedFileError
+from memplast.train.state import ResumeFile
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def flip(path: Path) -> None:
+    """A few bytes in the middle of the file (inside the largest member: weights or images)."""
+    b = bytearray(path.read_bytes())
+    for i in range(3):
+        b[len(b) // 2 + 7 * i] ^= 0x5A
+    path.write_bytes(bytes(b))
+
+
+DAMAGE = {"truncated": truncate, "bit-flipped": flip}
+
+
+def assert_one_line(exc: DamagedFileError, path) -> None:
+    text = str(exc)
+    assert "\n" not in text and str(path) in text and exc.path == str(path)
+
+
+@pytest.fixture(scope="module")
+def tiny(demo_config):
+    cfg = copy.deepcopy(demo_config)
+    cfg["protocol"].update(epochs_per_task=2, lr_milestones=[1], state_every=1, batch_size=32)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def ref(tmp_path_factory, tiny, digits, one_thread):
+    """An uninterrupted task 0: every epoch's checkpoint, one window slot, the live epoch, end state."""
+    d = tmp_path_factory.mktemp("ref")
+    run_one_task(d, tiny, digits, 0, ckpt_epochs=[1, 2], window=1)
+    return d / "t0"
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+@pytest.mark.parametrize("name", ["e1.pt", "best-0.pt", "live.pt", "end.pt"])
+def test_damaged_checkpoint_or_end_state_is_named_with_its_recovery(tmp_path, ref, name, damage):
+    path = tmp_path / name
+    shutil.copy(ref / name, path)
+    checkpoints.load_payload(path)  # intact copy reads
+    DAMAGE[damage](path)
+    with pytest.raises(DamagedFileError) as err:
+        checkpoints.load_checkpoint(path) if name != "end.pt" else checkpoints.load_payload(path)
+    assert_one_line(err.value, path)
+    assert f"--forcerun {path}" in str(err.value)
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_damaged_previous_end_state_stops_the_next_task_before_training(tmp_path, ref, tiny, digits, damage):
+    prev = tmp_path / "end.pt"
+    shutil.copy(ref / "end.pt", prev)
+    DAMAGE[damage](prev)
+    with pytest.raises(DamagedFileError) as err:
+        run_one_task(tmp_path, tiny, digits, 1, prev=str(prev))
+    assert_one_line(err.value, prev)
+    assert not (tmp_path / "t1").exists() or not any((tmp_path / "t1").iterdir())
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_damaged_prepared_data_is_named_on_read(tmp_path, digits, damage):
+    path = tmp_path / "prepared.npz"
+    data.save_prepared(digits, path, {"test": 1})
+    assert data.load_prepared(path).images.shape == digits.images.shape
+    DAMAGE[damage](path)
+    with pytest.raises(DamagedFileError) as err:
+        data.load_prepared(path)
+    assert_one_line(err.value, path)
+    assert "--forcerun" in str(err.value)
+
+
+def test_a_file_damaged_while_written_never_becomes_the_output(tmp_path, monkeypatch):
+    path = tmp_path / "x.pt"
+    real = torch.save
+
+    def bad_save(obj, f):
+        real(obj, f)
+        f.truncate(f.tell() // 2)
+
+    monkeypatch.setattr(torch, "save", bad_save)
+    with pytest.raises(DamagedFileError) as err:
+        checkpoints.save_state(path, {"w": torch.arange(1000.0)})
+    assert_one_line(err.value, path)
+    assert "damaged while being written" in str(err.value)
+    assert list(tmp_path.iterdir()) == []  # neither the output nor a temporary file
+
+
+def test_disk_full_while_writing_a_resume_state_keeps_the_previous_one(tmp_path, monkeypatch):
+    path = tmp_path / "resume" / "t0.pt"
+    checkpoints.save_state(path, {"epoch": 1, "w": torch.arange(10.0)})
+    before = path.read_bytes()
+
+    def full(obj, f):
+        f.write(b"PK\x03\x04" + b"\0" * 100)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(OSError, match="No space left"):
+        checkpoints.save_state(path, {"epoch": 2, "w": torch.arange(10.0)})
+    assert path.read_bytes() == before and list(path.parent.iterdir()) == [path]
+    monkeypatch.undo()
+    assert checkpoints.load_payload(path)["epoch"] == 1
+
+
+@pytest.mark.parametrize(("which", "damage"), [("resume state", "truncated"), ("staged checkpoint", "bit-flipped")])
+def test_damaged_resume_state_or_staged_checkpoint_restarts_the_task(tmp_path, ref, tiny, digits, which, damage,
+                                                                       caplog):  # fmt: skip
+    with pytest.raises(Killed):
+        run_one_task(tmp_path, tiny, digits, 0, ckpt_epochs=[1, 2], window=1, stop=1)
+    resume = tmp_path / "resume" / "t0.pt"
+    target = resume if which == "resume state" else resume.with_suffix(".ckpt") / "e1.pt"
+    assert target.exists()
+    DAMAGE[damage](target)
+    for f in (tmp_path / "t0").glob("*.pt"):  # Snakemake deletes a killed job's outputs
+        f.unlink()
+    with caplog.at_level("WARNING", logger="memplast.train"):
+        run_one_task(tmp_path, tiny, digits, 0, ckpt_epochs=[1, 2], window=1)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and f"damaged file {target}" in warnings[0] and "\n" not in warnings[0]
+    assert "resuming after" not in caplog.text
+    for name in ("e1.pt", "e2.pt", "best-0.pt", "live.pt", "end.pt"):  # the restarted task: the same bytes
+        assert (tmp_path / "t0" / name).read_bytes() == (ref / name).read_bytes(), name
+    assert not resume.exists() and not resume.with_suffix(".ckpt").exists()
+
+
+def test_damaged_staged_checkpoint_at_the_end_of_the_task_is_not_moved_onto_the_outputs(tmp_path):
+    rf = ResumeFile(tmp_path / "resume" / "t0.pt", "run", 0, "key", {})
+    checkpoints.save_state(rf.path, {"epoch": 1})
+    checkpoints.save_state(rf.staged(1), {"w": torch.arange(100.0)})
+    truncate(rf.staged(1))
+    out = tmp_path / "out" / "e1.pt"
+    with pytest.raises(DamagedFileError) as err:
+        rf.finish({1: str(out), 2: str(tmp_path / "out" / "e2.pt")}, end_epoch=2)
+    assert_one_line(err.value, rf.staged(1))
+    assert "task restarts" in str(err.value)
+    assert not out.exists() and not rf.path.exists() and not rf.staging.exists()
