@@ -11,9 +11,11 @@ never leaves a half-written output behind.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -110,6 +112,24 @@ def atomic_path(path: str | os.PathLike):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def move_file(src, dst, verify=None) -> None:
+    """Move ``src`` onto ``dst`` atomically, on one filesystem or across two: a rename where it can,
+    else (``EXDEV``) a copy to a temporary file next to ``dst``, ``verify(tmp)`` on the copy, a
+    rename on the destination's filesystem and the removal of ``src``."""
+    Path(dst).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(src, dst)
+        return
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+        if verify is not None:
+            verify(tmp)
+    os.unlink(src)
 
 
 def write_parquet(df: pd.DataFrame, path, prov: dict) -> None:

@@ -155,3 +155,65 @@ def test_damaged_staged_checkpoint_at_the_end_of_the_task_is_not_moved_onto_the_
     assert_one_line(err.value, rf.staged(1))
     assert "task restarts" in str(err.value)
     assert not out.exists() and not rf.path.exists() and not rf.staging.exists()
+
+
+def _cross_device_replace(monkeypatch):
+    """``os.replace`` as between two filesystems: a rename into another directory fails with EXDEV."""
+    import os
+
+    real = os.replace
+
+    def replace(src, dst):
+        if Path(src).resolve().parent != Path(dst).resolve().parent:
+            raise OSError(errno.EXDEV, "Invalid cross-device link", str(src))
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+
+
+def test_move_file_across_filesystems_copies_verifies_and_renames(tmp_path, monkeypatch):
+    from memplast.io import move_file
+
+    _cross_device_replace(monkeypatch)
+    src, dst = tmp_path / "a" / "x.pt", tmp_path / "b" / "c" / "x.pt"
+    checkpoints.save_state(src, {"w": torch.arange(10.0)})
+    content = src.read_bytes()
+    seen = []
+    move_file(src, dst, seen.append)
+    assert dst.read_bytes() == content and not src.exists() and len(seen) == 1 and seen[0].parent == dst.parent
+    assert [p.name for p in dst.parent.iterdir()] == ["x.pt"]  # no temporary file left
+
+
+def _mount_tmpfs(path: Path) -> None:
+    import subprocess
+
+    path.mkdir(parents=True)
+    out = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(path)], capture_output=True, text=True)
+    if out.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs at {path} (needs root): {out.stderr.strip()}")
+
+
+@pytest.mark.parametrize("how", ["EXDEV", "two tmpfs"])
+def test_staging_across_filesystems(tmp_path, ref, tiny, digits, monkeypatch, how):
+    """Outputs on one filesystem, the resume state and staged checkpoints on another: the task ends
+    with the same bytes as on one filesystem."""
+    import subprocess
+
+    runs, states = tmp_path / "scratch", tmp_path / "home"
+    mounted = []
+    try:
+        if how == "EXDEV":
+            _cross_device_replace(monkeypatch)
+        else:
+            for d in (runs, states):
+                _mount_tmpfs(d)
+                mounted.append(d)
+        with pytest.raises(Killed):  # resume across the two as well
+            run_one_task(runs, tiny, digits, 0, ckpt_epochs=[1, 2], window=1, stop=1, resume=str(states / "t0.pt"))
+        run_one_task(runs, tiny, digits, 0, ckpt_epochs=[1, 2], window=1, resume=str(states / "t0.pt"))
+        for name in ("e1.pt", "e2.pt", "best-0.pt", "live.pt", "end.pt"):
+            assert (runs / "t0" / name).read_bytes() == (ref / name).read_bytes(), name
+        assert not any(states.iterdir())
+    finally:
+        for d in mounted:
+            subprocess.run(["umount", str(d)], check=False)

@@ -17,9 +17,10 @@ import numpy as np
 import torch
 
 from memplast.algorithms import Algorithm, make_algorithm
-from memplast.checkpoints import BeforeWindow, save_state, verify
+from memplast.checkpoints import WRITE_RECOVERY, BeforeWindow, save_state, verify
 from memplast.device import cpu_generator, load_generator_state, stable_seed
 from memplast.integrity import DamagedFileError, check_archive
+from memplast.io import move_file
 from memplast.models import build_model, reinit
 
 log = logging.getLogger("memplast.train")
@@ -172,8 +173,8 @@ class ResumeFile:
         shutil.rmtree(self.staging, ignore_errors=True)
 
     def finish(self, checkpoints: dict, end_epoch: int) -> None:
-        """Move the staged window checkpoints onto the job's outputs (each verified first) and delete
-        the resume file. A damaged staged checkpoint discards the resume state: the rerun restarts."""
+        """Move the staged window checkpoints onto the job's outputs (each verified first; a copy
+        across filesystems verified again) and delete the resume file. A damaged staged checkpoint discards the resume state: the rerun restarts."""
         moves = [(self.staged(g), Path(checkpoints[g])) for g in sorted(checkpoints) if g != end_epoch]
         for staged, _ in moves:
             try:
@@ -181,8 +182,7 @@ class ResumeFile:
             except DamagedFileError:
                 self.discard()
                 raise
-        for staged, out in moves:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            staged.replace(out)
+        for staged, out in moves:  # the outputs may lie on another filesystem (a scratch disk)
+            move_file(staged, out, lambda tmp, out=out: check_archive(tmp, WRITE_RECOVERY, out))
         if self.staging.is_dir() and not any(self.staging.iterdir()):
             self.staging.rmdir()
