@@ -31,7 +31,7 @@ from pathlib import Path
 import yaml
 
 from memplast import runtime
-from memplast.integrity import DamagedFileError
+from memplast.integrity import OneLineError
 
 log = logging.getLogger("memplast")
 
@@ -242,7 +242,7 @@ def entrypoint(main, smk=None) -> None:
     log.info("start %s with %d thread(s)", job, threads)
     try:
         main(**kwargs)
-    except DamagedFileError as exc:  # one line: the file, what is wrong, the recovery
+    except OneLineError as exc:  # a damaged file, a task held by another trainer: cause and recovery
         log.error("failed %s: %s", job, exc)
         raise SystemExit(1) from None
     except Exception:

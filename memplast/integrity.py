@@ -6,7 +6,7 @@ neither torch nor numpy verifies them on read, so a truncated or bit-flipped fil
 checksum; a failure is a :class:`DamagedFileError`, one line that names the file, what is wrong and
 the command that recovers.
 
-No heavy imports: the entry point (``memplast.cli``) catches :class:`DamagedFileError`.
+No heavy imports: the entry point (``memplast.cli``) catches :class:`OneLineError`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,11 @@ def rerun_hint(path) -> str:
     return f"recover: rerun your snakemake command with --forcerun {path} (remakes it and what depends on it)"
 
 
-class DamagedFileError(RuntimeError):
+class OneLineError(RuntimeError):
+    """An error whose message says it all (cause and recovery): the entry point logs it as one line."""
+
+
+class DamagedFileError(OneLineError):
     """A file that fails its integrity check. ``str()`` is one line: file, what is wrong, recovery."""
 
     def __init__(self, path, what: str, recovery: str | None = None):

@@ -217,3 +217,49 @@ def test_staging_across_filesystems(tmp_path, ref, tiny, digits, monkeypatch, ho
     finally:
         for d in mounted:
             subprocess.run(["umount", str(d)], check=False)
+
+
+def _write_lock(path: Path, pid: int, host=None) -> None:
+    import json
+    import socket
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"host": host or socket.gethostname(), "pid": pid}))
+
+
+def test_a_second_trainer_of_the_same_task_stops_naming_the_holder(tmp_path, tiny, digits):
+    import subprocess
+    import sys
+
+    from memplast.train.state import TaskLockedError
+
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        lock = tmp_path / "resume" / "t0.pt.lock"
+        _write_lock(lock, holder.pid)
+        with pytest.raises(TaskLockedError) as err:
+            run_one_task(tmp_path, tiny, digits, 0)
+        text = str(err.value)
+        assert "\n" not in text and str(lock) in text and f"pid {holder.pid}" in text
+        assert not (tmp_path / "t0").exists() and lock.exists()  # nothing trained, the holder keeps its lock
+        _write_lock(lock, 1, host="another-node")  # a holder on another host: its pid cannot be checked
+        with pytest.raises(TaskLockedError, match="host another-node, pid 1"):
+            run_one_task(tmp_path, tiny, digits, 0)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path, ref, tiny, digits, caplog):
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock = tmp_path / "resume" / "t0.pt.lock"
+    _write_lock(lock, dead.pid)
+    with caplog.at_level("WARNING", logger="memplast.train"):
+        run_one_task(tmp_path, tiny, digits, 0, ckpt_epochs=[1, 2], window=1)
+    assert f"taking over the stale lock {lock}" in caplog.text
+    assert not lock.exists()  # released at the end
+    assert (tmp_path / "t0" / "end.pt").read_bytes() == (ref / "end.pt").read_bytes()

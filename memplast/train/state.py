@@ -8,8 +8,13 @@ done, their metrics and order log, the best epoch so far and the before-window i
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import os
 import shutil
+import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +24,7 @@ import torch
 from memplast.algorithms import Algorithm, make_algorithm
 from memplast.checkpoints import WRITE_RECOVERY, BeforeWindow, save_state, verify
 from memplast.device import cpu_generator, load_generator_state, stable_seed
-from memplast.integrity import DamagedFileError, check_archive
+from memplast.integrity import DamagedFileError, OneLineError, check_archive
 from memplast.io import move_file
 from memplast.models import build_model, reinit
 
@@ -186,3 +191,61 @@ class ResumeFile:
             move_file(staged, out, lambda tmp, out=out: check_archive(tmp, WRITE_RECOVERY, out))
         if self.staging.is_dir() and not any(self.staging.iterdir()):
             self.staging.rmdir()
+
+
+class TaskLockedError(OneLineError):
+    """Another process trains this task (its lock names the holder's host and pid)."""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
+
+
+def _holder(lock: Path) -> dict | None:
+    """The lock's holder, or None when the file is unreadable (a crash between create and write)."""
+    try:
+        holder = json.loads(lock.read_text())
+        return holder if isinstance(holder, dict) and {"host", "pid"} <= holder.keys() else None
+    except (OSError, ValueError):
+        return None
+
+
+@contextlib.contextmanager
+def trainer_lock(resume_path, where: str, grace: float = 10.0):
+    """One trainer per task: ``<resume state>.lock`` (created exclusively) holds this host and pid
+    while the task trains. A live holder stops the second process with one line naming it; a stale
+    lock (a dead pid on this host, or unreadable for ``grace`` seconds) is taken over with a warning."""
+    lock = Path(f"{resume_path}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    me = {"host": socket.gethostname(), "pid": os.getpid()}
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            holder = _holder(lock)
+            if holder is None:
+                with contextlib.suppress(FileNotFoundError):
+                    if time.time() - lock.stat().st_mtime < grace:
+                        time.sleep(0.2)  # being written by a process that has just created it
+                        continue
+            elif holder["host"] != me["host"] or _alive(int(holder["pid"])):
+                raise TaskLockedError(
+                    f"{where}: another trainer holds {lock} (host {holder['host']}, pid {holder['pid']}); "
+                    f"wait for it or stop it; if that process is gone (a failed node), delete {lock} and rerun"
+                ) from None
+            log.warning("%s: taking over the stale lock %s (holder %s: no such process)", where, lock, holder)
+            lock.unlink(missing_ok=True)
+    with os.fdopen(fd, "w") as f:
+        json.dump(me, f)
+    try:
+        yield lock
+    finally:
+        if _holder(lock) == me:
+            lock.unlink(missing_ok=True)

@@ -30,7 +30,7 @@ from memplast.io import science_key, write_parquet
 from memplast.masks import seen_classes
 from memplast.train.device_data import DeviceData
 from memplast.train.epoch import evaluate_splits, fit_epoch, log_epoch, reestimate_bn, side_generator
-from memplast.train.state import Progress, ResumeFile, TaskState
+from memplast.train.state import Progress, ResumeFile, TaskState, trainer_lock
 from memplast.weighting import memo_weights
 
 log = logging.getLogger("memplast.train")
@@ -240,13 +240,15 @@ def run_task(spec: RunSpec, prepared: Prepared, cfg: dict, paths: TaskPaths, pro
     state_every), ``model``, ``dataset`` (its ``augmentation``), ``ordering`` and ``weighting``.
     The resume state is saved every ``protocol.state_every`` epochs; a rerun continues from it and
     ends with the same weights as an uninterrupted run. ``on_epoch(row)`` is called after every
-    epoch (its metrics row), once the epoch's state is saved. Returns the metrics table.
+    epoch (its metrics row), once the epoch's state is saved. Returns the metrics table. One
+    process at a time trains a task (:func:`memplast.train.state.trainer_lock`).
     """
-    job = TaskRun(spec, prepared, cfg, paths, provenance)
-    t_start, first = time.perf_counter(), job.progress.epoch
-    for e in range(first, job.E):
-        row = job.train_epoch(e)
-        log_epoch(job.where, row, job.E, (time.perf_counter() - t_start) / (e + 1 - first) * (job.E - e - 1))
-        if on_epoch is not None:
-            on_epoch(row)
-    return job.finish()
+    with trainer_lock(paths.resume, f"run {spec.name}, task {spec.task}"):
+        job = TaskRun(spec, prepared, cfg, paths, provenance)
+        t_start, first = time.perf_counter(), job.progress.epoch
+        for e in range(first, job.E):
+            row = job.train_epoch(e)
+            log_epoch(job.where, row, job.E, (time.perf_counter() - t_start) / (e + 1 - first) * (job.E - e - 1))
+            if on_epoch is not None:
+                on_epoch(row)
+        return job.finish()
