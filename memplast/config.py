@@ -104,9 +104,35 @@ def check_config(config: dict) -> None:
         raise ConfigError("memo.score='feldman_zhang' needs memo.feldman_zhang.enabled: true")
     if memo["feldman_zhang"]["enabled"] and config["dataset"]["name"] != "cifar100":
         raise ConfigError("memo.feldman_zhang is published for cifar100 only; disable it for other datasets")
+    _check_training(config)
     if memo["scorer"]["grid_every"] > memo["scorer"]["epochs"]:
         raise ConfigError(
             f"memo.scorer.grid_every={memo['scorer']['grid_every']} exceeds memo.scorer.epochs={memo['scorer']['epochs']}"
+        )
+
+
+def _check_training(config: dict) -> None:
+    """Weighting bounds, the resume interval and the outcomes the stats analyse (before any job runs)."""
+    lo, hi = config["weighting"]["lo"], config["weighting"]["hi"]
+    if lo >= hi:
+        raise ConfigError(
+            f"weighting.lo={lo} must be below weighting.hi={hi}: weights clipped to [lo, hi] would all be equal "
+            "and the weighting conditions would train exactly as 'none'"
+        )
+    E, every = config["protocol"]["epochs_per_task"], config["protocol"]["state_every"]
+    if E > 1 and every >= E:
+        raise ConfigError(
+            f"protocol.state_every={every} is not below protocol.epochs_per_task={E}: no resume state would "
+            f"ever be saved and a killed task would restart from its first epoch; use at most {E - 1}"
+        )
+    from memplast.deltas import outcome_columns
+
+    probes = config["probes"]
+    known = outcome_columns(probes["taus"], probes["score_taus"])
+    if bad := [o for o in config["stats"]["outcomes"] if o not in known]:
+        raise ConfigError(
+            f"stats.outcomes {bad}: not an outcome column of the deltas tables (with probes.taus "
+            f"{probes['taus']} and probes.score_taus {probes['score_taus']}); choose among {known}"
         )
 
 

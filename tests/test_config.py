@@ -60,12 +60,30 @@ def test_schema_fills_defaults_for_a_minimal_config():
             r"memo.score='hutchinson' is not among memo.methods",
         ),
         ({"modle": {}}, r"invalid config key under '<top level>'"),
+        ({"weighting": {"lo": 2.5, "hi": 2.0}}, r"weighting.lo=2.5 must be below weighting.hi=2.0"),
+        ({"weighting": {"lo": 1.0, "hi": 1.0}}, r"weighting.lo=1.0 must be below weighting.hi=1.0"),
+        (
+            {"protocol": {"epochs_per_task": 12, "lr_milestones": [4], "state_every": 12}},
+            r"protocol.state_every=12 is not below protocol.epochs_per_task=12.*use at most 11",
+        ),
+        ({"stats": {"outcomes": ["d_loss", "d_los"]}}, r"stats.outcomes \['d_los'\]: not an outcome column"),
+        ({"stats": {"outcomes": ["d_dormant_t0.5"]}}, r"stats.outcomes \['d_dormant_t0.5'\].*probes.taus"),
     ],
 )
 def test_bad_values_are_rejected_with_the_key_named(overrides, message):
     with pytest.raises(ConfigError, match=message) as info:
         load(**overrides)
     assert "\n" not in str(info.value)
+
+
+def test_outcomes_follow_the_probe_thresholds_and_short_tasks_need_no_resume_state():
+    cfg = load(
+        probes={"taus": [0.5]}, stats={"outcomes": ["d_dormant_t0.5", "d_dormant_score_t0.1_rollback", "align_cos"]}
+    )
+    assert cfg["stats"]["outcomes"][0] == "d_dormant_t0.5"
+    load(
+        protocol={"epochs_per_task": 1, "lr_milestones": [], "state_every": 10}, probes={"window": 1}
+    )  # one epoch: nothing to resume
 
 
 def test_quantile_one_is_allowed():
