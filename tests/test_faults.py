@@ -10,6 +10,7 @@ import errno
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from conftest import Killed, run_one_task
@@ -262,4 +263,92 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path, ref, tiny, digit
         run_one_task(tmp_path, tiny, digits, 0, ckpt_epochs=[1, 2], window=1)
     assert f"taking over the stale lock {lock}" in caplog.text
     assert not lock.exists()  # released at the end
+    assert (tmp_path / "t0" / "end.pt").read_bytes() == (ref / "end.pt").read_bytes()
+
+
+SIGTERM_DRIVER = """
+import logging, sys
+sys.path.insert(0, sys.argv[1])
+import torch
+from conftest import ROOT, run_one_task
+torch.set_num_threads(1)  # as the test process (one_thread), after conftest's own setting
+from memplast import config, data
+from memplast.train.state import Preempted
+logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+import time
+from memplast.train import epoch, task
+fit, loss = task.fit_epoch, epoch.per_sample_loss
+def announced_fit(*args, **kwargs):  # the parent signals once the second epoch's steps have begun
+    print("FIT", file=sys.stderr, flush=True)
+    return fit(*args, **kwargs)
+def slow_loss(*args, **kwargs):  # ~20 ms a step, so that the signal lands within the epoch
+    time.sleep(0.02)
+    return loss(*args, **kwargs)
+task.fit_epoch, epoch.per_sample_loss = announced_fit, slow_loss
+cfg = config.load(ROOT / "config.yaml", ROOT / "config" / "demo.yaml")
+cfg["protocol"].update(epochs_per_task=3, lr_milestones=[1], state_every=1, batch_size=8)
+try:
+    run_one_task(sys.argv[2], cfg, data.prepare(cfg["dataset"]), 0, ckpt_epochs=[1, 2, 3], window=2)
+except Preempted as exc:
+    print(exc, flush=True)
+    sys.exit(3)
+"""
+
+
+def test_sigterm_mid_epoch_saves_the_step_and_the_rerun_ends_bitwise_equal(tmp_path, demo_config, digits, one_thread,
+                                                                             caplog):  # fmt: skip
+    """SIGTERM to a training process after its first epoch: it saves its state at the end of the
+    current step and exits non-zero; the rerun resumes from that step (not from the last saved
+    epoch) and writes the same bytes as an uninterrupted run."""
+    import signal
+    import subprocess
+    import sys
+
+    cfg = copy.deepcopy(demo_config)
+    cfg["protocol"].update(epochs_per_task=3, lr_milestones=[1], state_every=1, batch_size=8)
+    run = tmp_path / "k"
+    proc = subprocess.Popen([sys.executable, "-c", SIGTERM_DRIVER, str(Path(__file__).parent), str(run)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        fits = 0
+        for line in proc.stderr:
+            fits += line.startswith("FIT")
+            if fits == 2:  # after the first epoch's log line, within the second epoch
+                proc.send_signal(signal.SIGTERM)
+                break
+        out, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 3, err
+    resume = run / "resume" / "t0.pt"
+    assert "SIGTERM received" in out and str(resume) in out and "\n" not in out.strip()
+    saved = torch.load(resume, weights_only=False)
+    assert saved["epoch"] == 1 and saved["partial"]["epoch"] == 1 and saved["partial"]["cursor"]["batch"] >= 1
+    for f in (run / "t0").glob("*.pt"):  # Snakemake deletes a failed job's outputs
+        f.unlink()
+    with caplog.at_level("INFO", logger="memplast.train"):
+        run_one_task(run, cfg, digits, 0, ckpt_epochs=[1, 2, 3], window=2)
+    assert f"within task-epoch 2 at batch {saved['partial']['cursor']['batch']}" in caplog.text
+    run_one_task(tmp_path / "ref", cfg, digits, 0, ckpt_epochs=[1, 2, 3], window=2)
+    for name in ("e1.pt", "e2.pt", "e3.pt", "best-0.pt", "best-1.pt", "live.pt", "end.pt"):
+        assert (run / "t0" / name).read_bytes() == (tmp_path / "ref" / "t0" / name).read_bytes(), name
+    k, ref = (pd.read_parquet(d / "t0" / "m.parquet") for d in (run, tmp_path / "ref"))
+    pd.testing.assert_frame_equal(k.drop(columns=["seconds", "images_per_sec"]),
+                                  ref.drop(columns=["seconds", "images_per_sec"]))  # fmt: skip
+    assert not resume.exists()
+
+
+def test_sigterm_during_the_evaluation_stops_at_the_end_of_the_epoch(tmp_path, ref, tiny, digits):
+    import os
+    import signal
+
+    def terminate(row):  # after the epoch's steps and evaluation, as a late signal would
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    from memplast.train.state import Preempted
+
+    with pytest.raises(Preempted, match="after task-epoch 1") as err:
+        run_one_task(tmp_path, tiny, digits, 0, ckpt_epochs=[1, 2], window=1, on_epoch=terminate)
+    assert "\n" not in str(err.value) and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    run_one_task(tmp_path, tiny, digits, 0, ckpt_epochs=[1, 2], window=1)
     assert (tmp_path / "t0" / "end.pt").read_bytes() == (ref / "end.pt").read_bytes()

@@ -87,6 +87,7 @@ class Progress:
     rows: list = field(default_factory=list)
     orders: list = field(default_factory=list)
     epoch: int = 0
+    partial: dict | None = None  # an epoch stopped mid-way: epoch, order, train_epoch's cursor
 
     @property
     def best_acc(self) -> float:
@@ -120,6 +121,7 @@ class ResumeFile:
                 "metrics": progress.rows,
                 "orders": progress.orders,
                 "epoch": progress.epoch,
+                "partial": progress.partial,
                 "staged": staged,
                 "recent": progress.window.snapshot(),
                 "window": progress.window.size,
@@ -168,9 +170,11 @@ class ResumeFile:
                 change,
             )
         state.load_state_dict(r, str(self.path))
-        log.info("%s: resuming after task-epoch %d from %s", where, r["epoch"], self.path)
+        partial = r.get("partial")
+        at = f", within task-epoch {r['epoch'] + 1} at batch {partial['cursor']['batch']}," if partial else ""
+        log.info("%s: resuming after task-epoch %d%s from %s", where, r["epoch"], at, self.path)
         window = BeforeWindow(progress.window.size, r.get("recent", []))
-        return Progress(r["base_order"], window, r["best"], r["metrics"], r["orders"], r["epoch"])
+        return Progress(r["base_order"], window, r["best"], r["metrics"], r["orders"], r["epoch"], partial)
 
     def discard(self) -> None:
         """Delete the resume state and its staged checkpoints: the task restarts from its first epoch."""
@@ -191,6 +195,43 @@ class ResumeFile:
             move_file(staged, out, lambda tmp, out=out: check_archive(tmp, WRITE_RECOVERY, out))
         if self.staging.is_dir() and not any(self.staging.iterdir()):
             self.staging.rmdir()
+
+
+class Preempted(OneLineError):
+    """The job received SIGTERM (preemption, time limit) and saved its resume state: it exits
+    non-zero so that Snakemake's retry (or the scheduler's requeue) runs it again, and it resumes."""
+
+
+class StopFlag:
+    """Set by SIGTERM while :func:`sigterm_flag` is active; the training loop polls it after every step."""
+
+    def __init__(self):
+        self.signal = None
+
+    def __call__(self) -> bool:
+        return self.signal is not None
+
+
+@contextlib.contextmanager
+def sigterm_flag():
+    """A :class:`StopFlag` that SIGTERM sets (instead of killing the process), in the main thread;
+    elsewhere (signals cannot be handled there) a flag that is never set."""
+    import signal
+    import threading
+
+    flag = StopFlag()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        flag.signal = signum
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 class TaskLockedError(OneLineError):
