@@ -120,6 +120,7 @@ def workflow_job(script: str, target=None, rule=None, wildcards=(), configfiles=
     from snakemake.iocontainers import Snakemake
     from snakemake.settings.types import ConfigSettings, DAGSettings, OutputSettings, Quietness, ResourceSettings
 
+    from memplast.config import read_yaml
     from memplast.grid import ConfigError
 
     try:
@@ -129,6 +130,11 @@ def workflow_job(script: str, target=None, rule=None, wildcards=(), configfiles=
     for path in (*configfiles, snakefile):
         if not Path(path).is_file():
             raise JobError(f"{path}: no such file")
+    for path in configfiles:
+        try:
+            read_yaml(path)
+        except ConfigError as exc:  # a YAML syntax error: file, line and column
+            raise JobError(str(exc)) from None
     with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
         try:
             wapi = api.workflow(

@@ -125,3 +125,18 @@ def test_demo_overlay_is_valid_yaml_and_small():
     demo = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
     assert demo["dataset"]["name"] == "digits"
     assert demo["protocol"]["epochs_per_task"] <= 20
+
+
+@pytest.mark.parametrize(
+    "text, where",
+    [("protocol:\n  epochs_per_task: [1, 2\n  n_tasks: 3\n", "line 3"), ("a: 1\n\tb: 2\n", "line 2, column 1")],
+)
+def test_yaml_syntax_error_names_file_and_line(tmp_path, text, where, capsys):
+    bad = tmp_path / "overlay.yaml"
+    bad.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        mpconfig.load(ROOT / "config.yaml", bad)
+    msg = str(info.value)
+    assert msg.startswith(f"{bad}, {where}") and "YAML syntax error" in msg and "\n" not in msg
+    assert mpconfig.main([str(bad)]) == 1 and str(bad) in capsys.readouterr().err
+    assert mpconfig.main([str(ROOT / "config" / "demo.yaml")]) == 0
