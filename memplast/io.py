@@ -155,12 +155,15 @@ def read_provenance(path) -> dict:
     if path.suffix == ".csv":
         return json.loads(Path(f"{path}.prov.json").read_text())
     if path.suffix == ".pt":
-        import torch
+        from memplast.checkpoints import load_payload  # verified: a damaged file is named
 
-        return json.loads(torch.load(path, map_location="cpu", weights_only=True)["provenance_json"])
+        return json.loads(load_payload(path)["provenance_json"])
     if path.suffix == ".npz":
         import numpy as np
 
+        from memplast.integrity import check_archive
+
+        check_archive(path)
         with np.load(path) as z:
             return json.loads(str(z["provenance_json"]))
     if path.suffix in (".pdf", ".png"):

@@ -352,3 +352,25 @@ def test_sigterm_during_the_evaluation_stops_at_the_end_of_the_epoch(tmp_path, r
     assert "\n" not in str(err.value) and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     run_one_task(tmp_path, tiny, digits, 0, ckpt_epochs=[1, 2], window=1)
     assert (tmp_path / "t0" / "end.pt").read_bytes() == (ref / "end.pt").read_bytes()
+
+
+def test_the_entry_point_reports_a_damaged_input_in_one_line(tmp_path, digits, monkeypatch, capfd):
+    import sys
+
+    from memplast.cli import entrypoint
+
+    path = tmp_path / "prepared.npz"
+    data.save_prepared(digits, path, {"test": 1})
+    truncate(path)
+
+    def main(prepared: str):
+        """Read a prepared dataset."""
+        data.load_prepared(prepared)
+
+    monkeypatch.setattr(sys, "argv", ["prog", "--prepared", str(path)])
+    with pytest.raises(SystemExit) as exit_:
+        entrypoint(main)
+    assert exit_.value.code == 1
+    err = capfd.readouterr().err
+    lines = [line for line in err.splitlines() if str(path) in line]
+    assert len(lines) == 1 and f"--forcerun {path}" in lines[0] and "Traceback" not in err
