@@ -1,6 +1,7 @@
 # memplast: does per-sample memorization predict per-sample loss of plasticity?
 # Thin entry point: configuration, validation, the rule families and the default target.
 import sys
+from pathlib import Path
 
 from snakemake.utils import min_version
 
@@ -9,6 +10,11 @@ min_version("9.0")
 sys.path.insert(0, workflow.basedir)
 from memplast import config as mpconfig
 from memplast.report import landing_page
+
+# A broken config.yaml: one line with file, line and column (Snakemake's own message names neither;
+# `python -m memplast.config OVERLAY ..` checks --configfile overlays the same way).
+if Path("config.yaml").is_file():
+    mpconfig.read_yaml("config.yaml")
 
 
 configfile: "config.yaml"

@@ -17,6 +17,10 @@ Every checkpoint is a torch file ``{"model": state_dict, "meta": {...}, "provena
 ``meta`` has arch, width, num_classes, in_channels (to rebuild the model), epoch, task, seen
 classes, and for window files slot / best_epoch / live. Writes are atomic (``io.atomic_path``).
 
+Integrity (``memplast.integrity``): every file is verified right after it is written (before it
+replaces its destination) and wherever it is read: the archive's CRC-32 checksums and a load. A
+damaged file raises :class:`DamagedFileError`, one line naming the file and the recovery.
+
 No torch import at module level: the rules import this module to name their outputs.
 """
 
@@ -25,6 +29,10 @@ from __future__ import annotations
 import collections
 import json
 from dataclasses import dataclass
+
+from memplast.integrity import DamagedFileError, check_archive
+
+WRITE_RECOVERY = "it was damaged while being written and is not kept (check the disk: space, errors); rerun the job"
 
 
 # --------------------------------------------------------------------------- paths
@@ -67,13 +75,19 @@ def _provenance_json(provenance: dict) -> str:
 
 
 def save_state(path, payload: dict) -> None:
-    """Write a torch payload atomically (end states, resume states, checkpoints)."""
+    """Write a torch payload atomically (end states, resume states, checkpoints).
+
+    torch names the archive's records after the file name it is given (here the temporary name
+    of ``io.atomic_path``); saved through a file object they are named ``archive/`` instead, so the
+    same payload always gives the same bytes and a rerun changes nothing downstream."""
     import torch
 
     from memplast.io import atomic_path
 
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+        verify(tmp, name=path, recovery=WRITE_RECOVERY, weights_only=False)
 
 
 def save_checkpoint(path, model, meta: dict, provenance: dict, **extra) -> None:
@@ -120,10 +134,24 @@ class BeforeWindow:
 
 
 # --------------------------------------------------------------------------- reading
-def load_payload(path, device="cpu") -> dict:
+def verify(path, device="cpu", *, name=None, recovery=None, weights_only=True):
+    """Check the archive's checksums, then load it; returns the payload. A damaged file (or one
+    that does not load) raises :class:`DamagedFileError` naming ``name`` (default ``path``)."""
+    import pickle
+
     import torch
 
-    return torch.load(path, map_location=device, weights_only=True)
+    name = path if name is None else name
+    check_archive(path, recovery, name)
+    try:
+        return torch.load(path, map_location=device, weights_only=weights_only)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as exc:
+        raise DamagedFileError(name, f"does not load ({type(exc).__name__}: {exc})", recovery) from None
+
+
+def load_payload(path, device="cpu") -> dict:
+    """A verified checkpoint or state (weights-only load)."""
+    return verify(path, device)
 
 
 def load_checkpoint(path, device="cpu"):

@@ -31,6 +31,7 @@ from pathlib import Path
 import yaml
 
 from memplast import runtime
+from memplast.integrity import OneLineError
 
 log = logging.getLogger("memplast")
 
@@ -119,6 +120,7 @@ def workflow_job(script: str, target=None, rule=None, wildcards=(), configfiles=
     from snakemake.iocontainers import Snakemake
     from snakemake.settings.types import ConfigSettings, DAGSettings, OutputSettings, Quietness, ResourceSettings
 
+    from memplast.config import read_yaml
     from memplast.grid import ConfigError
 
     try:
@@ -128,6 +130,11 @@ def workflow_job(script: str, target=None, rule=None, wildcards=(), configfiles=
     for path in (*configfiles, snakefile):
         if not Path(path).is_file():
             raise JobError(f"{path}: no such file")
+    for path in configfiles:
+        try:
+            read_yaml(path)
+        except ConfigError as exc:  # a YAML syntax error: file, line and column
+            raise JobError(str(exc)) from None
     with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
         try:
             wapi = api.workflow(
@@ -241,6 +248,9 @@ def entrypoint(main, smk=None) -> None:
     log.info("start %s with %d thread(s)", job, threads)
     try:
         main(**kwargs)
+    except OneLineError as exc:  # a damaged file, a task held by another trainer: cause and recovery
+        log.error("failed %s: %s", job, exc)
+        raise SystemExit(1) from None
     except Exception:
         log.exception("failed %s", job)
         raise

@@ -51,6 +51,21 @@ def _schema_message(exc) -> str:
     return f"invalid config value for '{key}': {cause.message}"
 
 
+def read_yaml(path) -> dict:
+    """A config file's mapping; a YAML syntax error raises :class:`ConfigError` naming the file, the
+    line and the column (Snakemake's own message names neither)."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        raise ConfigError(f"{path}{where}: YAML syntax error: {problem}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file holds a mapping of keys, not a {type(data).__name__}")
+    return data or {}
+
+
 def load(*paths, overrides: dict | None = None) -> dict:
     """Load and validate config files in order (later ones overlay earlier ones, merged as
     Snakemake merges ``--configfile`` overlays), then ``overrides``."""
@@ -58,7 +73,7 @@ def load(*paths, overrides: dict | None = None) -> dict:
 
     config: dict = {}
     for p in paths:
-        update_config(config, yaml.safe_load(Path(p).read_text()) or {})
+        update_config(config, read_yaml(p))
     if overrides:
         update_config(config, copy.deepcopy(overrides))
     return validate(config)
@@ -104,9 +119,35 @@ def check_config(config: dict) -> None:
         raise ConfigError("memo.score='feldman_zhang' needs memo.feldman_zhang.enabled: true")
     if memo["feldman_zhang"]["enabled"] and config["dataset"]["name"] != "cifar100":
         raise ConfigError("memo.feldman_zhang is published for cifar100 only; disable it for other datasets")
+    _check_training(config)
     if memo["scorer"]["grid_every"] > memo["scorer"]["epochs"]:
         raise ConfigError(
             f"memo.scorer.grid_every={memo['scorer']['grid_every']} exceeds memo.scorer.epochs={memo['scorer']['epochs']}"
+        )
+
+
+def _check_training(config: dict) -> None:
+    """Weighting bounds, the resume interval and the outcomes the stats analyse (before any job runs)."""
+    lo, hi = config["weighting"]["lo"], config["weighting"]["hi"]
+    if lo >= hi:
+        raise ConfigError(
+            f"weighting.lo={lo} must be below weighting.hi={hi}: weights clipped to [lo, hi] would all be equal "
+            "and the weighting conditions would train exactly as 'none'"
+        )
+    E, every = config["protocol"]["epochs_per_task"], config["protocol"]["state_every"]
+    if E > 1 and every >= E:
+        raise ConfigError(
+            f"protocol.state_every={every} is not below protocol.epochs_per_task={E}: no resume state would "
+            f"ever be saved and a killed task would restart from its first epoch; use at most {E - 1}"
+        )
+    from memplast.deltas import outcome_columns
+
+    probes = config["probes"]
+    known = outcome_columns(probes["taus"], probes["score_taus"])
+    if bad := [o for o in config["stats"]["outcomes"] if o not in known]:
+        raise ConfigError(
+            f"stats.outcomes {bad}: not an outcome column of the deltas tables (with probes.taus "
+            f"{probes['taus']} and probes.score_taus {probes['score_taus']}); choose among {known}"
         )
 
 
@@ -122,3 +163,23 @@ SCORE_COLUMNS = {
 
 def score_column(config: dict) -> str:
     return SCORE_COLUMNS[config["memo"]["score"]]
+
+
+def main(argv=None) -> int:
+    """``python -m memplast.config [OVERLAY ..]``: check config.yaml and the overlays (YAML syntax with
+    file and line, schema, cross-key checks) as ``snakemake --configfile config.yaml OVERLAY ..`` would
+    read them; one line, exit status 1 on an error."""
+    import sys
+
+    overlays = sys.argv[1:] if argv is None else argv
+    try:
+        load(ROOT / "config.yaml", *overlays)
+    except (ConfigError, OSError) as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 1
+    print(f"config OK: {', '.join(['config.yaml', *map(str, overlays)])}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

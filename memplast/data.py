@@ -323,6 +323,7 @@ def prepare(dataset_cfg: dict, archive: str | Path | None = None) -> Prepared:
 
 
 def save_prepared(p: Prepared, path, prov: dict) -> None:
+    from memplast.integrity import check_archive
     from memplast.io import atomic_path
 
     with atomic_path(path) as tmp:
@@ -342,9 +343,14 @@ def save_prepared(p: Prepared, path, prov: dict) -> None:
                 n_classes=p.n_classes,
                 provenance_json=json.dumps(prov, default=str),
             )
+        check_archive(tmp, "it was damaged while being written and is not kept (check the disk); rerun the job", path)
 
 
 def load_prepared(path) -> Prepared:
+    """The prepared dataset of :func:`save_prepared`, its archive checksums verified first."""
+    from memplast.integrity import check_archive
+
+    check_archive(path)
     with np.load(path, allow_pickle=False) as z:
         return Prepared(
             name=str(z["name"]),

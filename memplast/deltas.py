@@ -31,6 +31,17 @@ AT_BOUNDARY = ("align_dot", "align_cos", "pred_forget")
 LEGACY_COLUMNS = ["sample_id", "class_label", "memo", "delta_loss", "delta_grad_norm", "delta_dormant", "boundary"]
 
 
+def outcome_columns(taus, score_taus) -> list[str]:
+    """Every outcome column :func:`boundary_deltas` writes when the probes use dormancy thresholds
+    ``taus`` and ``score_taus`` (config ``probes``): what ``stats.outcomes`` may name."""
+    dormant = [f"dormant_t{t:g}" for t in taus] + [f"dormant_score_t{t:g}" for t in score_taus]
+    return [
+        "loss_t", "d_loss", "d_log_grad", "grad_drop", "d_input_grad", *(f"d_{c}" for c in dormant), "d_margin",
+        "drift_after", "d_drift", "d_loss_rollback", "d_log_grad_rollback", "d_margin_rollback",
+        *(f"d_{c}_rollback" for c in dormant), "drift_rollback", *AT_BOUNDARY,
+    ]  # fmt: skip
+
+
 def dormant_columns(table: pd.DataFrame) -> list[str]:
     """The overall dormancy columns (dormant_t{tau}, dormant_score_t{tau}; not the per-layer ones)."""
     return [c for c in table.columns if c.startswith("dormant_") and "_L" not in c]

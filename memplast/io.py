@@ -11,9 +11,11 @@ never leaves a half-written output behind.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -112,6 +114,24 @@ def atomic_path(path: str | os.PathLike):
         raise
 
 
+def move_file(src, dst, verify=None) -> None:
+    """Move ``src`` onto ``dst`` atomically, on one filesystem or across two: a rename where it can,
+    else (``EXDEV``) a copy to a temporary file next to ``dst``, ``verify(tmp)`` on the copy, a
+    rename on the destination's filesystem and the removal of ``src``."""
+    Path(dst).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(src, dst)
+        return
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+        if verify is not None:
+            verify(tmp)
+    os.unlink(src)
+
+
 def write_parquet(df: pd.DataFrame, path, prov: dict) -> None:
     """Write ``df`` as Parquet with ``prov`` in the schema metadata under ``memplast``."""
     table = pa.Table.from_pandas(df, preserve_index=False)
@@ -135,12 +155,15 @@ def read_provenance(path) -> dict:
     if path.suffix == ".csv":
         return json.loads(Path(f"{path}.prov.json").read_text())
     if path.suffix == ".pt":
-        import torch
+        from memplast.checkpoints import load_payload  # verified: a damaged file is named
 
-        return json.loads(torch.load(path, map_location="cpu", weights_only=True)["provenance_json"])
+        return json.loads(load_payload(path)["provenance_json"])
     if path.suffix == ".npz":
         import numpy as np
 
+        from memplast.integrity import check_archive
+
+        check_archive(path)
         with np.load(path) as z:
             return json.loads(str(z["provenance_json"]))
     if path.suffix in (".pdf", ".png"):

@@ -80,11 +80,12 @@ class Killed(KeyboardInterrupt):
 
 
 def run_one_task(tmp, cfg, prepared, task, prev=None, algorithm="base", ordering="random", alpha=0.0, memo=None,
-                 stop=None, name=None, ckpt_epochs=None, window=0, seed=0, resume=None):  # fmt: skip
+                 stop=None, name=None, ckpt_epochs=None, window=0, seed=0, resume=None, on_epoch=None):  # fmt: skip
     """Train task ``task`` of a run of ``cfg`` on ``prepared`` (every training sample kept) into ``tmp``:
     end state ``t<task>/end.pt``, checkpoints ``t<task>/e<g>.pt`` at the global epochs ``ckpt_epochs``
     (default: the task's last), ``window`` before-window slots and the live epoch. ``stop``: the
-    job is killed (:class:`Killed`) after that global epoch. Returns (metrics, checkpoints)."""
+    job is killed (:class:`Killed`) after that global epoch; ``on_epoch(row)`` is called after every
+    epoch before that. Returns (metrics, checkpoints)."""
     from memplast import data as mpdata
     from memplast.train import RunSpec, TaskPaths, run_task
 
@@ -106,6 +107,8 @@ def run_one_task(tmp, cfg, prepared, task, prev=None, algorithm="base", ordering
                    train_ids, ordering, alpha, algorithm, memo=memo)  # fmt: skip
 
     def kill_after(row):
+        if on_epoch is not None:
+            on_epoch(row)
         if stop is not None and row["epoch"] >= stop:
             raise Killed(f"stopped after epoch {row['epoch']}")
 

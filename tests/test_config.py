@@ -60,12 +60,30 @@ def test_schema_fills_defaults_for_a_minimal_config():
             r"memo.score='hutchinson' is not among memo.methods",
         ),
         ({"modle": {}}, r"invalid config key under '<top level>'"),
+        ({"weighting": {"lo": 2.5, "hi": 2.0}}, r"weighting.lo=2.5 must be below weighting.hi=2.0"),
+        ({"weighting": {"lo": 1.0, "hi": 1.0}}, r"weighting.lo=1.0 must be below weighting.hi=1.0"),
+        (
+            {"protocol": {"epochs_per_task": 12, "lr_milestones": [4], "state_every": 12}},
+            r"protocol.state_every=12 is not below protocol.epochs_per_task=12.*use at most 11",
+        ),
+        ({"stats": {"outcomes": ["d_loss", "d_los"]}}, r"stats.outcomes \['d_los'\]: not an outcome column"),
+        ({"stats": {"outcomes": ["d_dormant_t0.5"]}}, r"stats.outcomes \['d_dormant_t0.5'\].*probes.taus"),
     ],
 )
 def test_bad_values_are_rejected_with_the_key_named(overrides, message):
     with pytest.raises(ConfigError, match=message) as info:
         load(**overrides)
     assert "\n" not in str(info.value)
+
+
+def test_outcomes_follow_the_probe_thresholds_and_short_tasks_need_no_resume_state():
+    cfg = load(
+        probes={"taus": [0.5]}, stats={"outcomes": ["d_dormant_t0.5", "d_dormant_score_t0.1_rollback", "align_cos"]}
+    )
+    assert cfg["stats"]["outcomes"][0] == "d_dormant_t0.5"
+    load(
+        protocol={"epochs_per_task": 1, "lr_milestones": [], "state_every": 10}, probes={"window": 1}
+    )  # one epoch: nothing to resume
 
 
 def test_quantile_one_is_allowed():
@@ -107,3 +125,18 @@ def test_demo_overlay_is_valid_yaml_and_small():
     demo = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
     assert demo["dataset"]["name"] == "digits"
     assert demo["protocol"]["epochs_per_task"] <= 20
+
+
+@pytest.mark.parametrize(
+    "text, where",
+    [("protocol:\n  epochs_per_task: [1, 2\n  n_tasks: 3\n", "line 3"), ("a: 1\n\tb: 2\n", "line 2, column 1")],
+)
+def test_yaml_syntax_error_names_file_and_line(tmp_path, text, where, capsys):
+    bad = tmp_path / "overlay.yaml"
+    bad.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        mpconfig.load(ROOT / "config.yaml", bad)
+    msg = str(info.value)
+    assert msg.startswith(f"{bad}, {where}") and "YAML syntax error" in msg and "\n" not in msg
+    assert mpconfig.main([str(bad)]) == 1 and str(bad) in capsys.readouterr().err
+    assert mpconfig.main([str(ROOT / "config" / "demo.yaml")]) == 0

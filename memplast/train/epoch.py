@@ -84,6 +84,16 @@ class NonFiniteLoss(FloatingPointError):
     pass
 
 
+class EpochInterrupted(Exception):
+    """``stop()`` asked :func:`train_epoch` to stop after a step; ``cursor`` is where the epoch stands
+    (``batch``: the next batch; ``losses``, ``batch_loss``, ``correct``: the sums so far, on the CPU),
+    to pass back as ``cursor`` to continue the epoch exactly."""
+
+    def __init__(self, cursor: dict):
+        super().__init__(f"stopped before batch {cursor['batch']}")
+        self.cursor = cursor
+
+
 def train_epoch(
     model,
     optimizer,
@@ -97,8 +107,13 @@ def train_epoch(
     after_step=None,
     where: str = "",
     wants_acts: bool | None = None,
+    cursor: dict | None = None,
+    stop=None,
 ):
     """One pass over ``rows`` in the given order. Loss per batch = mean_i w_i * loss_i.
+
+    ``stop()`` is asked after every optimizer step but the last: True raises :class:`EpochInterrupted`
+    with the epoch's position; that ``cursor`` continues the epoch from its next batch.
 
     ``after_step`` runs after every optimizer step; with ``wants_acts`` (default: the callable's own
     ``wants_acts`` attribute) it receives the batch's ReLU outputs (continual backprop). The step
@@ -115,7 +130,13 @@ def train_epoch(
     losses = torch.empty(len(rows), device=data.device)
     batch_loss = torch.empty(math.ceil(len(rows) / batch_size), device=data.device)
     correct = torch.zeros((), dtype=torch.long, device=data.device)
+    if cursor is not None:
+        for mine, saved in ((losses, "losses"), (batch_loss, "batch_loss"), (correct, "correct")):
+            mine.copy_(cursor[saved])
+    first = 0 if cursor is None else cursor["batch"]
     for b, start in enumerate(range(0, len(rows), batch_size)):
+        if b < first:
+            continue
         x, y = data.take(idx[start : start + batch_size], generator, aug)
         out = model(x, return_acts=True) if wants_acts else model(x)
         logits = out.logits if wants_acts else out
@@ -132,6 +153,9 @@ def train_epoch(
             after_step()
         losses[start : start + y.shape[0]] = loss_i.detach()
         correct += (logits.detach().masked_fill(~seen.mask, float("-inf")).argmax(1) == y).sum()
+        if stop is not None and b + 1 < len(batch_loss) and stop():
+            raise EpochInterrupted({"batch": b + 1, **{k: v.cpu() for k, v in
+                                    (("losses", losses), ("batch_loss", batch_loss), ("correct", correct))}})  # fmt: skip
     losses, batch_loss, correct = to_host(losses, batch_loss, correct)
     bad = np.flatnonzero(~np.isfinite(batch_loss))
     if len(bad):
@@ -156,15 +180,18 @@ def fit_epoch(
     after_step=None,
     where: str = "",
     wants_acts: bool | None = None,
+    cursor: dict | None = None,
+    stop=None,
 ):
     """Set the learning rate to ``lr`` and train one epoch over ``rows`` in this order
-    (:func:`train_epoch`). Returns (per-sample losses, accuracy, seconds)."""
+    (:func:`train_epoch`, with its ``cursor`` and ``stop``). Returns (per-sample losses, accuracy, seconds)."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     t0 = time.perf_counter()
     losses, acc = train_epoch(
-        model, optimizer, data, rows, mask, batch_size, generator, aug, weights, after_step, where, wants_acts
-    )
+        model, optimizer, data, rows, mask, batch_size, generator, aug, weights, after_step, where, wants_acts,
+        cursor, stop,
+    )  # fmt: skip
     return losses, acc, time.perf_counter() - t0
 
 

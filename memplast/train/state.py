@@ -8,7 +8,13 @@ done, their metrics and order log, the best epoch so far and the before-window i
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import os
+import shutil
+import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,11 +22,15 @@ import numpy as np
 import torch
 
 from memplast.algorithms import Algorithm, make_algorithm
-from memplast.checkpoints import BeforeWindow, save_state
+from memplast.checkpoints import WRITE_RECOVERY, BeforeWindow, save_state, verify
 from memplast.device import cpu_generator, load_generator_state, stable_seed
+from memplast.integrity import DamagedFileError, OneLineError, check_archive
+from memplast.io import move_file
 from memplast.models import build_model, reinit
 
 log = logging.getLogger("memplast.train")
+
+RESTART_RECOVERY = "its resume state is discarded: rerun the job (the task restarts from its first epoch)"
 
 
 @dataclass
@@ -77,6 +87,7 @@ class Progress:
     rows: list = field(default_factory=list)
     orders: list = field(default_factory=list)
     epoch: int = 0
+    partial: dict | None = None  # an epoch stopped mid-way: epoch, order, train_epoch's cursor
 
     @property
     def best_acc(self) -> float:
@@ -86,7 +97,8 @@ class Progress:
 class ResumeFile:
     """The resume state of one task job (``results/resume/<run>/task<t>.pt``) and its staging
     directory, where window checkpoints wait until the task ends (Snakemake deletes a killed job's
-    outputs, not these). A resume fits only the same run, task, science key and window size."""
+    outputs, not these). A resume fits only the same run, task, science key and window size. A
+    damaged resume state or staged checkpoint is discarded with a warning: the task restarts."""
 
     def __init__(self, path, run: str, task: int, key: str, runtime: dict):
         self.path, self.run, self.task, self.key, self.runtime = Path(path), run, task, key, runtime
@@ -109,6 +121,7 @@ class ResumeFile:
                 "metrics": progress.rows,
                 "orders": progress.orders,
                 "epoch": progress.epoch,
+                "partial": progress.partial,
                 "staged": staged,
                 "recent": progress.window.snapshot(),
                 "window": progress.window.size,
@@ -120,7 +133,15 @@ class ResumeFile:
         too), else ``progress`` unchanged."""
         if not self.path.exists():
             return progress
-        r = torch.load(self.path, map_location=next(state.model.parameters()).device, weights_only=False)
+        try:
+            r = verify(self.path, next(state.model.parameters()).device, weights_only=False)
+            for g in r.get("staged", []):
+                if self.staged(g).exists():
+                    check_archive(self.staged(g))
+        except DamagedFileError as exc:
+            log.warning("%s: %s", where, exc)
+            self.discard()
+            return progress
         same = r["spec"] == self.run and r["task"] == self.task and r["config"] == self.key
         if not (same and r.get("window", 0) == progress.window.size):
             log.info("%s: ignoring stale resume file %s", where, self.path)
@@ -149,15 +170,123 @@ class ResumeFile:
                 change,
             )
         state.load_state_dict(r, str(self.path))
-        log.info("%s: resuming after task-epoch %d from %s", where, r["epoch"], self.path)
+        partial = r.get("partial")
+        at = f", within task-epoch {r['epoch'] + 1} at batch {partial['cursor']['batch']}," if partial else ""
+        log.info("%s: resuming after task-epoch %d%s from %s", where, r["epoch"], at, self.path)
         window = BeforeWindow(progress.window.size, r.get("recent", []))
-        return Progress(r["base_order"], window, r["best"], r["metrics"], r["orders"], r["epoch"])
+        return Progress(r["base_order"], window, r["best"], r["metrics"], r["orders"], r["epoch"], partial)
+
+    def discard(self) -> None:
+        """Delete the resume state and its staged checkpoints: the task restarts from its first epoch."""
+        self.path.unlink(missing_ok=True)
+        shutil.rmtree(self.staging, ignore_errors=True)
 
     def finish(self, checkpoints: dict, end_epoch: int) -> None:
-        """Move the staged window checkpoints onto the job's outputs and delete the resume file."""
-        for g in sorted(checkpoints):
-            if g != end_epoch:
-                Path(checkpoints[g]).parent.mkdir(parents=True, exist_ok=True)
-                self.staged(g).replace(checkpoints[g])
+        """Move the staged window checkpoints onto the job's outputs (each verified first; a copy
+        across filesystems verified again) and delete the resume file. A damaged staged checkpoint discards the resume state: the rerun restarts."""
+        moves = [(self.staged(g), Path(checkpoints[g])) for g in sorted(checkpoints) if g != end_epoch]
+        for staged, _ in moves:
+            try:
+                check_archive(staged, RESTART_RECOVERY)
+            except DamagedFileError:
+                self.discard()
+                raise
+        for staged, out in moves:  # the outputs may lie on another filesystem (a scratch disk)
+            move_file(staged, out, lambda tmp, out=out: check_archive(tmp, WRITE_RECOVERY, out))
         if self.staging.is_dir() and not any(self.staging.iterdir()):
             self.staging.rmdir()
+
+
+class Preempted(OneLineError):
+    """The job received SIGTERM (preemption, time limit) and saved its resume state: it exits
+    non-zero so that Snakemake's retry (or the scheduler's requeue) runs it again, and it resumes."""
+
+
+class StopFlag:
+    """Set by SIGTERM while :func:`sigterm_flag` is active; the training loop polls it after every step."""
+
+    def __init__(self):
+        self.signal = None
+
+    def __call__(self) -> bool:
+        return self.signal is not None
+
+
+@contextlib.contextmanager
+def sigterm_flag():
+    """A :class:`StopFlag` that SIGTERM sets (instead of killing the process), in the main thread;
+    elsewhere (signals cannot be handled there) a flag that is never set."""
+    import signal
+    import threading
+
+    flag = StopFlag()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        flag.signal = signum
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+class TaskLockedError(OneLineError):
+    """Another process trains this task (its lock names the holder's host and pid)."""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
+
+
+def _holder(lock: Path) -> dict | None:
+    """The lock's holder, or None when the file is unreadable (a crash between create and write)."""
+    try:
+        holder = json.loads(lock.read_text())
+        return holder if isinstance(holder, dict) and {"host", "pid"} <= holder.keys() else None
+    except (OSError, ValueError):
+        return None
+
+
+@contextlib.contextmanager
+def trainer_lock(resume_path, where: str, grace: float = 10.0):
+    """One trainer per task: ``<resume state>.lock`` (created exclusively) holds this host and pid
+    while the task trains. A live holder stops the second process with one line naming it; a stale
+    lock (a dead pid on this host, or unreadable for ``grace`` seconds) is taken over with a warning."""
+    lock = Path(f"{resume_path}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    me = {"host": socket.gethostname(), "pid": os.getpid()}
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            holder = _holder(lock)
+            if holder is None:
+                with contextlib.suppress(FileNotFoundError):
+                    if time.time() - lock.stat().st_mtime < grace:
+                        time.sleep(0.2)  # being written by a process that has just created it
+                        continue
+            elif holder["host"] != me["host"] or _alive(int(holder["pid"])):
+                raise TaskLockedError(
+                    f"{where}: another trainer holds {lock} (host {holder['host']}, pid {holder['pid']}); "
+                    f"wait for it or stop it; if that process is gone (a failed node), delete {lock} and rerun"
+                ) from None
+            log.warning("%s: taking over the stale lock %s (holder %s: no such process)", where, lock, holder)
+            lock.unlink(missing_ok=True)
+    with os.fdopen(fd, "w") as f:
+        json.dump(me, f)
+    try:
+        yield lock
+    finally:
+        if _holder(lock) == me:
+            lock.unlink(missing_ok=True)

@@ -22,15 +22,15 @@ import pandas as pd
 import torch
 
 from memplast import orderings
-from memplast.checkpoints import BeforeWindow, model_meta, save_checkpoint, save_state
+from memplast.checkpoints import BeforeWindow, load_payload, model_meta, save_checkpoint, save_state
 from memplast.data import Prepared
 from memplast.device import resolve_device, to_device
 from memplast.grid import lr_at, task_classes
 from memplast.io import science_key, write_parquet
 from memplast.masks import seen_classes
 from memplast.train.device_data import DeviceData
-from memplast.train.epoch import evaluate_splits, fit_epoch, log_epoch, reestimate_bn, side_generator
-from memplast.train.state import Progress, ResumeFile, TaskState
+from memplast.train.epoch import EpochInterrupted, evaluate_splits, fit_epoch, log_epoch, reestimate_bn, side_generator
+from memplast.train.state import Preempted, Progress, ResumeFile, TaskState, sigterm_flag, trainer_lock
 from memplast.weighting import memo_weights
 
 log = logging.getLogger("memplast.train")
@@ -128,9 +128,7 @@ class TaskRun:
         )
         self.state = TaskState.new(self.meta, spec.algorithm, self.p, spec.order_seed, device)
         if paths.prev_state is not None:
-            self.state.load_state_dict(
-                torch.load(paths.prev_state, map_location=device, weights_only=True), paths.prev_state
-            )
+            self.state.load_state_dict(load_payload(paths.prev_state, device), paths.prev_state)
         self.state.algorithm.attach(self.state.model, self.state.noise_generator)
         self.state.algorithm.start_task(self.state, self.t)
         if self.p["reset_momentum"]:
@@ -149,25 +147,34 @@ class TaskRun:
     def ckpt_meta(self, **extra) -> dict:
         return {**self.meta, **extra, "task": self.t, "seen": self.task.seen}
 
-    def train_epoch(self, e: int) -> dict:
-        """Task-epoch e (0-based): order, SGD steps, evaluation, best epoch, window, staged checkpoints."""
+    def train_epoch(self, e: int, stop=None) -> dict:
+        """Task-epoch e (0-based): order, SGD steps, evaluation, best epoch, window, staged checkpoints.
+        ``stop()`` true after a step: the resume state is saved there and :class:`Preempted` raised."""
         spec, task, state, prog, p = self.spec, self.task, self.state, self.progress, self.p
         g = self.t * self.E + e + 1
         lr = lr_at(e, state.algorithm.lr, p["lr_milestones"], p["lr_gamma"])
         ocfg = self.cfg["ordering"]
-        order = orderings.epoch_order(prog.base, task.train_ids, state.generator, ocfg["block_size"])
-        full = {"order": order.tolist()} if ocfg["log_full_order"] else {}
-        prog.orders.append({"task": self.t, "epoch": g, "n": len(order), "hash": orderings.order_hash(order), **full})
+        partial, prog.partial = prog.partial, None
+        if partial is not None and partial["epoch"] == e:  # resumed within this epoch: its order is drawn
+            order, cursor = np.asarray(partial["order"]), partial["cursor"]
+        else:
+            order, cursor = orderings.epoch_order(prog.base, task.train_ids, state.generator, ocfg["block_size"]), None
+            full = {"order": order.tolist()} if ocfg["log_full_order"] else {}
+            prog.orders.append({"task": self.t, "epoch": g, "n": len(order), "hash": orderings.order_hash(order), **full})  # fmt: skip
         w = (
             None
             if task.weight_of is None
             else to_device(task.weight_of.loc[order].to_numpy(), task.data.device, torch.float32)
         )
-        losses, train_acc, seconds = fit_epoch(
-            state.model, state.optimizer, task.data, task.row_of.loc[order].to_numpy(), task.mask, lr, p["batch_size"],
-            state.generator, task.aug, w, state.algorithm.after_step, f"{self.where}, epoch {g}",
-            state.algorithm.wants_acts,
-        )  # fmt: skip
+        try:
+            losses, train_acc, seconds = fit_epoch(
+                state.model, state.optimizer, task.data, task.row_of.loc[order].to_numpy(), task.mask, lr,
+                p["batch_size"], state.generator, task.aug, w, state.algorithm.after_step, f"{self.where}, epoch {g}",
+                state.algorithm.wants_acts, cursor, stop,
+            )  # fmt: skip
+        except EpochInterrupted as cut:
+            prog.partial = {"epoch": e, "order": order, "cursor": cut.cursor}
+            raise self.preempt(g - 1, f"within task-epoch {e + 1} before batch {cut.cursor['batch']}") from None
         if task.bn_reestimate:
             shuffled = task.row_of.to_numpy()[torch.randperm(len(task.row_of), generator=side_generator("bn", spec.order_seed, g)).numpy()]  # fmt: skip
             reestimate_bn(state.model, task.data.batches(shuffled, p["batch_size"], side_generator("bn-aug", spec.order_seed, g), task.aug))  # fmt: skip
@@ -185,9 +192,19 @@ class TaskRun:
             save_checkpoint(self.resume.staged(g), state.model, self.ckpt_meta(epoch=g), self.provenance)
         prog.epoch = e + 1
         if prog.epoch % p["state_every"] == 0 and prog.epoch < self.E:
-            staged = [c for c in self.paths.checkpoints if c <= g and c != (self.t + 1) * self.E]
-            self.resume.save(state, prog, staged)
+            self.save_resume(g)
         return row
+
+    def save_resume(self, done: int) -> None:
+        """The resume state, with the staged checkpoints of the global epochs up to ``done``."""
+        staged = [c for c in self.paths.checkpoints if c <= done and c != (self.t + 1) * self.E]
+        self.resume.save(self.state, self.progress, staged)
+
+    def preempt(self, done: int, at: str) -> Preempted:
+        """SIGTERM: save the resume state now; the :class:`Preempted` to raise names it."""
+        self.save_resume(done)
+        return Preempted(f"{self.where}: SIGTERM received; resume state saved {at} in {self.resume.path}; "
+                         "exiting non-zero so that the job is resubmitted and resumes there")  # fmt: skip
 
     def evaluate(self, test_generator) -> dict:
         t = self.task
@@ -242,13 +259,19 @@ def run_task(spec: RunSpec, prepared: Prepared, cfg: dict, paths: TaskPaths, pro
     state_every), ``model``, ``dataset`` (its ``augmentation``), ``ordering`` and ``weighting``.
     The resume state is saved every ``protocol.state_every`` epochs; a rerun continues from it and
     ends with the same weights as an uninterrupted run. ``on_epoch(row)`` is called after every
-    epoch (its metrics row), once the epoch's state is saved. Returns the metrics table.
+    epoch (its metrics row), once the epoch's state is saved. Returns the metrics table. One
+    process at a time trains a task (:func:`memplast.train.state.trainer_lock`). SIGTERM (preemption,
+    time limit) saves the resume state after the current SGD step and raises :class:`Preempted`;
+    the rerun continues from that step and ends bitwise as an uninterrupted run.
     """
-    job = TaskRun(spec, prepared, cfg, paths, provenance)
-    t_start, first = time.perf_counter(), job.progress.epoch
-    for e in range(first, job.E):
-        row = job.train_epoch(e)
-        log_epoch(job.where, row, job.E, (time.perf_counter() - t_start) / (e + 1 - first) * (job.E - e - 1))
-        if on_epoch is not None:
-            on_epoch(row)
-    return job.finish()
+    with trainer_lock(paths.resume, f"run {spec.name}, task {spec.task}"), sigterm_flag() as stop:
+        job = TaskRun(spec, prepared, cfg, paths, provenance)
+        t_start, first = time.perf_counter(), job.progress.epoch
+        for e in range(first, job.E):
+            row = job.train_epoch(e, stop)
+            log_epoch(job.where, row, job.E, (time.perf_counter() - t_start) / (e + 1 - first) * (job.E - e - 1))
+            if on_epoch is not None:
+                on_epoch(row)
+            if stop() and e + 1 < job.E:  # SIGTERM during the evaluation: stop at the epoch's end
+                raise job.preempt(job.t * job.E + e + 1, f"after task-epoch {e + 1}")
+        return job.finish()
