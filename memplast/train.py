@@ -37,6 +37,7 @@ from memplast.data import Prepared
 from memplast.device import cpu_generator, load_generator_state, to_device, to_host
 from memplast.io import atomic_path, science_key
 from memplast.models import build_model, eval_mode, head, per_sample_loss, reestimate_bn, save_checkpoint, seen_classes
+from memplast.tracking import open_tracker
 
 log = logging.getLogger("memplast.train")
 
@@ -321,6 +322,7 @@ def run_task(
     stop_after_epoch: int | None = None,
     window_paths: list | None = None,
     live_path: str | None = None,
+    tracking: dict | None = None,
 ) -> pd.DataFrame:
     """Train one task of one run and write its outputs (see rules/train.smk).
 
@@ -330,10 +332,12 @@ def run_task(
     as a kill would. ``window_paths[j]`` receives the weights of epoch B - j (B = best epoch, or
     the last epoch without early stopping); a slot before the task's first epoch gets an empty
     marker ({"meta": {"empty": True, ...}}). ``live_path`` receives the live last-epoch weights.
+    ``tracking``: the config's ``logging`` section (memplast/tracking.py; a runtime setting).
     """
     device = resolve_device(protocol["device"])
     t, E, cpt = spec.task, protocol["epochs_per_task"], protocol["classes_per_task"]
     where = f"run {spec.name}, task {t}"
+    tracker = open_tracker(tracking, spec.name, t, provenance.get("config", {}))
     data = DeviceData(prepared, device)
     seen = task_classes(spec.class_order, t, cpt)
     mask = seen_classes(seen, prepared.n_classes, device)  # index tensors, built once per task
@@ -534,6 +538,7 @@ def run_task(
             }
         )
         log_epoch(where, rows[-1], E, (time.perf_counter() - t_start) / (e + 1 - start_epoch) * (E - e - 1))
+        tracker.log_epoch(rows[-1])
         if recent.maxlen:
             recent.append((g, {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}))
         if val_acc > best_acc:  # strict: the earliest best epoch wins ties
@@ -650,6 +655,8 @@ def run_task(
     write_parquet(pd.DataFrame(order_rows), order_log_path, provenance)
     Path(resume_path).unlink(missing_ok=True)
     log.info("%s: end test acc %.4f, val acc %.4f", where, test_acc, val_acc)
+    tracker.log_summary(rows[-1])
+    tracker.close()
     return metrics
 
 

@@ -66,7 +66,8 @@ def main(
     E = cfg["protocol"]["epochs_per_task"]
     paths = {task * E + te: p for te, p in zip(ckpt_task_epochs, np.atleast_1d(checkpoints))}
     prov = io.provenance(cfg, run=run, task=task, score_col=score_col)
-    protocol = with_runtime(cfg["protocol"], runtime_of(cfg, runtime))
+    rt = runtime_of(cfg, runtime)
+    protocol = with_runtime(cfg["protocol"], rt)
     run_task(
         spec,
         data,
@@ -85,6 +86,7 @@ def main(
         stop_after_epoch,
         window_paths=list(np.atleast_1d(window)),
         live_path=live,
+        tracking=rt["logging"],
     )
 
 

@@ -77,6 +77,8 @@ def _run(
     ckpt_all=False,
     window=0,
     seed=0,
+    tracking=None,
+    prov=None,
 ):
     E = cfg["protocol"]["epochs_per_task"]
     epochs = train.task_epoch_range(task, E) if ckpt_all else [task * E + E]
@@ -106,10 +108,11 @@ def _run(
         str(tmp / f"t{task}" / "m.parquet"),
         str(tmp / f"t{task}" / "o.parquet"),
         str(tmp / "resume" / f"t{task}.pt"),
-        {"test": 1},
+        prov or {"test": 1},
         stop_after_epoch=stop,
         window_paths=[str(tmp / f"t{task}" / f"best-{j}.pt") for j in range(window)],
         live_path=str(tmp / f"t{task}" / "live.pt") if window else None,
+        tracking=tracking,
     )
     return metrics, ckpts
 
