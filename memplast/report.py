@@ -14,6 +14,7 @@ delta) and links to the full tables and the figures. Before the statistics exist
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -309,4 +310,152 @@ def landing_page(
     new = text.replace(MARKER, answer)
     if not out.exists() or out.read_text() != new:
         out.write_text(new)
+    return str(out)
+
+
+# --------------------------------------------------------------------------- figure captions
+CAPTIONS = ".snakemake/memplast/captions"
+
+
+def _pending(path: str) -> str:
+    return f"*(appears once {path} exists)*"
+
+
+def _csv(workdir: Path, path: str) -> pd.DataFrame | None:
+    p = workdir / path
+    return pd.read_csv(p) if p.exists() and p.stat().st_size > 0 else None
+
+
+def _branches(wildcard: str, texts: dict) -> str:
+    """A Jinja if/elif over ``snakemake.wildcards.<wildcard>``: one caption text per value."""
+    parts = [
+        f"{{% {'if' if i == 0 else 'elif'} snakemake.wildcards.{wildcard} == {value!r} %}}{text}"
+        for i, (value, text) in enumerate(texts.items())
+    ]
+    return "".join(parts) + "{% endif %}"
+
+
+def _main_plasticity_gap(workdir: Path, ci_level: float, outcomes: dict) -> str:
+    gaps = _csv(workdir, PLASTICITY)
+    if gaps is None or gaps.empty:
+        return _pending(PLASTICITY)
+    from memplast import plasticity  # scipy: only once there is a table
+
+    return plasticity.caption(gaps, ci_level, _csv(workdir, "results/stats/plasticity_trend.csv"))
+
+
+def _main_condition_figure(workdir: Path, ci_level: float, outcomes: dict) -> str:
+    gaps, sig = _csv(workdir, PLASTICITY), _csv(workdir, "results/stats/plasticity_signature.csv")
+    pct = f"{100 * ci_level:g}%"
+    acc = _pending(PLASTICITY)
+    if gaps is not None and not gaps.empty:
+        last = gaps[gaps["task"] == gaps["task"].max()]
+        ref = last.iloc[0]
+        accs = [f"{r['algorithm']} {100 * r['test_acc_algorithm']:.1f}%" for _, r in last.iterrows()]
+        accs.append(f"{ref['reference']} {100 * ref['test_acc_reference']:.1f}%")
+        acc = (
+            f"Primary data condition, test accuracy at the last task (t = {int(ref['task'])}, mean over "
+            f"{int(ref['n'])} class orders): {', '.join(accs)}."
+        )
+    rank = _pending("results/stats/plasticity_signature.csv")
+    if sig is not None and not sig.empty:
+        last = sig[(sig["task"] == sig["task"].max()) & (sig["algorithm"] == sig["algorithm"].iloc[0])]
+        items = [
+            f"{r['measure'].replace('_', ' ')} {_num(r['mean'], 3)} [{_num(r['lo'], 3)}, {_num(r['hi'], 3)}]"
+            for _, r in last.iterrows()
+        ]
+        if len(last):
+            r = last.iloc[0]
+            rank = (
+                f"{r['algorithm']} − {r['reference']} at the last task (t = {int(r['task'])}, {pct} CI over "
+                f"{int(r['n'])} class orders): {'; '.join(items)}."
+            )
+    return _branches("name", {"accuracy_curves": acc, "dormant_and_rank": rank})
+
+
+def _main_memo_vs_outcome(workdir: Path, ci_level: float, outcomes: dict) -> str:
+    h = _csv(workdir, HEADLINE)
+    if h is None:
+        return _pending(HEADLINE)
+    h = h[(h["boundary"].astype(str) == "all") & (h["pooling"] == "fixed") & (h["estimator"] == "partial")]
+    texts = {}
+    for name, outcome in outcomes.items():
+        rows = h[h["outcome"] == outcome].set_index("kind")
+        items = [f"{k} {_rho(rows.loc[k])}" for k in ("windowed", "immediate") if k in rows.index]
+        texts[name] = (
+            f"within-class association of memo with {outcome}, pooled over class orders and boundaries "
+            f"({100 * ci_level:g}% CI): {'; '.join(items)}."
+            if items
+            else f"no pooled estimate for {outcome} in {HEADLINE}."
+        )
+    return _branches("name", texts)
+
+
+def _main_memo_validation(workdir: Path, ci_level: float, outcomes: dict) -> str:
+    auroc, agree = _csv(workdir, "results/memo/noise_auroc.csv"), _csv(workdir, "results/memo/agreement.csv")
+    if auroc is not None and not auroc.empty:
+        items = [f"{r['method']} {r['auroc']:.2f}" for _, r in auroc.iterrows()]
+        return f"AUROC of each score for the {int(auroc['n_noisy'].iloc[0])} planted noisy labels: {', '.join(items)}."
+    if agree is not None and not agree.empty:
+        r = agree.iloc[0]
+        return f"Spearman agreement of {r['method_a']} and {r['method_b']}: {r['spearman']:.2f} (n = {int(r['n'])})."
+    return _pending("results/memo/noise_auroc.csv")
+
+
+def _main_class_balance(workdir: Path, ci_level: float, outcomes: dict) -> str:
+    items = []
+    for p in sorted((workdir / "results" / "subsets").glob("*/class_balance.csv")):
+        r = pd.read_csv(p).iloc[0]
+        items.append(
+            f"{r['filter']} keeps {100 * r['summary_n_kept'] / r['summary_n_before']:.1f}% of the training samples, "
+            f"min/max class ratio {r['summary_min_max_ratio']:.2f}"
+        )
+    return "; ".join(items) + "." if items else _pending("results/subsets/*/class_balance.csv")
+
+
+def _main_order_diagnostics(workdir: Path, ci_level: float, outcomes: dict) -> str:
+    items = []
+    for p in sorted((workdir / "results" / "orderings").glob("*/gap_summary.csv")):
+        r = pd.read_csv(p).iloc[0]
+        items.append(f"{r['ordering']} {_num(r['lag1_autocorr'], 3)} (mean gap {r['mean_gap']:.1f})")
+    if not items:
+        return _pending("results/orderings/*/gap_summary.csv")
+    return f"lag-1 autocorrelation of memo along the order, and mean gap between top-10% samples: {'; '.join(items)}."
+
+
+def _main_training_curves(workdir: Path, ci_level: float, outcomes: dict) -> str:
+    flags = _csv(workdir, "results/stats/training_flags.csv")
+    if flags is None:
+        return _pending("results/stats/training_flags.csv")
+    bad = flags[flags["status"] != "ok"]
+    named = f": {', '.join(bad['run'])}" if 0 < len(bad) <= 5 else ""
+    return f"{len(flags)} runs, {len(bad)} flagged (non-finite or diverging loss){named}."
+
+
+MAIN_NUMBER = {
+    "plasticity_gap": _main_plasticity_gap,
+    "condition_figure": _main_condition_figure,
+    "memo_vs_outcome": _main_memo_vs_outcome,
+    "memo_validation": _main_memo_validation,
+    "class_balance": _main_class_balance,
+    "order_diagnostics": _main_order_diagnostics,
+    "training_curves": _main_training_curves,
+}
+
+
+def figure_caption(
+    template: str | Path, workdir: str | Path = ".", ci_level: float = 0.95, outcomes: dict | None = None
+) -> str:
+    """The caption template of a report figure (report/<name>.rst) with the figure's main number
+    appended (read from the results when they exist), written under .snakemake/memplast/captions;
+    returns its absolute path (for ``report(caption=...)``). ``outcomes``: memo_vs_<name> -> outcome."""
+    template = Path(template)
+    number = MAIN_NUMBER[template.stem](Path(workdir), ci_level, outcomes or {})
+    text = template.read_text().rstrip("\n") + f"\n\n**Main number:** {number}\n"
+    out = Path(workdir).resolve() / CAPTIONS / template.name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if not out.exists() or out.read_text() != text:
+        tmp = out.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, out)
     return str(out)

@@ -86,9 +86,10 @@ def settings(config: dict) -> dict:
 
 
 def with_runtime(protocol: dict, runtime: dict | None) -> dict:
-    """The protocol section as the training code reads it: science keys plus the runtime ones."""
+    """The protocol section as the training code reads it: science keys plus the runtime ones
+    (and ``logging``, the config's experiment-tracking section: memplast/tracking.py)."""
     rt = {**DEFAULTS, **(runtime or {})}
-    return {**protocol, **{k: rt[k] for k in RUNTIME_KEYS["protocol"]}}
+    return {**protocol, **{k: rt[k] for k in RUNTIME_KEYS["protocol"]}, "logging": rt.get("logging", {})}
 
 
 def check_gpu(job: str, family: str | None, gpu: int, device: str, cuda_available=None) -> None:

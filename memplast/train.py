@@ -322,7 +322,6 @@ def run_task(
     stop_after_epoch: int | None = None,
     window_paths: list | None = None,
     live_path: str | None = None,
-    tracking: dict | None = None,
 ) -> pd.DataFrame:
     """Train one task of one run and write its outputs (see rules/train.smk).
 
@@ -332,12 +331,12 @@ def run_task(
     as a kill would. ``window_paths[j]`` receives the weights of epoch B - j (B = best epoch, or
     the last epoch without early stopping); a slot before the task's first epoch gets an empty
     marker ({"meta": {"empty": True, ...}}). ``live_path`` receives the live last-epoch weights.
-    ``tracking``: the config's ``logging`` section (memplast/tracking.py; a runtime setting).
+    ``protocol["logging"]`` (runtime.with_runtime): experiment tracking (memplast/tracking.py).
     """
     device = resolve_device(protocol["device"])
     t, E, cpt = spec.task, protocol["epochs_per_task"], protocol["classes_per_task"]
     where = f"run {spec.name}, task {t}"
-    tracker = open_tracker(tracking, spec.name, t, provenance.get("config", {}))
+    tracker = open_tracker(protocol.get("logging"), spec.name, t, provenance.get("config", {}))
     data = DeviceData(prepared, device)
     seen = task_classes(spec.class_order, t, cpt)
     mask = seen_classes(seen, prepared.n_classes, device)  # index tensors, built once per task

@@ -3,6 +3,7 @@ import math
 
 from memplast import runtime
 from memplast.config import FACTORS, condition_path, conditions, n_classes
+from memplast.report import figure_caption
 from memplast.train import probe_epochs
 
 DATASET = config["dataset"]["name"]
@@ -201,3 +202,13 @@ def boundary_checkpoints(wc):
         for te in range(1, W + 1)
     ]
     return [*(f"{task_k}/best-{j}.pt" for j in range(W)), f"{task_k}/live.pt", *after]
+
+
+def report_caption(name, **extra):
+    """A report figure's caption: report/<name>.rst with the figure's main number appended
+    (memplast.report.figure_caption, read from the results when they exist)."""
+    return figure_caption(
+        f"{workflow.basedir}/report/{name}.rst",
+        ci_level=config["stats"]["ci_level"],
+        **extra,
+    )

@@ -66,8 +66,7 @@ def main(
     E = cfg["protocol"]["epochs_per_task"]
     paths = {task * E + te: p for te, p in zip(ckpt_task_epochs, np.atleast_1d(checkpoints))}
     prov = io.provenance(cfg, run=run, task=task, score_col=score_col)
-    rt = runtime_of(cfg, runtime)
-    protocol = with_runtime(cfg["protocol"], rt)
+    protocol = with_runtime(cfg["protocol"], runtime_of(cfg, runtime))
     run_task(
         spec,
         data,
@@ -86,7 +85,6 @@ def main(
         stop_after_epoch,
         window_paths=list(np.atleast_1d(window)),
         live_path=live,
-        tracking=rt["logging"],
     )
 
 

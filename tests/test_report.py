@@ -252,3 +252,69 @@ def test_no_report_category_clashes_with_snakemakes_own_link_targets():
     assert categories and not categories & {"workflow", "statistics"}
     rules = (ROOT / "rules" / "stats.smk").read_text()
     assert '"Answer"' in rules and '"Statistical tables"' in rules  # the landing page links to both
+
+
+def render_caption(path, config, name=None) -> str:
+    class Snakemake:
+        pass
+
+    Snakemake.config, Snakemake.wildcards = config, type("W", (), {"name": name})
+    text = jinja2.Environment(trim_blocks=True, lstrip_blocks=True).from_string(open(path).read())
+    html = publish_parts(text.render(snakemake=Snakemake) + snakemake_links(), writer="html")["body"]
+    assert "System Message" not in html and "system-message" not in html, html
+    return re.sub(r"<[^>]+>", "", html)
+
+
+def test_every_report_figure_caption_states_its_main_number(headline, tmp_path, demo_config):
+    w = tmp_path
+    for d in ("results/stats", "results/memo", "results/subsets/per_class-q0.9", "results/orderings/ascending"):
+        (w / d).mkdir(parents=True)
+    headline.to_csv(w / report.HEADLINE, index=False)
+    g = gaps().assign(test_acc_algorithm=0.851, test_acc_reference=0.875)
+    g.to_csv(w / report.PLASTICITY, index=False)
+    sig = g.assign(measure="effective_rank", mean=-3.25, lo=-4.5, hi=-2.0)
+    sig.to_csv(w / "results/stats/plasticity_signature.csv", index=False)
+    pd.DataFrame({"method": ["exact_ggn", "csl"], "auroc": [0.934, 0.998], "n": 900, "n_noisy": 90}).to_csv(
+        w / "results/memo/noise_auroc.csv", index=False
+    )
+    pd.DataFrame(
+        {"filter": ["per_class-q0.9"], "summary_n_before": [1000], "summary_n_kept": [900]}
+        | {"summary_min_max_ratio": [0.935]}
+    ).to_csv(w / "results/subsets/per_class-q0.9/class_balance.csv", index=False)
+    pd.DataFrame({"ordering": ["ascending"], "lag1_autocorr": [0.997], "mean_gap": [1.0]}).to_csv(
+        w / "results/orderings/ascending/gap_summary.csv", index=False
+    )
+    pd.DataFrame({"run": ["a", "b", "c"], "status": ["ok", "diverging", "ok"]}).to_csv(
+        w / "results/stats/training_flags.csv", index=False
+    )
+    outcomes = {"dgrad": "d_log_grad", "dloss": "d_loss"}
+    cap = lambda name, **kw: report.figure_caption(ROOT / "report" / f"{name}.rst", w, 0.95, **kw)  # noqa: E731
+    text = render_caption(cap("plasticity_gap"), demo_config)
+    assert "Main number: base - retrained at the last task (t=4): -2.40 points, 95% CI [-3.50, -1.30]" in text
+    assert "85.1%" in render_caption(cap("condition_figure"), demo_config, "accuracy_curves")
+    assert "retrained 87.5%" in render_caption(cap("condition_figure"), demo_config, "accuracy_curves")
+    assert "effective rank −3.250 [−4.500, −2.000]" in render_caption(
+        cap("condition_figure"), demo_config, "dormant_and_rank"
+    )
+    part = headline[(headline.estimator == "partial") & (headline.kind == "windowed")].set_index("outcome")
+    for name, outcome in outcomes.items():
+        text = render_caption(cap("memo_vs_outcome", outcomes=outcomes), demo_config, name)
+        assert f"with {outcome}," in text and f"windowed ρ = {report._num(part.loc[outcome, 'estimate'])}" in text
+    assert "exact_ggn 0.93, csl 1.00" in render_caption(cap("memo_validation"), demo_config)
+    assert "keeps 90.0% of the training samples, min/max class ratio 0.94" in render_caption(
+        cap("class_balance"), demo_config
+    )
+    assert "ascending 0.997" in render_caption(cap("order_diagnostics"), demo_config)
+    assert "3 runs, 1 flagged (non-finite or diverging loss): b." in render_caption(cap("training_curves"), demo_config)
+    # before the results exist, the caption says where the number will come from
+    empty = tmp_path / "empty"
+    text = render_caption(report.figure_caption(ROOT / "report" / "plasticity_gap.rst", empty), demo_config)
+    assert "Main number: (appears once results/stats/plasticity_gap.csv exists)" in text
+
+
+def test_every_report_figure_uses_a_caption_with_its_main_number():
+    rules = "\n".join(p.read_text() for p in (ROOT / "rules").glob("*.smk"))
+    figures = re.findall(r'report\(\s*"results/figures/[^"]+\.pdf",\s*caption=([^\n]+)', rules)
+    assert len(figures) == 7 and all(c.startswith("report_caption(") for c in figures), figures
+    names = {m for c in figures for m in re.findall(r'report_caption\("(\w+)"', c)}
+    assert names == set(report.MAIN_NUMBER)

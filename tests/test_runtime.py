@@ -33,7 +33,7 @@ def test_science_drops_runtime_keys_unless_batch_statistics_use_them(paper_confi
         "probe_batch_size": 500,
         "logging": paper_config["logging"],
     }
-    assert runtime.with_runtime(proto, rt) == paper_config["protocol"]
+    assert runtime.with_runtime(proto, rt) == {**paper_config["protocol"], "logging": paper_config["logging"]}
 
 
 def test_each_run_sees_only_its_own_algorithms_hyper_parameters(paper_config):

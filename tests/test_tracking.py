@@ -31,7 +31,8 @@ def tiny(demo_config):
 def _train(tmp, cfg, prepared, tracking_cfg):
     """Task 0 of a base run (tests/test_train.py's helper); its metrics parquet: tmp/t0/m.parquet."""
     prov = {"config": {"protocol": cfg["protocol"], "model": cfg["model"]}}
-    return _run(tmp, cfg, prepared, 0, name=RUN, tracking=tracking_cfg, prov=prov)[0]
+    cfg = {**cfg, "protocol": runtime.with_runtime(cfg["protocol"], {**runtime.settings(cfg), "logging": tracking_cfg})}
+    return _run(tmp, cfg, prepared, 0, name=RUN, prov=prov)[0]
 
 
 EPOCH_LINE = re.compile(
@@ -48,6 +49,7 @@ def test_offline_wandb_run_holds_the_epoch_logs_metrics(tmp_path, tiny, digits, 
     got = tracking.read_offline_run(run_dir)
     assert got["group"] == RUN and got["name"] == f"{RUN}/task0" and got["project"] == "memplast-test"
     assert got["config"]["task"] == 0 and got["config"]["protocol"]["epochs_per_task"] == 3  # the config slice
+    assert "logging" not in got["config"]["protocol"]
     assert got["config"]["model"] == tiny["model"]
 
     epochs = metrics[metrics.kind == "epoch"].reset_index(drop=True)

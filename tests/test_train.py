@@ -77,7 +77,6 @@ def _run(
     ckpt_all=False,
     window=0,
     seed=0,
-    tracking=None,
     prov=None,
 ):
     E = cfg["protocol"]["epochs_per_task"]
@@ -112,7 +111,6 @@ def _run(
         stop_after_epoch=stop,
         window_paths=[str(tmp / f"t{task}" / f"best-{j}.pt") for j in range(window)],
         live_path=str(tmp / f"t{task}" / "live.pt") if window else None,
-        tracking=tracking,
     )
     return metrics, ckpts
 
