@@ -31,7 +31,8 @@ MEASURE = """
   const prose = document.querySelector('.prose');
   const graph = document.querySelector('#rulegraph');
   const drawn = graph && graph.querySelector('svg, canvas');
-  const kids = [...prose.children];
+  const root = prose.querySelector('.document') || prose;  // docutils wraps the page in div.document
+  const kids = [...root.children];
   const start = kids.findIndex((e) => e.textContent.trim().startsWith('Answer.'));
   const table = prose.querySelector('table');
   const end = kids.findIndex((e) => e.contains(table) || e === table);
@@ -56,7 +57,7 @@ MEASURE = """
   }
   scrollTo(0, 0);
   return {
-    width: innerWidth,
+    width: innerWidth, start,
     prose: box(prose), table: box(table), graph: graph && box(graph), drawn: drawn && box(drawn),
     answer: answer.map(box), answer_text: answer.map((e) => e.textContent),
     rows: table.querySelectorAll('tr').length, covered,
@@ -108,7 +109,7 @@ def overlaps(a: dict, b: dict) -> bool:
 def check_landing_layout(g: dict) -> None:
     """The answer text and table: nothing drawn over them, clear of the workflow graph, and the
     table inside its column."""
-    assert g["answer"], "no answer paragraphs found between 'Answer.' and the table"
+    assert g["start"] >= 0 and g["answer"], "no answer paragraphs found between 'Answer.' and the table"
     assert not g["covered"], f"something is drawn over the answer: {g['covered'][:5]}"
     for box in [*g["answer"], g["table"]]:
         for other in (g["graph"], g["drawn"]):
