@@ -186,13 +186,15 @@ def agreement_sentence(part: pd.DataFrame, main: str, other: str, alpha: float, 
     if not differ:
         return f"{name} give the same verdicts."
     said = {
-        "+": "higher",
-        "-": "lower",
-        "0": "not detected",
+        "+": "higher with more memo",
+        "-": "lower with more memo",
+        "0": "no association detected",
         "nominal": "not significant after BH",
         "na": "no estimate",
     }
-    items = [f"{outcome_words(o)} {said[b[o][0]]} ({_rho(b[o][1], None if i else pct)})" for i, o in enumerate(differ)]
+    items = [
+        f"the {outcome_words(o)}: {said[b[o][0]]} ({_rho(b[o][1], None if i else pct)})" for i, o in enumerate(differ)
+    ]
     return f"{name} differ: {'; '.join(items)}."
 
 
