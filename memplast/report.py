@@ -37,6 +37,7 @@ PLASTICITY = "results/stats/plasticity_gap.csv"
 FIGURE_LINKS = (  # (report file name, link text) offered on the landing page when the figure exists
     ("plasticity_gap.pdf", "accuracy gap to retrained"),
     ("accuracy_curves.pdf", "accuracy per algorithm"),
+    ("dormant_and_rank.pdf", "dormancy and rank per algorithm"),
     ("memo_vs_dloss.pdf", "memo vs loss change"),
     ("memo_vs_dgrad.pdf", "memo vs gradient change"),
     ("memo_vs_ddormant.pdf", "memo vs dormancy change"),

@@ -230,6 +230,7 @@ def test_runtime_settings_rerun_nothing_and_training_is_watchable(tiny_run, tmp_
             {
                 "protocol": {"eval_batch_size": 7, "state_every": 3, "device": "cpu"},
                 "probes": {"batch_size": 13, "keep_checkpoints": True},
+                "logging": {"wandb": {"enabled": True, "mode": "offline", "project": "elsewhere"}},
             }
         )
     )
