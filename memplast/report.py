@@ -35,12 +35,12 @@ def _p(x: float) -> str:
 
 PLASTICITY = "results/stats/plasticity_gap.csv"
 FIGURE_LINKS = (  # (report file name, link text) offered on the landing page when the figure exists
-    ("plasticity_gap.pdf", "accuracy gap to retrained"),
-    ("accuracy_curves.pdf", "accuracy per algorithm"),
-    ("dormant_and_rank.pdf", "dormancy and rank per algorithm"),
-    ("memo_vs_dloss.pdf", "memo vs loss change"),
-    ("memo_vs_dgrad.pdf", "memo vs gradient change"),
-    ("memo_vs_ddormant.pdf", "memo vs dormancy change"),
+    ("plasticity_gap.pdf", "gap to retrained"),
+    ("accuracy_curves.pdf", "accuracy"),
+    ("dormant_and_rank.pdf", "dormancy and rank"),
+    ("memo_vs_dloss.pdf", "memo vs loss"),
+    ("memo_vs_dgrad.pdf", "memo vs gradient"),
+    ("memo_vs_ddormant.pdf", "memo vs dormancy"),
 )
 WORDS = {"d_loss": "loss change", "d_log_grad": "log-gradient-norm change", "grad_drop": "gradient drop"}
 KIND_WORDS = {"immediate": "immediate deltas (first epoch after the boundary)", "windowed": "windowed deltas"}
@@ -262,7 +262,8 @@ def answer_rst(
     h = headline.copy()
     h["boundary"] = h["boundary"].astype(str)
     h = h[(h["boundary"] == "all") & (h["pooling"] == "fixed") & (h["estimator"] == "partial")]
-    h = h[h["outcome"].isin(primary_outcomes(h["outcome"].unique()))]
+    order = {o: i for i, o in enumerate(primary_outcomes(h["outcome"].unique()))}  # loss, gradient, dormancy
+    h = h[h["outcome"].isin(order)].sort_values("outcome", key=lambda c: c.map(order), kind="stable")
     kinds = [k for k in ("immediate", "windowed") if (h["kind"] == k).any()]
     main = "windowed" if "windowed" in kinds else kinds[0]
     sentences = memo_sentences(h[h["kind"] == main], main, pct, alpha)
@@ -273,7 +274,7 @@ def answer_rst(
         )
     orders = int(h["n_orders"].max()) if "n_orders" in h and len(h) else 0
     lines = [
-        " ".join(sentences),
+        "**Answer.** " + " ".join(sentences),
         "",
         plasticity_sentence(gaps, ci_level),
         "",
@@ -283,7 +284,7 @@ def answer_rst(
         "",
     ]
     links = [f"`{text} <{name}_>`_" for name, text in FIGURE_LINKS if name in figures]
-    more = "Full tables: Answer_ (raw ρ, null bands, p values) and `Statistical tables`_."
+    more = "Full tables: Answer_ (raw ρ, null bands, p) and `Statistical tables`_."
     lines += [more + (f" Figures: {', '.join(links)}." if links else ""), ""]
     return "\n".join(lines)
 
@@ -305,7 +306,7 @@ def landing_page(
             figures=figures,
         )
     else:
-        answer = "*The answer appears here once the statistics (results/stats/headline.csv) exist.*\n"
+        answer = "**Answer.** *It appears here once the statistics (results/stats/headline.csv) exist.*\n"
     if MARKER not in text:
         raise ValueError(f"landing_page: {template} lacks the marker line {MARKER!r}")
     out = Path(workdir).resolve() / ".snakemake" / "memplast" / "workflow.rst"

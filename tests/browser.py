@@ -20,10 +20,10 @@ CHROMIUM_FLAGS = [
     "--disable-sync",
 ]
 
-# Runs in the page. The answer = the landing text's paragraphs from "Answer." up to the compact
-# table, and the table. For each: its box; for each line of its text (Range.getClientRects) and
-# each table cell, the element drawn at 5 points (centre, corners inset by 2 px) after scrolling it
-# into view: anything outside the landing text there covers the answer.
+# Runs in the page. The answer = the landing text's paragraphs from the one opening with "Answer"
+# up to the compact table, and the table. For each: its box (all scroll positions back at 0); for each line of its
+# text (Range.getClientRects) and each table cell, the element drawn at 5 points (centre, corners
+# inset by 2 px) after scrolling it into view: anything outside the landing text there covers the answer.
 MEASURE = """
 () => {
   const box = (e) => { const r = e.getBoundingClientRect();
@@ -33,10 +33,10 @@ MEASURE = """
   const drawn = graph && graph.querySelector('svg, canvas');
   const root = prose.querySelector('.document') || prose;  // docutils wraps the page in div.document
   const kids = [...root.children];
-  const start = kids.findIndex((e) => e.textContent.trim().startsWith('Answer.'));
+  const start = kids.findIndex((e) => e.textContent.trim().startsWith('Answer'));
   const table = prose.querySelector('table');
   const end = kids.findIndex((e) => e.contains(table) || e === table);
-  const answer = kids.slice(start + 1, end + 1);
+  const answer = kids.slice(start, end + 1);
   const covered = [];
   const probe = (el, rects, what) => {
     for (const r of rects) {
@@ -44,20 +44,26 @@ MEASURE = """
       const pts = [[(r.left + r.right) / 2, (r.top + r.bottom) / 2], [r.left + 2, r.top + 2],
                    [r.right - 2, r.top + 2], [r.left + 2, r.bottom - 2], [r.right - 2, r.bottom - 2]];
       for (const [x, y] of pts) {
+        if (x < 0 || y < 0 || x > innerWidth || y > innerHeight) { covered.push({what, x, y, by: 'outside the window'}); continue; }
         const hit = document.elementFromPoint(x, y);
         if (!hit || !prose.contains(hit)) covered.push({what, x, y, by: hit ? hit.tagName + '#' + hit.id + '.' + hit.className : null});
       }
     }
   };
+  const top = () => { scrollTo(0, 0); for (const e of document.querySelectorAll('*')) if (e.scrollTop) e.scrollTop = 0; };
   for (const el of answer) {
+    const cells = [...el.querySelectorAll('td, th, caption')];
+    if (cells.length) {  // a table: each cell (and the caption) in view in turn
+      for (const cell of cells) { cell.scrollIntoView({block: 'center'}); probe(cell, [cell.getBoundingClientRect()], cell.tagName); }
+      continue;
+    }
     el.scrollIntoView({block: 'center'});
     const range = document.createRange(); range.selectNodeContents(el);
     probe(el, [...range.getClientRects()], el.tagName + ' text');
-    for (const cell of el.querySelectorAll('td, th')) { cell.scrollIntoView({block: 'center'}); probe(cell, [cell.getBoundingClientRect()], 'cell'); }
   }
-  scrollTo(0, 0);
+  top();
   return {
-    width: innerWidth, start,
+    width: innerWidth, height: innerHeight, start,
     prose: box(prose), table: box(table), graph: graph && box(graph), drawn: drawn && box(drawn),
     answer: answer.map(box), answer_text: answer.map((e) => e.textContent),
     rows: table.querySelectorAll('tr').length, covered,
@@ -94,8 +100,9 @@ def landing_geometry(html: Path, width: int, profile: Path, screenshot: Path, he
             page.wait_for_selector(".prose table", timeout=60_000)
             page.wait_for_selector("#rulegraph svg, #rulegraph canvas", timeout=60_000)
             page.wait_for_timeout(500)  # vega's layout settles after the element appears
+            geometry = page.evaluate(MEASURE)  # ends with every scroll position back at the top
             page.screenshot(path=str(screenshot), full_page=True)
-            return page.evaluate(MEASURE)
+            return geometry
         finally:
             ctx.close()
 
@@ -109,7 +116,9 @@ def overlaps(a: dict, b: dict) -> bool:
 def check_landing_layout(g: dict) -> None:
     """The answer text and table: nothing drawn over them, clear of the workflow graph, and the
     table inside its column."""
-    assert g["start"] >= 0 and g["answer"], "no answer paragraphs found between 'Answer.' and the table"
+    assert g["start"] >= 0 and g["answer"], "no answer paragraphs found from 'Answer' to the table"
+    # the report centres its content in a window-high box: what is taller is cut off at the top, out of reach
+    assert g["prose"]["top"] >= 0 and g["prose"]["bottom"] <= g["height"], f"landing text cut off: {g['prose']}"
     assert not g["covered"], f"something is drawn over the answer: {g['covered'][:5]}"
     for box in [*g["answer"], g["table"]]:
         for other in (g["graph"], g["drawn"]):

@@ -79,8 +79,13 @@ def test_landing_page_answers_in_sentences_then_a_compact_table(headline, tmp_pa
     assert "System Message" not in html and "system-message" not in html
     text = re.sub(r"<[^>]+>", "", html)
     # order: question, the sentences, the loss-of-plasticity verdict, condition, compact table, setup
-    i = [text.index(s) for s in ("Question.", "Within their class", "This run shows loss of plasticity", "Condition:")]
-    assert i == sorted(i) and i[-1] < html.index("<table") < html.index("Setup: dataset")
+    i = [
+        text.index(s)
+        for s in ("Question.", "Answer. Within their class", "This run shows loss of plasticity", "Condition:")
+    ]
+    assert i == sorted(i) and i[-1] < html.index("<table") < html.index("Setup: digits")
+    rows = re.findall(r"<tr>\s*<td>([^<]+)</td>", html)
+    assert rows == ["loss change", "log-gradient-norm change", "dormant-fraction change (τ = 0.01)"]
     assert "−2.40 points" in text and "95% CI [−3.50, −1.30] over 20 class orders" in text
     assert "all training samples, reshuffled every epoch, unweighted loss, plain SGD (base)" in text
     assert "{'filter'" not in html and "{&#x27;filter" not in html  # no Python dict
@@ -127,7 +132,8 @@ def test_answer_reads_well_for_every_combination_of_signs_and_significance(combo
     rows = [verdict_row(o, "windowed", v, i) for i, (o, v) in enumerate(zip(OUTCOMES, combo))]
     rows += [verdict_row(o, "immediate", "0", i) for i, o in enumerate(OUTCOMES)]
     text = report.answer_rst(pd.DataFrame(rows), 0.95, gaps=gaps(), primary={})
-    para = text.split("\n\n")[0]
+    assert text.startswith("**Answer.** ")
+    para = text.split("\n\n")[0].removeprefix("**Answer.** ")
     sentences = re.split(r"(?<=\.) (?=[A-Z])", para)
     assert all(s[0].isupper() and s.endswith(".") for s in sentences), sentences
     assert "nan" not in para.lower() and "  " not in para and ", ," not in para and ".." not in para
@@ -237,7 +243,7 @@ def test_primary_outcomes_are_loss_gradient_and_dormancy():
 
 def test_landing_page_before_the_statistics_exist(tmp_path):
     page = report.landing_page(ROOT / "report" / "workflow.rst", tmp_path)
-    assert "The answer appears here once the statistics" in open(page).read()
+    assert "**Answer.** *It appears here once the statistics" in open(page).read()
     with pytest.raises(ValueError, match="marker"):
         (tmp_path / "t.rst").write_text("no marker")
         report.landing_page(tmp_path / "t.rst", tmp_path)
