@@ -26,7 +26,9 @@ mpconfig.validate(config)
 # The landing page: the question, and the answer generated from results/stats/headline.csv.
 report:
     landing_page(
-        f"{workflow.basedir}/report/workflow.rst", ci_level=config["stats"]["ci_level"]
+        f"{workflow.basedir}/report/workflow.rst",
+        ci_level=config["stats"]["ci_level"],
+        primary=config["conditions"]["primary"],
     )
 
 

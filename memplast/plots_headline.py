@@ -22,7 +22,6 @@ from memplast.plots import (
     _heavy_tailed,
     _log_axis,
     _note,
-    _style,
     outcome_label,
     save,
 )
@@ -62,18 +61,20 @@ def _rho_panel(
     within-class permutation null band of the within-class estimate."""
     ax.axhline(0, color="0.5", linewidth=0.8)
     cells = _boundaries(_rows(per_boundary, outcome, kind, "raw", "none"))
-    for i, (order, g) in enumerate(cells.groupby("order_seed", sort=True)):
-        st = _style(i + 2)
+    n_orders = cells["order_seed"].nunique()
+    for i, (_, g) in enumerate(cells.groupby("order_seed", sort=True)):
+        # every class order thin and grey, one legend entry for all (legible at 20 orders and more)
         ax.plot(
             g["b"],
             g["estimate"],
-            color=st["color"],
-            marker=st["marker"],
-            linestyle=":",
+            color="0.55",
+            marker="." if n_orders <= 5 else None,
+            linestyle="-",
             linewidth=0.7,
             markersize=3,
-            alpha=0.6,
-            label=f"raw ρ, order {order}",
+            alpha=0.8 if n_orders <= 5 else 0.45,
+            zorder=1,
+            label=f"raw ρ, each class order (n = {n_orders})" if i == 0 else "_nolegend_",
         )
     pct = _pct(ci_level)
     drawn = False
@@ -87,7 +88,13 @@ def _rho_panel(
         drawn = True
         b = t["b"].to_numpy(float)
         ax.fill_between(
-            b, t["ci_low"].to_numpy(float), t["ci_high"].to_numpy(float), color=colour, alpha=0.18, linewidth=0
+            b,
+            t["ci_low"].to_numpy(float),
+            t["ci_high"].to_numpy(float),
+            color=colour,
+            alpha=0.18,
+            linewidth=0,
+            zorder=3,
         )
         ax.plot(
             b,
@@ -97,6 +104,7 @@ def _rho_panel(
             marker="D" if est == "partial" else "s",
             linewidth=2,
             markersize=4,
+            zorder=5,
             label=f"{label} + {pct} CI",
         )
         if est == "partial" and "null_low" in t:
@@ -109,6 +117,7 @@ def _rho_panel(
                 hatch="///",
                 linewidth=0.0,
                 alpha=0.6,
+                zorder=4,
                 label=f"null band ({pct}): memo permuted within class",
             )
     if not drawn:
@@ -118,8 +127,12 @@ def _rho_panel(
     ax.set_ylabel(f"Spearman ρ(memo, outcome)\n({pct} sample-bootstrap CI)")
     if len(cells):
         ax.set_xticks(sorted(cells["b"].unique()))
+
+
+def _legend_outside(ax) -> None:
+    """The axis' legend to its right, outside the data area (constrained layout makes room)."""
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=6.5, loc="best")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False)
 
 
 def _headline_text(pooled: pd.DataFrame, outcome: str, kinds: list, ci_level: float) -> str:
@@ -168,6 +181,62 @@ def _decile_rows(deciles: pd.DataFrame, deltas: pd.DataFrame, outcome: str, kind
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
+def _decile_panel(ax, rows: pd.DataFrame, boundary, ci_level: float) -> None:
+    """Median outcome per memo decile. One class order: its medians with bootstrap CIs. Several:
+    each order thin and grey, their mean in front with the range over orders as a band."""
+    ax.set_title(f"(c) by memo decile, boundary {boundary}")
+    wide = rows.pivot_table(index="decile", columns="order_seed", values="median", aggfunc="first").sort_index()
+    d = wide.index.to_numpy(float)
+    if wide.shape[1] == 1:
+        g = rows.sort_values("decile")
+        med = g["median"].to_numpy(float)
+        err = np.abs(np.vstack([med - g["ci_low"].to_numpy(float), g["ci_high"].to_numpy(float) - med]))
+        ax.errorbar(
+            d,
+            med,
+            yerr=err,
+            capsize=2,
+            linewidth=1.5,
+            markersize=4,
+            color="black",
+            marker="o",
+            label=f"order {wide.columns[0]} ({_pct(ci_level)} bootstrap CI)",
+        )
+    else:
+        n = wide.shape[1]
+        for i, order in enumerate(wide.columns):
+            ax.plot(
+                d,
+                wide[order].to_numpy(float),
+                color="0.55",
+                linewidth=0.7,
+                alpha=0.8 if n <= 5 else 0.45,
+                zorder=1,
+                label=f"each class order (n = {n})" if i == 0 else "_nolegend_",
+            )
+        ax.fill_between(
+            d,
+            wide.min(axis=1).to_numpy(float),
+            wide.max(axis=1).to_numpy(float),
+            color="tab:blue",
+            alpha=0.2,
+            linewidth=0,
+            zorder=2,
+            label="range over class orders",
+        )
+        ax.plot(
+            d,
+            wide.mean(axis=1).to_numpy(float),
+            color="black",
+            marker="o",
+            linewidth=2,
+            markersize=4,
+            zorder=5,
+            label="mean over class orders",
+        )
+    ax.set_xticks(range(1, int(rows["decile"].max()) + 1))
+
+
 def memo_vs_outcome(
     per_boundary: pd.DataFrame,
     pooled: pd.DataFrame,
@@ -184,7 +253,10 @@ def memo_vs_outcome(
     and the within-class (partial, given class and baseline loss) rho with sample-bootstrap CIs
     and the within-class permutation null band; the all-boundary values in the subtitle;
     (b) hexbin of memo vs the outcome (windowed, else immediate) with the OLS line;
-    (c) median outcome per memo decile with bootstrap CI at the last boundary, one line per order.
+    (c) median outcome per memo decile at the last boundary: each order thin and grey, their mean
+    with the range over orders as a band (one order: its bootstrap CIs).
+    Legible at any number of class orders: per-order lines carry one legend entry in all, and the
+    legends sit outside the data axes.
     """
     for name, table in (("per_boundary", per_boundary), ("pooled", pooled), ("deltas", deltas)):
         present = [c for c in common.CONDITION_KEYS if c in table.columns]
@@ -198,6 +270,7 @@ def memo_vs_outcome(
     ax_c = fig.add_subplot(grid[1, 1])
     _rho_panel(ax_i, per_boundary, pooled, outcome, "immediate", f"(a) immediate Δ {KIND_DELTA['immediate']}", ci_level)
     _rho_panel(ax_w, per_boundary, pooled, outcome, "windowed", "(a′) windowed Δ (w-epoch means)", ci_level)
+    _legend_outside(ax_w)  # (a) and (a′) share their entries: one legend, right of (a′)
 
     kind = "windowed" if (deltas["kind"] == "windowed").any() else "immediate"
     old = deltas[deltas["is_old"].astype(bool) & (deltas["kind"] == kind)]
@@ -251,17 +324,10 @@ def memo_vs_outcome(
         ax_c.set_title("(c) by memo decile")
         _note(ax_c, "too few samples for deciles")
     else:
-        ax_c.set_title(f"(c) by memo decile, boundary {boundary}")
-        for i, (order, g) in enumerate(rows.groupby("order_seed", sort=True)):
-            g = g.sort_values("decile")
-            d = g["decile"].to_numpy(float) + (i - (rows["order_seed"].nunique() - 1) / 2) * 0.08
-            med = g["median"].to_numpy(float)
-            err = np.abs(np.vstack([med - g["ci_low"].to_numpy(float), g["ci_high"].to_numpy(float) - med]))
-            ax_c.errorbar(d, med, yerr=err, capsize=2, linewidth=1, markersize=4, label=f"order {order}", **_style(i))
-        ax_c.set_xticks(range(1, int(rows["decile"].max()) + 1))
-        ax_c.legend(fontsize=8, loc="best")
+        _decile_panel(ax_c, rows, boundary, ci_level)
     ax_c.set_xlabel("memo decile (1 = lowest memo, equal-count bins)")
-    ax_c.set_ylabel(f"median {outcome_label(outcome, kind)}\n({_pct(ci_level)} bootstrap CI)")
+    ax_c.set_ylabel(f"median {outcome_label(outcome, kind)}")
+    _legend_outside(ax_c)
     kinds = [k for k in common.KINDS if (pooled["kind"] == k).any()]
     fig.suptitle(
         f"memo vs {outcome}: per-sample association at task boundaries (old-class samples)\n"

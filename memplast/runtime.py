@@ -1,7 +1,8 @@
 """Runtime settings: how a job runs, never what it computes.
 
 The device, the batch sizes used only for evaluation and probing (eval-mode BatchNorm, so the
-numbers do not depend on them) and the resume interval live in the config next to the science,
+numbers do not depend on them), the resume interval and the ``logging`` section (experiment
+tracking) live in the config next to the science,
 but they are kept out of the rules' ``params`` (which Snakemake tracks for reruns) and out of the
 resume key: :func:`science` strips them from a config section, :func:`settings` collects them,
 and the scripts receive them as a ``runtime`` argument read from ``snakemake.config``.
@@ -72,9 +73,11 @@ def rule_params(config: dict, sections, algorithm: str | None = None) -> dict:
 
 def settings(config: dict) -> dict:
     """The runtime settings of a (validated) config: device, eval_batch_size, state_every,
-    probe_batch_size (defaults for keys a partial config lacks)."""
+    probe_batch_size (defaults for keys a partial config lacks) and ``logging`` (the whole section:
+    experiment tracking, memplast/tracking.py; no rule has it among its params)."""
     proto, probes = config.get("protocol", {}), config.get("probes", {})
     return {
+        "logging": config.get("logging", {}),
         "device": proto.get("device", DEFAULTS["device"]),
         "eval_batch_size": proto.get("eval_batch_size", DEFAULTS["eval_batch_size"]),
         "state_every": proto.get("state_every", DEFAULTS["state_every"]),
@@ -83,9 +86,10 @@ def settings(config: dict) -> dict:
 
 
 def with_runtime(protocol: dict, runtime: dict | None) -> dict:
-    """The protocol section as the training code reads it: science keys plus the runtime ones."""
+    """The protocol section as the training code reads it: science keys plus the runtime ones
+    (and ``logging``, the config's experiment-tracking section: memplast/tracking.py)."""
     rt = {**DEFAULTS, **(runtime or {})}
-    return {**protocol, **{k: rt[k] for k in RUNTIME_KEYS["protocol"]}}
+    return {**protocol, **{k: rt[k] for k in RUNTIME_KEYS["protocol"]}, "logging": rt.get("logging", {})}
 
 
 def check_gpu(job: str, family: str | None, gpu: int, device: str, cuda_available=None) -> None:

@@ -3,6 +3,7 @@ import math
 
 from memplast import checkpoints as ckpt
 from memplast import runtime, stats_cost
+from memplast.report import figure_caption
 from memplast.grid import (
     MEMO_ORDERINGS,
     RUN_ID,
@@ -197,3 +198,13 @@ def boundary_checkpoints(wc):
     its live last epoch, and E_k+1 .. E_k+w (start of task k+1): memplast.checkpoints.
     """
     return ckpt.boundary_checkpoints(RUN.format(**wc), int(wc.boundary), W)
+
+
+def report_caption(name, **extra):
+    """A report figure's caption: report/<name>.rst with the figure's main number appended
+    (memplast.report.figure_caption, read from the results when they exist)."""
+    return figure_caption(
+        f"{workflow.basedir}/report/{name}.rst",
+        ci_level=config["stats"]["ci_level"],
+        **extra,
+    )

@@ -12,7 +12,7 @@ rule training_curves:
         flags="results/stats/training_flags.csv",
         pdf=report(
             "results/figures/training_curves.pdf",
-            caption="../report/training_curves.rst",
+            caption=report_caption("training_curves"),
             category="Training",
         ),
         png="results/figures/training_curves.png",

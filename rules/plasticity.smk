@@ -11,7 +11,7 @@ rule figure_plasticity_gap:
         trends="results/stats/plasticity_trend.csv",
         pdf=report(
             "results/figures/plasticity_gap.pdf",
-            caption="../report/plasticity_gap.rst",
+            caption=report_caption("plasticity_gap"),
             category="Conditions",
         ),
         png="results/figures/plasticity_gap.png",

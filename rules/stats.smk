@@ -88,7 +88,7 @@ rule figure_memo_vs_outcome:
     output:
         pdf=report(
             "results/figures/memo_vs_{name}.pdf",
-            caption="../report/memo_vs_outcome.rst",
+            caption=report_caption("memo_vs_outcome", outcomes=FIGURE_OUTCOMES),
             category="Memorization vs plasticity",
         ),
         png="results/figures/memo_vs_{name}.png",
@@ -115,7 +115,7 @@ rule figure_conditions:
     output:
         pdf=report(
             "results/figures/{name}.pdf",
-            caption="../report/condition_figure.rst",
+            caption=report_caption("condition_figure"),
             category="Conditions",
         ),
         png="results/figures/{name}.png",
@@ -143,7 +143,7 @@ rule figure_class_balance:
     output:
         pdf=report(
             "results/figures/class_balance.pdf",
-            caption="../report/class_balance.rst",
+            caption=report_caption("class_balance"),
             category="Conditions",
         ),
         png="results/figures/class_balance.png",
@@ -195,7 +195,7 @@ rule figure_order_diagnostics:
     output:
         pdf=report(
             "results/figures/order_diagnostics.pdf",
-            caption="../report/order_diagnostics.rst",
+            caption=report_caption("order_diagnostics"),
             category="Conditions",
         ),
         png="results/figures/order_diagnostics.png",
@@ -222,7 +222,7 @@ rule memo_validation:
         auroc="results/memo/noise_auroc.csv",
         pdf=report(
             "results/figures/memo_validation.pdf",
-            caption="../report/memo_validation.rst",
+            caption=report_caption("memo_validation"),
             category="Memorization scores",
         ),
         png="results/figures/memo_validation.png",

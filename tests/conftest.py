@@ -80,7 +80,7 @@ class Killed(KeyboardInterrupt):
 
 
 def run_one_task(tmp, cfg, prepared, task, prev=None, algorithm="base", ordering="random", alpha=0.0, memo=None,
-                 stop=None, name=None, ckpt_epochs=None, window=0, seed=0, resume=None, on_epoch=None):  # fmt: skip
+                 stop=None, name=None, ckpt_epochs=None, window=0, seed=0, resume=None, on_epoch=None, prov=None):  # fmt: skip
     """Train task ``task`` of a run of ``cfg`` on ``prepared`` (every training sample kept) into ``tmp``:
     end state ``t<task>/end.pt``, checkpoints ``t<task>/e<g>.pt`` at the global epochs ``ckpt_epochs``
     (default: the task's last), ``window`` before-window slots and the live epoch. ``stop``: the
@@ -112,4 +112,4 @@ def run_one_task(tmp, cfg, prepared, task, prev=None, algorithm="base", ordering
         if stop is not None and row["epoch"] >= stop:
             raise Killed(f"stopped after epoch {row['epoch']}")
 
-    return run_task(spec, prepared, cfg, paths, {"test": 1}, on_epoch=kill_after), paths.checkpoints
+    return run_task(spec, prepared, cfg, paths, prov or {"test": 1}, on_epoch=kill_after), paths.checkpoints

@@ -23,6 +23,9 @@ ACTIONS = ("script", "shell", "run", "notebook", "wrapper")
 DIST_OF = {"yaml": "pyyaml", "sklearn": "scikit-learn"}
 # Imported only by code that runs in the Snakemake process (config validation), never in a job.
 WORKFLOW_SIDE = {"snakemake", "jsonschema"}
+# Optional extras, imported lazily only when their feature is enabled (config logging.wandb; a
+# missing package then logs a warning and the job runs on): not in the rules' environments.
+OPTIONAL = {"wandb"}
 
 
 def pyproject():
@@ -280,7 +283,7 @@ class Imports:
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 self._import(node, module)
         self._follow(module, nodes)
-        third_party = self.external - set(sys.stdlib_module_names) - {"__future__"} - WORKFLOW_SIDE
+        third_party = self.external - set(sys.stdlib_module_names) - {"__future__"} - WORKFLOW_SIDE - OPTIONAL
         return {DIST_OF.get(m, m) for m in third_party}
 
 

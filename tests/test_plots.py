@@ -78,7 +78,7 @@ def test_memo_vs_outcome(tables, tmp_path):
     assert ax_c.get_xlabel().startswith("memo decile") and "rows per hexagon" in cbar.get_ylabel()
     for ax in (ax_i, ax_w):
         labels = ax.get_legend_handles_labels()[1]
-        assert labels[:2] == ["raw ρ, order 0", "raw ρ, order 1"]
+        assert labels[0] == "raw ρ, each class order (n = 2)"
         assert "raw ρ, pooled over orders + 90% CI" in labels
         assert "within-class ρ (answer), pooled + 90% CI" in labels
         assert "null band (90%): memo permuted within class" in labels
@@ -94,7 +94,7 @@ def test_memo_vs_outcome(tables, tmp_path):
         np.testing.assert_allclose(line.get_ydata(), want.sort_values("boundary")["estimate"].to_numpy(float))
     assert "the within-class association" in texts(fig) and "within-class ρ =" in fig.get_suptitle()
     assert any(t.startswith("OLS: slope") for t in ax_b.get_legend_handles_labels()[1])
-    assert ax_c.get_legend_handles_labels()[1] == ["order 0", "order 1"]
+    assert ax_c.get_legend_handles_labels()[1][-1] == "mean over class orders"
 
 
 def test_memo_vs_outcome_single_order_and_missing_deciles(tables, tmp_path):
@@ -106,9 +106,9 @@ def test_memo_vs_outcome_single_order_and_missing_deciles(tables, tmp_path):
     fig = plots_headline.memo_vs_outcome(pb, out["pooled"].iloc[:0], one, no_deciles, "d_dormant_t0.01", path, PROV)
     check_files(path)
     ax_i, ax_w, ax_b, ax_c, _ = fig.axes
-    assert ax_w.get_legend_handles_labels()[1] == ["raw ρ, order 0"]  # nothing pooled
+    assert ax_w.get_legend_handles_labels()[1] == ["raw ρ, each class order (n = 1)"]  # nothing pooled
     assert "no finite windowed estimates" in texts(fig)
-    assert ax_c.get_legend_handles_labels()[1] == ["order 0"]  # recomputed with decile_effects
+    assert ax_c.get_legend_handles_labels()[1] == ["order 0 (95% bootstrap CI)"]  # recomputed with decile_effects
     assert "dormant" in ax_c.get_ylabel() and "τ = 0.01" in ax_b.get_ylabel()
 
 
@@ -287,3 +287,63 @@ def test_outcome_label():
     assert label.startswith("Δ dormant fraction") and "τ = 0.001" in label
     assert plots.outcome_label("align_cos", "windowed") == "cos(gᵢ, G_next) at E_k"  # not a delta
     assert plots.outcome_label("something_new") == "something_new"
+
+
+def _overlap(a, b) -> bool:
+    """Two display-space boxes share area (touching edges do not count)."""
+    return min(a.x1, b.x1) - max(a.x0, b.x0) > 0.5 and min(a.y1, b.y1) - max(a.y0, b.y0) > 0.5
+
+
+@pytest.mark.parametrize("n_orders", [2, 5, 20])
+def test_memo_vs_outcome_stays_legible_at_many_class_orders(n_orders, tmp_path):
+    """Per-order lines thin, grey and one legend entry in all; the pooled estimate in front; the
+    decile panel pooled over orders; no legend covers any data axes (its drawn bounding box)."""
+    deltas = stats.synthetic_deltas(n_orders=n_orders, n_classes=6, classes_per_task=2, n_per_class=12, seed=1)
+    cfg = dict(seed=0, n_boot=100, n_permutations=100, epochs_per_task=20, window=5, outcomes=["d_log_grad"])
+    out = stats.tables.association_tables(deltas[deltas.is_old], cfg, ["d_log_grad"], ["immediate", "windowed"])
+    rng = np.random.default_rng(0)
+    deciles = pd.DataFrame(
+        [
+            dict(outcome="d_log_grad", kind="windowed", boundary=b, term="decile", decile=d, order_seed=o)
+            | dict(median=m, ci_low=m - 0.1, ci_high=m + 0.1)
+            for o in range(n_orders)
+            for b in sorted(deltas.boundary.unique())
+            for d, m in zip(range(1, 11), 0.02 * np.arange(10) + rng.normal(0, 0.05, 10))
+        ]
+    )
+    path = tmp_path / f"memo_vs_dgrad_{n_orders}.pdf"
+    fig = plots_headline.memo_vs_outcome(
+        out["per_boundary"], out["pooled"], deltas, deciles, "d_log_grad", path, PROV, ci_level=0.9
+    )
+    check_files(path)
+    ax_i, ax_w, ax_b, ax_c, _ = fig.axes
+    renderer = fig.canvas.get_renderer()
+    fig.draw(renderer)
+    legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+    assert len(legends) >= 2  # (a′) and (c) at least
+    data_axes = [ax.get_window_extent(renderer) for ax in (ax_i, ax_w, ax_b, ax_c)]
+    figure_box = fig.bbox
+    for leg in legends:
+        box = leg.get_window_extent(renderer)
+        if leg.axes is ax_b:  # (b)'s OLS legend sits inside its own hexbin on purpose
+            continue
+        assert not any(_overlap(box, a) for a in data_axes), (leg.axes.get_title(), box)
+        assert figure_box.x0 <= box.x0 and box.x1 <= figure_box.x1 + 1 and box.y0 >= figure_box.y0
+        assert len(leg.get_texts()) <= 4  # one entry for all orders, not one each
+    for ax in (ax_i, ax_w):
+        labels = [t for t in ax.get_legend_handles_labels()[1]]
+        assert labels[0] == f"raw ρ, each class order (n = {n_orders})" and len(labels) == 4
+        order_lines = [li for li in ax.get_lines() if li.get_color() == "0.55"]
+        assert len(order_lines) == n_orders and all(li.get_linewidth() < 1 for li in order_lines)
+        pooled = next(li for li in ax.get_lines() if li.get_label().startswith("within-class"))
+        assert pooled.get_zorder() > max(li.get_zorder() for li in order_lines)  # the answer in front
+    assert ax_c.get_legend_handles_labels()[1] == [
+        f"each class order (n = {n_orders})",
+        "range over class orders",
+        "mean over class orders",
+    ]
+    assert not ax_c.containers  # no per-order error bars
+    mean = next(li for li in ax_c.get_lines() if li.get_label() == "mean over class orders")
+    last = deciles[deciles.boundary == deciles.boundary.max()]
+    np.testing.assert_allclose(mean.get_ydata(), last.groupby("decile")["median"].mean().to_numpy())
+    fig.savefig(tmp_path / f"memo_vs_dgrad_{n_orders}.png", dpi=80)  # for a look: the test's tmp dir

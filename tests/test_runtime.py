@@ -26,8 +26,14 @@ def test_science_drops_runtime_keys_unless_batch_statistics_use_them(paper_confi
     assert runtime.science("probes", {**paper_config["probes"], "bn_mode": "train"})["batch_size"] == 500
     assert runtime.science("stats", paper_config["stats"]) == paper_config["stats"]
     rt = runtime.settings(paper_config)
-    assert rt == {"device": "auto", "eval_batch_size": 1000, "state_every": 10, "probe_batch_size": 500}
-    assert runtime.with_runtime(proto, rt) == paper_config["protocol"]
+    assert rt == {
+        "device": "auto",
+        "eval_batch_size": 1000,
+        "state_every": 10,
+        "probe_batch_size": 500,
+        "logging": paper_config["logging"],
+    }
+    assert runtime.with_runtime(proto, rt) == {**paper_config["protocol"], "logging": paper_config["logging"]}
 
 
 def test_each_run_sees_only_its_own_algorithms_hyper_parameters(paper_config):
@@ -85,7 +91,7 @@ def test_entrypoint_passes_runtime_settings_and_stops_a_gpu_job_without_cuda(tmp
         seen.update(runtime)
 
     cli.entrypoint(main, _fake_job(tmp_path, gpu=1, device="cpu"))
-    assert seen == {"device": "cpu", "eval_batch_size": 7, "state_every": 3, "probe_batch_size": 9}
+    assert seen == {"device": "cpu", "eval_batch_size": 7, "state_every": 3, "probe_batch_size": 9, "logging": {}}
     seen.clear()
     with pytest.raises(SystemExit) as exit_:
         cli.entrypoint(main, _fake_job(tmp_path, gpu=1, device="auto"))

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import ROOT, ensure_debian_package
+from browser import CHROMIUM_FLAGS, check_landing_layout, chromium, landing_geometry
+from conftest import ROOT
 
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 TINY = [str(ROOT / "config.yaml"), str(ROOT / "config" / "demo.yaml"), str(ROOT / "tests" / "data" / "tiny.yaml")]
@@ -196,20 +197,9 @@ def test_tiny_run_produces_figures_tables_and_provenance(tiny_run):
     assert not list((tiny_run / "results" / "resume").rglob("*.pt"))
 
 
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
-
 def rendered_dom(html: Path, profile: Path) -> str:
     """The DOM of ``html`` after its scripts ran, from headless Debian chromium."""
-    exe = shutil.which("chromium-browser") or ensure_debian_package("chromium", "chromium")
+    exe = chromium()
     out = subprocess.run(
         [
             exe,
@@ -240,6 +230,7 @@ def test_runtime_settings_rerun_nothing_and_training_is_watchable(tiny_run, tmp_
             {
                 "protocol": {"eval_batch_size": 7, "state_every": 3, "device": "cpu"},
                 "probes": {"batch_size": 13, "keep_checkpoints": True},
+                "logging": {"wandb": {"enabled": True, "mode": "offline", "project": "elsewhere"}},
             }
         )
     )
@@ -294,19 +285,64 @@ def test_tuning_one_algorithm_or_adding_orders_reruns_only_their_jobs(tiny_run, 
     assert fresh["train_task"] > 0 and {r: grown.get(r, 0) for r in per_run} == {r: fresh.get(r, 0) for r in per_run}
 
 
-@pytest.mark.slow
-def test_report_opens_on_the_answer(tiny_run, tmp_path):
+@pytest.fixture(scope="module")
+def tiny_report(tiny_run):
     snakemake("--directory", str(tiny_run), "--report", "results/report.html", "--configfile", *TINY)
-    html = tiny_run / "results" / "report.html"
-    text = html.read_text(errors="ignore")
+    return tiny_run / "results" / "report.html"
+
+
+@pytest.mark.slow
+def test_report_opens_on_the_answer(tiny_run, tiny_report, tmp_path):
+    text = tiny_report.read_text(errors="ignore")
     assert "memo_vs_dgrad" in text and len(text) > 100_000
-    dom = rendered_dom(html, tmp_path / "chromium")
+    dom = rendered_dom(tiny_report, tmp_path / "chromium")
     assert "System Message" not in dom and "Duplicate explicit target" not in dom
-    assert "Answer: within-class association of memo" in dom  # the answer table's caption
+    assert "Within-class ρ of memo with the outcome" in dom  # the compact table's caption
+    assert "all training samples, reshuffled every epoch, unweighted loss, plain SGD (base)" in dom
+    assert "Loss of plasticity: not measured" in dom  # the tiny config runs no retrained reference
+    landing = dom[dom.index("Question.") : dom.index("Setup: ")]
+    assert "{'filter'" not in landing and "{&#39;filter" not in landing  # the condition in words, not a dict
     head = pd.read_csv(tiny_run / "results/stats/headline.csv")
-    for outcome in head["outcome"].unique():
-        assert f"<strong>{outcome}</strong>" in dom  # one generated sentence per outcome
-    assert dom.index("Answer: within-class") < dom.index("Setup: dataset")  # it opens on the answer
+    assert "align_cos" in set(head["outcome"]) and "align_cos" not in landing  # primary outcomes only
+    # it opens on the answer: the question, the sentences, the table, then the setup
+    answer = landing.index("Answer.</strong> ")
+    assert re.match(r"(Within their class|No estimate|The )", landing[answer + 17 :]) and answer < landing.index(
+        "<table"
+    )
+
+
+# a laptop and a desktop screen (CSS px): the report centres its content in a window-high box
+REPORT_SIZES = {1280: 800, 1920: 1080}
+
+
+def _check_layout(html: Path, tmp_path: Path, width: int) -> dict:
+    shot = tmp_path / f"report_{width}px.png"
+    g = landing_geometry(html, width, tmp_path / "profile", shot, height=REPORT_SIZES[width])
+    check_landing_layout(g)
+    assert g["rows"] == 4  # header + loss, gradient and dormancy changes
+    assert any("Within their class" in t for t in g["answer_text"])
+    assert shot.stat().st_size > 20_000  # the screenshot a person can look at (the test's tmp dir)
+    return g
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("width", REPORT_SIZES)
+def test_report_landing_page_layout_in_chromium(tiny_report, tmp_path, width):
+    """As a person sees it at 1280 x 800 and 1920 x 1080 px: the landing text whole in the window,
+    nothing drawn over the answer sentences and the compact table, the table inside its column, the
+    workflow graph clear of both."""
+    _check_layout(tiny_report, tmp_path, width)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("width", REPORT_SIZES)
+def test_demo_report_landing_page_layout_in_chromium(tmp_path, width):
+    """The same on the demo's report (`make demo` writes results/report.html)."""
+    html = ROOT / "results" / "report.html"
+    if not html.exists():
+        pytest.skip("no demo report here: `make demo` writes results/report.html")
+    g = _check_layout(html, tmp_path, width)
+    assert any("plasticity" in t for t in g["answer_text"])  # the demo runs the retrained reference
 
 
 @pytest.mark.slow

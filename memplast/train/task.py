@@ -28,6 +28,7 @@ from memplast.device import resolve_device, to_device
 from memplast.grid import lr_at, task_classes
 from memplast.io import science_key, write_parquet
 from memplast.masks import seen_classes
+from memplast.tracking import open_tracker
 from memplast.train.device_data import DeviceData
 from memplast.train.epoch import EpochInterrupted, evaluate_splits, fit_epoch, log_epoch, reestimate_bn, side_generator
 from memplast.train.state import Preempted, Progress, ResumeFile, TaskState, sigterm_flag, trainer_lock
@@ -263,15 +264,21 @@ def run_task(spec: RunSpec, prepared: Prepared, cfg: dict, paths: TaskPaths, pro
     process at a time trains a task (:func:`memplast.train.state.trainer_lock`). SIGTERM (preemption,
     time limit) saves the resume state after the current SGD step and raises :class:`Preempted`;
     the rerun continues from that step and ends bitwise as an uninterrupted run.
+    ``protocol.logging`` (a runtime setting): optional experiment tracking (memplast/tracking.py).
     """
     with trainer_lock(paths.resume, f"run {spec.name}, task {spec.task}"), sigterm_flag() as stop:
         job = TaskRun(spec, prepared, cfg, paths, provenance)
+        tracker = open_tracker(cfg["protocol"].get("logging"), spec.name, spec.task, provenance.get("config", {}))
         t_start, first = time.perf_counter(), job.progress.epoch
         for e in range(first, job.E):
             row = job.train_epoch(e, stop)
             log_epoch(job.where, row, job.E, (time.perf_counter() - t_start) / (e + 1 - first) * (job.E - e - 1))
+            tracker.log_epoch(row)
             if on_epoch is not None:
                 on_epoch(row)
             if stop() and e + 1 < job.E:  # SIGTERM during the evaluation: stop at the epoch's end
                 raise job.preempt(job.t * job.E + e + 1, f"after task-epoch {e + 1}")
-        return job.finish()
+        metrics = job.finish()
+        tracker.log_summary(job.progress.rows[-1])
+        tracker.close()
+        return metrics
