@@ -43,16 +43,11 @@ def _bound(r, col: str = "p_at_floor") -> bool:
     return bool(r.get(col, False)) and not pd.isna(r.get(col))
 
 
-def scope_sentence(part: pd.DataFrame, orders: int, pct: str) -> str:
+def scope_words(part: pd.DataFrame, orders: int, pct: str) -> str:
     """What the numbers generalise to (fixed pooling: these class orders; random effects: new class
-    orders, from 5 orders on) and each outcome's BH-adjusted p, a bound where it is at the
-    resampling floor 1/(B+1)."""
-    ps = []
-    for _, r in part.iterrows():
-        bound = _bound(r)
-        ps.append(f"{outcome_words(r['outcome'])} {'' if bound else '= '}{_p(float(r['p_bh']), bound)}")
-    text = f"These estimates hold for these {orders} class orders (fixed pooling); BH p: {', '.join(ps)}"
-    text += " (< marks a bound at the resampling floor)" if any(_bound(r) for _, r in part.iterrows()) else ""
+    orders, shown from 5 orders on) and, where a BH-adjusted p sits at the resampling floor
+    1/(B+1), that p as a bound."""
+    text = f"fixed pooling over these {orders} class orders"
     rand = part[part["random_estimate"].notna()] if "random_estimate" in part else part.iloc[:0]
     if len(rand):
         items = [
@@ -60,8 +55,14 @@ def scope_sentence(part: pd.DataFrame, orders: int, pct: str) -> str:
             f"[{_num(r['random_ci_low'])}, {_num(r['random_ci_high'])}]"
             for _, r in rand.iterrows()
         ]
-        return text + f". For new class orders (random effects over the {orders}): {'; '.join(items)}."
-    return text + ". Intervals for new class orders (random effects) are shown from 5 class orders on."
+        text += f"; for new class orders (random effects): {'; '.join(items)}"
+    else:
+        text += " (new class orders: random effects from 5 orders on)"
+    floored = [r for _, r in part.iterrows() if _bound(r)]
+    if floored:
+        items = [f"{outcome_words(r['outcome'])} {_p(float(r['p_bh']), True)}" for r in floored]
+        text += f"; BH p at the resampling floor, a bound: {', '.join(items)}"
+    return text
 
 
 PLASTICITY = "results/stats/plasticity_gap.csv"
@@ -304,14 +305,14 @@ def answer_rst(
             agreement_sentence(h, main, next(k for k in kinds if k != main), alpha, None if named else pct)
         )
     orders = int(h["n_orders"].max()) if "n_orders" in h and len(h) else 0
-    if len(h):
-        sentences.append(scope_sentence(h[h["kind"] == main], orders, pct))
     lines = [
         "**Answer.** " + " ".join(sentences),
         "",
         plasticity_sentence(gaps, ci_level),
         "",
-        f"*Condition:* {condition_words(primary or {})}; {orders} class orders.",
+        f"*Condition:* {condition_words(primary or {})}; "
+        + (scope_words(h[h["kind"] == main], orders, pct) if len(h) else f"{orders} class orders")
+        + ".",
         "",
         *compact_table(h, kinds, pct, alpha),
         "",
