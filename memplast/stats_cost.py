@@ -21,13 +21,13 @@ from __future__ import annotations
 import math
 
 ROWS_MEASURED = 4_275_000
-FIXED_CPU_S = 25.0
-BOOT_CPU_S = 0.40
-NULL_CPU_S = 0.20
-THREAD_EFFICIENCY = 0.8  # 2-thread speed-up / 2 of the draws
+FIXED_CPU_S = 15.0  # cells, estimates, pooling (measured 12-14 s)
+BOOT_CPU_S = 0.55  # per bootstrap draw: cell kernels 0.46-0.53 s + counts and pooling
+NULL_CPU_S = 0.25  # per null permutation (measured 0.15-0.24 s)
+THREAD_EFFICIENCY = 0.6  # 2-thread speed-up / 2 of the draws (measured on a loaded machine; conservative)
 DECILE_CPU_S = 0.6  # per bootstrap draw, every run x kind x boundary x outcome
 MEDIATION_CPU_S = 2200.0  # 3 mediators x 200 simulations, every run x kind x boundary
-PEAK_MB = 1800
+PEAK_MB = 2200  # max RSS of the association tables at that size (the table is ~1 GB of it)
 THREAD_MB = 150
 SAFETY = 2.0
 
