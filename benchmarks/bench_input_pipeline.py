@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from memplast.data import Prepared, channel_stats, make_synthetic
+from memplast.data import Prepared, synthetic_train_set
 from memplast.masks import class_mask
 from memplast.models import ResNet18
 from memplast.train import DeviceData, train_epoch
@@ -36,27 +36,6 @@ BATCH = 90
 N_CLASSES = 100
 AUG = {"crop_padding": 4, "flip": True, "rotation_degrees": 15.0}
 GOAL = 10.0
-
-
-def synthetic_prepared(n_images: int) -> Prepared:
-    """A Prepared training set of CIFAR-shaped synthetic images (all in the train split)."""
-    images, labels = make_synthetic(N_CLASSES, (3, 32, 32), -(-n_images // N_CLASSES), seed=0)
-    images, labels = images[:n_images], labels[:n_images]
-    mean, std = channel_stats(images)
-    n = len(labels)
-    return Prepared(
-        name="synthetic",
-        images=images,
-        labels=labels,
-        orig_labels=labels.copy(),
-        noisy=np.zeros(n, dtype=bool),
-        sample_id=np.arange(n),
-        source=np.full(n, "train"),
-        split=np.full(n, "train"),
-        mean=mean,
-        std=std,
-        n_classes=N_CLASSES,
-    )
 
 
 class ReferenceDataset(Dataset):
@@ -156,7 +135,7 @@ def main(argv=None):
             "slow multi-threaded rows (OpenMP) most, so ratios are pessimistic"
         )
 
-    p = synthetic_prepared(n_pipeline)
+    p = synthetic_train_set(N_CLASSES, (3, 32, 32), n_pipeline)
     passes = {
         "reference, workers=0": reference_pass(p, 0),
         f"reference, workers={cores}": reference_pass(p, cores),
@@ -167,7 +146,7 @@ def main(argv=None):
         for name, one_pass in passes.items():
             rates[name] = max(rates[name], one_pass())
     del passes  # stops the reference's workers before training
-    rates["train epoch, ResNet-18 w16"] = time_epoch(synthetic_prepared(n_epoch))
+    rates["train epoch, ResNet-18 w16"] = time_epoch(synthetic_train_set(N_CLASSES, (3, 32, 32), n_epoch))
 
     reference = max(rates["reference, workers=0"], rates[f"reference, workers={cores}"])
     width = max(map(len, rates))

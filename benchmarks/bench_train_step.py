@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from memplast import augment
-from memplast.data import Prepared, channel_stats, make_synthetic
+from memplast.data import synthetic_train_set
 from memplast.device import count_host_syncs
 from memplast.masks import class_mask, per_sample_loss, seen_classes
 from memplast.models import build_model
@@ -66,27 +66,8 @@ def step_before(model, optimizer, data, rows, mask, batch_size, generator, aug):
     return losses.cpu().numpy(), correct / len(rows)
 
 
-def prepared(n_classes: int, shape, n: int) -> Prepared:
-    images, labels = make_synthetic(n_classes, shape, -(-n // n_classes), seed=0)
-    images, labels = images[:n], labels[:n]
-    mean, std = channel_stats(images)
-    return Prepared(
-        name="synthetic",
-        images=images,
-        labels=labels,
-        orig_labels=labels.copy(),
-        noisy=np.zeros(n, dtype=bool),
-        sample_id=np.arange(n),
-        source=np.full(n, "train"),
-        split=np.full(n, "train"),
-        mean=mean,
-        std=std,
-        n_classes=n_classes,
-    )
-
-
 def setting(arch: str, width: int, n_classes: int, shape, n: int):
-    p = prepared(n_classes, shape, n)
+    p = synthetic_train_set(n_classes, shape, n)
     data = DeviceData(p, torch.device("cpu"))
     rows = np.random.default_rng(0).permutation(n)
     seen = np.arange(n_classes // 2)  # half the classes seen, as in the middle of a run

@@ -322,6 +322,27 @@ def prepare(dataset_cfg: dict, archive: str | Path | None = None) -> Prepared:
     return Prepared(name, images, noisy_labels, labels, noisy, sample_id, source, split, mean, std, n_classes)
 
 
+def synthetic_train_set(n_classes: int, shape, n: int, seed: int = 0) -> Prepared:
+    """``n`` class-structured synthetic images (:func:`make_synthetic`), all in the train split
+    (benchmarks of the training step and input pipeline)."""
+    images, labels = make_synthetic(n_classes, shape, -(-n // n_classes), seed=seed)
+    images, labels = images[:n], labels[:n]
+    mean, std = channel_stats(images)
+    return Prepared(
+        name="synthetic",
+        images=images,
+        labels=labels,
+        orig_labels=labels.copy(),
+        noisy=np.zeros(n, dtype=bool),
+        sample_id=np.arange(n),
+        source=np.full(n, "train"),
+        split=np.full(n, "train"),
+        mean=mean,
+        std=std,
+        n_classes=n_classes,
+    )
+
+
 def save_prepared(p: Prepared, path, prov: dict) -> None:
     from memplast.integrity import check_archive
     from memplast.io import atomic_path
