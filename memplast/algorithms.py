@@ -80,8 +80,6 @@ class CBP:
     magnitude and age 0. Optimizer state (momentum) is left as it is, as in the reference.
     """
 
-    wants_acts = True
-
     def __init__(self, model: nn.Module, cfg: dict, seed: int):
         if cfg["mode"] not in CBP_MODES:
             raise ValueError(f"cbp.mode {cfg['mode']!r}: choose one of {CBP_MODES}")

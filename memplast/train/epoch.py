@@ -106,7 +106,7 @@ def train_epoch(
     weights: torch.Tensor | None = None,
     after_step=None,
     where: str = "",
-    wants_acts: bool | None = None,
+    wants_acts: bool = False,
     cursor: dict | None = None,
     stop=None,
 ):
@@ -115,15 +115,13 @@ def train_epoch(
     ``stop()`` is asked after every optimizer step but the last: True raises :class:`EpochInterrupted`
     with the epoch's position; that ``cursor`` continues the epoch from its next batch.
 
-    ``after_step`` runs after every optimizer step; with ``wants_acts`` (default: the callable's own
-    ``wants_acts`` attribute) it receives the batch's ReLU outputs (continual backprop). The step
+    ``after_step`` runs after every optimizer step; with ``wants_acts`` (the algorithm's flag) it
+    receives the batch's ReLU outputs (continual backprop). The step
     never waits for the device: rows go to the device once, the mask is an index tensor, and losses, accuracy and the finite-loss check
     are read once, after the epoch (a non-finite loss raises then, before any state is saved).
     Returns (per-sample losses in ``rows`` order as a numpy array, accuracy).
     """
     model.train()
-    if wants_acts is None:
-        wants_acts = getattr(after_step, "wants_acts", False)
     seen = seen_classes(mask)
     data.check_labels(rows, seen)
     idx = data.index(rows)
@@ -179,7 +177,7 @@ def fit_epoch(
     weights=None,
     after_step=None,
     where: str = "",
-    wants_acts: bool | None = None,
+    wants_acts: bool = False,
     cursor: dict | None = None,
     stop=None,
 ):
