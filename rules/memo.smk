@@ -27,6 +27,8 @@ rule memo_scorer:
         gpu=job("memo_scorer", "gpu"),
     params:
         grid=SCORER_GRID,
+        # outside the declared outputs (see rules/train.smk): saved every protocol.state_every epochs and on SIGTERM
+        resume="results/resume/memo/scorer.pt",
         cfg=cfg_slice("dataset", "memo", "protocol"),
     script:
         "../scripts/memo_scorer.py"

@@ -1,19 +1,21 @@
 """Fault injection on the demo's tiny settings: damaged checkpoints, states and prepared data are
 detected where they are read and right after they are written, with one line that names the file
-and the recovery; a damaged resume state or staged checkpoint makes the task restart, and the
-restarted task ends byte for byte as an uninterrupted one."""
+and the recovery; a damaged resume state or staged checkpoint makes the job (a task or the memo
+scorer) restart, and the restarted job ends byte for byte as an uninterrupted one; SIGTERM saves
+either trainer at its current step."""
 
 from __future__ import annotations
 
 import copy
 import errno
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-from conftest import Killed, run_one_task
+from conftest import Killed, run_one_task, run_scorer
 
 from memplast import checkpoints, data
 from memplast.integrity import DamagedFileError
@@ -53,6 +55,45 @@ def ref(tmp_path_factory, tiny, digits, one_thread):
     d = tmp_path_factory.mktemp("ref")
     run_one_task(d, tiny, digits, 0, ckpt_epochs=[1, 2], window=1)
     return d / "t0"
+
+
+@pytest.fixture(scope="module")
+def scorer_cfg(tiny):
+    cfg = copy.deepcopy(tiny)
+    cfg["memo"]["scorer"].update(epochs=3, grid_every=1)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def scorer_ref(tmp_path_factory, scorer_cfg, digits, one_thread):
+    """An uninterrupted memo scorer: checkpoints at epochs 1-3, metrics, CSL."""
+    d = tmp_path_factory.mktemp("scorer-ref")
+    run_scorer(d, scorer_cfg, digits)
+    return d / "scorer"
+
+
+@dataclass
+class Trainer:
+    """One of the two training jobs, as the fault tests drive it: ``run(dir, **kw)`` trains it into
+    ``dir`` (``stop=``: killed after that epoch), ``out`` its outputs' directory under ``dir``,
+    ``resume`` its resume state, ``files`` the outputs that must match an uninterrupted run byte for byte."""
+
+    run: object
+    ref: Path
+    out: str
+    resume: str
+    files: tuple
+
+
+@pytest.fixture(params=["task", "scorer"])
+def trainer(request, tiny, digits) -> Trainer:
+    if request.param == "task":
+        return Trainer(lambda d, **kw: run_one_task(d, tiny, digits, 0, ckpt_epochs=[1, 2], window=1, **kw),
+                       request.getfixturevalue("ref"), "t0", "resume/t0.pt",
+                       ("e1.pt", "e2.pt", "best-0.pt", "live.pt", "end.pt"))  # fmt: skip
+    cfg = request.getfixturevalue("scorer_cfg")
+    return Trainer(lambda d, **kw: run_scorer(d, cfg, digits, **kw), request.getfixturevalue("scorer_ref"),
+                   "scorer", "resume/scorer.pt", ("e1.pt", "e2.pt", "e3.pt", "csl.parquet"))  # fmt: skip
 
 
 @pytest.mark.parametrize("damage", DAMAGE)
@@ -124,25 +165,45 @@ def test_disk_full_while_writing_a_resume_state_keeps_the_previous_one(tmp_path,
     assert checkpoints.load_payload(path)["epoch"] == 1
 
 
-@pytest.mark.parametrize(("which", "damage"), [("resume state", "truncated"), ("staged checkpoint", "bit-flipped")])
-def test_damaged_resume_state_or_staged_checkpoint_restarts_the_task(tmp_path, ref, tiny, digits, which, damage,
-                                                                       caplog):  # fmt: skip
+@pytest.mark.parametrize(("which", "damage"), [("resume state", "truncated"), ("staged checkpoint", "bit-flipped"),
+                                               ("resume state", "bit-flipped")])  # fmt: skip
+def test_damaged_resume_state_or_staged_checkpoint_restarts_the_job(tmp_path, trainer, which, damage, caplog):
+    """A task or the memo scorer, killed after its first epoch (a resume state and a staged checkpoint
+    left), its state then damaged: the rerun warns once naming the file and restarts from scratch."""
     with pytest.raises(Killed):
-        run_one_task(tmp_path, tiny, digits, 0, ckpt_epochs=[1, 2], window=1, stop=1)
-    resume = tmp_path / "resume" / "t0.pt"
+        trainer.run(tmp_path, stop=1)
+    resume = tmp_path / trainer.resume
     target = resume if which == "resume state" else resume.with_suffix(".ckpt") / "e1.pt"
     assert target.exists()
     DAMAGE[damage](target)
-    for f in (tmp_path / "t0").glob("*.pt"):  # Snakemake deletes a killed job's outputs
+    for f in (tmp_path / trainer.out).glob("*"):  # Snakemake deletes a killed job's outputs
         f.unlink()
     with caplog.at_level("WARNING", logger="memplast.train"):
-        run_one_task(tmp_path, tiny, digits, 0, ckpt_epochs=[1, 2], window=1)
+        trainer.run(tmp_path)
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and f"damaged file {target}" in warnings[0] and "\n" not in warnings[0]
     assert "resuming after" not in caplog.text
-    for name in ("e1.pt", "e2.pt", "best-0.pt", "live.pt", "end.pt"):  # the restarted task: the same bytes
-        assert (tmp_path / "t0" / name).read_bytes() == (ref / name).read_bytes(), name
+    for name in trainer.files:  # the restarted job: the same bytes
+        assert (tmp_path / trainer.out / name).read_bytes() == (trainer.ref / name).read_bytes(), name
     assert not resume.exists() and not resume.with_suffix(".ckpt").exists()
+
+
+def test_killed_scorer_resumes_to_the_same_bytes(tmp_path, scorer_ref, scorer_cfg, digits, caplog):
+    """Killed after epoch 2 (its resume state saved then): the rerun continues from epoch 2 and its
+    checkpoints, CSL and metrics equal an uninterrupted scorer's."""
+    with pytest.raises(Killed):
+        run_scorer(tmp_path, scorer_cfg, digits, stop=2)
+    staged = sorted(p.name for p in (tmp_path / "resume" / "scorer.ckpt").iterdir())
+    assert staged == ["e1.pt", "e2.pt"] and not any((tmp_path / "scorer").glob("*"))  # outputs only at the end
+    with caplog.at_level("INFO", logger="memplast.train"):
+        run_scorer(tmp_path, scorer_cfg, digits)
+    assert "memo scorer: resuming after epoch 2 from" in caplog.text
+    for name in ("e1.pt", "e2.pt", "e3.pt", "csl.parquet"):
+        assert (tmp_path / "scorer" / name).read_bytes() == (scorer_ref / name).read_bytes(), name
+    timing = ["seconds", "images_per_sec"]
+    a, b = (pd.read_parquet(d / "m.parquet").drop(columns=timing) for d in (tmp_path / "scorer", scorer_ref))
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+    assert len(a) == 3 and not (tmp_path / "resume" / "scorer.pt").exists()
 
 
 def test_damaged_staged_checkpoint_at_the_end_of_the_task_is_not_moved_onto_the_outputs(tmp_path):
