@@ -327,17 +327,45 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path, ref, tiny, digit
     assert (tmp_path / "t0" / "end.pt").read_bytes() == (ref / "end.pt").read_bytes()
 
 
+def sigterm_cfg(demo_config: dict) -> dict:
+    """Three epochs of a task and of the scorer, in small steps (batches of 8 and 16)."""
+    cfg = copy.deepcopy(demo_config)
+    cfg["protocol"].update(epochs_per_task=3, lr_milestones=[1], state_every=1, batch_size=8)
+    cfg["memo"]["scorer"].update(epochs=3, grid_every=1, batch_size=16)
+    return cfg
+
+
+def sigterm_paths(which: str, d) -> tuple[Path, Path]:
+    """(outputs dir, resume state) of :func:`sigterm_job` in ``d``."""
+    name = "t0" if which == "task" else "scorer"
+    return Path(d) / name, Path(d) / "resume" / f"{name}.pt"
+
+
+def sigterm_job(which: str, d, cfg, prepared) -> None:
+    """Train task 0 (``which="task"``) or the scorer into ``d``."""
+    if which == "task":
+        run_one_task(d, cfg, prepared, 0, ckpt_epochs=[1, 2, 3], window=2)
+    else:
+        run_scorer(d, cfg, prepared)
+
+
+SIGTERM_OUTPUTS = {  # the job's epoch unit in its log; outputs equal to an uninterrupted run's bytes
+    "task": ("task-epoch", ("e1.pt", "e2.pt", "e3.pt", "best-0.pt", "best-1.pt", "live.pt", "end.pt")),
+    "scorer": ("epoch", ("e1.pt", "e2.pt", "e3.pt", "csl.parquet")),
+}
+
 SIGTERM_DRIVER = """
 import logging, sys
 sys.path.insert(0, sys.argv[1])
 import torch
-from conftest import ROOT, run_one_task
+from conftest import ROOT
+from test_faults import sigterm_cfg, sigterm_job
 torch.set_num_threads(1)  # as the test process (one_thread), after conftest's own setting
 from memplast import config, data
 from memplast.train.state import Preempted
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)
 import time
-from memplast.train import epoch, task
+from memplast.train import epoch, scorer, task
 fit, loss = task.fit_epoch, epoch.per_sample_loss
 def announced_fit(*args, **kwargs):  # the parent signals once the second epoch's steps have begun
     print("FIT", file=sys.stderr, flush=True)
@@ -345,30 +373,30 @@ def announced_fit(*args, **kwargs):  # the parent signals once the second epoch'
 def slow_loss(*args, **kwargs):  # ~20 ms a step, so that the signal lands within the epoch
     time.sleep(0.02)
     return loss(*args, **kwargs)
-task.fit_epoch, epoch.per_sample_loss = announced_fit, slow_loss
-cfg = config.load(ROOT / "config.yaml", ROOT / "config" / "demo.yaml")
-cfg["protocol"].update(epochs_per_task=3, lr_milestones=[1], state_every=1, batch_size=8)
+task.fit_epoch = scorer.fit_epoch = announced_fit
+epoch.per_sample_loss = slow_loss
+cfg = sigterm_cfg(config.load(ROOT / "config.yaml", ROOT / "config" / "demo.yaml"))
 try:
-    run_one_task(sys.argv[2], cfg, data.prepare(cfg["dataset"]), 0, ckpt_epochs=[1, 2, 3], window=2)
+    sigterm_job(sys.argv[3], sys.argv[2], cfg, data.prepare(cfg["dataset"]))
 except Preempted as exc:
     print(exc, flush=True)
     sys.exit(3)
 """
 
 
+@pytest.mark.parametrize("which", SIGTERM_OUTPUTS)
 def test_sigterm_mid_epoch_saves_the_step_and_the_rerun_ends_bitwise_equal(tmp_path, demo_config, digits, one_thread,
-                                                                             caplog):  # fmt: skip
-    """SIGTERM to a training process after its first epoch: it saves its state at the end of the
-    current step and exits non-zero; the rerun resumes from that step (not from the last saved
-    epoch) and writes the same bytes as an uninterrupted run."""
+                                                                             caplog, which):  # fmt: skip
+    """SIGTERM to a training process (a task or the memo scorer) after its first epoch: it saves its
+    state at the end of the current step and exits non-zero; the rerun resumes from that step (not
+    from the last saved epoch) and writes the same bytes as an uninterrupted run."""
     import signal
     import subprocess
     import sys
 
-    cfg = copy.deepcopy(demo_config)
-    cfg["protocol"].update(epochs_per_task=3, lr_milestones=[1], state_every=1, batch_size=8)
+    cfg = sigterm_cfg(demo_config)
     run = tmp_path / "k"
-    proc = subprocess.Popen([sys.executable, "-c", SIGTERM_DRIVER, str(Path(__file__).parent), str(run)],
+    proc = subprocess.Popen([sys.executable, "-c", SIGTERM_DRIVER, str(Path(__file__).parent), str(run), which],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
         fits = 0
@@ -381,21 +409,23 @@ def test_sigterm_mid_epoch_saves_the_step_and_the_rerun_ends_bitwise_equal(tmp_p
     finally:
         proc.kill()
     assert proc.returncode == 3, err
-    resume = run / "resume" / "t0.pt"
+    unit, files = SIGTERM_OUTPUTS[which]
+    outputs, resume = sigterm_paths(which, run)
     assert "SIGTERM received" in out and str(resume) in out and "\n" not in out.strip()
     saved = torch.load(resume, weights_only=False)
     assert saved["epoch"] == 1 and saved["partial"]["epoch"] == 1 and saved["partial"]["cursor"]["batch"] >= 1
-    for f in (run / "t0").glob("*.pt"):  # Snakemake deletes a failed job's outputs
+    for f in outputs.glob("*"):  # Snakemake deletes a failed job's outputs
         f.unlink()
     with caplog.at_level("INFO", logger="memplast.train"):
-        run_one_task(run, cfg, digits, 0, ckpt_epochs=[1, 2, 3], window=2)
-    assert f"within task-epoch 2 at batch {saved['partial']['cursor']['batch']}" in caplog.text
-    run_one_task(tmp_path / "ref", cfg, digits, 0, ckpt_epochs=[1, 2, 3], window=2)
-    for name in ("e1.pt", "e2.pt", "e3.pt", "best-0.pt", "best-1.pt", "live.pt", "end.pt"):
-        assert (run / "t0" / name).read_bytes() == (tmp_path / "ref" / "t0" / name).read_bytes(), name
-    k, ref = (pd.read_parquet(d / "t0" / "m.parquet") for d in (run, tmp_path / "ref"))
-    pd.testing.assert_frame_equal(k.drop(columns=["seconds", "images_per_sec"]),
-                                  ref.drop(columns=["seconds", "images_per_sec"]))  # fmt: skip
+        sigterm_job(which, run, cfg, digits)
+    assert f"within {unit} 2 at batch {saved['partial']['cursor']['batch']}" in caplog.text
+    sigterm_job(which, tmp_path / "ref", cfg, digits)
+    ref = sigterm_paths(which, tmp_path / "ref")[0]
+    for name in files:
+        assert (outputs / name).read_bytes() == (ref / name).read_bytes(), name
+    timing = ["seconds", "images_per_sec"]
+    k, r = (pd.read_parquet(d / "m.parquet").drop(columns=timing) for d in (outputs, ref))
+    pd.testing.assert_frame_equal(k, r, check_exact=True)
     assert not resume.exists()
 
 
