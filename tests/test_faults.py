@@ -215,7 +215,7 @@ def test_damaged_staged_checkpoint_at_the_end_of_the_task_is_not_moved_onto_the_
     with pytest.raises(DamagedFileError) as err:
         rf.finish({1: str(out), 2: str(tmp_path / "out" / "e2.pt")}, end_epoch=2)
     assert_one_line(err.value, rf.staged(1))
-    assert "task restarts" in str(err.value)
+    assert "restarts from its first epoch" in str(err.value)
     assert not out.exists() and not rf.path.exists() and not rf.staging.exists()
 
 
