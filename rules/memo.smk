@@ -25,10 +25,11 @@ rule memo_scorer:
         mem_mb=job("memo_scorer", "mem_mb"),
         runtime=job("memo_scorer", "runtime"),
         gpu=job("memo_scorer", "gpu"),
+    # Its resume state (every protocol.state_every epochs and on SIGTERM) is
+    # results/resume/memo/scorer.pt, outside the declared outputs; not a param, so that its
+    # introduction reran no finished scorer (memplast.train.scorer.RESUME).
     params:
         grid=SCORER_GRID,
-        # outside the declared outputs (see rules/train.smk): saved every protocol.state_every epochs and on SIGTERM
-        resume="results/resume/memo/scorer.pt",
         cfg=cfg_slice("dataset", "memo", "protocol"),
     script:
         "../scripts/memo_scorer.py"

@@ -12,10 +12,11 @@ from memplast.cli import entrypoint  # noqa: E402
 from memplast.data import load_prepared  # noqa: E402
 from memplast.runtime import resolve as runtime_of  # noqa: E402
 from memplast.train import ScorerPaths, train_scorer  # noqa: E402
+from memplast.train.scorer import RESUME  # noqa: E402
 
 
-def main(prepared: str, checkpoints: list, csl: str, metrics: str, grid: list, resume: str, cfg: dict,
-         runtime: dict | None = None):  # fmt: skip
+def main(prepared: str, checkpoints: list, csl: str, metrics: str, grid: list, cfg: dict,
+         runtime: dict | None = None, resume: str = RESUME):  # fmt: skip
     """Train the scorer (config memo.scorer) and write CHECKPOINTS at the GRID epochs, CSL and
     METRICS; its resume state is RESUME (saved every protocol.state_every epochs and on SIGTERM)."""
     paths = ScorerPaths(

@@ -36,6 +36,7 @@ from memplast.train.state import (
 
 log = logging.getLogger("memplast.train")
 WHERE = "memo scorer"
+RESUME = "results/resume/memo/scorer.pt"  # the workflow's scorer resume state (relative to its directory)
 
 
 @dataclass
