@@ -118,6 +118,8 @@ def expand_all_targets():
         *expand("results/figures/{name}.pdf", name=figures),
         "results/stats/conditions.csv",
         "results/memo/sample_class_map.csv",
+        # every held-out sample at every kept checkpoint of every run (rules/probe.smk)
+        *[f"{r}/heldout.parquet" for r in run_dirs()],
         # per-sample boundary tables for every run except the `retrained` accuracy references
         *[
             f"{r}/windowed_plasticity_data.csv"
@@ -198,6 +200,24 @@ def boundary_checkpoints(wc):
     its live last epoch, and E_k+1 .. E_k+w (start of task k+1): memplast.checkpoints.
     """
     return ckpt.boundary_checkpoints(RUN.format(**wc), int(wc.boundary), W)
+
+
+def heldout_checkpoints(wc):
+    """Every checkpoint a run keeps (memplast.checkpoints): per task its saved task-epochs (the
+    end checkpoint among them), before-window slots and live epoch; `retrained` keeps only the ends.
+    """
+    run = RUN.format(**wc)
+    if wc.algorithm == "retrained":
+        return [ckpt.epoch_checkpoint(run, t, E) for t in range(N_TASKS)]
+    return [
+        path
+        for t in range(N_TASKS)
+        for path in [
+            *(ckpt.epoch_checkpoint(run, t, te) for te in CKPT_TASK_EPOCHS),
+            *ckpt.window_slots(run, t, W),
+            ckpt.live_checkpoint(run, t),
+        ]
+    ]
 
 
 def report_caption(name, **extra):
