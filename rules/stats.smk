@@ -217,9 +217,11 @@ rule memo_validation:
     input:
         scores=SCORES,
         prepared=PREPARED,
+        heldout_dependence="results/memo/heldout_dependence.parquet",
     output:
         agreement="results/memo/agreement.csv",
         auroc="results/memo/noise_auroc.csv",
+        proxy_auroc="results/memo/heldout_proxy_auroc.csv",
         pdf=report(
             "results/figures/memo_validation.pdf",
             caption=report_caption("memo_validation"),
@@ -235,6 +237,6 @@ rule memo_validation:
         mem_mb=job("light", "mem_mb"),
         runtime=job("light", "runtime"),
     params:
-        cfg=cfg_slice("memo", "dataset"),
+        cfg=cfg_slice("memo", "dataset", "heldout"),
     script:
         "../scripts/memo_validation.py"
