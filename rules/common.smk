@@ -110,6 +110,7 @@ def expand_all_targets():
         "order_diagnostics",
         "memo_validation",
         "training_curves",
+        "heldout_slices",
     ]
     # accuracy relative to the retrained reference (rules/plasticity.smk)
     if "retrained" in config["conditions"]["algorithms"]:
@@ -118,8 +119,6 @@ def expand_all_targets():
         *expand("results/figures/{name}.pdf", name=figures),
         "results/stats/conditions.csv",
         "results/memo/sample_class_map.csv",
-        # every held-out sample at every kept checkpoint of every run (rules/probe.smk)
-        *[f"{r}/heldout.parquet" for r in run_dirs()],
         # per-sample boundary tables for every run except the `retrained` accuracy references
         *[
             f"{r}/windowed_plasticity_data.csv"
