@@ -148,6 +148,23 @@ def memo_score_inputs(wc):
     return inputs
 
 
+def heldout_dependence_inputs(wc):
+    """The scorer's last checkpoint and the memo scores; Feldman-Zhang's influence file and
+    mappings with memo.feldman_zhang.enabled."""
+    inputs = {
+        "prepared": PREPARED,
+        "checkpoint": f"results/memo/scorer/e{SCORER_GRID[-1]}.pt",
+        "scores": SCORES,
+    }
+    fz = MEMO["feldman_zhang"]
+    if fz["enabled"]:
+        inputs["fz_npz"] = "data/feldman_zhang/cifar100_infl_matrix.npz"
+        inputs["fz_mapping"] = fz["mapping"] or "MISSING-memo.feldman_zhang.mapping"
+        if fz["test_mapping"]:
+            inputs["fz_test_mapping"] = fz["test_mapping"]
+    return inputs
+
+
 def subset_inputs(wc):
     """`none` keeps every sample and needs no memo scores, so the primary runs never wait for them;
     a size-matched random filter needs them for its per-class counts."""

@@ -114,23 +114,6 @@ rule feldman_zhang_import:
         "../scripts/feldman_zhang_import.py"
 
 
-def heldout_dependence_inputs(wc):
-    """The scorer's last checkpoint and the memo scores; Feldman-Zhang's influence file and
-    mappings with memo.feldman_zhang.enabled."""
-    inputs = {
-        "prepared": PREPARED,
-        "checkpoint": f"results/memo/scorer/e{SCORER_GRID[-1]}.pt",
-        "scores": SCORES,
-    }
-    fz = MEMO["feldman_zhang"]
-    if fz["enabled"]:
-        inputs["fz_npz"] = "data/feldman_zhang/cifar100_infl_matrix.npz"
-        inputs["fz_mapping"] = fz["mapping"] or "MISSING-memo.feldman_zhang.mapping"
-        if fz["test_mapping"]:
-            inputs["fz_test_mapping"] = fz["test_mapping"]
-    return inputs
-
-
 rule heldout_dependence:
     input:
         unpack(heldout_dependence_inputs),
