@@ -294,7 +294,14 @@ def order_diagnostics(diag: pd.DataFrame, path, prov: Mapping) -> Figure:
         g = diag[diag["ordering"] == ordering].sort_values("position")
         pos = g["position"].to_numpy(float) / max(len(g) - 1, 1)
         ax_m, ax_v, ax_g = axes[i]
-        ax_m.plot(pos, g["moving_mean"], color="black", linewidth=1)
+        ax_m.plot(pos, g["moving_mean"], color="black", linewidth=1, label="memo")
+        if "influence_moving_mean" in g and g["influence_moving_mean"].notna().any():
+            twin = ax_m.twinx()
+            twin.plot(
+                pos, g["influence_moving_mean"], color=PALETTE[1], linewidth=1, linestyle="--", label="FZ influence"
+            )
+            twin.set_ylabel("moving mean of FZ self-influence", color=PALETTE[1])
+            ax_m.legend(handles=ax_m.get_lines() + twin.get_lines(), fontsize=7, loc="best")
         ax_v.plot(pos, g["moving_var"], color="black", linewidth=1)
         ax_m.set_title(f"{ordering}: moving mean")
         ax_v.set_title(f"{ordering}: moving variance")
