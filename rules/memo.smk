@@ -121,6 +121,8 @@ rule heldout_dependence:
         dependence_table="results/memo/heldout_dependence.parquet",
     log:
         log_path("memo/heldout_dependence"),
+    benchmark:
+        bench_path("memo/heldout_dependence")
     conda:
         ENV_TORCH
     threads: job("probe", "threads")
