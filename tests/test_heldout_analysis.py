@@ -93,3 +93,19 @@ def test_influence_definition_wins_when_present():
     assert definition == "influence" and out.set_index("sample_id")["dependent"].to_dict() == {0: False, 1: True}
     out, definition = dependence_of(dep.drop(columns=["fz_top_influence", "fz_memo_pct", "dependent_influence"]))
     assert definition == "proxy" and out.set_index("sample_id")["dependent"].to_dict() == {0: True, 1: False}
+
+
+def test_heldout_figure_draws_the_slice_means_over_class_orders(tmp_path):
+    from memplast import plots
+
+    ends, samples, dep_table = _runs(0.6)
+    measures = slice_measures(ends, samples, dependence_of(dep_table)[0])
+    fig = plots.heldout_slices(measures, "proxy", tmp_path / "h.pdf", {"test": 1})
+    assert (tmp_path / "h.pdf").stat().st_size > 1000 and (tmp_path / "h.png").exists()
+    want = (
+        measures.query("algorithm == 'base' and measure == 'acc_dependent' and task >= 0")
+        .groupby("task")["value"]
+        .mean()
+    )
+    line = next(ln for ln in fig.axes[0].get_lines() if ln.get_label().startswith("primary"))
+    np.testing.assert_allclose(line.get_ydata(), want.to_numpy())
