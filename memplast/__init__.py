@@ -24,6 +24,8 @@ The library behind the Snakemake workflow, one module per concept (docs/design.m
 - deltas: boundary deltas
 - stats/: statistics
 - plasticity: accuracy relative to `retrained`
+- heldout, dependence, heldout_analysis: held-out samples per checkpoint; which depend on
+  memorized training samples; the slice analysis
 - curves, plots, plots_headline, report: training curves, figures, report landing page
 - budget, progress: budget of a target; progress bars through logging
 

@@ -110,6 +110,7 @@ def expand_all_targets():
         "order_diagnostics",
         "memo_validation",
         "training_curves",
+        "heldout_slices",
     ]
     # accuracy relative to the retrained reference (rules/plasticity.smk)
     if "retrained" in config["conditions"]["algorithms"]:
@@ -144,6 +145,23 @@ def memo_score_inputs(wc):
     }
     if MEMO["feldman_zhang"]["enabled"]:
         inputs["fz"] = "results/memo/feldman_zhang.parquet"
+    return inputs
+
+
+def heldout_dependence_inputs(wc):
+    """The scorer's last checkpoint and the memo scores; Feldman-Zhang's influence file and
+    mappings with memo.feldman_zhang.enabled."""
+    inputs = {
+        "prepared": PREPARED,
+        "checkpoint": f"results/memo/scorer/e{SCORER_GRID[-1]}.pt",
+        "scores": SCORES,
+    }
+    fz = MEMO["feldman_zhang"]
+    if fz["enabled"]:
+        inputs["fz_npz"] = "data/feldman_zhang/cifar100_infl_matrix.npz"
+        inputs["fz_mapping"] = fz["mapping"] or "MISSING-memo.feldman_zhang.mapping"
+        if fz["test_mapping"]:
+            inputs["fz_test_mapping"] = fz["test_mapping"]
     return inputs
 
 
@@ -198,6 +216,24 @@ def boundary_checkpoints(wc):
     its live last epoch, and E_k+1 .. E_k+w (start of task k+1): memplast.checkpoints.
     """
     return ckpt.boundary_checkpoints(RUN.format(**wc), int(wc.boundary), W)
+
+
+def heldout_checkpoints(wc):
+    """Every checkpoint a run keeps (memplast.checkpoints): per task its saved task-epochs (the
+    end checkpoint among them), before-window slots and live epoch; `retrained` keeps only the ends.
+    """
+    run = RUN.format(**wc)
+    if wc.algorithm == "retrained":
+        return [ckpt.epoch_checkpoint(run, t, E) for t in range(N_TASKS)]
+    return [
+        path
+        for t in range(N_TASKS)
+        for path in [
+            *(ckpt.epoch_checkpoint(run, t, te) for te in CKPT_TASK_EPOCHS),
+            *ckpt.window_slots(run, t, W),
+            ckpt.live_checkpoint(run, t),
+        ]
+    ]
 
 
 def report_caption(name, **extra):

@@ -115,3 +115,26 @@ rule feldman_zhang_import:
         cfg=cfg_slice("memo"),
     script:
         "../scripts/feldman_zhang_import.py"
+
+
+rule heldout_dependence:
+    input:
+        unpack(heldout_dependence_inputs),
+    output:
+        dependence_table="results/memo/heldout_dependence.parquet",
+    log:
+        log_path("memo/heldout_dependence"),
+    benchmark:
+        bench_path("memo/heldout_dependence")
+    conda:
+        ENV_TORCH
+    threads: job("probe", "threads")
+    resources:
+        mem_mb=job("probe", "mem_mb"),
+        runtime=job("probe", "runtime"),
+        gpu=job("probe", "gpu"),
+    params:
+        score_col=score_column(config),
+        cfg=cfg_slice("heldout", "memo"),
+    script:
+        "../scripts/heldout_dependence.py"
