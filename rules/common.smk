@@ -114,6 +114,9 @@ def expand_all_targets():
     # accuracy relative to the retrained reference (rules/plasticity.smk)
     if "retrained" in config["conditions"]["algorithms"]:
         figures.append("plasticity_gap")
+    # the algorithm comparison, when mitigations are compared with base and retrained
+    if {"base", "retrained"} < set(config["conditions"]["algorithms"]):
+        figures.append("algorithms")
     return [
         *expand("results/figures/{name}.pdf", name=figures),
         "results/stats/conditions.csv",
@@ -166,6 +169,9 @@ def train_inputs(wc):
         inputs["file_order"] = config["ordering"]["file"]
     if task > 0:
         inputs["prev_state"] = ckpt.end_state(RUN.format(**wc), task - 1)
+    if config["tuning"]["use"] and wc.algorithm in config["tuning"]["algorithms"]:
+        # tuned hyper-parameters (rules/tune.smk) replace the config's in this run
+        inputs["tuning"] = f"results/tuning/{wc.algorithm}.yaml"
     return inputs
 
 

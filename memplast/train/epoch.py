@@ -42,7 +42,9 @@ def evaluate(
 ) -> tuple[float, float]:
     """Mean loss and accuracy over ``rows`` with logits masked to the seen classes (eval-mode BN);
     with ``aug`` the inputs are augmented from ``generator`` (``protocol.test_augmentation``).
-    Sums stay on the device and are read once."""
+    Sums stay on the device and are read once. No rows (a tuning job has no test split): NaN."""
+    if len(rows) == 0:
+        return float("nan"), float("nan")
     seen = seen_classes(mask)
     data.check_labels(rows, seen)
     idx = data.index(rows)
@@ -55,8 +57,7 @@ def evaluate(
             total_loss += per_sample_loss(logits, y, seen).sum().double()
             correct += (logits.masked_fill(~seen.mask, float("-inf")).argmax(1) == y).sum()
     total_loss, correct = to_host(total_loss, correct)
-    n = max(len(rows), 1)
-    return float(total_loss) / n, int(correct) / n
+    return float(total_loss) / len(rows), int(correct) / len(rows)
 
 
 def log_epoch(where: str, row: dict, n_epochs: int, eta_seconds: float) -> None:
