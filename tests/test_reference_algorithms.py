@@ -102,7 +102,7 @@ class RestatedResGnT:
         self.gen_new_features(self.test_features(features))
 
 
-def test_cbp_reference_mode_replaces_the_same_units_with_the_same_weights_as_res_gnt():
+def test_cbp_reference_mode_replaces_the_same_units_with_the_same_weights_as_res_gnt(one_thread):
     """2,000 SGD steps of a small ResNet-18 (width 2, 8x8 inputs): memplast's CBP (``reference``)
     and the re-stated ResGnT replace the same units at every step and end with identical weights."""
     steps, rate, maturity, decay = 2000, 0.01, 40, 0.99
@@ -130,7 +130,7 @@ def test_cbp_reference_mode_replaces_the_same_units_with_the_same_weights_as_res
         ref.gen_and_test([a.detach() for a in outs[1].acts[:-1]] + [outs[1].features.detach()])
         for a, b in zip(ours.age, ref.ages):
             assert torch.equal(a.float(), b)  # same units replaced (age reset to 0) at every step
-    assert replaced > 300
+    assert replaced > 1000  # about 1.2 units per step once mature, over 17 layers
     for (k, v), w in zip(nets[0].state_dict().items(), nets[1].state_dict().values()):
         assert torch.equal(v, w), k
 
@@ -202,7 +202,7 @@ class RestatedAdaptiveUPGD(_RestatedUPGD):
 
 
 @pytest.mark.parametrize("variant", ["sgd", "adam"])
-def test_upgd_matches_the_reference_optimizers_over_training(variant):
+def test_upgd_matches_the_reference_optimizers_over_training(variant, one_thread):
     """300 steps of a small CNN (float64, so rounding is no excuse): memplast's UPGD (full gating)
     and the re-stated FirstOrderGlobalUPGD / AdaptiveUPGD give the same weights."""
     steps, lr, wd, beta_u, sigma = 300, 0.01, 1e-3, 0.9, 1e-3
