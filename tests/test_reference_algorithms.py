@@ -232,6 +232,9 @@ def test_upgd_matches_the_reference_optimizers_over_training(variant, one_thread
 
 
 def test_upgd_cbp_resets_utility_and_moments_of_replaced_weights():
+    """After every step, the UPGD state (utility, Adam moments) of each weight CBP re-initialised
+    (incoming row, bias, BatchNorm affine, outgoing column) is zero and every other entry is as
+    the optimizer step left it."""
     model = SmallCNN(num_classes=3, in_channels=1, width=2)
     protocol = {"lr": 0.1, "weight_decay": 0.0, "momentum": 0.9,
                 "cbp": {"replacement_rate": 0.5, "decay_rate": 0.9, "maturity_threshold": 1, "mode": "reference"},
@@ -241,23 +244,27 @@ def test_upgd_cbp_resets_utility_and_moments_of_replaced_weights():
     algo = A.make_algorithm("upgd_cbp", protocol, order_seed=0)
     opt = algo.make_optimizer(model)
     algo.attach(model, torch.Generator())
-    total = 0
-    for s in range(3):
+    keys, total = ("utility", "exp_avg", "exp_avg_sq"), 0
+    for s in range(4):
         out = model(torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(s)), return_acts=True)
         opt.zero_grad()
         out.logits.pow(2).mean().backward()
         opt.step()
+        expected = {p: {k: opt.state[p][k].clone() for k in keys} for p in model.parameters()}
         total += algo.after_step(out.acts)
-    assert total > 0
-    for i, L in enumerate(algo.cbp.layers):
-        new = torch.nonzero(algo.cbp.age[i] == 0).flatten()
-        for key in ("utility", "exp_avg", "exp_avg_sq"):
-            assert (opt.state[L.layer.weight][key][new] == 0).all() and (
-                opt.state[L.next.weight][key][:, new] == 0
-            ).all()
-            assert (opt.state[L.layer.bias][key][new] == 0).all()
-            kept = torch.nonzero(algo.cbp.age[i] > 0).flatten()
-            assert (opt.state[L.layer.weight][key][kept] != 0).any()
+        for i, L in enumerate(algo.cbp.layers):
+            new = torch.nonzero(algo.cbp.age[i] == 0).flatten()
+            for p, index in ((L.layer.weight, (new,)), (L.layer.bias, (new,)), (L.next.weight, (slice(None), new))):
+                for k in keys:
+                    expected[p][k][index] = 0
+            if L.bn is not None:
+                for p in (L.bn.weight, L.bn.bias):
+                    for k in keys:
+                        expected[p][k][new] = 0
+        for p in model.parameters():
+            for k in keys:
+                assert torch.equal(opt.state[p][k], expected[p][k])
+    assert total >= 10
 
 
 def test_adam_upgd_without_its_own_learning_rate_is_a_config_error():
