@@ -2,7 +2,7 @@
 import math
 
 from memplast import checkpoints as ckpt
-from memplast import runtime, stats_cost
+from memplast import runtime, stats_cost, tuning
 from memplast.report import figure_caption
 from memplast.grid import (
     MEMO_ORDERINGS,
@@ -214,3 +214,49 @@ def report_caption(name, **extra):
         ci_level=config["stats"]["ci_level"],
         **extra,
     )
+
+
+# --------------------------------------------------------------------------- tuning (rules/tune.smk)
+TUNE_RUN = "results/tuning/runs/{algorithm}/p{point}/order{seed}"
+TUNE_SEEDS = config["tuning"]["seeds"]
+
+
+def tune_inputs(wc):
+    """A tuning task: the unfiltered training set of a tuning class order, the previous task's state."""
+    inputs = {
+        "prepared": PREPARED,
+        "order": ORDER_FILE.format(seed=wc.seed),
+        "kept": "results/subsets/none/kept.parquet",
+    }
+    if int(wc.task) > 0:
+        inputs["prev_state"] = ckpt.end_state(TUNE_RUN.format(**wc), int(wc.task) - 1)
+    return inputs
+
+
+def tune_cfg(wc):
+    """The config slice of a tuning job: the protocol with the grid point's values set."""
+    proto = tuning.point_protocol(config, wc.algorithm, int(wc.point))
+    keys = ("dataset", "model", "protocol", "ordering", "weighting")
+    return runtime.rule_params({**config, "protocol": proto}, keys, wc.algorithm)
+
+
+def tune_metrics(wc):
+    """Every task's metrics of every grid point and tuning order of one algorithm."""
+    n_points = len(tuning.grid_points(config["tuning"]["grids"][wc.algorithm]))
+    return expand(
+        f"{TUNE_RUN}/task{{task}}/metrics.parquet",
+        algorithm=wc.algorithm,
+        point=range(n_points),
+        seed=TUNE_SEEDS,
+        task=range(N_TASKS),
+    )
+
+
+def algorithm_tunings(wc=None):
+    """The tuning files the evaluation runs used (tuning.use), for the comparison's provenance."""
+    if not config["tuning"]["use"]:
+        return []
+    tuned = set(config["tuning"]["algorithms"]) & set(
+        config["conditions"]["algorithms"]
+    )
+    return [f"results/tuning/{a}.yaml" for a in sorted(tuned)]

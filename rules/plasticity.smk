@@ -29,16 +29,6 @@ rule figure_plasticity_gap:
         "../scripts/plasticity_gap.py"
 
 
-def algorithm_tunings(wc=None):
-    """The tuning files the evaluation runs used (tuning.use), for the comparison's provenance."""
-    if not config["tuning"]["use"]:
-        return []
-    tuned = set(config["tuning"]["algorithms"]) & set(
-        config["conditions"]["algorithms"]
-    )
-    return [f"results/tuning/{a}.yaml" for a in sorted(tuned)]
-
-
 # The algorithm comparison: every algorithm of the primary data condition side by side, with the
 # hyper-parameters it trained with and whether they were tuned (rules/tune.smk).
 rule figure_algorithms:

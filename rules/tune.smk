@@ -3,42 +3,7 @@
 # evaluation orders) with the test split out of memory; the point with the best mean validation
 # accuracy over tasks -> results/tuning/<algorithm>.yaml (+ .csv, the full grid table). With
 # tuning.use: true the evaluation runs of a tuned algorithm read that file (rules/common.smk).
-from memplast import tuning
 from memplast.grid import parse_weighting
-
-TUNE_RUN = "results/tuning/runs/{algorithm}/p{point}/order{seed}"
-TUNE_SEEDS = config["tuning"]["seeds"]
-
-
-def tune_inputs(wc):
-    """A tuning task: the unfiltered training set of a tuning class order, the previous task's state."""
-    inputs = {
-        "prepared": PREPARED,
-        "order": ORDER_FILE.format(seed=wc.seed),
-        "kept": "results/subsets/none/kept.parquet",
-    }
-    if int(wc.task) > 0:
-        inputs["prev_state"] = ckpt.end_state(TUNE_RUN.format(**wc), int(wc.task) - 1)
-    return inputs
-
-
-def tune_cfg(wc):
-    """The config slice of a tuning job: the protocol with the grid point's values set."""
-    proto = tuning.point_protocol(config, wc.algorithm, int(wc.point))
-    keys = ("dataset", "model", "protocol", "ordering", "weighting")
-    return runtime.rule_params({**config, "protocol": proto}, keys, wc.algorithm)
-
-
-def tune_metrics(wc):
-    """Every task's metrics of every grid point and tuning order of one algorithm."""
-    n_points = len(tuning.grid_points(config["tuning"]["grids"][wc.algorithm]))
-    return expand(
-        f"{TUNE_RUN}/task{{task}}/metrics.parquet",
-        algorithm=wc.algorithm,
-        point=range(n_points),
-        seed=TUNE_SEEDS,
-        task=range(N_TASKS),
-    )
 
 
 rule tune:
@@ -61,6 +26,7 @@ rule tune_task:
     benchmark:
         bench_path("tune/{algorithm}/p{point}/order{seed}/task{task}")
     wildcard_constraints:
+        algorithm="|".join(tuning.tuned_algorithms(config)),
         point=r"\d+",
         seed="|".join(str(s) for s in TUNE_SEEDS),
     conda:
@@ -95,6 +61,8 @@ rule tune_select:
         table="results/tuning/{algorithm}.csv",
     log:
         log_path("tune/{algorithm}_select"),
+    wildcard_constraints:
+        algorithm="|".join(tuning.tuned_algorithms(config)),
     conda:
         ENV_STATS
     threads: 1
