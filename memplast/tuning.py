@@ -18,6 +18,8 @@ import copy
 import itertools
 import math
 
+import yaml
+
 from memplast.grid import ConfigError
 
 
@@ -159,6 +161,13 @@ def end_rows(metrics_paths):
         end = io.read_parquet(path).query("kind == 'end'")[["val_acc"]]
         frames.append(end.assign(**{k: int(v) for k, v in m.groupdict().items()}))
     return pd.concat(frames, ignore_index=True)
+
+
+class PlainDumper(yaml.SafeDumper):
+    """Safe YAML without anchors and aliases (a repeated list is written out again)."""
+
+    def ignore_aliases(self, data):
+        return True
 
 
 def table_records(table) -> list[dict]:

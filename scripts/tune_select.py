@@ -25,7 +25,7 @@ def main(metrics: list, selection: str, table: str, algorithm: str, grid: dict, 
     record = {
         "algorithm": algorithm,
         "point": best,
-        "selected": {k: row[k].item() if hasattr(row[k], "item") else row[k] for k in grid},
+        "selected": tuning.grid_points(grid)[best],  # the grid's own values (an int stays an int)
         "mean_val_acc": float(row["mean_val_acc"]),
         "criterion": tuning.CRITERION,
         "tuning_seeds": cfg["tuning"]["seeds"],
@@ -35,7 +35,7 @@ def main(metrics: list, selection: str, table: str, algorithm: str, grid: dict, 
     }
     io.write_csv(grid_table, table, prov)
     with io.atomic_path(selection) as tmp:
-        Path(tmp).write_text(yaml.safe_dump(record, sort_keys=False, default_flow_style=None))
+        Path(tmp).write_text(yaml.dump(record, Dumper=tuning.PlainDumper, sort_keys=False, default_flow_style=None))
     print(f"{algorithm}: point {best} {record['selected']} (mean val acc {record['mean_val_acc']:.4f})")
 
 

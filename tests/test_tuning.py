@@ -116,6 +116,7 @@ def test_tune_then_evaluate_with_the_selection(tmp_path):
         )
         assert metrics["test_acc"].isna().all() and metrics["val_acc"].notna().all()
     selected = yaml.safe_load((tmp_path / "results/tuning/cbp.yaml").read_text())["selected"]
+    assert isinstance(selected["cbp.maturity_threshold"], int)  # the grid's own types, as the schema wants
     use = tmp_path / "use.yaml"
     use.write_text("tuning: {use: true}\n")
     run = "results/runs/order0/none/random/none/cbp/task0"
