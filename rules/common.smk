@@ -2,7 +2,7 @@
 import math
 
 from memplast import checkpoints as ckpt
-from memplast import runtime, stats_cost
+from memplast import runtime, stats_cost, tuning
 from memplast.report import figure_caption
 from memplast.grid import (
     MEMO_ORDERINGS,
@@ -115,6 +115,9 @@ def expand_all_targets():
     # accuracy relative to the retrained reference (rules/plasticity.smk)
     if "retrained" in config["conditions"]["algorithms"]:
         figures.append("plasticity_gap")
+    # the algorithm comparison, when mitigations are compared with base and retrained
+    if {"base", "retrained"} < set(config["conditions"]["algorithms"]):
+        figures.append("algorithms")
     return [
         *expand("results/figures/{name}.pdf", name=figures),
         "results/stats/conditions.csv",
@@ -184,6 +187,9 @@ def train_inputs(wc):
         inputs["file_order"] = config["ordering"]["file"]
     if task > 0:
         inputs["prev_state"] = ckpt.end_state(RUN.format(**wc), task - 1)
+    if config["tuning"]["use"] and wc.algorithm in config["tuning"]["algorithms"]:
+        # tuned hyper-parameters (rules/tune.smk) replace the config's in this run
+        inputs["tuning"] = f"results/tuning/{wc.algorithm}.yaml"
     return inputs
 
 
@@ -244,3 +250,49 @@ def report_caption(name, **extra):
         ci_level=config["stats"]["ci_level"],
         **extra,
     )
+
+
+# --------------------------------------------------------------------------- tuning (rules/tune.smk)
+TUNE_RUN = "results/tuning/runs/{algorithm}/p{point}/order{seed}"
+TUNE_SEEDS = config["tuning"]["seeds"]
+
+
+def tune_inputs(wc):
+    """A tuning task: the unfiltered training set of a tuning class order, the previous task's state."""
+    inputs = {
+        "prepared": PREPARED,
+        "order": ORDER_FILE.format(seed=wc.seed),
+        "kept": "results/subsets/none/kept.parquet",
+    }
+    if int(wc.task) > 0:
+        inputs["prev_state"] = ckpt.end_state(TUNE_RUN.format(**wc), int(wc.task) - 1)
+    return inputs
+
+
+def tune_cfg(wc):
+    """The config slice of a tuning job: the protocol with the grid point's values set."""
+    proto = tuning.point_protocol(config, wc.algorithm, int(wc.point))
+    keys = ("dataset", "model", "protocol", "ordering", "weighting")
+    return runtime.rule_params({**config, "protocol": proto}, keys, wc.algorithm)
+
+
+def tune_metrics(wc):
+    """Every task's metrics of every grid point and tuning order of one algorithm."""
+    n_points = len(tuning.grid_points(config["tuning"]["grids"][wc.algorithm]))
+    return expand(
+        f"{TUNE_RUN}/task{{task}}/metrics.parquet",
+        algorithm=wc.algorithm,
+        point=range(n_points),
+        seed=TUNE_SEEDS,
+        task=range(N_TASKS),
+    )
+
+
+def algorithm_tunings(wc=None):
+    """The tuning files the evaluation runs used (tuning.use), for the comparison's provenance."""
+    if not config["tuning"]["use"]:
+        return []
+    tuned = set(config["tuning"]["algorithms"]) & set(
+        config["conditions"]["algorithms"]
+    )
+    return [f"results/tuning/{a}.yaml" for a in sorted(tuned)]

@@ -76,10 +76,13 @@ def evaluate(
     aug: dict | None = None,
 ) -> tuple[float, float]:
     """Mean loss and accuracy over ``rows`` (:func:`evaluate_samples`); with ``aug`` the inputs are
-    augmented from ``generator`` (``protocol.test_augmentation``). Sums stay on the device and are read once."""
+    augmented from ``generator`` (``protocol.test_augmentation``). Sums stay on the device and are read once.
+    No rows (a tuning job has no test split): NaN."""
+    if len(rows) == 0:
+        return float("nan"), float("nan")
     out = evaluate_samples(model, data, rows, mask, batch_size, generator, aug)
     total_loss, correct = to_host(out["loss"].double().sum(), out["correct"].sum())
-    n = max(len(rows), 1)
+    n = len(rows)
     return float(total_loss) / n, int(correct) / n
 
 
