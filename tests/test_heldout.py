@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import run_one_task
 
 from memplast.heldout import heldout_table, sample_summary
-from tests.conftest import run_one_task
 
 
 def _train_run(tmp, cfg, prepared, n_tasks, window):
