@@ -23,7 +23,7 @@ rule memo_scorer:
     threads: job("memo_scorer", "threads")
     resources:
         mem_mb=job("memo_scorer", "mem_mb"),
-        runtime=job("memo_scorer", "runtime"),
+        runtime=gpu_runtime("memo_scorer"),
         gpu=job("memo_scorer", "gpu"),
     params:
         grid=SCORER_GRID,
@@ -47,7 +47,7 @@ rule memo_curvature:
     threads: job("curvature", "threads")
     resources:
         mem_mb=job("curvature", "mem_mb"),
-        runtime=job("curvature", "runtime"),
+        runtime=gpu_runtime("memo_curvature"),
         gpu=job("curvature", "gpu"),
     params:
         cfg=cfg_slice("memo", "protocol"),
