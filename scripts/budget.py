@@ -15,9 +15,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from memplast import budget  # noqa: E402
+from memplast import budget, cost  # noqa: E402
 from memplast import config as mpconfig  # noqa: E402
-from memplast import cost  # noqa: E402
 from memplast.grid import probe_epochs  # noqa: E402
 
 HEADLINE = "results/figures/memo_vs_dgrad.pdf"
