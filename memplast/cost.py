@@ -41,19 +41,20 @@ OPERATIONS = {
     "summary": "model-level metrics of one checkpoint (forward with activations)",
 }
 METHOD_OPERATION = {"exact_ggn": "exact_ggn", "hutchinson": "hutchinson", "finite_difference": "finite_difference"}
-# Ratio of each operation to one training step, per image: measured on the CPU at the paper shapes
-# (ResNet-18 width 64, 3x32x32, 100 classes, the config's batch sizes) with `make calibrate`.
+# Ratio of each operation's per-image cost to one training step's: measured with
+# `scripts/calibrate.py --clock cpu` on the CPU (2 cores, shared) at the paper shapes (config.yaml:
+# ResNet-18 width 64, 3x32x32, 100 classes, its batch sizes and thread counts), rounded.
 DEFAULT_RATIOS = {
-    "scorer_step": 1.0,
-    "eval": 0.32,
-    "bn": 0.30,
-    "probe": 1.05,
-    "probe_align": 1.6,
-    "mean_gradient": 0.7,
-    "exact_ggn": 33.0,
-    "exact_ggn_task": 2.0,
-    "hutchinson": 13.0,
-    "finite_difference": 7.0,
+    "scorer_step": 0.9,
+    "eval": 0.28,
+    "bn": 0.32,
+    "probe": 0.9,
+    "probe_align": 3.8,
+    "mean_gradient": 1.35,
+    "exact_ggn": 38.0,
+    "exact_ggn_task": 1.8,
+    "hutchinson": 12.5,
+    "finite_difference": 5.8,
     "summary": 0.35,
 }
 # Assumed fixed costs on a GPU node: a job's start-up (interpreter, imports, CUDA context, data to

@@ -12,8 +12,8 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from memplast import cost, data, grid
 from memplast import config as mpconfig
+from memplast import cost, data, grid
 
 sys.path.insert(0, str(ROOT / "scripts"))
 
