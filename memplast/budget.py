@@ -198,7 +198,9 @@ def format_table(title: str, summary: dict) -> str:
         req = r["gpu_hours"] + r["cpu_hours"]
         est_s = f"{est:>12.1f}" if est is not None else f"{'-':>12}"
         ratio = f"{req / est:>8.2f}" if est else f"{'':>8}"
-        return f"  {name:<{width}} {r['jobs']:>6} {r['gpu_hours']:>10.1f} {r['cpu_hours']:>10.1f} {est_s} {ratio}"
+        return (
+            f"  {name:<{width}} {r['jobs']:>6} {r['gpu_hours']:>10.1f} {r['cpu_hours']:>10.1f} {est_s} {ratio}".rstrip()
+        )
 
     for rule, r in sorted(rules.items(), key=lambda kv: (-kv[1]["gpu_hours"], kv[0])):
         lines.append(row(rule, r))
