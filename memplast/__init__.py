@@ -26,8 +26,10 @@ The library behind the Snakemake workflow, one module per concept (docs/design.m
 - plasticity: accuracy relative to `retrained`
 - curves, plots, plots_headline, report: training curves, figures, report landing page
 - budget, progress: budget of a target; progress bars through logging
+- cost, stats_cost, calibrate, gpu_check: the measured cost model behind every runtime request
+  (per-image costs x counted work), its calibration on a device, the pre-submission GPU check
 
-The Snakefile and rules import only grid, config, runtime, checkpoints and report (no torch,
+The Snakefile and rules import only grid, config, runtime, cost, stats_cost, checkpoints and report (no torch,
 scipy or statsmodels at DAG-build time; tests/test_dag.py).
 """
 
