@@ -155,3 +155,31 @@ def test_gpu_check_on_the_cpu(capsys):
     for part in ("[device]", "[determinism]", "[resume]", "[calibration]", "[throughput]"):
         assert part in out
     assert "bitwise equal" in out and "3 concurrent job(s)" in out and "gpu-check: all ok on cpu" in out
+
+
+def test_bench_cost_model_reads_snakemake_benchmark_files(tmp_path, demo_config):
+    """benchmarks/bench_cost_model.py: benchmark files mapped to rule and wildcards, measured over predicted."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench_cost_model as bench
+
+    cal = planted_calibration(demo_config)
+    cal["clock"] = "cpu"
+    (tmp_path / "cal.yaml").write_text(yaml.safe_dump(cal))
+    model = cost.CostModel(demo_config, cal)
+    run = "order1/per_class-q0.9/ascending/none"
+    files = {
+        f"train/{run}/retrained/task2.tsv": model.train(2, "ascending", "retrained", "per_class-q0.9") * 1.2,
+        f"probe/{run}/base/boundary1.tsv": model.probe(1, "per_class-q0.9") * 0.5,
+        "memo/curvature_e8.tsv": model.curvature() * 3.0,
+        "stats/primary.tsv": 99.0,  # not a cost-model rule: ignored
+    }
+    for rel, cpu in files.items():
+        path = tmp_path / "bench" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"s\th:m:s\tmax_rss\tcpu_time\n{cpu * 4:.4f}\t0:00:01\t1.0\t{cpu:.4f}\n")
+    args = ["--configfile", str(ROOT / "config.yaml"), str(ROOT / "config" / "demo.yaml"),
+            "--calibration", str(tmp_path / "cal.yaml"), "--benchmarks", str(tmp_path / "bench")]  # fmt: skip
+    df = bench.main(args).set_index("rule")
+    assert sorted(df.index) == ["memo_curvature", "probe", "train_task_reference"]
+    assert df["ratio"].to_dict() == pytest.approx({"train_task_reference": 1.2, "probe": 0.5, "memo_curvature": 3.0})
+    assert df.loc["probe", "measured_wall_s"] == pytest.approx(4 * df.loc["probe", "measured_cpu_s"], rel=1e-4)
