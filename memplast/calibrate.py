@@ -102,7 +102,7 @@ class Bench:
         self.C, shape = grid.n_classes(ds), grid.image_shape(ds)
         self.cpt = proto["classes_per_task"]
         n = max(2 * proto["batch_size"], proto.get("eval_batch_size", 1000), config["probes"]["batch_size"],
-                config["memo"]["batch_size"], config["memo"]["scorer"]["batch_size"], 1000)  # fmt: skip
+                config["memo"]["batch_size"], 2 * config["memo"]["scorer"]["batch_size"], 1000)  # fmt: skip
         self.prepared = synthetic_train_set(self.C, shape, n)
         self.data = DeviceData(self.prepared, device)
         self.images = self.data.take(self.data.index(np.arange(n)))[0]
