@@ -44,8 +44,10 @@ def test_bad_mode_names_the_key():
 
 
 def test_autocast_is_science_so_it_reruns_training_and_is_in_the_provenance(paper_config):
-    """It changes the numbers: kept in the training rules' params (a change reruns them) and so in
-    the config slice every output's provenance records."""
+    """bf16 changes the numbers: kept in the training rules' params (a change reruns them) and so in
+    the config slice every output's provenance records; off (the default) it is left out, so adding
+    the knob reran nothing finished."""
     assert paper_config["protocol"]["autocast"] == "none"
-    params = runtime.rule_params(paper_config, ["protocol"], "base")
-    assert params["protocol"]["autocast"] == "none"
+    assert "autocast" not in runtime.rule_params(paper_config, ["protocol"], "base")["protocol"]
+    bf16 = {**paper_config, "protocol": {**paper_config["protocol"], "autocast": "bf16"}}
+    assert runtime.rule_params(bf16, ["protocol"], "base")["protocol"]["autocast"] == "bf16"
