@@ -40,6 +40,7 @@ include: "rules/probe.smk"
 include: "rules/stats.smk"
 include: "rules/curves.smk"
 include: "rules/plasticity.smk"
+include: "rules/tune.smk"
 
 
 # Cheap jobs (and downloads, since compute nodes often lack internet) run on the
@@ -53,10 +54,12 @@ localrules:
     figure_memo_vs_outcome,
     figure_conditions,
     figure_plasticity_gap,
+    figure_algorithms,
     figure_class_balance,
     figure_order_diagnostics,
     memo_validation,
     training_curves,
+    tune_select,
 
 
 rule all:

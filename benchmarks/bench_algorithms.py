@@ -31,7 +31,7 @@ from memplast.masks import class_mask, per_sample_loss
 from memplast.models import ResNet18
 
 C, N = 100, 90
-CBP = {"replacement_rate": 1e-5, "decay_rate": 0.99, "maturity_threshold": 1000, "mode": "faithful"}
+CBP = {"replacement_rate": 1e-5, "decay_rate": 0.99, "maturity_threshold": 1000, "mode": "reference"}
 UPGD = {
     "gating": "full",
     "beta_utility": 0.999,

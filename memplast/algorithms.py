@@ -20,9 +20,10 @@ import torch
 from torch import nn
 
 from memplast.device import stable_seed
+from memplast.grid import upgd_lr, upgd_weight_decay
 from memplast.models import HiddenLayer, head, hidden_layers, reinit
 
-CBP_MODES = ("faithful", "paper")
+CBP_MODES = ("reference", "eq1")
 UPGD_GATINGS = ("full", "hidden_only", "output_only")
 
 
@@ -67,17 +68,25 @@ def feature_magnitude(act: torch.Tensor) -> torch.Tensor:
 class CBP:
     """Continual backprop (generate-and-test) over :func:`models.hidden_layers`.
 
-    After every optimizer step, for each hidden layer with units j:
-    age_j += 1; contribution c_j = mean_k |w_out[k, j]| x f_j, where f_j = mean |h_j| over the
-    batch (``faithful``: the reference code's current-batch, non-decayed feature magnitude) or
-    its bias-corrected EMA f̄_j / (1 - decay^age_j) (``paper``, Eq. 1 of Dohare et al. 2024);
-    utility u_j <- decay u_j + (1 - decay) c_j (``paper`` ranks u_j / (1 - decay^age_j)).
-    ``replacement_rate`` x (number of units with age > ``maturity_threshold``) accumulates per
-    layer; its integer part is the number of eligible units with the lowest utility (ties: lower
-    index) replaced now. A replaced unit gets fresh incoming weights (the model's init: Kaiming
-    normal, fan-in, ReLU gain for convs, linear gain for linear layers), bias 0, zero outgoing
-    weights, BatchNorm gamma 1 / beta 0 / running mean 0 / running var 1, utility, feature
-    magnitude and age 0. Optimizer state (momentum) is left as it is, as in the reference.
+    ``reference`` (the default): ``ResGnT`` of the reference code (``lop/algos/res_gnt.py``, the
+    file behind the paper's ResNet-18 curves) exactly as it runs. After every optimizer step,
+    for each hidden layer with units j and ReLU outputs h_j of the step's batch:
+    age_j += 1; F_j += (1 - decay) mean|h_j| (a lifetime sum over batch and positions: never
+    decayed, never reset when the unit is replaced); once any unit is older than
+    ``maturity_threshold``, acc += ``replacement_rate`` x (units in the layer); k = int(acc),
+    acc -= k; if k > 0 the utility u_j = mean_k |w_out[k, j]| x F_j is computed (only on such
+    steps) and the k units with the lowest utility among those older than the maturity are
+    replaced.
+
+    ``eq1``: Eq. 1 of Dohare et al. (2024), an EMA of the contribution updated every step,
+    u_j <- decay u_j + (1 - decay) mean_k |w_out[k, j]| x mean|h_j| (this batch), with the
+    count of ``cbp_conv.py``: acc += ``replacement_rate`` x (units older than the maturity).
+
+    Both: ties in the utility go to the lower index; a replaced unit gets fresh incoming weights
+    (Kaiming normal, fan-in, ReLU gain sqrt(2), for conv and linear hidden layers alike), bias 0,
+    zero outgoing weights, BatchNorm gamma 1 / beta 0 / running mean 0 / running var 1, age 0
+    (``eq1``: utility 0). Optimizer state (momentum) is left as it is, as in the reference; an
+    optimizer that keeps per-weight state it should forget (UPGD) sets :attr:`on_replace`.
     """
 
     def __init__(self, model: nn.Module, cfg: dict, seed: int):
@@ -90,70 +99,72 @@ class CBP:
         dev = next(model.parameters()).device
         sizes = [L.layer.weight.shape[0] for L in self.layers]
         self.util = [torch.zeros(n, device=dev) for n in sizes]
-        self.feat = [torch.zeros(n, device=dev) for n in sizes]
+        self.feat = [torch.zeros(n, device=dev) for n in sizes]  # reference: the lifetime sum F
         self.age = [torch.zeros(n, dtype=torch.long) for n in sizes]  # CPU: no device sync per step
         self.accumulated = [0.0 for _ in sizes]
         self.replaced = 0  # units replaced since the last pop_replaced()
-
-    def ranking_utility(self, i: int) -> torch.Tensor:
-        """The utility units of layer i are ranked by (bias-corrected in ``paper`` mode)."""
-        if self.mode == "faithful":
-            return self.util[i]
-        return self.util[i] / self._correction(i)
-
-    def _correction(self, i: int) -> torch.Tensor:
-        corr = 1 - self.decay ** self.age[i].double()
-        return corr.clamp_min(1e-12).to(self.util[i].device, self.util[i].dtype)
+        self.on_replace = None  # called with [(parameter, index), ...] of every re-initialised entry
 
     @torch.no_grad()
     def __call__(self, acts) -> int:
-        """Update utilities from this step's ReLU outputs ``acts`` and replace units; returns the count."""
-        d, n_replaced = self.decay, 0
-        for i, L in enumerate(self.layers):
-            f = feature_magnitude(acts[L.act])
-            self.age[i] += 1
-            if self.mode == "paper":
-                self.feat[i].mul_(d).add_(f, alpha=1 - d)
-                f = self.feat[i] / self._correction(i)
-            self.util[i].mul_(d).add_(outgoing_magnitude(L.next) * f, alpha=1 - d)
-            eligible = torch.nonzero(self.age[i] > self.maturity).flatten()
-            if len(eligible) == 0:
-                continue
-            self.accumulated[i] += self.rate * len(eligible)
-            k = int(self.accumulated[i])
-            if k == 0:
-                continue
-            self.accumulated[i] -= k
-            score = self.ranking_utility(i).detach().cpu().double()[eligible]
-            units = eligible[torch.argsort(score, stable=True)[:k]]
-            self.replace(i, units)
-            n_replaced += len(units)
+        """Update utilities from this step's ReLU outputs ``acts`` and replace units; returns the count.
+
+        As in the reference, every layer's units are chosen first, then all are replaced."""
+        chosen = [self._select(i, L, acts[L.act]) for i, L in enumerate(self.layers)]
+        n_replaced = 0
+        for i, units in enumerate(chosen):
+            if units is not None:
+                self.replace(i, units)
+                n_replaced += len(units)
         self.replaced += n_replaced
         return n_replaced
+
+    def _select(self, i: int, L: HiddenLayer, act: torch.Tensor):
+        """Layer i's step: ages, feature statistics, count; the units to replace now (or None)."""
+        self.age[i] += 1
+        if self.mode == "reference":
+            self.feat[i].add_(feature_magnitude(act), alpha=1 - self.decay)
+        else:
+            self.util[i].mul_(self.decay).add_(
+                outgoing_magnitude(L.next) * feature_magnitude(act), alpha=1 - self.decay
+            )
+        eligible = torch.nonzero(self.age[i] > self.maturity).flatten()
+        if len(eligible) == 0:
+            return None
+        self.accumulated[i] += self.rate * (len(self.age[i]) if self.mode == "reference" else len(eligible))
+        k = int(self.accumulated[i])
+        self.accumulated[i] -= k
+        if k == 0:
+            return None
+        if self.mode == "reference":
+            self.util[i] = outgoing_magnitude(L.next) * self.feat[i]
+        score = self.util[i].detach().cpu().double()[eligible]
+        return eligible[torch.argsort(score, stable=True)[:k]]
 
     @torch.no_grad()
     def replace(self, i: int, units: torch.Tensor) -> None:
         """Re-initialise ``units`` (CPU long tensor) of hidden layer i as described in the class docstring."""
         L = self.layers[i]
         w = L.layer.weight
-        fan_in = w[0].numel()
-        gain = math.sqrt(2.0) if isinstance(L.layer, nn.Conv2d) else 1.0
-        fresh = torch.randn((len(units), *w.shape[1:]), generator=self.generator, dtype=torch.float32) * (
-            gain / math.sqrt(fan_in)
-        )
+        std = math.sqrt(2.0) / math.sqrt(w[0].numel())  # Kaiming normal, fan-in, ReLU gain
+        fresh = torch.empty((len(units), *w.shape[1:]), dtype=torch.float32).normal_(0.0, std, generator=self.generator)
         idx = units.to(w.device)
         w[idx] = fresh.to(w.device, w.dtype)
+        touched = [(w, (idx,)), (L.next.weight, (slice(None), idx))]
         if L.layer.bias is not None:
             L.layer.bias[idx] = 0
+            touched.append((L.layer.bias, (idx,)))
         if L.bn is not None:
             L.bn.weight[idx] = 1
             L.bn.bias[idx] = 0
             L.bn.running_mean[idx] = 0
             L.bn.running_var[idx] = 1
+            touched += [(L.bn.weight, (idx,)), (L.bn.bias, (idx,))]
         L.next.weight[:, idx] = 0
         self.util[i][idx] = 0
-        self.feat[i][idx] = 0
         self.age[i][units] = 0
+        if self.on_replace is not None:
+            self.on_replace(touched)
 
     def pop_replaced(self) -> int:
         n, self.replaced = self.replaced, 0
@@ -183,14 +194,19 @@ class CBP:
 class UPGD(torch.optim.Optimizer):
     """First-order UPGD (Elsayed & Mahmood 2024) with layer-selective gating.
 
-    Per parameter element, with gradient g: utility trace U <- beta_u U + (1 - beta_u)(-g theta),
-    bias-corrected û = U / (1 - beta_u^t); scaled utility ū = sigmoid(û / max û), the max over
-    every gated parameter (û / max û is the same with or without the bias correction, which is
-    common to all elements); gate = 1 - ū for gated parameters, ``non_gated_scale`` for the others.
-    ``sgd``:  theta <- theta (1 - lr wd) - lr (g + xi) gate, xi ~ N(0, sigma^2);
-    ``adam``: m, v Adam moments (beta1, beta2), theta <- theta (1 - lr wd) - lr (m̂ / (sqrt(v̂) + eps) + xi) gate.
-    The reference implementation's step of 2 lr is folded into lr. Parameters without a gradient
-    are skipped. Noise is drawn on the CPU from the optimizer's own generator (in its state_dict).
+    ``sgd`` is the reference's ``FirstOrderGlobalUPGD`` (``core/optim/weight_upgd/first_order.py``),
+    ``adam`` its ``AdaptiveUPGD`` (``core/run/rl/adaupgd.py``). Per parameter element, with
+    gradient g at step t: utility trace U <- beta_u U + (1 - beta_u)(-g theta); gate =
+    1 - sigmoid((U / (1 - beta_u^t)) / max U), the max over the *raw* trace of every gated
+    parameter (as the reference: the bias correction is in the numerator only), for gated
+    parameters, ``non_gated_scale`` for the others (``full`` gating = the reference). With
+    xi ~ N(0, sigma^2):
+    ``sgd``:  theta <- theta (1 - lr wd) - lr (g + xi) gate;
+    ``adam``: m, v Adam moments (beta1, beta2), bias-corrected,
+    theta <- theta (1 - lr wd) - 2 lr (m̂ / (sqrt(v̂) + eps) + xi) gate (AdaptiveUPGD's step of
+    2 lr, its decay of lr wd). A max of exactly 0 (all traces zero) divides by 1 instead.
+    Parameters without a gradient are skipped. Noise is drawn on the CPU from the optimizer's own
+    generator (in its state_dict): one N(0, 1) vector over all active parameters in group order.
     """
 
     def __init__(
@@ -245,7 +261,7 @@ class UPGD(torch.optim.Optimizer):
             if group["gated"]:
                 bu = group["beta_utility"]
                 st["utility"].mul_(bu).addcmul_(p.grad, p, value=-(1 - bu))
-                u_maxes.append(st["utility"].max() / (1 - bu ** st["step"]))
+                u_maxes.append(st["utility"].max())
         u_max = torch.stack(u_maxes).max() if u_maxes else None
         if u_max is not None:
             u_max = torch.where(u_max == 0, torch.ones_like(u_max), u_max)
@@ -268,8 +284,18 @@ class UPGD(torch.optim.Optimizer):
                 update = (direction + xi) * (1 - torch.sigmoid(u_hat / u_max))
             else:
                 update = (direction + xi) * group["non_gated_scale"]
-            p.mul_(1 - lr * group["weight_decay"]).sub_(update, alpha=lr)
+            step = 2 * lr if group["variant"] == "adam" else lr
+            p.mul_(1 - lr * group["weight_decay"]).sub_(update, alpha=step)
         return None
+
+    @torch.no_grad()
+    def reset_entries(self, touched) -> None:
+        """Forget the utility trace and Adam moments of re-initialised entries:
+        ``touched`` = [(parameter, index), ...] (:attr:`CBP.on_replace`)."""
+        for p, index in touched:
+            for key in ("utility", "exp_avg", "exp_avg_sq"):
+                if key in self.state.get(p, {}):
+                    self.state[p][key][index] = 0
 
     def state_dict(self):
         sd = super().state_dict()
@@ -418,15 +444,22 @@ class Upgd(Algorithm):
 
     @property
     def lr(self) -> float:
-        return self.protocol["upgd"]["lr"] or self.protocol["lr"]
+        return upgd_lr(self.protocol)
 
     def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         p = self.protocol
-        return make_upgd(model, p["upgd"], self.lr, p["weight_decay"], stable_seed("upgd", self.order_seed))
+        seed = stable_seed("upgd", self.order_seed)
+        return make_upgd(model, p["upgd"], self.lr, upgd_weight_decay(p), seed)
 
 
 class UpgdCbp(ContinualBackprop, Upgd):
-    """``upgd_cbp``: the UPGD optimizer plus continual backprop."""
+    """``upgd_cbp``: the UPGD optimizer plus continual backprop; the UPGD utility and Adam moments
+    of every weight CBP re-initialises are reset with it (:meth:`UPGD.reset_entries`)."""
+
+    def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        optimizer = super().make_optimizer(model)
+        self.cbp.on_replace = optimizer.reset_entries
+        return optimizer
 
 
 ALGORITHMS = {

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from memplast.grid import ConfigError, n_classes
+from memplast.grid import ConfigError, n_classes, upgd_lr
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = ROOT / "schemas" / "config.schema.yaml"
@@ -120,6 +120,11 @@ def check_config(config: dict) -> None:
     if memo["feldman_zhang"]["enabled"] and config["dataset"]["name"] != "cifar100":
         raise ConfigError("memo.feldman_zhang is published for cifar100 only; disable it for other datasets")
     _check_training(config)
+    if {"upgd", "upgd_cbp"} & set(conds["algorithms"]):
+        upgd_lr(proto)  # an Adam UPGD needs its own learning rate
+    from memplast.tuning import check_tuning
+
+    check_tuning(config)
     if memo["scorer"]["grid_every"] > memo["scorer"]["epochs"]:
         raise ConfigError(
             f"memo.scorer.grid_every={memo['scorer']['grid_every']} exceeds memo.scorer.epochs={memo['scorer']['epochs']}"

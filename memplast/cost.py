@@ -71,6 +71,9 @@ RULES = {
     "memo_curvature": "curvature",
     "probe": "probe",
     "run_summary": "summary",
+    "tune_task": "train",
+    "heldout": "heldout",
+    "heldout_dependence": "dependence",
 }
 
 
@@ -230,13 +233,28 @@ class CostModel:
         work = seen_images * (s["train"] * c["summary"] + s["test"] * c["eval"]) + self.T * 1000 * c["summary"]
         return self.fixed["startup"] + self.T * self.fixed["checkpoint_load"] + work
 
+    def heldout(self, algorithm: str = "base") -> float:
+        """A run's held-out samples (validation and test of the seen classes) at every checkpoint it
+        keeps: per task 2w + 2 (its saved epochs, before-window slots, live), `retrained` its end only."""
+        s = self.sizes
+        per_task = 1 if algorithm == "retrained" else 2 * self.w + 2
+        images = sum((t + 1) * self.cpt * (s["val"] + s["test"]) for t in range(self.T))
+        return self.fixed["startup"] + per_task * (self.T * self.fixed["checkpoint_load"] + images * self.c["eval"])
+
+    def dependence(self) -> float:
+        """Penultimate features of every sample at the scorer's last checkpoint (one forward each)."""
+        n = self.C * sum(self.sizes.values())
+        return self.fixed["startup"] + self.fixed["checkpoint_load"] + n * self.c["eval"]
+
     # ---------------------------------------------------------------- per rule
     def seconds(self, rule: str, wildcards: dict) -> float:
         """Estimated seconds of one job of ``rule`` (a key of :data:`RULES`) with ``wildcards``."""
         kind = RULES[rule]
-        if kind == "train":
-            w = wildcards
-            return self.train(int(w["task"]), w["ordering"], w["algorithm"], w.get("filter", "none"))
+        w = wildcards
+        if kind == "train":  # tuning runs: random ordering, no filter
+            return self.train(int(w["task"]), w.get("ordering", "random"), w["algorithm"], w.get("filter", "none"))
+        if kind == "heldout":
+            return self.heldout(w["algorithm"])
         if kind == "probe":
             return self.probe(int(wildcards["boundary"]), wildcards.get("filter", "none"))
         return getattr(self, kind)()

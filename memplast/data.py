@@ -236,6 +236,39 @@ def plant_label_noise(labels: np.ndarray, split: np.ndarray, fraction: float, n_
     return labels, noisy
 
 
+def plant_near_duplicates(p: Prepared, n: int, pixel_noise: float, seed: int) -> Prepared:
+    """Append to the test split a near-duplicate of each of ``n`` mislabelled training samples
+    (drawn without replacement): its image plus Gaussian pixel noise of std ``pixel_noise`` (uint8
+    units, rounded and clipped), carrying the training sample's *noisy* label, so that it is
+    classified correctly only if that mislabelled sample was memorized (Feldman & Zhang 2020).
+    New sample ids follow the largest test id; ``duplicate_of`` names the training sample."""
+    noisy = np.flatnonzero(p.noisy & (p.split == "train"))
+    if n > len(noisy):
+        raise DataError(
+            f"dataset.near_duplicates.n = {n} but only {len(noisy)} training labels are flipped; "
+            "lower n or raise dataset.label_noise.fraction"
+        )
+    if n == 0:
+        return p
+    rng = np.random.default_rng(seed)
+    src = np.sort(rng.choice(noisy, size=n, replace=False))
+    images = np.clip(np.rint(p.images[src] + rng.normal(0.0, pixel_noise, size=p.images[src].shape)), 0, 255)
+    test = p.split == "test"
+    first = int(p.sample_id[test].max()) + 1 if test.any() else 0
+    new = {
+        "images": images.astype(np.uint8),
+        "labels": p.labels[src],
+        "orig_labels": p.labels[src],
+        "noisy": np.zeros(n, dtype=bool),
+        "sample_id": np.arange(first, first + n),
+        "source": np.full(n, "planted", dtype=object),
+        "split": np.full(n, "test", dtype=object),
+        "duplicate_of": p.sample_id[src],
+    }
+    arrays = {k: np.concatenate([getattr(p, k), v]) for k, v in new.items()}
+    return Prepared(name=p.name, mean=p.mean, std=p.std, n_classes=p.n_classes, **arrays)
+
+
 def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of uint8 images scaled to [0, 1]."""
     x = images.astype(np.float64) / 255.0
@@ -258,6 +291,12 @@ class Prepared:
     mean: list
     std: list
     n_classes: int
+    # planted near-duplicates (test split): the training sample each copies; -1 for every other sample
+    duplicate_of: np.ndarray | None = None
+
+    def __post_init__(self):
+        if self.duplicate_of is None:
+            self.duplicate_of = np.full(len(self.labels), -1, dtype=np.int64)
 
     def table(self) -> pd.DataFrame:
         """Per-sample metadata (no pixels)."""
@@ -269,6 +308,7 @@ class Prepared:
                 "label": self.labels,
                 "orig_label": self.orig_labels,
                 "noisy": self.noisy,
+                "duplicate_of": self.duplicate_of,
             }
         )
 
@@ -319,7 +359,9 @@ def prepare(dataset_cfg: dict, archive: str | Path | None = None) -> Prepared:
         mean, std = list(CIFAR100_MEAN), list(CIFAR100_STD)
     else:
         mean, std = channel_stats(images[split == "train"])
-    return Prepared(name, images, noisy_labels, labels, noisy, sample_id, source, split, mean, std, n_classes)
+    p = Prepared(name, images, noisy_labels, labels, noisy, sample_id, source, split, mean, std, n_classes)
+    dup = dataset_cfg.get("near_duplicates", {})
+    return plant_near_duplicates(p, dup.get("n", 0), dup.get("pixel_noise", 0.0), dup.get("seed", 0))
 
 
 def synthetic_train_set(n_classes: int, shape, n: int, seed: int = 0) -> Prepared:
@@ -362,6 +404,7 @@ def save_prepared(p: Prepared, path, prov: dict) -> None:
                 mean=np.asarray(p.mean),
                 std=np.asarray(p.std),
                 n_classes=p.n_classes,
+                duplicate_of=p.duplicate_of,
                 provenance_json=json.dumps(prov, default=str),
             )
         check_archive(tmp, "it was damaged while being written and is not kept (check the disk); rerun the job", path)
@@ -385,6 +428,7 @@ def load_prepared(path) -> Prepared:
             mean=z["mean"].tolist(),
             std=z["std"].tolist(),
             n_classes=int(z["n_classes"]),
+            duplicate_of=z["duplicate_of"] if "duplicate_of" in z.files else None,
         )
 
 

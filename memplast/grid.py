@@ -83,6 +83,29 @@ ORDERINGS = ("random", "fixed", "ascending", "descending", "stratified", "file")
 MEMO_ORDERINGS = ("ascending", "descending", "stratified")
 ALGORITHMS = ("base", "retrained", "head_reset", "shrink_perturb", "cbp", "upgd", "upgd_cbp")
 
+
+def upgd_lr(protocol: dict) -> float:
+    """UPGD's base learning rate: ``protocol.upgd.lr.<variant>``; for ``sgd`` null means
+    ``protocol.lr`` (the same schedule as base), for ``adam`` it must be given (Adam at SGD's 0.1
+    would silently diverge from every published setting)."""
+    upgd = protocol["upgd"]
+    lr = upgd["lr"][upgd["variant"]]
+    if lr is not None:
+        return lr
+    if upgd["variant"] == "adam":
+        raise ConfigError(
+            "protocol.upgd.lr.adam is null while protocol.upgd.variant is adam: Adam would inherit "
+            f"protocol.lr={protocol['lr']}; set protocol.upgd.lr.adam (or run tune)"
+        )
+    return protocol["lr"]
+
+
+def upgd_weight_decay(protocol: dict) -> float:
+    """UPGD's decoupled weight decay: ``protocol.upgd.weight_decay`` (null = ``protocol.weight_decay``)."""
+    wd = protocol["upgd"]["weight_decay"]
+    return protocol["weight_decay"] if wd is None else wd
+
+
 # A filter is none, MODE-qQ or MODE_random-qQ with 0 < Q <= 1 (schemas/config.schema.yaml has the same).
 QUANTILE = r"0\.[0-9]*[1-9][0-9]*|1|1\.0+"
 FILTER_RE = re.compile(rf"(?P<mode>{'|'.join(FILTER_MODES)})(?P<random>_random)?-q(?P<q>{QUANTILE})")

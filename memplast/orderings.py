@@ -86,14 +86,21 @@ def order_hash(order: np.ndarray) -> str:
 
 
 def order_diagnostics(
-    order: np.ndarray, memo_of: pd.Series, window: int = 50, top_quantile: float = 0.9
+    order: np.ndarray,
+    memo_of: pd.Series,
+    window: int = 50,
+    top_quantile: float = 0.9,
+    influence_of: pd.Series | None = None,
+    batch_size: int | None = None,
 ) -> pd.DataFrame:
     """Along one epoch's order: memo, its moving average and local variance (centred window),
-    and whether the sample is high-memo (>= top_quantile of the task's scores)."""
+    and whether the sample is high-memo (>= top_quantile of the task's scores). With
+    ``influence_of`` (Feldman-Zhang's self-influence estimate fz_mem) also ``influence`` and its
+    moving average; with ``batch_size`` the SGD ``batch`` each position falls in."""
     memo = memo_of.loc[order].to_numpy()
     s = pd.Series(memo)
     high = memo >= np.quantile(memo, top_quantile)
-    return pd.DataFrame(
+    out = pd.DataFrame(
         {
             "position": np.arange(len(order)),
             "sample_id": order,
@@ -103,6 +110,13 @@ def order_diagnostics(
             "high_memo": high,
         }
     )
+    if batch_size:
+        out["batch"] = out["position"] // batch_size
+    if influence_of is not None:
+        infl = pd.Series(influence_of.loc[order].to_numpy(float))
+        out["influence"] = infl.to_numpy()
+        out["influence_moving_mean"] = infl.rolling(window, center=True, min_periods=1).mean().to_numpy()
+    return out
 
 
 def gap_summary(diag: pd.DataFrame) -> dict:

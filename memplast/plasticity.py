@@ -256,3 +256,83 @@ def figure(
         fig.savefig(png, dpi=120)
     plt.close(fig)
     return text
+
+
+# --------------------------------------------------------------------------- algorithm comparison
+COMPARISON = ("dormant_units", "effective_rank", "stable_rank", "rank99", "mean_abs_weight", "replaced")
+
+
+def algorithm_table(
+    summary: pd.DataFrame,
+    primary: dict,
+    hyper: dict,
+    reference: str = "retrained",
+    base: str = "base",
+    level: float = 0.95,
+) -> pd.DataFrame:
+    """The algorithm comparison: per algorithm and task of the primary data condition, the mean test
+    accuracy over class orders; the paired gap to ``reference`` and to ``base`` (:func:`paired_gap`:
+    mean and t-interval over orders); the mean of each model-level measure in :data:`COMPARISON`
+    (dormant fraction, effective rank, stable rank, rank99, mean |weight|, units replaced); and the
+    hyper-parameters used (``hyper[algorithm]`` = {"values": {...}, "tuned": bool}) as JSON."""
+    import json
+
+    rows = primary_rows(summary, primary)
+    present = set(rows["algorithm"])
+    means = rows.groupby(["algorithm", "task"])[["test_acc", *COMPARISON]].mean()
+    n = rows.groupby(["algorithm", "task"])["order_seed"].nunique().rename("n_orders")
+    parts = []
+    for a in sorted(present):
+        block = means.loc[a].join(n.loc[a]).reset_index().assign(algorithm=a)
+        for ref, tag in ((reference, "retrained"), (base, "base")):
+            cols = [f"gap_{tag}", f"gap_{tag}_lo", f"gap_{tag}_hi"]
+            if a != ref and ref in present:
+                g = paired_gap(rows, a, ref, level=level).set_index("task")[["mean", "lo", "hi"]]
+                block = block.join(g.set_axis(cols, axis=1), on="task")
+            else:
+                block[cols] = np.nan
+        block["hyper_parameters"] = json.dumps(hyper.get(a, {}).get("values", {}), sort_keys=True)
+        block["tuned"] = bool(hyper.get(a, {}).get("tuned", False))
+        parts.append(block)
+    lead = ["algorithm", "task", "n_orders", "test_acc"]
+    gaps = [f"gap_{t}{s}" for t in ("retrained", "base") for s in ("", "_lo", "_hi")]
+    return pd.concat(parts, ignore_index=True)[[*lead, *gaps, *COMPARISON, "hyper_parameters", "tuned"]]
+
+
+def algorithm_figure(table: pd.DataFrame, pdf: str, png: str | None = None, level: float = 0.95) -> str:
+    """Per task and algorithm: the paired gap to retrained (mean and t-interval band), the dormant
+    fraction, the effective rank and the units replaced. Returns the caption (final-task gaps)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.8))
+    colors = {a: f"C{i}" for i, a in enumerate(sorted(table["algorithm"].unique()))}
+    panels = (("gap_retrained", "minus retrained (points)", 100), ("dormant_units", "dormant fraction", 1),
+              ("effective_rank", "effective rank", 1), ("replaced", "units replaced", 1))  # fmt: skip
+    for ax, (col, label, scale) in zip(axes, panels):
+        for a, g in table.groupby("algorithm"):
+            if g[col].notna().any():
+                tag = " (tuned)" if g["tuned"].iloc[0] else ""
+                ax.plot(g["task"], scale * g[col], marker="o", color=colors[a], label=a + tag)
+                if col == "gap_retrained":
+                    ax.fill_between(
+                        g["task"], scale * g[f"{col}_lo"], scale * g[f"{col}_hi"], color=colors[a], alpha=0.2
+                    )
+        ax.set(xlabel="task", ylabel=label)
+    axes[0].axhline(0, color="k", lw=0.8)
+    axes[0].legend(fontsize=8)
+    last = table[table["task"] == table["task"].max()].dropna(subset=["gap_retrained"])
+    text = "; ".join(
+        f"{r.algorithm} - retrained at the last task: {100 * r.gap_retrained:+.2f} points "
+        f"[{100 * r.gap_retrained_lo:+.2f}, {100 * r.gap_retrained_hi:+.2f}] ({int(100 * level)}% t-CI, {r.n_orders} orders)"
+        for r in last.itertuples()
+    )
+    fig.suptitle(text, fontsize=8, wrap=True)
+    fig.tight_layout()
+    fig.savefig(pdf)
+    if png:
+        fig.savefig(png, dpi=120)
+    plt.close(fig)
+    return text

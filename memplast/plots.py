@@ -294,7 +294,14 @@ def order_diagnostics(diag: pd.DataFrame, path, prov: Mapping) -> Figure:
         g = diag[diag["ordering"] == ordering].sort_values("position")
         pos = g["position"].to_numpy(float) / max(len(g) - 1, 1)
         ax_m, ax_v, ax_g = axes[i]
-        ax_m.plot(pos, g["moving_mean"], color="black", linewidth=1)
+        ax_m.plot(pos, g["moving_mean"], color="black", linewidth=1, label="memo")
+        if "influence_moving_mean" in g and g["influence_moving_mean"].notna().any():
+            twin = ax_m.twinx()
+            twin.plot(
+                pos, g["influence_moving_mean"], color=PALETTE[1], linewidth=1, linestyle="--", label="FZ influence"
+            )
+            twin.set_ylabel("moving mean of FZ self-influence", color=PALETTE[1])
+            ax_m.legend(handles=ax_m.get_lines() + twin.get_lines(), fontsize=7, loc="best")
         ax_v.plot(pos, g["moving_var"], color="black", linewidth=1)
         ax_m.set_title(f"{ordering}: moving mean")
         ax_v.set_title(f"{ordering}: moving variance")
@@ -510,3 +517,40 @@ __all__ = [
     "order_diagnostics",
     "memo_validation",
 ]
+
+
+# --------------------------------------------------------------------------- held-out samples
+
+
+def heldout_slices(measures: pd.DataFrame, definition: str, path, prov: Mapping) -> Figure:
+    """Test accuracy per task on the memo-dependent slice (solid) and on the rest (dotted), one
+    colour per condition (mean over class orders, min–max band on the slice), and their difference."""
+    fig = _figure(11, 4.5)
+    ax_a, ax_g = fig.subplots(1, 2)
+    per_task = measures[measures["task"] >= 0]
+    for i, (cond, g) in enumerate(_conditions(per_task)):
+        label = _condition_label(cond)
+        wide = g.pivot_table(index=["order_seed", "task"], columns="measure", values="value").reset_index()
+        if "acc_dependent" not in wide:
+            continue
+        _band(ax_a, wide, "task", "acc_dependent", i, label)
+        rest = wide.groupby("task")["acc_rest"].mean()
+        ax_a.plot(rest.index, rest.to_numpy(), color=_style(i)["color"], linestyle=":", linewidth=1)
+        _band(ax_g, wide, "task", "acc_gap", i, label)
+    ax_a.set_title(f"(a) test accuracy: memo-dependent ({definition}; lines, band) vs the rest (dotted)", fontsize=9)
+    ax_a.set_ylabel("test accuracy (fraction correct, seen classes)")
+    ax_g.set_title("(b) memo-dependent minus the rest")
+    ax_g.set_ylabel("accuracy difference")
+    ax_g.axhline(0, color="0.4", linewidth=1, linestyle=":")
+    for ax in (ax_a, ax_g):
+        ax.set_xlabel(TASK_LABEL)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="best")
+        else:
+            _note(ax, "no memo-dependent test sample")
+    fig.suptitle(
+        "Held-out samples that depend on memorized training samples (line: mean over class orders; band: min–max)"
+    )
+    save(fig, path, prov)
+    return fig

@@ -21,6 +21,7 @@ import pandas as pd
 
 MARKER = ".. answer"
 HEADLINE = "results/stats/headline.csv"
+HELDOUT = "results/stats/heldout_answer.csv"  # the held-out sentence (memplast.heldout_analysis)
 
 
 def _fmt(x: float) -> str:
@@ -73,6 +74,7 @@ FIGURE_LINKS = (  # (report file name, link text) offered on the landing page wh
     ("memo_vs_dloss.pdf", "memo vs loss"),
     ("memo_vs_dgrad.pdf", "memo vs gradient"),
     ("memo_vs_ddormant.pdf", "memo vs dormancy"),
+    ("heldout_slices.pdf", "held-out slices"),
 )
 WORDS = {"d_loss": "loss change", "d_log_grad": "log-gradient-norm change", "grad_drop": "gradient drop"}
 KIND_WORDS = {"immediate": "immediate deltas (first epoch after the boundary)", "windowed": "windowed deltas"}
@@ -286,9 +288,11 @@ def answer_rst(
     gaps: pd.DataFrame | None = None,
     primary: dict | None = None,
     figures=(),
+    heldout: str | None = None,
 ) -> str:
     """The landing page's answer: plain sentences (memo's within-class association with the primary
-    outcomes; whether the run lost plasticity), the condition in words, a compact table of the
+    outcomes; whether the run lost plasticity; ``heldout``: the held-out sentence of
+    memplast.heldout_analysis), the condition in words, a compact table of the
     primary outcomes and links to the full tables and the figures (report file names in ``figures``)."""
     pct = f"{100 * ci_level:g}%"
     h = headline.copy()
@@ -310,6 +314,7 @@ def answer_rst(
         "",
         plasticity_sentence(gaps, ci_level),
         "",
+        *([heldout, ""] if heldout else []),
         f"*Condition:* {condition_words(primary or {})}; "
         + (scope_words(h[h["kind"] == main], orders, pct) if len(h) else f"{orders} class orders")
         + ".",
@@ -331,6 +336,7 @@ def landing_page(
     headline = Path(workdir) / HEADLINE
     if headline.exists():
         gaps = Path(workdir) / PLASTICITY
+        held = _csv(Path(workdir), HELDOUT)
         figures = {p.name for p in (Path(workdir) / "results" / "figures").glob("*.pdf")}
         answer = answer_rst(
             pd.read_csv(headline),
@@ -338,6 +344,7 @@ def landing_page(
             gaps=pd.read_csv(gaps) if gaps.exists() else None,
             primary=primary,
             figures=figures,
+            heldout=None if held is None or held.empty else str(held["sentence"].iloc[0]),
         )
     else:
         answer = "**Answer.** *It appears here once the statistics (results/stats/headline.csv) exist.*\n"
@@ -461,6 +468,11 @@ def _main_order_diagnostics(workdir: Path, ci_level: float, outcomes: dict) -> s
     return f"lag-1 autocorrelation of memo along the order, and mean gap between top-10% samples: {'; '.join(items)}."
 
 
+def _main_heldout_slices(workdir: Path, ci_level: float, outcomes: dict) -> str:
+    answer = _csv(workdir, HELDOUT)
+    return _pending(HELDOUT) if answer is None or answer.empty else str(answer["sentence"].iloc[0])
+
+
 def _main_training_curves(workdir: Path, ci_level: float, outcomes: dict) -> str:
     flags = _csv(workdir, "results/stats/training_flags.csv")
     if flags is None:
@@ -478,6 +490,7 @@ MAIN_NUMBER = {
     "class_balance": _main_class_balance,
     "order_diagnostics": _main_order_diagnostics,
     "training_curves": _main_training_curves,
+    "heldout_slices": _main_heldout_slices,
 }
 
 

@@ -23,6 +23,7 @@ RUNTIME_KEYS = {
 # rule -> its family under config `resources:` (for the fix named by check_gpu)
 RULE_FAMILY = {
     "train_task": "train",
+    "tune_task": "train",
     "memo_scorer": "memo_scorer",
     "memo_curvature": "curvature",
     "probe": "probe",

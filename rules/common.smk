@@ -1,6 +1,6 @@
 # Paths, the run grid and small helpers shared by every rule family.
 from memplast import checkpoints as ckpt
-from memplast import cost, runtime, stats_cost
+from memplast import cost, runtime, stats_cost, tuning
 from memplast.report import figure_caption
 from memplast.grid import (
     MEMO_ORDERINGS,
@@ -108,10 +108,14 @@ def expand_all_targets():
         "order_diagnostics",
         "memo_validation",
         "training_curves",
+        "heldout_slices",
     ]
     # accuracy relative to the retrained reference (rules/plasticity.smk)
     if "retrained" in config["conditions"]["algorithms"]:
         figures.append("plasticity_gap")
+    # the algorithm comparison, when mitigations are compared with base and retrained
+    if {"base", "retrained"} < set(config["conditions"]["algorithms"]):
+        figures.append("algorithms")
     return [
         *expand("results/figures/{name}.pdf", name=figures),
         "results/stats/conditions.csv",
@@ -145,6 +149,23 @@ def memo_score_inputs(wc):
     return inputs
 
 
+def heldout_dependence_inputs(wc):
+    """The scorer's last checkpoint and the memo scores; Feldman-Zhang's influence file and
+    mappings with memo.feldman_zhang.enabled."""
+    inputs = {
+        "prepared": PREPARED,
+        "checkpoint": f"results/memo/scorer/e{SCORER_GRID[-1]}.pt",
+        "scores": SCORES,
+    }
+    fz = MEMO["feldman_zhang"]
+    if fz["enabled"]:
+        inputs["fz_npz"] = "data/feldman_zhang/cifar100_infl_matrix.npz"
+        inputs["fz_mapping"] = fz["mapping"] or "MISSING-memo.feldman_zhang.mapping"
+        if fz["test_mapping"]:
+            inputs["fz_test_mapping"] = fz["test_mapping"]
+    return inputs
+
+
 def subset_inputs(wc):
     """`none` keeps every sample and needs no memo scores, so the primary runs never wait for them;
     a size-matched random filter needs them for its per-class counts."""
@@ -164,6 +185,9 @@ def train_inputs(wc):
         inputs["file_order"] = config["ordering"]["file"]
     if task > 0:
         inputs["prev_state"] = ckpt.end_state(RUN.format(**wc), task - 1)
+    if config["tuning"]["use"] and wc.algorithm in config["tuning"]["algorithms"]:
+        # tuned hyper-parameters (rules/tune.smk) replace the config's in this run
+        inputs["tuning"] = f"results/tuning/{wc.algorithm}.yaml"
     return inputs
 
 
@@ -201,6 +225,24 @@ def boundary_checkpoints(wc):
     return ckpt.boundary_checkpoints(RUN.format(**wc), int(wc.boundary), W)
 
 
+def heldout_checkpoints(wc):
+    """Every checkpoint a run keeps (memplast.checkpoints): per task its saved task-epochs (the
+    end checkpoint among them), before-window slots and live epoch; `retrained` keeps only the ends.
+    """
+    run = RUN.format(**wc)
+    if wc.algorithm == "retrained":
+        return [ckpt.epoch_checkpoint(run, t, E) for t in range(N_TASKS)]
+    return [
+        path
+        for t in range(N_TASKS)
+        for path in [
+            *(ckpt.epoch_checkpoint(run, t, te) for te in CKPT_TASK_EPOCHS),
+            *ckpt.window_slots(run, t, W),
+            ckpt.live_checkpoint(run, t),
+        ]
+    ]
+
+
 def report_caption(name, **extra):
     """A report figure's caption: report/<name>.rst with the figure's main number appended
     (memplast.report.figure_caption, read from the results when they exist)."""
@@ -209,3 +251,49 @@ def report_caption(name, **extra):
         ci_level=config["stats"]["ci_level"],
         **extra,
     )
+
+
+# --------------------------------------------------------------------------- tuning (rules/tune.smk)
+TUNE_RUN = "results/tuning/runs/{algorithm}/p{point}/order{seed}"
+TUNE_SEEDS = config["tuning"]["seeds"]
+
+
+def tune_inputs(wc):
+    """A tuning task: the unfiltered training set of a tuning class order, the previous task's state."""
+    inputs = {
+        "prepared": PREPARED,
+        "order": ORDER_FILE.format(seed=wc.seed),
+        "kept": "results/subsets/none/kept.parquet",
+    }
+    if int(wc.task) > 0:
+        inputs["prev_state"] = ckpt.end_state(TUNE_RUN.format(**wc), int(wc.task) - 1)
+    return inputs
+
+
+def tune_cfg(wc):
+    """The config slice of a tuning job: the protocol with the grid point's values set."""
+    proto = tuning.point_protocol(config, wc.algorithm, int(wc.point))
+    keys = ("dataset", "model", "protocol", "ordering", "weighting")
+    return runtime.rule_params({**config, "protocol": proto}, keys, wc.algorithm)
+
+
+def tune_metrics(wc):
+    """Every task's metrics of every grid point and tuning order of one algorithm."""
+    n_points = len(tuning.grid_points(config["tuning"]["grids"][wc.algorithm]))
+    return expand(
+        f"{TUNE_RUN}/task{{task}}/metrics.parquet",
+        algorithm=wc.algorithm,
+        point=range(n_points),
+        seed=TUNE_SEEDS,
+        task=range(N_TASKS),
+    )
+
+
+def algorithm_tunings(wc=None):
+    """The tuning files the evaluation runs used (tuning.use), for the comparison's provenance."""
+    if not config["tuning"]["use"]:
+        return []
+    tuned = set(config["tuning"]["algorithms"]) & set(
+        config["conditions"]["algorithms"]
+    )
+    return [f"results/tuning/{a}.yaml" for a in sorted(tuned)]

@@ -25,6 +25,9 @@ rule memo_scorer:
         mem_mb=job("memo_scorer", "mem_mb"),
         runtime=gpu_runtime("memo_scorer"),
         gpu=job("memo_scorer", "gpu"),
+    # Its resume state (every protocol.state_every epochs and on SIGTERM) is
+    # results/resume/memo/scorer.pt, outside the declared outputs; not a param, so that its
+    # introduction reran no finished scorer (memplast.train.scorer.RESUME).
     params:
         grid=SCORER_GRID,
         cfg=cfg_slice("dataset", "memo", "protocol"),
@@ -112,3 +115,26 @@ rule feldman_zhang_import:
         cfg=cfg_slice("memo"),
     script:
         "../scripts/feldman_zhang_import.py"
+
+
+rule heldout_dependence:
+    input:
+        unpack(heldout_dependence_inputs),
+    output:
+        dependence_table="results/memo/heldout_dependence.parquet",
+    log:
+        log_path("memo/heldout_dependence"),
+    benchmark:
+        bench_path("memo/heldout_dependence")
+    conda:
+        ENV_TORCH
+    threads: job("probe", "threads")
+    resources:
+        mem_mb=job("probe", "mem_mb"),
+        runtime=gpu_runtime("heldout_dependence"),
+        gpu=job("probe", "gpu"),
+    params:
+        score_col=score_column(config),
+        cfg=cfg_slice("heldout", "memo"),
+    script:
+        "../scripts/heldout_dependence.py"

@@ -1,5 +1,6 @@
 # Per-sample probes on the checkpoints around every task boundary (one job per run and
-# boundary), boundary deltas per run, and the run summary (accuracy and model-level metrics).
+# boundary), boundary deltas per run, every held-out sample at every checkpoint of a run, and
+# the run summary (accuracy and model-level metrics).
 
 
 rule probe:
@@ -57,6 +58,31 @@ rule deltas:
         cfg=run_cfg_slice("protocol", "probes", "memo"),
     script:
         "../scripts/deltas.py"
+
+
+rule heldout:
+    input:
+        prepared=PREPARED,
+        checkpoints=heldout_checkpoints,
+    output:
+        heldout=f"{RUN}/heldout.parquet",
+        samples=f"{RUN}/heldout_samples.parquet",
+    log:
+        log_path(f"probe/{RUN_ID}/heldout"),
+    benchmark:
+        bench_path(f"probe/{RUN_ID}/heldout")
+    conda:
+        ENV_TORCH
+    threads: job("probe", "threads")
+    resources:
+        mem_mb=job("probe", "mem_mb"),
+        runtime=gpu_runtime("heldout"),
+        gpu=job("probe", "gpu"),
+    params:
+        run=lambda wc: dict(wc.items()),
+        cfg=run_cfg_slice("dataset", "protocol"),
+    script:
+        "../scripts/heldout.py"
 
 
 rule run_summary:

@@ -213,13 +213,51 @@ rule figure_order_diagnostics:
         "../scripts/figure.py"
 
 
+rule heldout_analysis:
+    input:
+        heldout=[f"{r}/heldout.parquet" for r in ALL_RUNS],
+        samples=[f"{r}/heldout_samples.parquet" for r in ALL_RUNS],
+        heldout_dependence="results/memo/heldout_dependence.parquet",
+    output:
+        measures="results/stats/heldout_slices.csv",
+        comparison=report(
+            "results/stats/heldout_comparison.csv",
+            caption="../report/stats_table.rst",
+            category="Held-out samples",
+        ),
+        association="results/stats/heldout_association.csv",
+        answer="results/stats/heldout_answer.csv",
+        pdf=report(
+            "results/figures/heldout_slices.pdf",
+            caption=report_caption("heldout_slices"),
+            category="Held-out samples",
+        ),
+        png="results/figures/heldout_slices.png",
+    log:
+        log_path("stats/heldout"),
+    benchmark:
+        bench_path("stats/heldout")
+    conda:
+        ENV_STATS
+    threads: 1
+    resources:
+        mem_mb=job("stats", "mem_mb"),
+        runtime=job("stats", "runtime"),
+    params:
+        cfg=STATS_CFG,
+    script:
+        "../scripts/heldout_analysis.py"
+
+
 rule memo_validation:
     input:
         scores=SCORES,
         prepared=PREPARED,
+        heldout_dependence="results/memo/heldout_dependence.parquet",
     output:
         agreement="results/memo/agreement.csv",
         auroc="results/memo/noise_auroc.csv",
+        proxy_auroc="results/memo/heldout_proxy_auroc.csv",
         pdf=report(
             "results/figures/memo_validation.pdf",
             caption=report_caption("memo_validation"),
@@ -235,6 +273,6 @@ rule memo_validation:
         mem_mb=job("light", "mem_mb"),
         runtime=job("light", "runtime"),
     params:
-        cfg=cfg_slice("memo", "dataset"),
+        cfg=cfg_slice("memo", "dataset", "heldout"),
     script:
         "../scripts/memo_validation.py"

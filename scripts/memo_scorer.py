@@ -11,25 +11,21 @@ from memplast import io  # noqa: E402
 from memplast.cli import entrypoint  # noqa: E402
 from memplast.data import load_prepared  # noqa: E402
 from memplast.runtime import resolve as runtime_of  # noqa: E402
-from memplast.train import train_scorer  # noqa: E402
+from memplast.train import ScorerPaths, train_scorer  # noqa: E402
+from memplast.train.scorer import RESUME  # noqa: E402
 
 
-def main(prepared: str, checkpoints: list, csl: str, metrics: str, grid: list, cfg: dict, runtime: dict | None = None):
-    """Train the scorer (config memo.scorer) and write CHECKPOINTS at the GRID epochs."""
-    paths = dict(zip(grid, checkpoints if isinstance(checkpoints, list) else list(checkpoints)))
-    memo, rt = cfg["memo"], runtime_of(cfg, runtime)
-    train_scorer(
-        load_prepared(prepared),
-        memo["scorer"],
-        cfg["dataset"]["augmentation"],
-        paths,
-        metrics,
-        csl,
-        rt["device"],
-        memo["seed"],
-        io.provenance(cfg),
-        rt["eval_batch_size"],
+def main(prepared: str, checkpoints: list, csl: str, metrics: str, grid: list, cfg: dict,
+         runtime: dict | None = None, resume: str = RESUME):  # fmt: skip
+    """Train the scorer (config memo.scorer) and write CHECKPOINTS at the GRID epochs, CSL and
+    METRICS; its resume state is RESUME (saved every protocol.state_every epochs and on SIGTERM)."""
+    paths = ScorerPaths(
+        checkpoints=dict(zip(grid, checkpoints if isinstance(checkpoints, list) else list(checkpoints))),
+        metrics=metrics,
+        csl=csl,
+        resume=resume,
     )
+    train_scorer(load_prepared(prepared), cfg, paths, io.provenance(cfg), runtime_of(cfg, runtime))
 
 
 if __name__ == "__main__":

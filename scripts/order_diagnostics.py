@@ -39,12 +39,17 @@ def main(
         & np.isin(data.sample_id, io.read_parquet(kept)["sample_id"])
     )
     ids = data.sample_id[rows]
-    memo = io.read_parquet(scores).query("split == 'train'").set_index("sample_id")[score_col]
+    table = io.read_parquet(scores).query("split == 'train'").set_index("sample_id")
+    memo = table[score_col]
+    # Feldman-Zhang's self-influence (memorization) estimate next to memo, where that data is present
+    influence = table["fz_mem"] if "fz_mem" in table and table["fz_mem"].loc[ids].notna().all() else None
     file_ids = pd.read_csv(cfg["ordering"]["file"])["sample_id"].to_numpy() if ordering == "file" else None
     generator = torch.Generator().manual_seed(stable_seed("diagnostics", ordering))
     base = orderings.base_order(ordering, ids, memo.loc[ids].to_numpy(), generator, cfg["ordering"]["strata"], file_ids)
     epoch = orderings.epoch_order(base, ids, generator, cfg["ordering"]["block_size"])
-    diag = orderings.order_diagnostics(epoch, memo).assign(ordering=ordering)
+    diag = orderings.order_diagnostics(epoch, memo, influence_of=influence, batch_size=proto["batch_size"]).assign(
+        ordering=ordering
+    )
     prov = io.provenance(cfg, ordering=ordering, score_col=score_col)
     io.write_csv(diag, diagnostics, prov)
     io.write_csv(pd.DataFrame([{"ordering": ordering, **orderings.gap_summary(diag)}]), gaps, prov)

@@ -12,10 +12,12 @@ import pandas as pd  # noqa: E402
 
 from memplast import io  # noqa: E402
 from memplast.cli import entrypoint  # noqa: E402
+from memplast.config import read_yaml  # noqa: E402
 from memplast.data import load_prepared  # noqa: E402
 from memplast.runtime import resolve as runtime_of  # noqa: E402
 from memplast.runtime import with_runtime  # noqa: E402
 from memplast.train import RunSpec, TaskPaths, run_task  # noqa: E402
+from memplast.tuning import apply_selection, without_test  # noqa: E402
 
 
 def main(
@@ -42,10 +44,18 @@ def main(
     window: list = (),
     live: str | None = None,
     runtime: dict | None = None,
+    tuning: str | None = None,
+    drop_test: bool = False,
 ):
     """Train task TASK of run RUN from PREV_STATE; write END, CHECKPOINTS, WINDOW (slot j = best
-    epoch - j), LIVE (last epoch before the restore), METRICS, ORDER_LOG."""
+    epoch - j), LIVE (last epoch before the restore), METRICS, ORDER_LOG. TUNING: the algorithm's
+    results/tuning file, whose selected hyper-parameters replace the config's; DROP_TEST: the test
+    split is removed from memory first (tuning jobs: their test columns are NaN)."""
     data = load_prepared(prepared)
+    if drop_test:
+        data = without_test(data)
+    protocol, hyper_sources = apply_selection(cfg["protocol"], read_yaml(tuning) if tuning else None)
+    cfg = {**cfg, "protocol": protocol}
     memo = None
     if scores is not None:
         memo = io.read_parquet(scores).query("split == 'train'").set_index("sample_id")[score_col]
@@ -73,7 +83,7 @@ def main(
         window=list(np.atleast_1d(window)),
         live=live,
     )
-    prov = io.provenance(cfg, run=run, task=task, score_col=score_col)
+    prov = io.provenance(cfg, run=run, task=task, score_col=score_col, hyper_parameters=hyper_sources)
     run_cfg = {**cfg, "protocol": with_runtime(cfg["protocol"], runtime_of(cfg, runtime))}
     run_task(spec, data, run_cfg, paths, prov)
 

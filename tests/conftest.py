@@ -113,3 +113,30 @@ def run_one_task(tmp, cfg, prepared, task, prev=None, algorithm="base", ordering
             raise Killed(f"stopped after epoch {row['epoch']}")
 
     return run_task(spec, prepared, cfg, paths, prov or {"test": 1}, on_epoch=kill_after), paths.checkpoints
+
+
+def run_scorer(tmp, cfg, prepared, stop=None, on_epoch=None, resume=None):
+    """Train the memo scorer of ``cfg`` (``memo.scorer``; runtime settings from ``protocol``) on
+    ``prepared`` into ``tmp``: checkpoints ``scorer/e<g>.pt`` at its grid epochs, ``scorer/m.parquet``,
+    ``scorer/csl.parquet``, resume state ``resume/scorer.pt``. ``stop``: killed (:class:`Killed`)
+    after that epoch. Returns the paths (:class:`memplast.train.ScorerPaths`)."""
+    from memplast.grid import scorer_grid
+    from memplast.runtime import settings
+    from memplast.train import ScorerPaths, train_scorer
+
+    sc, d = cfg["memo"]["scorer"], Path(tmp) / "scorer"
+    paths = ScorerPaths(
+        checkpoints={g: str(d / f"e{g}.pt") for g in scorer_grid(sc["epochs"], sc["grid_every"])},
+        metrics=str(d / "m.parquet"),
+        csl=str(d / "csl.parquet"),
+        resume=resume or str(Path(tmp) / "resume" / "scorer.pt"),
+    )
+
+    def kill_after(row):
+        if on_epoch is not None:
+            on_epoch(row)
+        if stop is not None and row["epoch"] >= stop:
+            raise Killed(f"stopped after epoch {row['epoch']}")
+
+    train_scorer(prepared, cfg, paths, {"test": 1}, settings(cfg), kill_after)
+    return paths

@@ -16,7 +16,7 @@ from memplast import algorithms as A
 from memplast import grid
 from memplast.models import ResNet18, SmallCNN, hidden_layers
 
-CBP_CFG = {"replacement_rate": 0.0, "decay_rate": 0.9, "maturity_threshold": 0, "mode": "faithful"}
+CBP_CFG = {"replacement_rate": 0.0, "decay_rate": 0.9, "maturity_threshold": 0, "mode": "eq1"}
 
 
 def _tiny(seed=0):
@@ -69,17 +69,30 @@ def test_cbp_utilities_follow_the_decayed_contribution_by_hand():
     for i, L in enumerate(cbp.layers):
         c1, c2 = _hand_contribution(L, a1[L.act]), _hand_contribution(L, a2[L.act])
         torch.testing.assert_close(cbp.util[i], 0.9 * (0.1 * c1) + 0.1 * c2)
-    # paper mode: bias-corrected EMAs; after one step the ranking utility is the contribution itself
-    paper = A.CBP(model, {**CBP_CFG, "mode": "paper"}, seed=0)
-    paper(a1)
-    for i, L in enumerate(paper.layers):
-        torch.testing.assert_close(paper.ranking_utility(i), _hand_contribution(L, a1[L.act]))
-    paper(a2)
-    for i, L in enumerate(paper.layers):
-        f1, f2, out = _hand_feat(a1[L.act]), _hand_feat(a2[L.act]), _hand_out(L)
-        fhat2 = (0.9 * 0.1 * f1 + 0.1 * f2) / (1 - 0.9**2)
-        uhat = (0.9 * 0.1 * out * f1 + 0.1 * out * fhat2) / (1 - 0.9**2)
-        torch.testing.assert_close(paper.ranking_utility(i), uhat)
+
+
+def test_cbp_reference_mode_sums_features_and_counts_every_unit_of_the_layer():
+    """reference: F = sum over steps of (1 - decay) mean|h| (no decay), never reset on replacement;
+    the count accumulates rate x all units of the layer once one is mature; the utility is
+    mean|w_out| x F, computed on replacing steps only."""
+    model = _tiny()
+    cfg = {**CBP_CFG, "mode": "reference", "replacement_rate": 0.3, "maturity_threshold": 1}
+    cbp = A.CBP(model, cfg, seed=0)
+    acts = [_acts(model, s) for s in (1, 2, 3)]
+    cbp(acts[0])  # age 1: nobody mature, no utility computed
+    assert all((u == 0).all() for u in cbp.util) and all(a == 0.0 for a in cbp.accumulated)
+    i = [L.name for L in cbp.layers].index("conv3")  # 8 units: 0.3 x 8 = 2.4 -> 2 now
+    L = cbp.layers[i]
+    feat = 0.1 * (_hand_feat(acts[0][L.act]) + _hand_feat(acts[1][L.act]))
+    util = _hand_out(L) * feat
+    cbp(acts[1])
+    assert sorted(np.flatnonzero(cbp.age[i].numpy() == 0).tolist()) == sorted(np.argsort(util.numpy())[:2].tolist())
+    assert cbp.accumulated[i] == pytest.approx(0.4)
+    torch.testing.assert_close(cbp.feat[i], feat)  # the replaced units keep their sum
+    cbp(acts[2])
+    torch.testing.assert_close(cbp.feat[i], feat + 0.1 * _hand_feat(acts[2][L.act]))
+    conv1 = [L.name for L in cbp.layers].index("conv1")  # 2 units: 0.6, then 1.2 -> one unit at step 3
+    assert (cbp.age[conv1] == 0).sum() == 1 and cbp.accumulated[conv1] == pytest.approx(0.2)
 
 
 def test_cbp_replaces_the_lowest_utility_mature_units_and_resets_them():
@@ -134,10 +147,13 @@ def test_cbp_fresh_weights_have_the_kaiming_scale():
     assert model.conv3.weight.std().item() == pytest.approx(expected, rel=0.01)
     assert abs(model.conv3.weight.mean().item()) < 0.01 * expected
     assert (model.hidden.weight == 0).all()  # every outgoing weight of conv3 is zero
+    h = [L.name for L in cbp.layers].index("hidden")  # the hidden linear layer: ReLU gain too
+    cbp.replace(h, torch.arange(256))
+    assert model.hidden.weight.std().item() == pytest.approx(math.sqrt(2.0 / 256), rel=0.01)
 
 
 def test_cbp_state_round_trips_bitwise():
-    cfg = {**CBP_CFG, "replacement_rate": 0.05, "maturity_threshold": 2, "mode": "paper"}
+    cfg = {**CBP_CFG, "replacement_rate": 0.05, "maturity_threshold": 2, "mode": "reference"}
 
     def steps(model, cbp, seeds):
         for s in seeds:
@@ -168,7 +184,8 @@ def _params():
 
 
 def _hand_upgd(params, grads, gated, lr, wd, beta_u, sigma, scale, seed, steps=1, adam=None):
-    """Independent re-computation of ``steps`` UPGD steps with constant gradients."""
+    """Independent re-computation of ``steps`` UPGD steps with constant gradients: the gate divides
+    the bias-corrected trace by the max of the raw one; Adam steps 2 lr with a decay of lr wd."""
     gen = torch.Generator().manual_seed(seed)
     theta = [p.detach().clone() for p in params]
     util = [torch.zeros_like(p) for p in params]
@@ -178,17 +195,18 @@ def _hand_upgd(params, grads, gated, lr, wd, beta_u, sigma, scale, seed, steps=1
         for k in range(len(theta)):
             util[k] = beta_u * util[k] + (1 - beta_u) * (-grads[k] * theta[k])
         u_hat = [u / (1 - beta_u**t) for u in util]
-        u_max = max(u.max() for u, gt in zip(u_hat, gated) if gt)
+        u_max = max(u.max() for u, gt in zip(util, gated) if gt)
         noise = torch.randn(sum(p.numel() for p in theta), generator=gen).split([p.numel() for p in theta])
         for k in range(len(theta)):
             gate = 1 - torch.sigmoid(u_hat[k] / u_max) if gated[k] else torch.full_like(theta[k], scale)
-            d = grads[k]
+            d, step = grads[k], lr
             if adam:
+                step = 2 * lr
                 b1, b2, eps = adam
                 m[k] = b1 * m[k] + (1 - b1) * grads[k]
                 v[k] = b2 * v[k] + (1 - b2) * grads[k] ** 2
                 d = (m[k] / (1 - b1**t)) / ((v[k] / (1 - b2**t)).sqrt() + eps)
-            theta[k] = theta[k] * (1 - lr * wd) - lr * (d + sigma * noise[k].view_as(theta[k])) * gate
+            theta[k] = theta[k] * (1 - lr * wd) - step * (d + sigma * noise[k].view_as(theta[k])) * gate
     return theta
 
 
@@ -252,11 +270,13 @@ def test_upgd_perturbation_has_scale_sigma_times_gate():
 
 def test_upgd_protects_high_utility_weights():
     p = nn.Parameter(torch.tensor([1.0, 1.0, 1.0]))
-    p.grad = torch.tensor([-1.0, 0.0, 1.0])  # utility -g theta: 1, 0, -1 -> gates 1-sig(1), 1/2, 1-sig(-1)
+    # utility -g theta = 1, 0, -1: trace U = 0.5, 0, -0.5, bias-corrected 1, 0, -1, over the raw
+    # max 0.5 (as the reference): 2, 0, -2 -> gates 1 - sig(2), 1/2, 1 - sig(-2)
+    p.grad = torch.tensor([-1.0, 0.0, 1.0])
     A.UPGD([p], [], lr=1.0, weight_decay=0.0, sigma=0.0, beta_utility=0.5, seed=0).step()
     step = 1.0 - p.detach()
     torch.testing.assert_close(
-        step, torch.tensor([-1 + torch.sigmoid(torch.tensor(1.0)), 0.0, 1 - torch.sigmoid(torch.tensor(-1.0))])
+        step, torch.tensor([-1 + torch.sigmoid(torch.tensor(2.0)), 0.0, 1 - torch.sigmoid(torch.tensor(-2.0))])
     )
 
 

@@ -1,19 +1,21 @@
 """Fault injection on the demo's tiny settings: damaged checkpoints, states and prepared data are
 detected where they are read and right after they are written, with one line that names the file
-and the recovery; a damaged resume state or staged checkpoint makes the task restart, and the
-restarted task ends byte for byte as an uninterrupted one."""
+and the recovery; a damaged resume state or staged checkpoint makes the job (a task or the memo
+scorer) restart, and the restarted job ends byte for byte as an uninterrupted one; SIGTERM saves
+either trainer at its current step."""
 
 from __future__ import annotations
 
 import copy
 import errno
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-from conftest import Killed, run_one_task
+from conftest import Killed, run_one_task, run_scorer
 
 from memplast import checkpoints, data
 from memplast.integrity import DamagedFileError
@@ -53,6 +55,45 @@ def ref(tmp_path_factory, tiny, digits, one_thread):
     d = tmp_path_factory.mktemp("ref")
     run_one_task(d, tiny, digits, 0, ckpt_epochs=[1, 2], window=1)
     return d / "t0"
+
+
+@pytest.fixture(scope="module")
+def scorer_cfg(tiny):
+    cfg = copy.deepcopy(tiny)
+    cfg["memo"]["scorer"].update(epochs=3, grid_every=1)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def scorer_ref(tmp_path_factory, scorer_cfg, digits, one_thread):
+    """An uninterrupted memo scorer: checkpoints at epochs 1-3, metrics, CSL."""
+    d = tmp_path_factory.mktemp("scorer-ref")
+    run_scorer(d, scorer_cfg, digits)
+    return d / "scorer"
+
+
+@dataclass
+class Trainer:
+    """One of the two training jobs, as the fault tests drive it: ``run(dir, **kw)`` trains it into
+    ``dir`` (``stop=``: killed after that epoch), ``out`` its outputs' directory under ``dir``,
+    ``resume`` its resume state, ``files`` the outputs that must match an uninterrupted run byte for byte."""
+
+    run: object
+    ref: Path
+    out: str
+    resume: str
+    files: tuple
+
+
+@pytest.fixture(params=["task", "scorer"])
+def trainer(request, tiny, digits) -> Trainer:
+    if request.param == "task":
+        return Trainer(lambda d, **kw: run_one_task(d, tiny, digits, 0, ckpt_epochs=[1, 2], window=1, **kw),
+                       request.getfixturevalue("ref"), "t0", "resume/t0.pt",
+                       ("e1.pt", "e2.pt", "best-0.pt", "live.pt", "end.pt"))  # fmt: skip
+    cfg = request.getfixturevalue("scorer_cfg")
+    return Trainer(lambda d, **kw: run_scorer(d, cfg, digits, **kw), request.getfixturevalue("scorer_ref"),
+                   "scorer", "resume/scorer.pt", ("e1.pt", "e2.pt", "e3.pt", "csl.parquet"))  # fmt: skip
 
 
 @pytest.mark.parametrize("damage", DAMAGE)
@@ -124,25 +165,45 @@ def test_disk_full_while_writing_a_resume_state_keeps_the_previous_one(tmp_path,
     assert checkpoints.load_payload(path)["epoch"] == 1
 
 
-@pytest.mark.parametrize(("which", "damage"), [("resume state", "truncated"), ("staged checkpoint", "bit-flipped")])
-def test_damaged_resume_state_or_staged_checkpoint_restarts_the_task(tmp_path, ref, tiny, digits, which, damage,
-                                                                       caplog):  # fmt: skip
+@pytest.mark.parametrize(("which", "damage"), [("resume state", "truncated"), ("staged checkpoint", "bit-flipped"),
+                                               ("resume state", "bit-flipped")])  # fmt: skip
+def test_damaged_resume_state_or_staged_checkpoint_restarts_the_job(tmp_path, trainer, which, damage, caplog):
+    """A task or the memo scorer, killed after its first epoch (a resume state and a staged checkpoint
+    left), its state then damaged: the rerun warns once naming the file and restarts from scratch."""
     with pytest.raises(Killed):
-        run_one_task(tmp_path, tiny, digits, 0, ckpt_epochs=[1, 2], window=1, stop=1)
-    resume = tmp_path / "resume" / "t0.pt"
+        trainer.run(tmp_path, stop=1)
+    resume = tmp_path / trainer.resume
     target = resume if which == "resume state" else resume.with_suffix(".ckpt") / "e1.pt"
     assert target.exists()
     DAMAGE[damage](target)
-    for f in (tmp_path / "t0").glob("*.pt"):  # Snakemake deletes a killed job's outputs
+    for f in (tmp_path / trainer.out).glob("*"):  # Snakemake deletes a killed job's outputs
         f.unlink()
     with caplog.at_level("WARNING", logger="memplast.train"):
-        run_one_task(tmp_path, tiny, digits, 0, ckpt_epochs=[1, 2], window=1)
+        trainer.run(tmp_path)
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and f"damaged file {target}" in warnings[0] and "\n" not in warnings[0]
     assert "resuming after" not in caplog.text
-    for name in ("e1.pt", "e2.pt", "best-0.pt", "live.pt", "end.pt"):  # the restarted task: the same bytes
-        assert (tmp_path / "t0" / name).read_bytes() == (ref / name).read_bytes(), name
+    for name in trainer.files:  # the restarted job: the same bytes
+        assert (tmp_path / trainer.out / name).read_bytes() == (trainer.ref / name).read_bytes(), name
     assert not resume.exists() and not resume.with_suffix(".ckpt").exists()
+
+
+def test_killed_scorer_resumes_to_the_same_bytes(tmp_path, scorer_ref, scorer_cfg, digits, caplog):
+    """Killed after epoch 2 (its resume state saved then): the rerun continues from epoch 2 and its
+    checkpoints, CSL and metrics equal an uninterrupted scorer's."""
+    with pytest.raises(Killed):
+        run_scorer(tmp_path, scorer_cfg, digits, stop=2)
+    staged = sorted(p.name for p in (tmp_path / "resume" / "scorer.ckpt").iterdir())
+    assert staged == ["e1.pt", "e2.pt"] and not any((tmp_path / "scorer").glob("*"))  # outputs only at the end
+    with caplog.at_level("INFO", logger="memplast.train"):
+        run_scorer(tmp_path, scorer_cfg, digits)
+    assert "memo scorer: resuming after epoch 2 from" in caplog.text
+    for name in ("e1.pt", "e2.pt", "e3.pt", "csl.parquet"):
+        assert (tmp_path / "scorer" / name).read_bytes() == (scorer_ref / name).read_bytes(), name
+    timing = ["seconds", "images_per_sec"]
+    a, b = (pd.read_parquet(d / "m.parquet").drop(columns=timing) for d in (tmp_path / "scorer", scorer_ref))
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+    assert len(a) == 3 and not (tmp_path / "resume" / "scorer.pt").exists()
 
 
 def test_damaged_staged_checkpoint_at_the_end_of_the_task_is_not_moved_onto_the_outputs(tmp_path):
@@ -154,7 +215,7 @@ def test_damaged_staged_checkpoint_at_the_end_of_the_task_is_not_moved_onto_the_
     with pytest.raises(DamagedFileError) as err:
         rf.finish({1: str(out), 2: str(tmp_path / "out" / "e2.pt")}, end_epoch=2)
     assert_one_line(err.value, rf.staged(1))
-    assert "task restarts" in str(err.value)
+    assert "restarts from its first epoch" in str(err.value)
     assert not out.exists() and not rf.path.exists() and not rf.staging.exists()
 
 
@@ -266,17 +327,45 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path, ref, tiny, digit
     assert (tmp_path / "t0" / "end.pt").read_bytes() == (ref / "end.pt").read_bytes()
 
 
+def sigterm_cfg(demo_config: dict) -> dict:
+    """Three epochs of a task and of the scorer, in small steps (batches of 8 and 16)."""
+    cfg = copy.deepcopy(demo_config)
+    cfg["protocol"].update(epochs_per_task=3, lr_milestones=[1], state_every=1, batch_size=8)
+    cfg["memo"]["scorer"].update(epochs=3, grid_every=1, batch_size=16)
+    return cfg
+
+
+def sigterm_paths(which: str, d) -> tuple[Path, Path]:
+    """(outputs dir, resume state) of :func:`sigterm_job` in ``d``."""
+    name = "t0" if which == "task" else "scorer"
+    return Path(d) / name, Path(d) / "resume" / f"{name}.pt"
+
+
+def sigterm_job(which: str, d, cfg, prepared) -> None:
+    """Train task 0 (``which="task"``) or the scorer into ``d``."""
+    if which == "task":
+        run_one_task(d, cfg, prepared, 0, ckpt_epochs=[1, 2, 3], window=2)
+    else:
+        run_scorer(d, cfg, prepared)
+
+
+SIGTERM_OUTPUTS = {  # the job's epoch unit in its log; outputs equal to an uninterrupted run's bytes
+    "task": ("task-epoch", ("e1.pt", "e2.pt", "e3.pt", "best-0.pt", "best-1.pt", "live.pt", "end.pt")),
+    "scorer": ("epoch", ("e1.pt", "e2.pt", "e3.pt", "csl.parquet")),
+}
+
 SIGTERM_DRIVER = """
 import logging, sys
 sys.path.insert(0, sys.argv[1])
 import torch
-from conftest import ROOT, run_one_task
+from conftest import ROOT
+from test_faults import sigterm_cfg, sigterm_job
 torch.set_num_threads(1)  # as the test process (one_thread), after conftest's own setting
 from memplast import config, data
 from memplast.train.state import Preempted
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)
 import time
-from memplast.train import epoch, task
+from memplast.train import epoch, scorer, task
 fit, loss = task.fit_epoch, epoch.per_sample_loss
 def announced_fit(*args, **kwargs):  # the parent signals once the second epoch's steps have begun
     print("FIT", file=sys.stderr, flush=True)
@@ -284,30 +373,30 @@ def announced_fit(*args, **kwargs):  # the parent signals once the second epoch'
 def slow_loss(*args, **kwargs):  # ~20 ms a step, so that the signal lands within the epoch
     time.sleep(0.02)
     return loss(*args, **kwargs)
-task.fit_epoch, epoch.per_sample_loss = announced_fit, slow_loss
-cfg = config.load(ROOT / "config.yaml", ROOT / "config" / "demo.yaml")
-cfg["protocol"].update(epochs_per_task=3, lr_milestones=[1], state_every=1, batch_size=8)
+task.fit_epoch = scorer.fit_epoch = announced_fit
+epoch.per_sample_loss = slow_loss
+cfg = sigterm_cfg(config.load(ROOT / "config.yaml", ROOT / "config" / "demo.yaml"))
 try:
-    run_one_task(sys.argv[2], cfg, data.prepare(cfg["dataset"]), 0, ckpt_epochs=[1, 2, 3], window=2)
+    sigterm_job(sys.argv[3], sys.argv[2], cfg, data.prepare(cfg["dataset"]))
 except Preempted as exc:
     print(exc, flush=True)
     sys.exit(3)
 """
 
 
+@pytest.mark.parametrize("which", SIGTERM_OUTPUTS)
 def test_sigterm_mid_epoch_saves_the_step_and_the_rerun_ends_bitwise_equal(tmp_path, demo_config, digits, one_thread,
-                                                                             caplog):  # fmt: skip
-    """SIGTERM to a training process after its first epoch: it saves its state at the end of the
-    current step and exits non-zero; the rerun resumes from that step (not from the last saved
-    epoch) and writes the same bytes as an uninterrupted run."""
+                                                                             caplog, which):  # fmt: skip
+    """SIGTERM to a training process (a task or the memo scorer) after its first epoch: it saves its
+    state at the end of the current step and exits non-zero; the rerun resumes from that step (not
+    from the last saved epoch) and writes the same bytes as an uninterrupted run."""
     import signal
     import subprocess
     import sys
 
-    cfg = copy.deepcopy(demo_config)
-    cfg["protocol"].update(epochs_per_task=3, lr_milestones=[1], state_every=1, batch_size=8)
+    cfg = sigterm_cfg(demo_config)
     run = tmp_path / "k"
-    proc = subprocess.Popen([sys.executable, "-c", SIGTERM_DRIVER, str(Path(__file__).parent), str(run)],
+    proc = subprocess.Popen([sys.executable, "-c", SIGTERM_DRIVER, str(Path(__file__).parent), str(run), which],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
         fits = 0
@@ -320,21 +409,23 @@ def test_sigterm_mid_epoch_saves_the_step_and_the_rerun_ends_bitwise_equal(tmp_p
     finally:
         proc.kill()
     assert proc.returncode == 3, err
-    resume = run / "resume" / "t0.pt"
+    unit, files = SIGTERM_OUTPUTS[which]
+    outputs, resume = sigterm_paths(which, run)
     assert "SIGTERM received" in out and str(resume) in out and "\n" not in out.strip()
     saved = torch.load(resume, weights_only=False)
     assert saved["epoch"] == 1 and saved["partial"]["epoch"] == 1 and saved["partial"]["cursor"]["batch"] >= 1
-    for f in (run / "t0").glob("*.pt"):  # Snakemake deletes a failed job's outputs
+    for f in outputs.glob("*"):  # Snakemake deletes a failed job's outputs
         f.unlink()
     with caplog.at_level("INFO", logger="memplast.train"):
-        run_one_task(run, cfg, digits, 0, ckpt_epochs=[1, 2, 3], window=2)
-    assert f"within task-epoch 2 at batch {saved['partial']['cursor']['batch']}" in caplog.text
-    run_one_task(tmp_path / "ref", cfg, digits, 0, ckpt_epochs=[1, 2, 3], window=2)
-    for name in ("e1.pt", "e2.pt", "e3.pt", "best-0.pt", "best-1.pt", "live.pt", "end.pt"):
-        assert (run / "t0" / name).read_bytes() == (tmp_path / "ref" / "t0" / name).read_bytes(), name
-    k, ref = (pd.read_parquet(d / "t0" / "m.parquet") for d in (run, tmp_path / "ref"))
-    pd.testing.assert_frame_equal(k.drop(columns=["seconds", "images_per_sec"]),
-                                  ref.drop(columns=["seconds", "images_per_sec"]))  # fmt: skip
+        sigterm_job(which, run, cfg, digits)
+    assert f"within {unit} 2 at batch {saved['partial']['cursor']['batch']}" in caplog.text
+    sigterm_job(which, tmp_path / "ref", cfg, digits)
+    ref = sigterm_paths(which, tmp_path / "ref")[0]
+    for name in files:
+        assert (outputs / name).read_bytes() == (ref / name).read_bytes(), name
+    timing = ["seconds", "images_per_sec"]
+    k, r = (pd.read_parquet(d / "m.parquet").drop(columns=timing) for d in (outputs, ref))
+    pd.testing.assert_frame_equal(k, r, check_exact=True)
     assert not resume.exists()
 
 

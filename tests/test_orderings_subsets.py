@@ -177,3 +177,14 @@ def test_sorted_ordering_reestimates_bn_without_changing_the_training_path(tmp_p
     np.testing.assert_array_equal(on["train_loss"].dropna(), off["train_loss"].dropna())
     rand, _ = _run(tmp_path / "r", cfg | {"ordering": {**cfg["ordering"], "bn_reestimate": True}}, digits, 0)
     assert not rand["bn_reestimated"].any()  # a reshuffled order needs no re-estimation
+
+
+def test_order_diagnostics_carry_influence_and_batches_along_the_order():
+    asc = orderings.base_order("ascending", IDS, MEMO, _gen())
+    infl = pd.Series(np.arange(len(IDS), dtype=float)[::-1], index=IDS)  # any per-sample influence
+    diag = orderings.order_diagnostics(asc, pd.Series(MEMO, index=IDS), window=5, influence_of=infl, batch_size=7)
+    np.testing.assert_array_equal(diag["influence"], infl.loc[asc].to_numpy())
+    i = 20  # centred window of 5: positions 18..22
+    assert diag["influence_moving_mean"][i] == pytest.approx(infl.loc[asc[18:23]].mean())
+    assert diag["batch"].tolist() == [p // 7 for p in range(len(IDS))]
+    assert "influence" not in orderings.order_diagnostics(asc, pd.Series(MEMO, index=IDS))

@@ -156,3 +156,40 @@ def test_signature_is_the_paired_gap_of_each_model_measure(tmp_path):
         trends=plasticity.trend_table(table, PRIMARY),
     )
     assert (tmp_path / "f.pdf").stat().st_size > 0
+
+
+def test_algorithm_table_pairs_every_algorithm_with_retrained_and_base(tmp_path):
+    """Against scipy's paired t-interval, for a third algorithm (cbp) planted half-way between base
+    and retrained: its gaps to both references, the measures' means and the hyper-parameters."""
+    rng = np.random.default_rng(3)
+    table = _summary(rng, 6, 3, slope=0.02)
+    prim = table[table["filter"] == "none"]
+    cbp = prim[prim.algorithm == "retrained"].assign(algorithm="cbp")
+    cbp["test_acc"] -= 0.01 * cbp["task"] + rng.normal(0, 0.005, len(cbp))
+    table = pd.concat([table, cbp], ignore_index=True)
+    for m in plasticity.COMPARISON:
+        table[m] = rng.normal(10, 1, len(table))
+    hyper = {"cbp": {"values": {"cbp.replacement_rate": 0.01}, "tuned": True}, "base": {"values": {"lr": 0.1}}}
+    out = plasticity.algorithm_table(table, PRIMARY, hyper)
+    assert sorted(out["algorithm"].unique()) == ["base", "cbp", "retrained"] and len(out) == 9
+    prim = plasticity.primary_rows(table, PRIMARY)
+    wide = prim.pivot_table(index=["order_seed", "task"], columns="algorithm", values="test_acc")
+    for ref, tag in (("retrained", "retrained"), ("base", "base")):
+        for t in range(3):
+            sub = wide.xs(t, level="task")
+            lo, hi = stats.ttest_rel(sub["cbp"], sub[ref]).confidence_interval(0.95)
+            row = out[(out.algorithm == "cbp") & (out.task == t)].iloc[0]
+            assert row[f"gap_{tag}"] == pytest.approx((sub["cbp"] - sub[ref]).mean())
+            assert (row[f"gap_{tag}_lo"], row[f"gap_{tag}_hi"]) == pytest.approx((lo, hi))
+    last = out[(out.algorithm == "cbp") & (out.task == 2)].iloc[0]
+    assert last["gap_base"] > 0 > last["gap_retrained"]  # recovers part of base's gap, as planted
+    assert out[out.algorithm == "retrained"]["gap_retrained"].isna().all()
+    assert out[out.algorithm == "base"]["gap_base"].isna().all()
+    means = prim.groupby(["algorithm", "task"])["dormant_units"].mean()
+    assert np.allclose(
+        out.set_index(["algorithm", "task"])["dormant_units"], means.loc[out.set_index(["algorithm", "task"]).index]
+    )
+    assert out[out.algorithm == "cbp"]["tuned"].all() and not out[out.algorithm == "base"]["tuned"].any()
+    assert out[out.algorithm == "cbp"]["hyper_parameters"].iloc[0] == '{"cbp.replacement_rate": 0.01}'
+    text = plasticity.algorithm_figure(out, str(tmp_path / "a.pdf"))
+    assert "cbp - retrained at the last task" in text and (tmp_path / "a.pdf").stat().st_size > 0

@@ -203,6 +203,15 @@ def test_order_diagnostics(tmp_path):
     assert fig.axes[6].get_xlabel().startswith("position in the epoch's order")
     assert fig.axes[8].get_xlabel().startswith("gap to next high-memo sample")
     assert fig.axes[0].get_lines()[0].get_xdata().max() == pytest.approx(1.0)  # normalized position
+    # Feldman-Zhang influence along the order, next to memo (a twin axis of the moving-mean panel)
+    infl = pd.Series(rng.normal(size=200), index=np.arange(200))
+    with_infl = orderings.order_diagnostics(orders["random"], memo, window=20, influence_of=infl).assign(
+        ordering="random"
+    )
+    fig_infl = plots.order_diagnostics(with_infl, tmp_path / "infl.pdf", PROV)
+    twin = [ax for ax in fig_infl.axes if ax.get_ylabel() == "moving mean of FZ self-influence"]
+    assert len(twin) == 1
+    np.testing.assert_allclose(twin[0].get_lines()[0].get_ydata(), with_infl["influence_moving_mean"])
     assert "mean gap = 1.0" in texts(fig)  # descending: the high-memo samples are adjacent
 
 

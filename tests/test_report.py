@@ -342,6 +342,35 @@ def test_every_report_figure_caption_states_its_main_number(headline, tmp_path, 
 def test_every_report_figure_uses_a_caption_with_its_main_number():
     rules = "\n".join(p.read_text() for p in (ROOT / "rules").glob("*.smk"))
     figures = re.findall(r'report\(\s*"results/figures/[^"]+\.pdf",\s*caption=([^\n]+)', rules)
-    assert len(figures) == 7 and all(c.startswith("report_caption(") for c in figures), figures
+    assert len(figures) == 8 and all(c.startswith("report_caption(") for c in figures), figures
     names = {m for c in figures for m in re.findall(r'report_caption\("(\w+)"', c)}
     assert names == set(report.MAIN_NUMBER)
+
+
+def test_landing_page_and_caption_quote_the_held_out_sentence(headline, tmp_path, demo_config):
+    from memplast.heldout_analysis import answer_sentence
+
+    (tmp_path / "results" / "stats").mkdir(parents=True)
+    headline.to_csv(tmp_path / report.HEADLINE, index=False)
+    gaps().to_csv(tmp_path / report.PLASTICITY, index=False)
+    keys = {"filter": "none", "ordering": "random", "weighting": "none"}
+    comp = pd.DataFrame(
+        [
+            {**keys, "algorithm": "base", "contrast": "level", "estimate": -0.2, "ci_low": -0.3, "ci_high": -0.1, "n_orders": 3},
+            {**keys, "algorithm": "retrained", "contrast": "vs_primary", "estimate": 0.15, "ci_low": 0.05, "ci_high": 0.25, "n_orders": 3},
+        ]
+    ).assign(measure="acc_gap", task=-1)  # fmt: skip
+    sentence = answer_sentence(comp, 0.95, "proxy", 30, 400)
+    assert "base −20.0 [−30.0, −10.0] points".replace("−", "-") in sentence
+    assert (
+        "retrained − base: +15.0 [+5.0, +25.0] points, so base loses the memo-dependent samples faster than retrained"
+        in sentence
+    )
+    pd.DataFrame([{"definition": "proxy", "n_dependent": 30, "n_test": 400, "sentence": sentence}]).to_csv(
+        tmp_path / report.HELDOUT, index=False
+    )
+    page = report.landing_page(ROOT / "report" / "workflow.rst", tmp_path, ci_level=0.95, primary={})
+    text = re.sub(r"<[^>]+>", "", render(page, demo_config, []))
+    assert text.index("This run shows loss of plasticity") < text.index("Held-out samples (proxy definition: 30 of 400")
+    cap = render_caption(report.figure_caption(ROOT / "report" / "heldout_slices.rst", tmp_path, 0.95), demo_config)
+    assert "Main number: Held-out samples (proxy definition" in cap and "faster than retrained" in cap

@@ -122,9 +122,11 @@ def test_lint_and_format_are_clean():
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr
 
 
-def run_tiny(workdir: Path, *extra, omp: str | None = None):
+def run_tiny(workdir: Path, *extra, omp: str | None = None, check: bool = True):
     workdir.mkdir(parents=True, exist_ok=True)
-    return snakemake(*extra, "--directory", str(workdir), "--cores", "2", "--configfile", *TINY, env=thread_env(omp))
+    return snakemake(
+        *extra, "--directory", str(workdir), "--cores", "2", "--configfile", *TINY, env=thread_env(omp), check=check
+    )
 
 
 def parquet_tables(root: Path) -> dict:
@@ -354,6 +356,37 @@ def test_same_config_gives_identical_tables(tiny_run, tmp_path):
     assert a.keys() == b.keys() and len(a) > 20
     for key in a:
         pd.testing.assert_frame_equal(a[key], b[key], check_exact=True, obj=key)
+
+
+# A checkpoint of the last task of a run outside the primary condition: the recovery retrains one
+# task and reruns what reads it (one probe job, the run's deltas and summary, the statistics).
+DAMAGED = "results/runs/order1/per_class-q0.9/random/none/base/task2/ckpt/te1.pt"
+
+
+@pytest.mark.slow
+def test_damaged_checkpoint_is_named_and_its_forcerun_recovery_restores_every_table(tiny_run, tmp_path):
+    """A few bytes of a finished study's checkpoint flipped: the plain rerun stops with one line
+    naming the file and the recovery; running exactly the recommended command rewrites the
+    checkpoint byte for byte and every table and checkpoint equals the undamaged study's."""
+    from test_faults import flip
+
+    from memplast import checksums
+
+    work = tmp_path / "damaged"
+    for d in ("data", "results", ".snakemake/metadata"):
+        shutil.copytree(tiny_run / d, work / d)
+    flip(work / DAMAGED)
+    out = run_tiny(work, check=False)
+    assert out.returncode != 0
+    lines = set(re.findall(r"damaged file .*", out.stdout + out.stderr))  # one line, however often logged
+    assert len(lines) == 1, out.stderr[-3000:]
+    line = lines.pop()
+    assert line.startswith(f"damaged file {DAMAGED}: ") and f"--forcerun {DAMAGED} " in line
+    recovery = re.search(r"rerun your snakemake command with (--forcerun \S+)", line)
+    run_tiny(work, *recovery.group(1).split())
+    assert (work / DAMAGED).read_bytes() == (tiny_run / DAMAGED).read_bytes()
+    before, after = checksums.digests(tiny_run / "results"), checksums.digests(work / "results")
+    assert len(before) > 50 and checksums.compare(before, after) == []
 
 
 @pytest.mark.slow

@@ -5,7 +5,8 @@
   for the previous task, a resume and the end state), :class:`Progress`, :class:`ResumeFile`;
 - ``epoch``: the epoch step shared by both trainers (:func:`fit_epoch`, :func:`evaluate_splits`),
   BatchNorm re-estimation, the per-epoch log line;
-- ``device_data``: the prepared dataset on the device; ``scorer``: :func:`train_scorer`.
+- ``device_data``: the prepared dataset on the device; ``scorer``: :func:`train_scorer` (resumable
+  and SIGTERM-safe with the same ``state`` machinery).
 
 The algorithms (``memplast.algorithms``) plug in through one interface; checkpoint files and the
 window format belong to ``memplast.checkpoints``; epoch arithmetic to ``memplast.grid``.
@@ -13,13 +14,14 @@ window format belong to ``memplast.checkpoints``; epoch arithmetic to ``memplast
 
 from memplast.train.device_data import DeviceData
 from memplast.train.epoch import NonFiniteLoss, evaluate, reestimate_bn, train_epoch
-from memplast.train.scorer import train_scorer
+from memplast.train.scorer import ScorerPaths, train_scorer
 from memplast.train.task import RunSpec, TaskPaths, run_task
 
 __all__ = [
     "DeviceData",
     "NonFiniteLoss",
     "RunSpec",
+    "ScorerPaths",
     "TaskPaths",
     "evaluate",
     "reestimate_bn",

@@ -1,7 +1,8 @@
 """The epoch step shared by incremental training and the memorization scorer.
 
 :func:`fit_epoch` sets the learning rate and runs one pass of SGD steps (:func:`train_epoch`);
-:func:`evaluate_splits` evaluates validation and test (:func:`evaluate`); :func:`log_epoch`
+:func:`evaluate_splits` evaluates validation and test (:func:`evaluate`, the mean of the per-sample
+:func:`evaluate_samples`); :func:`log_epoch`
 writes the one progress line per epoch. :func:`reestimate_bn` recomputes BatchNorm statistics
 (after a non-random sample ordering, design §7).
 """
@@ -20,6 +21,7 @@ from torch import nn
 from memplast.device import stable_seed, to_host
 from memplast.masks import per_sample_loss, seen_classes
 from memplast.models import eval_mode
+from memplast.probes import margin
 from memplast.train.device_data import DeviceData
 
 log = logging.getLogger("memplast.train")
@@ -32,6 +34,39 @@ def side_generator(*parts) -> torch.Generator:
 
 
 @torch.no_grad()
+def evaluate_samples(
+    model,
+    data: DeviceData,
+    rows: np.ndarray,
+    mask: torch.Tensor,
+    batch_size: int,
+    generator=None,
+    aug: dict | None = None,
+) -> dict[str, torch.Tensor]:
+    """Per sample of ``rows`` (device tensors, eval-mode BN, logits z masked to the seen classes S):
+    ``loss`` = -log softmax(z[S])_y, ``pred`` = argmax_{j in S} z_j, ``correct`` = 1[pred = y],
+    ``margin`` = z_y - max_{j in S, j != y} z_j (NaN with one seen class). With ``aug`` the inputs
+    are augmented from ``generator`` batch by batch (``protocol.test_augmentation``), so the same
+    ``batch_size`` and generator give the same inputs. The one evaluation of the workflow:
+    :func:`evaluate` reduces it to the reported loss and accuracy."""
+    seen = seen_classes(mask)
+    data.check_labels(rows, seen)
+    idx = data.index(rows)
+    out = {k: torch.empty(len(rows), dtype=dt, device=data.device) for k, dt in
+           (("loss", torch.float32), ("pred", torch.long), ("correct", torch.bool), ("margin", torch.float32))}  # fmt: skip
+    with eval_mode(model):
+        for start in range(0, len(rows), batch_size):
+            x, y = data.take(idx[start : start + batch_size], generator, aug)
+            logits = model(x)
+            part = slice(start, start + len(y))
+            out["loss"][part] = per_sample_loss(logits, y, seen)
+            masked = logits.masked_fill(~seen.mask, float("-inf"))
+            out["pred"][part] = masked.argmax(1)
+            out["correct"][part] = out["pred"][part] == y
+            out["margin"][part] = margin(logits, y, seen.mask)
+    return out
+
+
 def evaluate(
     model,
     data: DeviceData,
@@ -41,22 +76,14 @@ def evaluate(
     generator=None,
     aug: dict | None = None,
 ) -> tuple[float, float]:
-    """Mean loss and accuracy over ``rows`` with logits masked to the seen classes (eval-mode BN);
-    with ``aug`` the inputs are augmented from ``generator`` (``protocol.test_augmentation``).
-    Sums stay on the device and are read once."""
-    seen = seen_classes(mask)
-    data.check_labels(rows, seen)
-    idx = data.index(rows)
-    total_loss = torch.zeros((), dtype=torch.float64, device=data.device)
-    correct = torch.zeros((), dtype=torch.long, device=data.device)
-    with eval_mode(model):
-        for start in range(0, len(rows), batch_size):
-            x, y = data.take(idx[start : start + batch_size], generator, aug)
-            logits = model(x)
-            total_loss += per_sample_loss(logits, y, seen).sum().double()
-            correct += (logits.masked_fill(~seen.mask, float("-inf")).argmax(1) == y).sum()
-    total_loss, correct = to_host(total_loss, correct)
-    n = max(len(rows), 1)
+    """Mean loss and accuracy over ``rows`` (:func:`evaluate_samples`); with ``aug`` the inputs are
+    augmented from ``generator`` (``protocol.test_augmentation``). Sums stay on the device and are read once.
+    No rows (a tuning job has no test split): NaN."""
+    if len(rows) == 0:
+        return float("nan"), float("nan")
+    out = evaluate_samples(model, data, rows, mask, batch_size, generator, aug)
+    total_loss, correct = to_host(out["loss"].double().sum(), out["correct"].sum())
+    n = len(rows)
     return float(total_loss) / n, int(correct) / n
 
 

@@ -1,9 +1,13 @@
-"""What a task carries from one epoch to the next, and its one save/restore path.
+"""What a training job carries from one epoch to the next, and its one save/restore path.
 
-:class:`TaskState` is what the next task, a resume and the end state share: the model, the
-optimizer, the algorithm's own state and the run's two CPU generators (data order and
-augmentation; the algorithm's noise). :class:`Progress` is what only a resume adds: the epochs
-done, their metrics and order log, the best epoch so far and the before-window in memory.
+Both trainers use it: a task of an incremental run (``task.py``) and the memo scorer
+(``scorer.py``). :class:`TaskState` is what the next task, a resume and the end state share: the
+model, the optimizer, the algorithm's own state and the run's two CPU generators (data order and
+augmentation; the algorithm's noise; the scorer has neither algorithm nor noise).
+:class:`Progress` is what only a resume adds: the epochs done, their metrics and order log, the
+best epoch so far and the before-window in memory (a task), the cumulative sample loss (the
+scorer). :class:`ResumeFile` writes and reads them; :func:`sigterm_flag` and :func:`trainer_lock`
+make a job save on SIGTERM and train alone.
 """
 
 from __future__ import annotations
@@ -30,16 +34,16 @@ from memplast.models import build_model, reinit
 
 log = logging.getLogger("memplast.train")
 
-RESTART_RECOVERY = "its resume state is discarded: rerun the job (the task restarts from its first epoch)"
+RESTART_RECOVERY = "its resume state is discarded: rerun the job (it restarts from its first epoch)"
 
 
 @dataclass
 class TaskState:
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
-    algorithm: Algorithm
+    algorithm: Algorithm | None  # None: the memo scorer (plain SGD)
     generator: torch.Generator  # data order and augmentation
-    noise_generator: torch.Generator  # the algorithm's perturbations
+    noise_generator: torch.Generator | None  # the algorithm's perturbations (None: the scorer)
 
     @classmethod
     def new(cls, meta: dict, algorithm: str, protocol: dict, order_seed: int, device) -> TaskState:
@@ -59,8 +63,8 @@ class TaskState:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
-            "noise_generator": self.noise_generator.get_state(),
-            "algorithm": self.algorithm.state_dict(),
+            "noise_generator": None if self.noise_generator is None else self.noise_generator.get_state(),
+            "algorithm": None if self.algorithm is None else self.algorithm.state_dict(),
         }
 
     def load_state_dict(self, state: dict, source: str) -> None:
@@ -68,7 +72,8 @@ class TaskState:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         load_generator_state(self.generator, state["generator"], f"{source}: generator")
-        load_generator_state(self.noise_generator, state["noise_generator"], f"{source}: noise_generator")
+        if self.noise_generator is not None:
+            load_generator_state(self.noise_generator, state["noise_generator"], f"{source}: noise_generator")
         if "algorithm" not in state:
             raise ValueError(f"{source}: a state written before the algorithm interface (no 'algorithm' entry); "
                              "delete it and retrain that task")  # fmt: skip
@@ -78,31 +83,41 @@ class TaskState:
 
 @dataclass
 class Progress:
-    """The epoch loop's own state: ``epoch`` task-epochs done (0-based next epoch), the ordering's
-    base order, metrics and order-log rows, the best epoch (val_acc, epoch, weights, its window)."""
+    """The epoch loop's own state: ``epoch`` epochs of the job done (0-based next epoch), the
+    ordering's base order, metrics and order-log rows, the best epoch (val_acc, epoch, weights, its
+    window), an epoch stopped mid-way, and the scorer's cumulative sample loss so far."""
 
-    base: np.ndarray
-    window: BeforeWindow
+    base: np.ndarray | None = None  # None: the scorer (a fresh permutation every epoch)
+    window: BeforeWindow = field(default_factory=lambda: BeforeWindow(0))
     best: dict | None = None
     rows: list = field(default_factory=list)
     orders: list = field(default_factory=list)
     epoch: int = 0
     partial: dict | None = None  # an epoch stopped mid-way: epoch, order, train_epoch's cursor
+    csl: dict | None = None  # the scorer's CSLAccumulator.state_dict()
 
     @property
     def best_acc(self) -> float:
         return self.best["val_acc"] if self.best else -float("inf")
 
 
-class ResumeFile:
-    """The resume state of one task job (``results/resume/<run>/task<t>.pt``) and its staging
-    directory, where window checkpoints wait until the task ends (Snakemake deletes a killed job's
-    outputs, not these). A resume fits only the same run, task, science key and window size. A
-    damaged resume state or staged checkpoint is discarded with a warning: the task restarts."""
+def job_runtime(provenance: dict, device) -> tuple[dict, dict]:
+    """The runtime facts a resume must match (threads, device, torch version) and ``provenance``
+    with them under ``runtime`` (what the job's checkpoints record)."""
+    runtime = {"threads": torch.get_num_threads(), "device": str(device), "torch": torch.__version__}
+    return runtime, {**provenance, "runtime": {**provenance.get("runtime", {}), **runtime}}
 
-    def __init__(self, path, run: str, task: int, key: str, runtime: dict):
+
+class ResumeFile:
+    """The resume state of one training job (a task: ``results/resume/<run>/task<t>.pt``; the memo
+    scorer: ``results/resume/memo/scorer.pt``) and its staging directory, where checkpoints wait
+    until the job ends (Snakemake deletes a killed job's outputs, not these). A resume fits only the
+    same run, task (None: the scorer), science key and window size. A damaged resume state or staged
+    checkpoint is discarded with a warning: the job restarts. ``unit`` names the job's epochs in its log."""
+
+    def __init__(self, path, run: str, task: int | None, key: str, runtime: dict, unit: str = "task-epoch"):
         self.path, self.run, self.task, self.key, self.runtime = Path(path), run, task, key, runtime
-        self.staging = self.path.with_suffix(".ckpt")
+        self.staging, self.unit = self.path.with_suffix(".ckpt"), unit
 
     def staged(self, epoch: int) -> Path:
         return self.staging / f"e{epoch}.pt"
@@ -122,6 +137,7 @@ class ResumeFile:
                 "orders": progress.orders,
                 "epoch": progress.epoch,
                 "partial": progress.partial,
+                "csl": progress.csl,
                 "staged": staged,
                 "recent": progress.window.snapshot(),
                 "window": progress.window.size,
@@ -147,7 +163,7 @@ class ResumeFile:
             log.info("%s: ignoring stale resume file %s", where, self.path)
             return progress
         if not ("staged" in r and all(self.staged(g).exists() for g in r["staged"])):
-            log.info("%s: resume file %s lacks its staged window checkpoints; the task restarts", where, self.path)
+            log.info("%s: resume file %s lacks its staged checkpoints; the job restarts", where, self.path)
             return progress
         if r.get("runtime") != self.runtime:
             # CPU reductions (convolution backward above all) depend on the thread count, GPU
@@ -156,7 +172,7 @@ class ResumeFile:
             if deterministic:
                 log.warning(
                     "%s: not resuming from %s (%s): protocol.deterministic promises bitwise identity, "
-                    "so the task restarts from its first epoch",
+                    "so the job restarts from its first epoch",
                     where,
                     self.path,
                     change,
@@ -171,19 +187,26 @@ class ResumeFile:
             )
         state.load_state_dict(r, str(self.path))
         partial = r.get("partial")
-        at = f", within task-epoch {r['epoch'] + 1} at batch {partial['cursor']['batch']}," if partial else ""
-        log.info("%s: resuming after task-epoch %d%s from %s", where, r["epoch"], at, self.path)
+        at = f", within {self.unit} {r['epoch'] + 1} at batch {partial['cursor']['batch']}," if partial else ""
+        log.info("%s: resuming after %s %d%s from %s", where, self.unit, r["epoch"], at, self.path)
         window = BeforeWindow(progress.window.size, r.get("recent", []))
-        return Progress(r["base_order"], window, r["best"], r["metrics"], r["orders"], r["epoch"], partial)
+        return Progress(r["base_order"], window, r["best"], r["metrics"], r["orders"], r["epoch"], partial,
+                        r.get("csl"))  # fmt: skip
+
+    def preempted(self, where: str, at: str) -> Preempted:
+        """The :class:`Preempted` to raise once the resume state is saved on SIGTERM (``at``: where)."""
+        return Preempted(f"{where}: SIGTERM received; resume state saved {at} in {self.path}; "
+                         "exiting non-zero so that the job is resubmitted and resumes there")  # fmt: skip
 
     def discard(self) -> None:
-        """Delete the resume state and its staged checkpoints: the task restarts from its first epoch."""
+        """Delete the resume state and its staged checkpoints: the job restarts from its first epoch."""
         self.path.unlink(missing_ok=True)
         shutil.rmtree(self.staging, ignore_errors=True)
 
     def finish(self, checkpoints: dict, end_epoch: int) -> None:
-        """Move the staged window checkpoints onto the job's outputs (each verified first; a copy
-        across filesystems verified again) and delete the resume file. A damaged staged checkpoint discards the resume state: the rerun restarts."""
+        """Move the staged checkpoints (all of ``checkpoints`` but ``end_epoch``'s) onto the job's
+        outputs, each verified first (a copy across filesystems verified again). A damaged staged
+        checkpoint discards the resume state: the rerun restarts."""
         moves = [(self.staged(g), Path(checkpoints[g])) for g in sorted(checkpoints) if g != end_epoch]
         for staged, _ in moves:
             try:

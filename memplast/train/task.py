@@ -31,7 +31,7 @@ from memplast.masks import seen_classes
 from memplast.tracking import open_tracker
 from memplast.train.device_data import DeviceData
 from memplast.train.epoch import EpochInterrupted, evaluate_splits, fit_epoch, log_epoch, reestimate_bn, side_generator
-from memplast.train.state import Preempted, Progress, ResumeFile, TaskState, sigterm_flag, trainer_lock
+from memplast.train.state import Preempted, Progress, ResumeFile, TaskState, job_runtime, sigterm_flag, trainer_lock
 from memplast.weighting import memo_weights
 
 log = logging.getLogger("memplast.train")
@@ -139,8 +139,7 @@ class TaskRun:
         memo = spec.memo.loc[self.task.train_ids].to_numpy() if spec.memo is not None else None
         base = orderings.base_order(spec.ordering, self.task.train_ids, memo, self.state.generator,
                                     cfg["ordering"]["strata"], spec.file_order)  # fmt: skip
-        runtime = {"threads": torch.get_num_threads(), "device": str(device), "torch": torch.__version__}
-        self.provenance = {**provenance, "runtime": {**provenance.get("runtime", {}), **runtime}}
+        runtime, self.provenance = job_runtime(provenance, device)
         self.resume = ResumeFile(paths.resume, spec.name, self.t, science_key(self.provenance), runtime)
         fresh = Progress(base, BeforeWindow(len(paths.window)))
         self.progress = self.resume.load(self.state, fresh, self.p.get("deterministic", True), self.where)
@@ -204,8 +203,7 @@ class TaskRun:
     def preempt(self, done: int, at: str) -> Preempted:
         """SIGTERM: save the resume state now; the :class:`Preempted` to raise names it."""
         self.save_resume(done)
-        return Preempted(f"{self.where}: SIGTERM received; resume state saved {at} in {self.resume.path}; "
-                         "exiting non-zero so that the job is resubmitted and resumes there")  # fmt: skip
+        return self.resume.preempted(self.where, at)
 
     def evaluate(self, test_generator) -> dict:
         t = self.task
