@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 # Config files for `make status` / `make budget` (paper-scale defaults; the demo: CONFIG="config.yaml config/demo.yaml").
 CONFIG ?= config.yaml
 
-.PHONY: demo test lint dag dryrun-paper bench budget status check-python clean
+.PHONY: demo test lint dag dryrun-paper bench budget calibrate gpu-check status check-python clean
 
 check-python:
 	@test -n "$(PYTHON)" || { echo "memplast needs Python 3.11 (pyproject.toml: requires-python >=3.11,<3.12) and found no python3.11 on PATH; install it or run make with PYTHON=/path/to/python3.11"; exit 1; }
@@ -47,6 +47,18 @@ dryrun-paper: $(STAMP)
 # figure alone, from the config (paper-scale defaults unless CONFIG is given).
 budget: $(STAMP)
 	$(BIN)/python scripts/budget.py --configfile $(CONFIG)
+
+# Per-image costs of the heavy jobs on this device at the config's shapes -> calibration/<device>.yaml
+# (point resources.calibration at it; `make budget` and the runtime requests then use it).
+# DEVICE=auto|cpu|cuda; on a shared CPU machine add ARGS="--clock cpu".
+DEVICE ?= auto
+calibrate: $(STAMP)
+	$(BIN)/python scripts/calibrate.py --configfile $(CONFIG) --device $(DEVICE) $(ARGS)
+
+# Before the first real submission on a GPU node: device, wheel architectures, bitwise determinism,
+# resume of a CPU-saved state, calibration, throughput with 1-3 concurrent jobs (docs/gpu.md).
+gpu-check: $(STAMP)
+	$(BIN)/python scripts/gpu_check.py --configfile $(CONFIG) --device $(DEVICE) $(ARGS)
 
 # Per-rule jobs done / remaining / total of the run in this directory (demo: CONFIG="config.yaml config/demo.yaml").
 status: $(STAMP)

@@ -29,9 +29,11 @@ The library behind the Snakemake workflow, one module per concept (docs/design.m
   memorized training samples; the slice analysis
 - curves, plots, plots_headline, report: training curves, figures, report landing page
 - budget, progress: budget of a target; progress bars through logging
+- cost, stats_cost, calibrate, gpu_check: the measured cost model behind every runtime request
+  (per-image costs x counted work), its calibration on a device, the pre-submission GPU check
 
-The Snakefile and rules import only grid, config, runtime, checkpoints, report and tuning (no torch,
-scipy or statsmodels at DAG-build time; tests/test_dag.py).
+The Snakefile and rules import only grid, config, runtime, cost, stats_cost, checkpoints, report and
+tuning (no torch, scipy or statsmodels at DAG-build time; tests/test_dag.py).
 """
 
 __version__ = "0.1.0"

@@ -23,7 +23,7 @@ import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from memplast import grid
+from memplast import cost, grid
 
 ROOT = Path(__file__).resolve().parent.parent
 # Bytes per row of Parquet tables, measured on the demo's outputs (34-column probe tables: 75;
@@ -60,8 +60,10 @@ def parse_jobs(text: str) -> list[dict]:
         line = line.strip()  # jobs of a group (probes) are indented once more
         m = re.match(r"^(?:local)?rule (\w+):$", line)
         if m:
-            job = {"rule": m[1], "output": [], "resources": {}}
+            job = {"rule": m[1], "output": [], "resources": {}, "wildcards": {}}
             jobs.append(job)
+        elif job is not None and line.startswith("wildcards: "):
+            job["wildcards"] = dict(item.split("=", 1) for item in line[len("wildcards: ") :].split(", "))
         elif job is not None and line.startswith("output: "):
             job["output"] = line[len("output: ") :].split(", ")
         elif job is not None and line.startswith("resources: "):
@@ -131,9 +133,11 @@ class Sizes:
         return "other tables", 0.0
 
 
-def summarize(jobs: list[dict], sizes: Sizes) -> dict:
-    """Jobs, GPU-hours and CPU-hours per rule, and bytes per output kind."""
-    per_rule = defaultdict(lambda: {"jobs": 0, "gpu_hours": 0.0, "cpu_hours": 0.0})
+def summarize(jobs: list[dict], sizes: Sizes, model=None) -> dict:
+    """Jobs, requested GPU-hours and CPU-hours per rule, the cost model's estimated hours of the
+    GPU rules (``model``: a :class:`memplast.cost.CostModel`; hours on whatever the job requests:
+    GPU or CPU), and bytes per output kind."""
+    per_rule = defaultdict(lambda: {"jobs": 0, "gpu_hours": 0.0, "cpu_hours": 0.0, "estimated_hours": None})
     disk = Counter({k: 0.0 for k in KINDS})
     for job in jobs:
         if job["rule"] == "all":
@@ -143,6 +147,11 @@ def summarize(jobs: list[dict], sizes: Sizes) -> dict:
         r["jobs"] += 1
         r["gpu_hours"] += float(res.get("gpu", 0) or 0) * hours
         r["cpu_hours"] += hours if not res.get("gpu") else 0.0
+        if model is not None and job["rule"] in cost.RULES:
+            gpus = float(res.get("gpu", 0) or 0) or 1.0
+            r["estimated_hours"] = (r["estimated_hours"] or 0.0) + gpus * model.seconds(
+                job["rule"], job["wildcards"]
+            ) / 3600
         for path in job["output"]:
             kind, size = sizes.kind(path)
             disk[kind] += size
@@ -178,15 +187,35 @@ def human(n: float) -> str:
 
 
 def format_table(title: str, summary: dict) -> str:
+    """Per rule: jobs, requested GPU-h and CPU-h, the estimate of the GPU rules and request/estimate."""
     rules = summary["rules"]
     width = max([len("rule")] + [len(r) for r in rules])
-    lines = [title, f"  {'rule':<{width}} {'jobs':>6} {'GPU-h':>9} {'CPU-h':>8}"]
+    head = f"  {'rule':<{width}} {'jobs':>6} {'req GPU-h':>10} {'req CPU-h':>10} {'estimated h':>12} {'req/est':>8}"
+    lines = [title, head]
+
+    def row(name, r):
+        est = r.get("estimated_hours")
+        req = r["gpu_hours"] + r["cpu_hours"]
+        est_s = f"{est:>12.1f}" if est is not None else f"{'-':>12}"
+        ratio = f"{req / est:>8.2f}" if est else f"{'':>8}"
+        return (
+            f"  {name:<{width}} {r['jobs']:>6} {r['gpu_hours']:>10.1f} {r['cpu_hours']:>10.1f} {est_s} {ratio}".rstrip()
+        )
+
     for rule, r in sorted(rules.items(), key=lambda kv: (-kv[1]["gpu_hours"], kv[0])):
-        lines.append(f"  {rule:<{width}} {r['jobs']:>6} {r['gpu_hours']:>9.1f} {r['cpu_hours']:>8.1f}")
+        lines.append(row(rule, r))
     tot = {k: sum(r[k] for r in rules.values()) for k in ("jobs", "gpu_hours", "cpu_hours")}
-    lines.append(f"  {'total':<{width}} {tot['jobs']:>6} {tot['gpu_hours']:>9.1f} {tot['cpu_hours']:>8.1f}")
+    lines.append(row("total", {**tot, "estimated_hours": None}))
+    modelled = [r for r in rules.values() if r.get("estimated_hours") is not None]
+    est = sum(r["estimated_hours"] for r in modelled)
+    req = sum(r["gpu_hours"] + r["cpu_hours"] for r in modelled)
     lines.append(
-        "  (hours = requested wall time x gpu: resources.*.runtime, training from seconds_per_image + 10 min/job)"
+        f"  estimated total of the GPU rules (cost model): {est:.1f} h (requested {req:.1f} h, "
+        f"x{req / est if est else float('nan'):.2f})"
+    )
+    lines.append(
+        "  (requested = resources.runtime x gpu; GPU rules: safety factor x the cost model's estimate (memplast/cost.py),"
+        " statistics: memplast/stats_cost.py, others flat)"
     )
     lines.append("  disk by output kind:")
     for kind in KINDS:

@@ -214,7 +214,8 @@ def entrypoint(main, smk=None) -> None:
         job = f"{smk.rule} {dict(smk.wildcards.items())}"
         from memplast import gpu_slots  # a GPU of its own on a multi-GPU machine (no torch import)
 
-        gpu_slots.assign(int(dict(smk.resources.items()).get("gpu", 0) or 0), job)
+        jobs_per_gpu = int(smk.config.get("resources", {}).get("jobs_per_gpu", 1))
+        gpu_slots.assign(int(dict(smk.resources.items()).get("gpu", 0) or 0), job, jobs_per_gpu=jobs_per_gpu)
     else:
         setup_logging(None)
         parser = argparse.ArgumentParser(

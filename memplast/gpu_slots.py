@@ -8,6 +8,11 @@ of each script (``memplast.cli.entrypoint``) therefore calls :func:`assign` with
 touches CUDA. The locks are ``flock`` locks held by the job's process: they are released when it
 exits, however it exits (a crash or a kill frees its GPUs). A job that finds no free GPU waits.
 
+With ``resources.jobs_per_gpu: k`` (default 1) every GPU has k slots (lock files ``<gpu>.lock``,
+``<gpu>.slot1.lock``, ..): up to k jobs share a GPU (a small-batch ResNet-18 step leaves most of a
+large GPU idle; docs/gpu.md); slots are handed out spreading jobs over the GPUs first, and a job
+asking for several GPUs gets distinct ones. Snakemake's own bound is then ``--resources gpu=k x GPUs``.
+
 The GPUs to share are ``MEMPLAST_GPUS`` (e.g. ``0,1,2,3``) if set, else ``CUDA_VISIBLE_DEVICES``
 if set, else the GPUs ``nvidia-smi`` lists. Under a scheduler (SLURM, PBS, LSF) the scheduler
 assigns GPUs and nothing is done; ``MEMPLAST_GPU_SLOTS=off`` turns the mechanism off.
@@ -67,40 +72,51 @@ def _try_lock(path: Path, note: str):
     return f
 
 
-def acquire(n: int, pool: list[str], root=None, poll: float = 1.0, note: str = "") -> list[str]:
-    """Lock ``n`` free GPUs of ``pool`` (all or none at a time, waiting until they are free)
-    and return them. The locks live as long as this process."""
+def slot_path(directory: Path, gpu: str, slot: int) -> Path:
+    """Lock file of slot ``slot`` of ``gpu`` (slot 0: ``<gpu>.lock``, as with one job per GPU)."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", gpu)
+    return directory / (f"{name}.lock" if slot == 0 else f"{name}.slot{slot}.lock")
+
+
+def acquire(n: int, pool: list[str], root=None, poll: float = 1.0, note: str = "", jobs_per_gpu: int = 1) -> list[str]:
+    """Lock ``n`` distinct GPUs of ``pool``, one of their ``jobs_per_gpu`` slots each (all or none at
+    a time, waiting until they are free), and return them. The locks live as long as this process."""
     if n > len(pool):
         raise RuntimeError(
             f"the job asks for {n} GPUs but only {len(pool)} are available ({','.join(pool) or 'none'}); "
             "lower resources.gpu in the config or set MEMPLAST_GPUS"
         )
+    if jobs_per_gpu < 1:
+        raise ValueError(f"jobs_per_gpu must be >= 1, got {jobs_per_gpu}; set resources.jobs_per_gpu to 1 or more")
     directory = lock_dir(root)
     directory.mkdir(parents=True, exist_ok=True)
     note = f"pid {os.getpid()} {note}\n"
     waited, t0 = False, time.monotonic()
     while True:
-        got = []
-        for gpu in pool:
-            f = _try_lock(directory / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', gpu)}.lock", note)
-            if f is not None:
-                got.append((gpu, f))
-                if len(got) == n:
-                    _held.extend(f for _, f in got)
-                    if waited:
-                        log.info("got GPU slot(s) %s after %.0f s", ",".join(g for g, _ in got), time.monotonic() - t0)
-                    return [g for g, _ in got]
-        for _, f in got:  # not enough: release and retry (no job holds part of what it needs)
+        got = {}
+        for slot in range(jobs_per_gpu):  # slot-major: the first free slot of every GPU before second ones
+            for gpu in pool:
+                if gpu in got:
+                    continue
+                f = _try_lock(slot_path(directory, gpu, slot), note)
+                if f is not None:
+                    got[gpu] = f
+                    if len(got) == n:
+                        _held.extend(got.values())
+                        if waited:
+                            log.info("got GPU slot(s) %s after %.0f s", ",".join(got), time.monotonic() - t0)
+                        return list(got)
+        for f in got.values():  # not enough: release and retry (no job holds part of what it needs)
             f.close()
         if not waited:
-            log.info("all %d GPU slots busy (%s); waiting for %d", len(pool), directory, n)
+            log.info("all %d x %d GPU slots busy (%s); waiting for %d", len(pool), jobs_per_gpu, directory, n)
             waited = True
         time.sleep(poll)
 
 
-def assign(n_gpus: int, job: str = "", env=None, root=None) -> list[str] | None:
-    """Give this process ``n_gpus`` GPUs of its own by setting CUDA_VISIBLE_DEVICES (before
-    CUDA is initialised). Returns the GPUs, or None when nothing was assigned."""
+def assign(n_gpus: int, job: str = "", env=None, root=None, jobs_per_gpu: int = 1) -> list[str] | None:
+    """Give this process ``n_gpus`` GPUs (one of their ``jobs_per_gpu`` slots each) by setting
+    CUDA_VISIBLE_DEVICES (before CUDA is initialised). Returns the GPUs, or None when nothing was assigned."""
     env = os.environ if env is None else env
     if n_gpus <= 0 or env.get("MEMPLAST_GPU_SLOTS", "on").lower() in ("off", "0", "false", "no"):
         return None
@@ -116,7 +132,7 @@ def assign(n_gpus: int, job: str = "", env=None, root=None) -> list[str] | None:
     if not pool:
         log.info("no GPU found (MEMPLAST_GPUS, CUDA_VISIBLE_DEVICES and nvidia-smi): no GPU slot assigned")
         return None
-    gpus = acquire(n_gpus, pool, root, note=job)
+    gpus = acquire(n_gpus, pool, root, note=job, jobs_per_gpu=jobs_per_gpu)
     env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
     log.info("GPU slot(s) %s: CUDA_VISIBLE_DEVICES=%s", ",".join(gpus), env["CUDA_VISIBLE_DEVICES"])
     return gpus

@@ -32,6 +32,7 @@ DATASETS = {
 DATASET_NAMES = (*DATASETS, "synthetic")
 # training images per class in the source files (before the validation split)
 SOURCE_TRAIN_PER_CLASS = {"cifar100": 500, "cifar10": 5000}
+SOURCE_TEST_PER_CLASS = {"cifar100": 100, "cifar10": 1000}  # the official test set
 DIGITS_PER_CLASS = 180  # sklearn's digits: about 180 images per class, split by split_fractions
 
 
@@ -60,6 +61,18 @@ def images_per_class(dataset_cfg: dict) -> int:
     per_class = DIGITS_PER_CLASS if name == "digits" else dataset_cfg["synthetic"]["n_per_class"]
     fractions = dataset_cfg["split_fractions"]
     return int(per_class * (1 - fractions["val"] - fractions["test"]))
+
+
+def split_sizes(dataset_cfg: dict) -> dict:
+    """Images per class of each split (train, val, test) of config section ``dataset``, for cost
+    estimates (no data needed; digits and synthetic split by fraction, so these are approximate)."""
+    name = dataset_cfg["name"]
+    train = images_per_class(dataset_cfg)
+    if name in SOURCE_TRAIN_PER_CLASS:
+        return {"train": train, "val": dataset_cfg["n_val_per_class"], "test": SOURCE_TEST_PER_CLASS[name]}
+    per_class = DIGITS_PER_CLASS if name == "digits" else dataset_cfg["synthetic"]["n_per_class"]
+    fractions = dataset_cfg["split_fractions"]
+    return {"train": train, "val": int(per_class * fractions["val"]), "test": int(per_class * fractions["test"])}
 
 
 # --------------------------------------------------------------------------- run factors

@@ -44,12 +44,19 @@ def _runtime_keys(section: str, values: dict) -> tuple[str, ...]:
     return keys
 
 
+# science keys added after results existed -> their off value: a key at it is left out of params and
+# resume keys, so that adding the knob reruns nothing finished (a params change reruns a job)
+OFF_VALUES = {"protocol": {"autocast": "none"}}
+
+
 def science(section: str, values):
-    """``values`` of config ``section`` without its runtime settings (what params and resume keys see)."""
+    """``values`` of config ``section`` without its runtime settings (what params and resume keys
+    see), and without the knobs of :data:`OFF_VALUES` that are off."""
     if not isinstance(values, dict):
         return values
     drop = _runtime_keys(section, values)
-    return {k: v for k, v in values.items() if k not in drop}
+    off = OFF_VALUES.get(section, {})
+    return {k: v for k, v in values.items() if k not in drop and not (k in off and v == off[k])}
 
 
 # protocol keys that are one algorithm's hyper-parameters -> the algorithms that read them

@@ -1,8 +1,6 @@
 # Paths, the run grid and small helpers shared by every rule family.
-import math
-
 from memplast import checkpoints as ckpt
-from memplast import runtime, stats_cost, tuning
+from memplast import cost, runtime, stats_cost, tuning
 from memplast.report import figure_caption
 from memplast.grid import (
     MEMO_ORDERINGS,
@@ -193,11 +191,14 @@ def train_inputs(wc):
     return inputs
 
 
-def train_runtime(wc, attempt):
-    """Minutes: epochs x images of the task x seconds per image, +10, doubled per retry."""
-    n_images = (int(wc.task) + 1) * PROTO["classes_per_task"] * IMAGES_PER_CLASS
-    seconds = E * n_images * job("train", "seconds_per_image")
-    return int(math.ceil(seconds / 60 + 10)) * attempt
+# The cost model of the GPU rules (memplast/cost.py): resources.calibration's per-image costs (or
+# the documented default) x each job's work; a job requests resources.safety_factor x its estimate.
+COST = cost.CostModel(config, root=workflow.basedir)
+
+
+def gpu_runtime(rule):
+    """Minutes a job of ``rule`` requests: the safety factor x its estimated seconds, doubled per retry."""
+    return lambda wc, attempt: COST.minutes(rule, dict(wc.items()), attempt)
 
 
 def stats_job(runs, key, effects=True):

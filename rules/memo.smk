@@ -23,7 +23,7 @@ rule memo_scorer:
     threads: job("memo_scorer", "threads")
     resources:
         mem_mb=job("memo_scorer", "mem_mb"),
-        runtime=job("memo_scorer", "runtime"),
+        runtime=gpu_runtime("memo_scorer"),
         gpu=job("memo_scorer", "gpu"),
     # Its resume state (every protocol.state_every epochs and on SIGTERM) is
     # results/resume/memo/scorer.pt, outside the declared outputs; not a param, so that its
@@ -50,7 +50,7 @@ rule memo_curvature:
     threads: job("curvature", "threads")
     resources:
         mem_mb=job("curvature", "mem_mb"),
-        runtime=job("curvature", "runtime"),
+        runtime=gpu_runtime("memo_curvature"),
         gpu=job("curvature", "gpu"),
     params:
         cfg=cfg_slice("memo", "protocol"),
@@ -131,7 +131,7 @@ rule heldout_dependence:
     threads: job("probe", "threads")
     resources:
         mem_mb=job("probe", "mem_mb"),
-        runtime=job("probe", "runtime"),
+        runtime=gpu_runtime("heldout_dependence"),
         gpu=job("probe", "gpu"),
     params:
         score_col=score_column(config),

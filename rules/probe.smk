@@ -22,7 +22,7 @@ rule probe:
     threads: job("probe", "threads")
     resources:
         mem_mb=lambda wc, attempt: job("probe", "mem_mb") * attempt,
-        runtime=lambda wc, attempt: job("probe", "runtime") * attempt,
+        runtime=gpu_runtime("probe"),
         gpu=job("probe", "gpu"),
         # grouped jobs run one at a time in a SLURM submission (profiles/slurm: serial=1)
         serial=1,
@@ -76,7 +76,7 @@ rule heldout:
     threads: job("probe", "threads")
     resources:
         mem_mb=job("probe", "mem_mb"),
-        runtime=job("probe", "runtime"),
+        runtime=gpu_runtime("heldout"),
         gpu=job("probe", "gpu"),
     params:
         run=lambda wc: dict(wc.items()),
@@ -110,7 +110,7 @@ rule run_summary:
     threads: job("probe", "threads")
     resources:
         mem_mb=job("probe", "mem_mb"),
-        runtime=job("probe", "runtime"),
+        runtime=gpu_runtime("run_summary"),
         gpu=job("probe", "gpu"),
     params:
         run=lambda wc: dict(wc.items()),

@@ -51,7 +51,7 @@ rule train_task:
     threads: job("train", "threads")
     resources:
         mem_mb=lambda wc, attempt: job("train", "mem_mb") * attempt,
-        runtime=train_runtime,
+        runtime=gpu_runtime("train_task"),
         gpu=job("train", "gpu"),
     params:
         run=lambda wc: RUN_ID.format(**wc),

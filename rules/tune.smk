@@ -34,7 +34,7 @@ rule tune_task:
     threads: job("train", "threads")
     resources:
         mem_mb=lambda wc, attempt: job("train", "mem_mb") * attempt,
-        runtime=train_runtime,
+        runtime=gpu_runtime("tune_task"),
         gpu=job("train", "gpu"),
     params:
         run=lambda wc: f"tuning/{wc.algorithm}/p{wc.point}/order{wc.seed}",

@@ -15,7 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from memplast import budget  # noqa: E402
+from memplast import budget, cost  # noqa: E402
 from memplast import config as mpconfig  # noqa: E402
 from memplast.grid import probe_epochs  # noqa: E402
 
@@ -38,15 +38,18 @@ def main(argv=None):
         f"config: {' + '.join(args.configfile)}; model {cfg['model']['arch']} width {cfg['model']['width']}: "
         f"{budget.human(sizes.weights)} per checkpoint"
     )
+    model = cost.CostModel(cfg, root=ROOT)
+    print(f"cost model: {model.describe()}")
     print(
         budget.format_table(
-            "whole study (snakemake, default target all):", budget.summarize(budget.dry_run(args.configfile), sizes)
+            "whole study (snakemake, default target all):",
+            budget.summarize(budget.dry_run(args.configfile), sizes, model),
         )
     )
     print(
         budget.format_table(
             f"headline target alone ({args.target}):",
-            budget.summarize(budget.dry_run(args.configfile, args.target), sizes),
+            budget.summarize(budget.dry_run(args.configfile, args.target), sizes, model),
         )
     )
     n_ckpt = len(probe_epochs(0, proto["epochs_per_task"], cfg["probes"]["window"], cfg["probes"]["extra_epochs"]))

@@ -3,13 +3,12 @@ dry run, GPU-hours equal to the config's runtime model, checkpoint sizes equal t
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import yaml
 from conftest import ROOT
 
-from memplast import budget, grid
+from memplast import budget, cost
+from memplast import config as mpconfig
 from memplast.checkpoints import save_checkpoint
 from memplast.models import build_model
 
@@ -19,6 +18,7 @@ rule train_task:
     input: a.npz
     output: results/runs/order0/none/random/none/base/task0/end.pt, results/runs/order0/none/random/none/base/task0/ckpt/te1.pt
     jobid: 3
+    wildcards: seed=0, filter=none, ordering=random, weighting=none, algorithm=base, task=0
     resources: tmpdir=/tmp, runtime=130, gpu=1, mem_mb=2000, mem=2 GB, mem_mib=1908
 
 group job probes (jobs in lexicogr. order):
@@ -26,6 +26,7 @@ group job probes (jobs in lexicogr. order):
     [Mon Nov 30 12:20:33 2026]
     rule probe:
         output: results/runs/order0/none/random/none/base/probes/boundary0.parquet
+        wildcards: seed=0, filter=none, ordering=random, weighting=none, algorithm=base, boundary=0
         resources: tmpdir=/tmp, runtime=30, gpu=2, mem_mb=2000, mem=2 GB, mem_mib=1908
 [Mon Nov 30 12:20:33 2026]
 localrule stats_primary:
@@ -41,12 +42,19 @@ def test_parse_jobs_reads_grouped_and_local_jobs():
     assert [j["rule"] for j in jobs] == ["train_task", "probe", "stats_primary", "all"]
     assert jobs[0]["output"][1].endswith("ckpt/te1.pt") and jobs[0]["resources"]["runtime"] == 130
     assert jobs[1]["resources"]["gpu"] == 2 and jobs[2]["resources"]["tmpdir"] == "/tmp"
+    assert jobs[0]["wildcards"] == {
+        "seed": "0", "filter": "none", "ordering": "random", "weighting": "none", "algorithm": "base", "task": "0"
+    }  # fmt: skip
 
 
 def test_summary_hours_and_disk_kinds(demo_config):
     sizes = budget.Sizes(demo_config)
-    s = budget.summarize(budget.parse_jobs(DRY_RUN), sizes)
-    assert s["rules"]["train_task"] == {"jobs": 1, "gpu_hours": pytest.approx(130 / 60), "cpu_hours": 0.0}
+    model = cost.CostModel(demo_config)
+    s = budget.summarize(budget.parse_jobs(DRY_RUN), sizes, model)
+    train = s["rules"]["train_task"]
+    assert train == {"jobs": 1, "gpu_hours": pytest.approx(130 / 60), "cpu_hours": 0.0,
+                     "estimated_hours": pytest.approx(model.train(0) / 3600)}  # fmt: skip
+    assert s["rules"]["stats_primary"]["estimated_hours"] is None  # not a GPU rule: no cost-model estimate
     assert s["rules"]["probe"]["gpu_hours"] == pytest.approx(2 * 30 / 60)
     assert s["rules"]["stats_primary"]["cpu_hours"] == pytest.approx(1.0) and "all" not in s["rules"]
     assert s["disk"]["window checkpoints"] == sizes.weights
@@ -66,24 +74,29 @@ def test_checkpoint_size_matches_a_saved_checkpoint(tmp_path, arch, width):
 
 
 @pytest.mark.slow
-def test_gpu_hours_of_training_follow_the_runtime_model(tmp_path, demo_config):
-    """Training GPU-hours of the demo with gpu: 1 = sum over (run, task) of the runtime formula."""
+def test_gpu_hours_follow_the_cost_model(tmp_path, demo_config):
+    """GPU-hours of the demo with gpu: 1 everywhere = the cost model's requests summed over the jobs
+    Snakemake plans (so every rule's request is 1.5-2x its estimate), and the table says so."""
     overlay = tmp_path / "gpu.yaml"
-    overlay.write_text(yaml.safe_dump({"resources": {"train": {"gpu": 1}}}))
-    jobs = budget.dry_run([ROOT / "config.yaml", ROOT / "config" / "demo.yaml", overlay])
-    s = budget.summarize(jobs, budget.Sizes(demo_config))
-    p, res = demo_config["protocol"], demo_config["resources"]["train"]
-    runs = len([j for j in jobs if j["rule"] in ("train_task", "train_task_reference")]) // p["n_tasks"]
-    per_class = grid.images_per_class(demo_config["dataset"])
-    minutes = sum(
-        math.ceil(
-            p["epochs_per_task"] * (t + 1) * p["classes_per_task"] * per_class * res["seconds_per_image"] / 60 + 10
-        )
-        for t in range(p["n_tasks"])
+    overlay.write_text(
+        yaml.safe_dump({"resources": {f: {"gpu": 1} for f in ("train", "memo_scorer", "curvature", "probe")}})
     )
-    got = s["rules"]["train_task"]["gpu_hours"] + s["rules"]["train_task_reference"]["gpu_hours"]
-    assert runs == 10 and got == pytest.approx(runs * minutes / 60)
-    assert s["rules"]["memo_scorer"]["gpu_hours"] == 0  # the demo's other families stay on CPU
+    cfg = mpconfig.load(ROOT / "config.yaml", ROOT / "config" / "demo.yaml", overlay)
+    jobs = budget.dry_run([ROOT / "config.yaml", ROOT / "config" / "demo.yaml", overlay])
+    model = cost.CostModel(cfg)
+    s = budget.summarize(jobs, budget.Sizes(demo_config), model)
+    p = demo_config["protocol"]
+    for rule in cost.RULES:
+        mine = [j for j in jobs if j["rule"] == rule]
+        assert mine, rule
+        want = sum(model.minutes(rule, j["wildcards"]) for j in mine) / 60
+        r = s["rules"][rule]
+        assert r["gpu_hours"] == pytest.approx(want), rule
+        assert 1.5 <= r["gpu_hours"] / r["estimated_hours"] <= 2.0, (rule, r)
+    runs = len([j for j in jobs if j["rule"] in ("train_task", "train_task_reference")]) // p["n_tasks"]
+    assert runs == 10
+    table = budget.format_table("demo", s)
+    assert "estimated total of the GPU rules (cost model)" in table
     # the retrained references save one checkpoint per task; the probed runs the first w epochs and
     # the end (by number), w before-window slots and the live last epoch: 2 w + 2
     n_ref = s["rules"]["train_task_reference"]["jobs"]

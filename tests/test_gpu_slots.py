@@ -22,8 +22,9 @@ WORKER = textwrap.dedent("""
     import json, os, sys, time
     from memplast import gpu_slots
     n, hold, root, out = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3], sys.argv[4]
+    per_gpu = int(sys.argv[5]) if len(sys.argv) > 5 else 1
     t0 = time.time()
-    gpus = gpu_slots.assign(n, "worker", root=root)
+    gpus = gpu_slots.assign(n, "worker", root=root, jobs_per_gpu=per_gpu)
     t1 = time.time()
     time.sleep(hold)
     json.dump({"asked": t0, "start": t1, "end": time.time(), "gpus": gpus,
@@ -36,12 +37,21 @@ def _env(**extra):
     return {**env, "PYTHONPATH": str(ROOT), **extra}
 
 
-def _workers(tmp_path, sizes, hold, env):
+def _workers(tmp_path, sizes, hold, env, jobs_per_gpu=1):
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", WORKER, str(n), str(hold), str(tmp_path / "locks"), str(tmp_path / f"w{i}.json")],
+            [
+                sys.executable,
+                "-c",
+                WORKER,
+                str(n),
+                str(hold),
+                str(tmp_path / "locks"),
+                str(tmp_path / f"w{i}.json"),
+                str(jobs_per_gpu),
+            ],
             env=env,
-        )
+        )  # fmt: skip
         for i, n in enumerate(sizes)
     ]
     for p in procs:
@@ -68,6 +78,25 @@ def test_concurrent_jobs_get_distinct_gpus_and_wait_for_a_free_one(tmp_path):
         assert sum(len(o["gpus"]) for o in jobs if o["start"] <= job["start"] < o["end"]) <= len(pool)
     assert {g for j in jobs for g in j["gpus"]} == set(pool)
     assert any(j["start"] - j["asked"] > 1.0 for j in jobs)  # someone waited for a slot
+
+
+def test_jobs_per_gpu_shares_each_gpu_between_that_many_jobs(tmp_path):
+    """jobs_per_gpu 2 on 2 GPUs: at no time more than 2 jobs on a GPU, a 2-GPU job gets distinct
+    GPUs, and with 6 GPU-slots asked for 4 available someone waits."""
+    pool = ["0", "1"]
+    sizes = [1, 1, 1, 2, 1]
+    jobs = _workers(tmp_path, sizes, 2.0, _env(MEMPLAST_GPUS=",".join(pool)), jobs_per_gpu=2)
+    for job, n in zip(jobs, sizes, strict=True):
+        assert len(job["gpus"]) == n == len(set(job["gpus"])) and set(job["gpus"]) <= set(pool)
+    for job in jobs:
+        running = [o for o in jobs if o["start"] <= job["start"] < o["end"]]
+        for gpu in pool:
+            assert sum(gpu in o["gpus"] for o in running) <= 2, (gpu, running)
+    assert max(len([o for o in jobs if o["start"] <= j["start"] < o["end"]]) for j in jobs) >= 3  # shared
+    assert any(j["start"] - j["asked"] > 1.0 for j in jobs)
+    assert {p.name for p in gpu_slots.lock_dir(tmp_path / "locks").iterdir()} == {
+        "0.lock", "1.lock", "0.slot1.lock", "1.slot1.lock"
+    }  # fmt: skip
 
 
 def test_killed_job_frees_its_gpu(tmp_path):

@@ -20,7 +20,8 @@ SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 def test_science_drops_runtime_keys_unless_batch_statistics_use_them(paper_config):
     proto = runtime.science("protocol", paper_config["protocol"])
     assert not {"device", "eval_batch_size", "state_every"} & set(proto)
-    assert set(paper_config["protocol"]) - set(proto) == {"device", "eval_batch_size", "state_every"}
+    # and a knob at its off value (runtime.OFF_VALUES: adding it reran nothing)
+    assert set(paper_config["protocol"]) - set(proto) == {"device", "eval_batch_size", "state_every", "autocast"}
     assert "batch_size" not in runtime.science("probes", paper_config["probes"])
     # train-mode BatchNorm normalizes with batch statistics: then the probe batch size is science
     assert runtime.science("probes", {**paper_config["probes"], "bn_mode": "train"})["batch_size"] == 500
@@ -33,7 +34,8 @@ def test_science_drops_runtime_keys_unless_batch_statistics_use_them(paper_confi
         "probe_batch_size": 500,
         "logging": paper_config["logging"],
     }
-    assert runtime.with_runtime(proto, rt) == {**paper_config["protocol"], "logging": paper_config["logging"]}
+    full = {k: v for k, v in paper_config["protocol"].items() if k != "autocast"}  # off: the training reads None
+    assert runtime.with_runtime(proto, rt) == {**full, "logging": paper_config["logging"]}
 
 
 def test_each_run_sees_only_its_own_algorithms_hyper_parameters(paper_config):

@@ -7,7 +7,8 @@ It skips, with the reason, when not root, when apt fails or when the node never 
 Without slurmdbd, `sacct` cannot report job states, so the run polls with squeue (docs/slurm.md).
 The test cluster declares 4 GPUs (bookkeeping only) and the run asks for them as at paper scale
 (tests/data/slurm_gpu.yaml): every `sbatch` call the plugin logs is checked against the job sizes,
-a probe group included (1 GPU, its jobs run one after another: the sum of their runtimes).
+a probe group included (1 GPU, its jobs run one after another: the sum of their runtimes, each
+from the cost model).
 """
 
 from __future__ import annotations
@@ -196,7 +197,11 @@ def check_sbatch_requests(log: str) -> None:
     submission's jobs one at a time on one GPU (sizes from tests/data/slurm_gpu.yaml)."""
     import yaml
 
+    from memplast import config as mpconfig
+    from memplast.cost import CostModel
+
     res = yaml.safe_load(GPU_SIZES.read_text())["resources"]
+    model = CostModel(mpconfig.load(*TINY, GPU_SIZES), root=ROOT)
     family = {
         "train_task": "train",
         "memo_scorer": "memo_scorer",
@@ -213,7 +218,8 @@ def check_sbatch_requests(log: str) -> None:
     )
     seen = set()
     for call in calls:
-        targets = re.findall(r"'(\w+):[^']*'", call.split("--target-jobs", 1)[1].split(" --", 1)[0])
+        jobs = re.findall(r"'(\w+):([^']*)'", call.split("--target-jobs", 1)[1].split(" --", 1)[0])
+        targets = [rule for rule, _ in jobs]
         assert targets, call
         rules = set(targets)
         assert len(rules) == 1, call
@@ -227,8 +233,9 @@ def check_sbatch_requests(log: str) -> None:
         size = res[family[rule]]
         assert gpus == "1", f"{rule} x{len(targets)} asks for {gpus} GPUs, runs on 1: {call}"
         assert int(mem) == size["mem_mb"] and int(cpus) == size["threads"], call
-        if rule != "train_task":  # train_task's runtime comes from the task size
-            assert int(minutes) == size["runtime"] * len(targets), f"{rule} x{len(targets)}: -t {minutes}: {call}"
+        # the cost model's request of each job (memplast/cost.py), summed over a group's jobs
+        wanted = sum(model.minutes(rule, dict(kv.split("=", 1) for kv in wc.split(",") if kv)) for _, wc in jobs)
+        assert int(minutes) == wanted, f"{rule} x{len(targets)}: -t {minutes}, cost model {wanted}: {call}"
     assert ("probe", 4) in seen, sorted(seen)  # the 4 probe jobs went as one group
 
 

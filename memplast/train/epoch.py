@@ -9,6 +9,7 @@ writes the one progress line per epoch. :func:`reestimate_bn` recomputes BatchNo
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -107,6 +108,20 @@ def _hms(seconds: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
+AUTOCAST = {"bf16": torch.bfloat16}  # protocol.autocast -> dtype ("none": full float32)
+
+
+def autocast(device: torch.device, mode: str | None):
+    """The training step's forward under ``protocol.autocast``: bf16 autocast (matmuls and
+    convolutions in bfloat16, losses and reductions in float32, weights and optimizer in float32),
+    or full float32 (``none``/None: no context at all). Evaluation, probes and curvature never use it."""
+    if mode in (None, "none"):
+        return contextlib.nullcontext()
+    if mode not in AUTOCAST:
+        raise ValueError(f"protocol.autocast {mode!r}: use none or {' | '.join(AUTOCAST)}")
+    return torch.autocast(device.type, dtype=AUTOCAST[mode])
+
+
 class NonFiniteLoss(FloatingPointError):
     pass
 
@@ -136,8 +151,10 @@ def train_epoch(
     wants_acts: bool = False,
     cursor: dict | None = None,
     stop=None,
+    amp: str | None = None,
 ):
     """One pass over ``rows`` in the given order. Loss per batch = mean_i w_i * loss_i.
+    ``amp``: ``protocol.autocast`` of the forward (:func:`autocast`; None: float32).
 
     ``stop()`` is asked after every optimizer step but the last: True raises :class:`EpochInterrupted`
     with the epoch's position; that ``cursor`` continues the epoch from its next batch.
@@ -163,9 +180,10 @@ def train_epoch(
         if b < first:
             continue
         x, y = data.take(idx[start : start + batch_size], generator, aug)
-        out = model(x, return_acts=True) if wants_acts else model(x)
-        logits = out.logits if wants_acts else out
-        loss_i = per_sample_loss(logits, y, seen)
+        with autocast(data.device, amp):
+            out = model(x, return_acts=True) if wants_acts else model(x)
+            logits = out.logits if wants_acts else out
+            loss_i = per_sample_loss(logits, y, seen)
         w = weights[start : start + batch_size] if weights is not None else None
         loss = (loss_i * w).mean() if w is not None else loss_i.mean()
         batch_loss[b] = loss.detach()
@@ -207,15 +225,16 @@ def fit_epoch(
     wants_acts: bool = False,
     cursor: dict | None = None,
     stop=None,
+    amp: str | None = None,
 ):
     """Set the learning rate to ``lr`` and train one epoch over ``rows`` in this order
-    (:func:`train_epoch`, with its ``cursor`` and ``stop``). Returns (per-sample losses, accuracy, seconds)."""
+    (:func:`train_epoch`, with its ``cursor``, ``stop`` and ``amp``). Returns (per-sample losses, accuracy, seconds)."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     t0 = time.perf_counter()
     losses, acc = train_epoch(
         model, optimizer, data, rows, mask, batch_size, generator, aug, weights, after_step, where, wants_acts,
-        cursor, stop,
+        cursor, stop, amp,
     )  # fmt: skip
     return losses, acc, time.perf_counter() - t0
 

@@ -170,7 +170,7 @@ class TaskRun:
             losses, train_acc, seconds = fit_epoch(
                 state.model, state.optimizer, task.data, task.row_of.loc[order].to_numpy(), task.mask, lr,
                 p["batch_size"], state.generator, task.aug, w, state.algorithm.after_step, f"{self.where}, epoch {g}",
-                state.algorithm.wants_acts, cursor, stop,
+                state.algorithm.wants_acts, cursor, stop, p.get("autocast"),
             )  # fmt: skip
         except EpochInterrupted as cut:
             prog.partial = {"epoch": e, "order": order, "cursor": cut.cursor}

@@ -1,0 +1,185 @@
+"""The cost model (memplast/cost.py), the calibration (memplast/calibrate.py, scripts/calibrate.py)
+and the GPU check (memplast/gpu_check.py, scripts/gpu_check.py, run on the CPU)."""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+
+import numpy as np
+import pytest
+import yaml
+from conftest import ROOT
+
+from memplast import config as mpconfig
+from memplast import cost, data, grid
+
+sys.path.insert(0, str(ROOT / "scripts"))
+
+TINY = [ROOT / "config.yaml", ROOT / "config" / "demo.yaml", ROOT / "tests" / "data" / "tiny.yaml"]
+
+
+def planted_calibration(config: dict) -> dict:
+    """Distinct powers of two per operation, so that every count shows in the total."""
+    ops = ["train_step", *[k for k in cost.OPERATIONS if k != "train_step"]]
+    return {
+        "device": "planted",
+        "source": "test",
+        "shapes": cost.shapes(config),
+        "seconds_per_image": {k: 2.0**-i for i, k in enumerate(ops)},
+        "algorithm_factor": {"cbp": 3.0},
+        "fixed_seconds": {"startup": 7.0, "checkpoint_load": 0.5},
+    }
+
+
+@pytest.mark.parametrize("name", ["digits", "synthetic"])
+def test_split_sizes_match_a_prepared_dataset(demo_config, name):
+    ds = copy.deepcopy(demo_config["dataset"])
+    ds["name"] = name
+    ds["near_duplicates"] = {**ds["near_duplicates"], "n": 0}  # extra held-out copies: not in the split sizes
+    ds["synthetic"] = {**ds["synthetic"], "n_classes": 4, "shape": [1, 4, 4], "n_per_class": 50}
+    p = data.prepare(ds)
+    sizes = grid.split_sizes(ds)
+    for split in ("train", "val", "test"):  # digits' classes differ in size: the mean is what counts
+        per_class = np.bincount(p.orig_labels[p.split == split], minlength=p.n_classes)  # before label noise
+        assert abs(per_class.mean() - sizes[split]) <= 1.5, (split, per_class, sizes[split])
+
+
+def test_cifar_split_sizes(paper_config):
+    assert grid.split_sizes(paper_config["dataset"]) == {"train": 450, "val": 50, "test": 100}
+
+
+def test_training_counts_epochs_evaluation_and_bn_reestimation(paper_config):
+    """Independent restatement of a task's work, image by image, with a planted calibration."""
+    cal = planted_calibration(paper_config)
+    m = cost.CostModel(paper_config, cal)
+    c, p = cal["seconds_per_image"], paper_config["protocol"]
+    task, E = 3, p["epochs_per_task"]
+    classes = (task + 1) * p["classes_per_task"]
+    per_epoch = classes * 450 * c["train_step"] + classes * 150 * c["eval"]
+    want = 7.0 + E * per_epoch + classes * 150 * c["eval"]
+    assert m.train(task, "random", "base") == pytest.approx(want)
+    # a non-random ordering re-estimates BatchNorm on every epoch; a filter keeps q of the images
+    assert m.train(task, "ascending") - m.train(task) == pytest.approx(E * classes * 450 * c["bn"])
+    assert m.train(task, "random", "cbp") - m.train(task) == pytest.approx(2 * E * classes * 450 * c["train_step"])
+    kept = m.train(task, filter_name="per_class-q0.8") - 7.0 - (E + 1) * classes * 150 * c["eval"]
+    assert kept == pytest.approx(0.8 * E * classes * 450 * c["train_step"])
+    off = copy.deepcopy(paper_config)
+    off["ordering"]["bn_reestimate"] = False
+    assert cost.CostModel(off, cal).train(task, "ascending") == pytest.approx(m.train(task))
+
+
+def test_probe_curvature_scorer_and_summary_counts(paper_config):
+    cal = planted_calibration(paper_config)
+    m = cost.CostModel(paper_config, cal)
+    c, w = cal["seconds_per_image"], paper_config["probes"]["window"]
+    k = 4
+    n = (k + 2) * 5 * 450
+    probe = 7.0 + (2 * w + 1) * 0.5 + n * (2 * w * c["probe"] + c["probe_align"]) + 5 * 450 * c["mean_gradient"]
+    assert m.probe(k) == pytest.approx(probe)
+    # probes.curvature adds the exact GGN under the 30 classes of task k+1 at every checkpoint
+    curv = copy.deepcopy(paper_config)
+    curv["probes"]["curvature"] = True
+    per_image = c["exact_ggn_task"] + (c["exact_ggn"] - c["exact_ggn_task"]) * (30 - 5) / (100 - 5)
+    assert cost.CostModel(curv, cal).probe(k) - m.probe(k) == pytest.approx((2 * w + 1) * n * per_image)
+    methods = c["exact_ggn"] + c["hutchinson"] + c["finite_difference"]
+    assert m.curvature() == pytest.approx(7.5 + 100 * (450 + 50) * methods)
+    assert m.scorer() == pytest.approx(7.0 + 200 * 100 * (450 * c["scorer_step"] + 150 * c["eval"]))
+    seen = sum(5 * (t + 1) for t in range(20))
+    summary = 7.0 + 20 * 0.5 + seen * (450 * c["summary"] + 100 * c["eval"]) + 20 * 1000 * c["summary"]
+    assert m.summary() == pytest.approx(summary)
+
+
+def test_requests_of_the_default_config_are_within_2x_of_the_estimate(paper_config):
+    """Every GPU job of the paper config asks for the safety factor x its estimate, at most 2x."""
+    m = cost.CostModel(paper_config)
+    assert m.device.startswith("default") and m.safety == 1.5
+    jobs = [("train_task", {"task": t, "ordering": o, "algorithm": "base"}) for t in range(20) for o in grid.ORDERINGS]
+    jobs += [("probe", {"boundary": k}) for k in range(19)]
+    jobs += [("memo_scorer", {}), ("memo_curvature", {}), ("run_summary", {})]
+    for rule, wc in jobs:
+        estimate = m.seconds(rule, wc) / 60
+        ratio = m.minutes(rule, wc) / estimate
+        assert 1.5 <= ratio <= 2.0, (rule, wc, estimate, m.minutes(rule, wc))
+        assert m.minutes(rule, wc, attempt=2) == 2 * m.minutes(rule, wc)
+
+
+def test_default_calibration_scales_with_seconds_per_image(paper_config):
+    fast = copy.deepcopy(paper_config)
+    fast["resources"]["train"]["seconds_per_image"] /= 2
+    a, b = cost.CostModel(paper_config), cost.CostModel(fast)
+    startup = cost.DEFAULT_FIXED["startup"] + cost.DEFAULT_FIXED["checkpoint_load"]
+    assert b.curvature() - startup == pytest.approx((a.curvature() - startup) / 2)
+
+
+def test_calibration_of_other_shapes_is_refused(tmp_path, paper_config, demo_config):
+    path = tmp_path / "cal.yaml"
+    path.write_text(yaml.safe_dump(planted_calibration(demo_config)))
+    assert cost.load_calibration(path, demo_config)["source"] == str(path)
+    with pytest.raises(cost.CalibrationError, match=r"other shapes .*image_shape: calibrated \[1, 8, 8\]"):
+        cost.load_calibration(path, paper_config)
+    with pytest.raises(cost.CalibrationError, match="not found; run `make calibrate`"):
+        cost.load_calibration(tmp_path / "missing.yaml")
+    broken = planted_calibration(demo_config)
+    del broken["seconds_per_image"]["hutchinson"]
+    path.write_text(yaml.safe_dump(broken))
+    with pytest.raises(cost.CalibrationError, match=r"lacks \['hutchinson'\]"):
+        cost.load_calibration(path, demo_config)
+
+
+def test_calibrate_writes_a_file_the_cost_model_reads(tmp_path):
+    """scripts/calibrate.py at the tiny test shapes: every operation measured, loadable for this config."""
+    import calibrate as script
+
+    out = script.main(["--configfile", *map(str, TINY), "--device", "cpu", "--out", str(tmp_path / "c.yaml"),
+                       "--call-seconds", "0.2", "--clock", "cpu"])  # fmt: skip
+    cfg = mpconfig.load(*TINY)
+    cal = cost.load_calibration(out, cfg)
+    assert set(cal["seconds_per_image"]) == set(cost.OPERATIONS)
+    assert all(v > 0 and math.isfinite(v) for v in cal["seconds_per_image"].values())
+    assert cal["clock"] == "cpu" and cal["fixed_seconds"]["startup"] > 0
+    cfg["resources"]["calibration"] = str(out)
+    m = cost.CostModel(cfg)
+    assert m.device == cal["device"] and m.train(0) > cal["fixed_seconds"]["startup"]
+
+
+@pytest.mark.slow
+def test_gpu_check_on_the_cpu(capsys):
+    """scripts/gpu_check.py --device cpu at the tiny shapes: every part runs and says ok."""
+    import gpu_check as script
+
+    ok = script.main(["--configfile", *map(str, TINY), "--device", "cpu", "--steps", "4", "--call-seconds", "0.2"])
+    out = capsys.readouterr().out
+    assert ok, out
+    for part in ("[device]", "[determinism]", "[resume]", "[calibration]", "[throughput]"):
+        assert part in out
+    assert "bitwise equal" in out and "3 concurrent job(s)" in out and "gpu-check: all ok on cpu" in out
+
+
+def test_bench_cost_model_reads_snakemake_benchmark_files(tmp_path, demo_config):
+    """benchmarks/bench_cost_model.py: benchmark files mapped to rule and wildcards, measured over predicted."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench_cost_model as bench
+
+    cal = planted_calibration(demo_config)
+    cal["clock"] = "cpu"
+    (tmp_path / "cal.yaml").write_text(yaml.safe_dump(cal))
+    model = cost.CostModel(demo_config, cal)
+    run = "order1/per_class-q0.9/ascending/none"
+    files = {
+        f"train/{run}/retrained/task2.tsv": model.train(2, "ascending", "retrained", "per_class-q0.9") * 1.2,
+        f"probe/{run}/base/boundary1.tsv": model.probe(1, "per_class-q0.9") * 0.5,
+        "memo/curvature_e8.tsv": model.curvature() * 3.0,
+        "stats/primary.tsv": 99.0,  # not a cost-model rule: ignored
+    }
+    for rel, cpu in files.items():
+        path = tmp_path / "bench" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"s\th:m:s\tmax_rss\tcpu_time\n{cpu * 4:.4f}\t0:00:01\t1.0\t{cpu:.4f}\n")
+    args = ["--configfile", str(ROOT / "config.yaml"), str(ROOT / "config" / "demo.yaml"),
+            "--calibration", str(tmp_path / "cal.yaml"), "--benchmarks", str(tmp_path / "bench")]  # fmt: skip
+    df = bench.main(args).set_index("rule")
+    assert sorted(df.index) == ["memo_curvature", "probe", "train_task_reference"]
+    assert df["ratio"].to_dict() == pytest.approx({"train_task_reference": 1.2, "probe": 0.5, "memo_curvature": 3.0})
+    assert df.loc["probe", "measured_wall_s"] == pytest.approx(4 * df.loc["probe", "measured_cpu_s"], rel=1e-4)
