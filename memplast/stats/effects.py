@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import statsmodels.api as sm
 from scipy import stats
-from statsmodels.stats.mediation import Mediation
+from statsmodels.stats.mediation import MediationResults
 
 from memplast.stats.common import KINDS, RUN_KEYS, finite, key_dict, require, require_finite
 
@@ -191,16 +191,22 @@ def mediation(
     covariates: Sequence[str] = (),
     ci_level: float = 0.95,
 ) -> dict:
-    """Causal mediation memo -> mediator -> outcome with statsmodels' ``Mediation``.
+    """Causal mediation memo -> mediator -> outcome: statsmodels' ``Mediation`` with the bootstrap,
+    computed in closed form for its two linear models (same draws, same numbers).
 
     Rows with a non-finite value in any used column are dropped. Mediator model: OLS
     ``mediator ~ memo + covariates``; outcome model: OLS ``outcome ~ memo + mediator +
-    covariates``. ``Mediation.fit(method="bootstrap", n_rep=sims)`` (seeded) resamples rows,
-    refits both models and simulates potential mediators; effects are for the exposure set to 1
-    vs 0 (so scale memo accordingly, e.g. to a [0, 1] rank). Returns n and, for acme (average
-    causal mediated effect = indirect), ade (direct), total and prop_mediated (ACME / total;
-    its estimate is the bootstrap median): estimate, percentile CI at ``ci_level`` and
-    statsmodels' bootstrap p (2 min(P(>0), P(<0)), resolution 2 / sims).
+    covariates``. As ``Mediation(...).fit(method="bootstrap", n_rep=sims, rng=default_rng(seed))``,
+    per simulation: resample rows for the outcome model and refit it, then for the mediator model
+    (``_bootstrap_fits``); for the exposure set to t_m in (0, 1) draw potential mediators
+    M(t_m) = X(t_m) alpha + sigma Z on every original row; predicted outcomes
+    Y(t_m, t_e) = X(t_e, M(t_m)) beta; ACME(t) = mean_i Y(1, t) - Y(0, t), ADE(t) = mean_i
+    Y(t, 1) - Y(t, 0) (``_effects``). Effects are for the exposure set to 1 vs 0 (so scale memo
+    accordingly, e.g. to a [0, 1] rank). Returns n and, for acme (average causal mediated effect =
+    indirect), ade (direct), total and prop_mediated (ACME / total; its estimate is the bootstrap
+    median): estimate, percentile CI at ``ci_level`` and statsmodels' bootstrap p
+    (2 min(P(>0), P(<0)), resolution 2 / sims) from ``MediationResults.summary``. Equal to
+    statsmodels' to rounding (tests/test_stats.py), without a model object per simulation.
     """
     covariates = list(covariates)
     cols = [memo, mediator, outcome] + covariates
@@ -211,18 +217,17 @@ def mediation(
     data = finite(df, cols)
     if len(data) < len(cols) + 3:
         raise ValueError(f"mediation: {len(data)} complete rows; need >= {len(cols) + 3}")
-    exog_m = sm.add_constant(
-        pd.DataFrame(
-            {"x": data[memo].to_numpy(float), **{f"c{i}": data[c].to_numpy(float) for i, c in enumerate(covariates)}}
-        )
-    )
-    exog_y = exog_m.assign(m=data[mediator].to_numpy(float))
-    mediator_model = sm.OLS(data[mediator].to_numpy(float), exog_m)
-    outcome_model = sm.OLS(data[outcome].to_numpy(float), exog_y)
+    n = len(data)
+    # statsmodels' column order: const, exposure, covariates (mediator model); then the mediator
+    exog_m = np.column_stack([np.ones(n), data[memo].to_numpy(float)] + [data[c].to_numpy(float) for c in covariates])
+    med, y = data[mediator].to_numpy(float), data[outcome].to_numpy(float)
+    fits = _ResampledOls(np.column_stack([exog_m, med]), y), _ResampledOls(exog_m, med)
+    rng = np.random.default_rng(seed)
+    effects_ = np.array([_effects(*fits, rng) for _ in range(sims)])  # (sims, 4)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        res = Mediation(outcome_model, mediator_model, "x", "m").fit(
-            method="bootstrap", n_rep=sims, rng=np.random.default_rng(seed)
+        res = MediationResults(
+            [effects_[None, :, 0], effects_[None, :, 1]], [effects_[None, :, 2], effects_[None, :, 3]]
         )
         table = res.summary(alpha=1 - ci_level)
     names = {
@@ -231,11 +236,45 @@ def mediation(
         "total": "Total effect",
         "prop_mediated": "Prop. mediated (average)",
     }
-    out = {"n": len(data)}
+    out = {"n": n}
     for key, label in names.items():
         est, lo, hi, p = (float(v) for v in table.loc[label])
         out.update({key: est, f"{key}_ci_low": lo, f"{key}_ci_high": hi, f"{key}_p": p})
     return out
+
+
+class _ResampledOls:
+    """OLS of y on X refit on n rows drawn with replacement (``rng.integers(0, n, n)``, as
+    statsmodels' bootstrap refit): with the rows' multiplicities c_i as weights, the normal
+    equations (sum_i c_i x_i x_i') beta = sum_i c_i x_i y_i and the residual sum of squares
+    sum_i c_i y_i^2 - beta' sum_i c_i x_i y_i come from one product c' P with the per-row terms
+    P_i = (x_i x_i', x_i y_i, y_i^2) computed once; scale = RSS / (n - p)."""
+
+    def __init__(self, exog: np.ndarray, endog: np.ndarray):
+        self.n, self.p = exog.shape
+        outer = (exog[:, :, None] * exog[:, None, :]).reshape(self.n, -1)
+        self.terms = np.column_stack([outer, exog * endog[:, None], endog**2])
+
+    def fit(self, rng: np.random.Generator) -> tuple[np.ndarray, float]:
+        n, p = self.n, self.p
+        sums = np.bincount(rng.integers(0, n, n), minlength=n).astype(float) @ self.terms
+        xty = sums[p * p : p * p + p]
+        beta = np.linalg.solve(sums[: p * p].reshape(p, p), xty)
+        return beta, float(sums[-1] - beta @ xty) / (n - p)
+
+
+def _effects(outcome_fit: _ResampledOls, mediator_fit: _ResampledOls, rng) -> tuple[float, float, float, float]:
+    """(ACME(0), ACME(1), ADE(0), ADE(1)) of one bootstrap simulation of ``mediation``: the outcome
+    model refit first, then the mediator model, then Z for t_m = 0 and 1 (statsmodels' draw order).
+    Exposure is column 1 of both designs, the mediator the outcome design's last. Linear models
+    without interaction: Y(1, t) - Y(0, t) = beta_m (M(1) - M(0)) and Y(t, 1) - Y(t, 0) = beta_x on
+    every row, so ACME(0) = ACME(1) = beta_m mean_i (alpha_x + sigma (Z1_i - Z0_i)) and
+    ADE(0) = ADE(1) = beta_x."""
+    beta, _ = outcome_fit.fit(rng)
+    alpha, scale = mediator_fit.fit(rng)
+    z0, z1 = rng.standard_normal(outcome_fit.n), rng.standard_normal(outcome_fit.n)
+    acme = beta[-1] * (alpha[1] + np.sqrt(scale) * np.mean(z1 - z0))
+    return acme, acme, beta[1], beta[1]
 
 
 def cross_sample(deltas: pd.DataFrame, kinds: Sequence[str] = KINDS) -> pd.DataFrame:
