@@ -78,10 +78,20 @@ def old_rows(deltas: pd.DataFrame) -> pd.DataFrame:
     return deltas[deltas["is_old"].astype(bool)]
 
 
+def finite_mask(df: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
+    """Rows of ``df`` where every column in ``columns`` is finite (NaN, +-inf and non-numbers are not)."""
+    values = df[list(columns)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+    return np.isfinite(values).all(axis=1)
+
+
 def finite(df: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
     """Rows of ``df`` where every column in ``columns`` is finite (NaN and +-inf dropped)."""
-    values = df[list(columns)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
-    return df[np.isfinite(values).all(axis=1)]
+    return df[finite_mask(df, columns)]
+
+
+def n_finite(df: pd.DataFrame, columns: Sequence[str]) -> int:
+    """How many rows of ``df`` ``finite`` would keep (without copying them)."""
+    return int(finite_mask(df, columns).sum())
 
 
 def key_dict(keys: Sequence[str], values) -> dict:

@@ -11,7 +11,6 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 from scipy import stats
-from statsmodels.stats.mediation import MediationResults
 
 from memplast.stats.common import KINDS, RUN_KEYS, finite, key_dict, require, require_finite
 
@@ -84,7 +83,7 @@ def decile_effects(
     d_dormant have many ties. Raises ValueError with fewer than 2 samples per decile.
     """
     require(df, [memo, outcome], "decile_effects")
-    data = finite(df, [memo, outcome])
+    data = finite(df[[memo, outcome]], [memo, outcome])  # the two columns only: no copy of the rest
     if len(data) < 2 * n_deciles:
         raise ValueError(f"decile_effects: {len(data)} finite ({memo}, {outcome}) rows; need >= {2 * n_deciles}")
     dec = pd.qcut(data[memo].rank(method="first"), n_deciles, labels=False).to_numpy() + 1
@@ -212,14 +211,14 @@ def mediation(
     ``mediator ~ memo + covariates``; outcome model: OLS ``outcome ~ memo + mediator +
     covariates``. As ``Mediation(...).fit(method="bootstrap", n_rep=sims, rng=default_rng(seed))``,
     per simulation: resample rows for the outcome model and refit it, then for the mediator model
-    (``_bootstrap_fits``); for the exposure set to t_m in (0, 1) draw potential mediators
+    (``_simulations``); for the exposure set to t_m in (0, 1) draw potential mediators
     M(t_m) = X(t_m) alpha + sigma Z on every original row; predicted outcomes
     Y(t_m, t_e) = X(t_e, M(t_m)) beta; ACME(t) = mean_i Y(1, t) - Y(0, t), ADE(t) = mean_i
-    Y(t, 1) - Y(t, 0) (``_effects``). Effects are for the exposure set to 1 vs 0 (so scale memo
+    Y(t, 1) - Y(t, 0) (``_simulations``). Effects are for the exposure set to 1 vs 0 (so scale memo
     accordingly, e.g. to a [0, 1] rank). Returns n and, for acme (average causal mediated effect =
     indirect), ade (direct), total and prop_mediated (ACME / total; its estimate is the bootstrap
     median): estimate, percentile CI at ``ci_level`` and statsmodels' bootstrap p
-    (2 min(P(>0), P(<0)), resolution 2 / sims) from ``MediationResults.summary``. Equal to
+    (2 min(P(>0), P(<0)), resolution 2 / sims), as ``MediationResults.summary`` computes them. Equal to
     statsmodels' to rounding (tests/test_stats.py), without a model object per simulation.
     """
     covariates = list(covariates)
@@ -228,7 +227,7 @@ def mediation(
     if len({memo, mediator, outcome}) < 3:
         raise ValueError(f"mediation: memo, mediator and outcome must differ, got {memo!r}, {mediator!r}, {outcome!r}")
     require_finite(df, cols, "mediation")
-    data = finite(df, cols)
+    data = finite(df[list(dict.fromkeys(cols))], cols)
     if len(data) < len(cols) + 3:
         raise ValueError(f"mediation: {len(data)} complete rows; need >= {len(cols) + 3}")
     n = len(data)
@@ -237,30 +236,26 @@ def mediation(
     med, y = data[mediator].to_numpy(float), data[outcome].to_numpy(float)
     fits = _ResampledOls(np.column_stack([exog_m, med]), y), _ResampledOls(exog_m, med)
     rng = np.random.default_rng(seed)
-    effects_ = np.array([_effects(*fits, rng) for _ in range(sims)])  # (sims, 4)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        res = MediationResults(
-            [effects_[None, :, 0], effects_[None, :, 1]], [effects_[None, :, 2], effects_[None, :, 3]]
-        )
-        table = res.summary(alpha=1 - ci_level)
-    names = {
-        "acme": "ACME (average)",
-        "ade": "ADE (average)",
-        "total": "Total effect",
-        "prop_mediated": "Prop. mediated (average)",
-    }
+    effects_ = _simulations(*fits, sims, rng)  # (sims, 4)
+    acme_ctrl, acme_tx, ade_ctrl, ade_tx = effects_.T
+    total = (acme_ctrl + acme_tx + ade_ctrl + ade_tx) / 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        prop = (acme_ctrl / total + acme_tx / total) / 2
+    draws = {"acme": (acme_ctrl + acme_tx) / 2, "ade": (ade_ctrl + ade_tx) / 2, "total": total, "prop_mediated": prop}
+    alpha = 1 - ci_level
     out = {"n": n}
-    for key, label in names.items():
-        est, lo, hi, p = (float(v) for v in table.loc[label])
-        out.update({key: est, f"{key}_ci_low": lo, f"{key}_ci_high": hi, f"{key}_p": p})
+    for key, vec in draws.items():  # as MediationResults.summary: the mean (median for the proportion)
+        out[key] = float(np.median(vec) if key == "prop_mediated" else vec.mean())
+        out[f"{key}_ci_low"] = float(np.percentile(vec, 100 * alpha / 2))
+        out[f"{key}_ci_high"] = float(np.percentile(vec, 100 * (1 - alpha / 2)))
+        out[f"{key}_p"] = float(2 * min(np.sum(vec > 0), np.sum(vec < 0)) / len(vec))
     return out
 
 
 class _ResampledOls:
-    """OLS of y on X refit on n rows drawn with replacement (``rng.integers(0, n, n)``, as
-    statsmodels' bootstrap refit): with the rows' multiplicities c_i as weights, the normal
-    equations (sum_i c_i x_i x_i') beta = sum_i c_i x_i y_i and the residual sum of squares
+    """OLS of y on X refit on n rows drawn with replacement (as statsmodels' bootstrap refit), for
+    many draws at once: with a draw's row multiplicities c_i as weights, the normal equations
+    (sum_i c_i x_i x_i') beta = sum_i c_i x_i y_i and the residual sum of squares
     sum_i c_i y_i^2 - beta' sum_i c_i x_i y_i come from one product c' P with the per-row terms
     P_i = (x_i x_i', x_i y_i, y_i^2) computed once; scale = RSS / (n - p)."""
 
@@ -269,26 +264,41 @@ class _ResampledOls:
         outer = (exog[:, :, None] * exog[:, None, :]).reshape(self.n, -1)
         self.terms = np.column_stack([outer, exog * endog[:, None], endog**2])
 
-    def fit(self, rng: np.random.Generator) -> tuple[np.ndarray, float]:
-        n, p = self.n, self.p
-        sums = np.bincount(rng.integers(0, n, n), minlength=n).astype(float) @ self.terms
-        xty = sums[p * p : p * p + p]
-        beta = np.linalg.solve(sums[: p * p].reshape(p, p), xty)
-        return beta, float(sums[-1] - beta @ xty) / (n - p)
+    def fit(self, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Coefficients (k, p) and scales (k,) of the k draws with multiplicities ``counts`` (k, n)."""
+        p = self.p
+        sums = counts @ self.terms
+        xty = sums[:, p * p : p * p + p]
+        beta = np.linalg.solve(sums[:, : p * p].reshape(-1, p, p), xty[:, :, None])[:, :, 0]
+        return beta, (sums[:, -1] - np.einsum("kp,kp->k", beta, xty)) / (self.n - p)
 
 
-def _effects(outcome_fit: _ResampledOls, mediator_fit: _ResampledOls, rng) -> tuple[float, float, float, float]:
-    """(ACME(0), ACME(1), ADE(0), ADE(1)) of one bootstrap simulation of ``mediation``: the outcome
-    model refit first, then the mediator model, then Z for t_m = 0 and 1 (statsmodels' draw order).
-    Exposure is column 1 of both designs, the mediator the outcome design's last. Linear models
-    without interaction: Y(1, t) - Y(0, t) = beta_m (M(1) - M(0)) and Y(t, 1) - Y(t, 0) = beta_x on
-    every row, so ACME(0) = ACME(1) = beta_m mean_i (alpha_x + sigma (Z1_i - Z0_i)) and
-    ADE(0) = ADE(1) = beta_x."""
-    beta, _ = outcome_fit.fit(rng)
-    alpha, scale = mediator_fit.fit(rng)
-    z0, z1 = rng.standard_normal(outcome_fit.n), rng.standard_normal(outcome_fit.n)
-    acme = beta[-1] * (alpha[1] + np.sqrt(scale) * np.mean(z1 - z0))
-    return acme, acme, beta[1], beta[1]
+SIM_CHUNK = 50  # mediation simulations whose multiplicities are held at once (SIM_CHUNK x n float64, twice)
+
+
+def _simulations(outcome_fit: _ResampledOls, mediator_fit: _ResampledOls, sims: int, rng) -> np.ndarray:
+    """(sims, 4): ACME(0), ACME(1), ADE(0), ADE(1) of each bootstrap simulation of ``mediation``.
+
+    Per simulation, in statsmodels' draw order: the outcome model's resample, the mediator
+    model's, then Z for t_m = 0 and 1 on every row. Exposure is column 1 of both designs, the
+    mediator the outcome design's last. Linear models without interaction:
+    Y(1, t) - Y(0, t) = beta_m (M(1) - M(0)) and Y(t, 1) - Y(t, 0) = beta_x on every row, so
+    ACME(0) = ACME(1) = beta_m mean_i (alpha_x + sigma (Z1_i - Z0_i)) and ADE(0) = ADE(1) = beta_x.
+    The draws are made one simulation at a time; the refits of ``SIM_CHUNK`` at once."""
+    n, out = outcome_fit.n, []
+    for s0 in range(0, sims, SIM_CHUNK):
+        k = min(SIM_CHUNK, sims - s0)
+        c_y, c_m, dz = np.empty((k, n)), np.empty((k, n)), np.empty(k)
+        for j in range(k):
+            c_y[j] = np.bincount(rng.integers(0, n, n), minlength=n)
+            c_m[j] = np.bincount(rng.integers(0, n, n), minlength=n)
+            z0 = rng.standard_normal(n)
+            dz[j] = np.mean(rng.standard_normal(n) - z0)
+        beta, _ = outcome_fit.fit(c_y)
+        alpha, scale = mediator_fit.fit(c_m)
+        acme = beta[:, -1] * (alpha[:, 1] + np.sqrt(scale) * dz)
+        out.append(np.column_stack([acme, acme, beta[:, 1], beta[:, 1]]))
+    return np.concatenate(out)
 
 
 def cross_sample(deltas: pd.DataFrame, kinds: Sequence[str] = KINDS) -> pd.DataFrame:

@@ -39,9 +39,9 @@ from memplast.stats.common import (
     PRIMARY,
     RUN_KEYS,
     add_bh,
-    finite,
     generalises_to,
     key_dict,
+    n_finite,
     old_rows,
     outcomes_of,
     require,
@@ -171,7 +171,7 @@ def effect_tables(deltas: pd.DataFrame, old: pd.DataFrame, cfg: Mapping, outcome
     def deciles(ident, g):
         out = []
         for outcome in outcomes:
-            if len(finite(g, ["memo", outcome])) < 2 * n_deciles:
+            if n_finite(g, ["memo", outcome]) < 2 * n_deciles:
                 continue
             key = tuple(ident.values())
             d = effects.decile_effects(
@@ -198,7 +198,7 @@ def effect_tables(deltas: pd.DataFrame, old: pd.DataFrame, cfg: Mapping, outcome
         out = []
         for score in outcomes:
             sign = 1 if score.startswith("d_dormant") else PLASTICITY_LOSS_SIGN.get(score)
-            if sign is None or finite(g, [score, "memo"]).empty:
+            if sign is None or not n_finite(g, [score, "memo"]):
                 continue
             out.append(
                 effects.tails(g, q, score, "memo", thr, largest=sign > 0).assign(**ident, score=score, direction=sign)
@@ -221,7 +221,7 @@ def effect_tables(deltas: pd.DataFrame, old: pd.DataFrame, cfg: Mapping, outcome
         g = g.assign(memo_rank=g["memo"].rank(pct=True))
         out = []
         for m in mediators:
-            if "d_loss" not in g or len(finite(g, ["memo_rank", m, "d_loss", "loss_t"])) < 10:
+            if "d_loss" not in g or n_finite(g, ["memo_rank", m, "d_loss", "loss_t"]) < 10:
                 continue
             r = effects.mediation(
                 g,
