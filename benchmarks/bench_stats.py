@@ -9,8 +9,8 @@ Each measurement runs in a fresh process (its own peak RSS; BLAS pinned to one t
 - ``before``: the draw functions of the previous implementation (benchmarks/stats_before.py,
   patched in), ``after``: the library's;
 - per process: fixed cost (``--n-boot`` 2, no null: cells, estimates, pooling), then ``N``
-  bootstrap draws without null, then ``N`` bootstrap + ``N`` null draws; per-draw CPU =
-  the differences / N (so fixed costs cancel); 1 thread, and 2 threads (wall) for the scaling;
+  bootstrap + ``N`` null draws; per-draw CPU and wall = the bootstrap and null phases as
+  ``resample`` times them (``Resampled.timing``) / N; 1 thread, and 2 threads for the scaling;
 - ``--primary``: then the whole ``stats_primary`` computation (``run_all`` on the whole deltas
   table, new-class rows included, read as scripts/stats_primary.py reads it: every table) with
   ``--primary-draws`` bootstrap and null draws on 2 threads, wall and CPU time, peak RSS (after only).
@@ -41,7 +41,7 @@ import pandas as pd
 import pyarrow
 
 from memplast import io, stats
-from memplast.stats import calibration
+from memplast.stats import calibration, tables
 from memplast.stats.tables import association_tables
 
 SCENARIOS = {
@@ -90,6 +90,10 @@ def measure(args) -> None:
     outcomes, kinds = list(stats.DEFAULT_OUTCOMES), list(stats.KINDS)
     out = {"impl": args.impl, "threads": args.threads, "rows": len(old)}
 
+    timings = []  # the draw phases of each resample, timed inside it (no difference of two noisy runs)
+    inner = tables.resample
+    tables.resample = lambda *a, **k: timings.append(inner(*a, **k)) or timings[-1]
+
     def run(n_boot, n_null):
         cfg = {**CFG, "threads": args.threads, "n_boot": n_boot, "n_permutations": n_null}
         t0, c0 = time.perf_counter(), time.process_time()
@@ -97,15 +101,11 @@ def measure(args) -> None:
         return time.perf_counter() - t0, time.process_time() - c0
 
     n = args.n_boot
-    out["fixed_wall"], out["fixed_cpu"] = run(2, 0)
-    if args.threads == 1:
-        wall_b, cpu_b = run(n, 0)
-        out["boot_cpu"] = (cpu_b - out["fixed_cpu"]) / (n - 2)
-    wall_f, cpu_f = run(n, n)
-    out["full_wall"], out["full_cpu"] = wall_f, cpu_f
-    out["draw_wall"] = (wall_f - out["fixed_wall"]) / n  # one bootstrap + one null draw
-    if args.threads == 1:
-        out["null_cpu"] = (cpu_f - cpu_b) / n
+    out["fixed_wall"], out["fixed_cpu"] = run(2, 0)  # cells, estimates, pooling (and 2 draws)
+    out["full_wall"], out["full_cpu"] = run(n, n)
+    t = timings[-1].timing
+    out["boot_cpu"], out["null_cpu"] = t["boot_cpu"] / n, t["null_cpu"] / n  # all threads' CPU
+    out["draw_wall"] = (t["boot_wall"] + t["null_wall"]) / n  # one bootstrap + one null draw
     out["max_rss_mib"] = peak_rss_mib()
     print(json.dumps(out))
 
@@ -138,6 +138,7 @@ def scale_mode(args) -> None:
             flush=True,
         )
         del old
+        print("load average (1, 5, 15 min) at start: {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()), flush=True)
         res = {}
         for impl, n in (("before", args.draws_before), ("after", args.draws_after)):
             for threads in (1, 2):
@@ -170,6 +171,7 @@ def scale_mode(args) -> None:
     for impl, r in (("before", b1), ("after", a1)):
         minutes = (r["fixed_cpu"] + 2000 * (r["boot_cpu"] + r["null_cpu"])) / 60
         print(f"{impl}: 2,000 bootstrap + 2,000 null draws ~{minutes:.0f} CPU min (association tables)")
+    print("load average (1, 5, 15 min) at end: {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()))
     print(
         f"summary: scale {args.scale}, CPU per bootstrap draw {b1['boot_cpu']:.3f} -> {a1['boot_cpu']:.3f} s "
         f"({b1['boot_cpu'] / a1['boot_cpu']:.1f}x), per null draw {b1['null_cpu']:.3f} -> {a1['null_cpu']:.3f} s "

@@ -38,6 +38,8 @@ benchmarks/bench_stats.py measures it at paper size against the previous impleme
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -46,6 +48,8 @@ import numpy as np
 import pandas as pd
 
 from memplast.stats.common import MIN_N, require
+
+log = logging.getLogger("memplast.stats")
 
 COUNT_ELEMENTS = 20_000_000  # replicates x samples of one batch of draws (uint16): set by the universe size only
 CELL_ELEMENTS = 250_000  # replicates x rows of one cell evaluated at once (~2 (k + 4) work arrays; cache-sized)
@@ -391,6 +395,7 @@ class Resampled:
     null: np.ndarray
     sample_idx: list
     universe: Universe
+    timing: dict = field(default_factory=dict)  # wall and CPU seconds of the bootstrap and null draws
 
 
 def resample(
@@ -431,7 +436,9 @@ def resample(
     static = np.full(len(universe.sample_id), np.nan)  # memo per sample (static), of the samples in cells
     static[universe.index(old["sample_id"].to_numpy())] = pd.to_numeric(old[memo], errors="coerce").to_numpy(float)
     static[~in_cells] = np.nan
+    timing = {}
     with ThreadPoolExecutor(max(1, int(threads))) as pool:
+        clock = time.perf_counter(), time.process_time()
         for b0 in range(0, n_boot, batch):
             w_all = np.ascontiguousarray(stratified_counts(universe, min(batch, n_boot - b0), rng).T)  # (S, b)
 
@@ -440,6 +447,8 @@ def resample(
                 boot[b0 : b0 + w_all.shape[1], sl] = _cell_chunks(c, w_all[c.idx])
 
             list(pool.map(one, zip(cells, spans)))
+        timing["boot_wall"], timing["boot_cpu"] = time.perf_counter() - clock[0], time.process_time() - clock[1]
+        clock = time.perf_counter(), time.process_time()
         for p0 in range(0, n_null, batch):
             perm = within_class_permutations(universe, min(batch, n_null - p0), rng)
 
@@ -448,8 +457,19 @@ def resample(
                 null[p0 : p0 + len(perm), sl] = _cell_null(c, perm, static)
 
             list(pool.map(one_null, zip(cells, spans)))
+        timing["null_wall"], timing["null_cpu"] = time.perf_counter() - clock[0], time.process_time() - clock[1]
+    log.info(
+        "resample: %d cells, %d bootstrap draws in %.1f s (%.1f CPU s), %d null draws in %.1f s (%.1f CPU s)",
+        len(cells),
+        n_boot,
+        timing["boot_wall"],
+        timing["boot_cpu"],
+        n_null,
+        timing["null_wall"],
+        timing["null_cpu"],
+    )
     # a degenerate resample of a tiny cell (constant ranks) gives NaN: count it as the estimate
     boot = np.where(np.isfinite(boot), boot, est[None])
     null = np.where(np.isfinite(null), null, est[None])
     sample_idx = [c.idx for c, sl in zip(cells, spans) for _ in range(sl.stop - sl.start)]
-    return Resampled(pd.DataFrame(meta), est, boot, null, sample_idx, universe)
+    return Resampled(pd.DataFrame(meta), est, boot, null, sample_idx, universe, timing)
