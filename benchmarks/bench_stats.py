@@ -69,6 +69,16 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _timed(fn, parts: dict, name: str):
+    def timed(*a, **k):
+        t0, c0 = time.perf_counter(), time.process_time()
+        result = fn(*a, **k)
+        parts[name] = (time.perf_counter() - t0, time.process_time() - c0)
+        return result
+
+    return timed
+
+
 def measure(args) -> None:
     """One fresh process: fixed cost, per-draw CPU of bootstrap and null, peak RSS (JSON on stdout)."""
     if args.impl == "before":
@@ -80,10 +90,13 @@ def measure(args) -> None:
         deltas = io.read_parquet(args.deltas)
         pyarrow.default_memory_pool().release_unused()
         draws = {"n_boot": args.primary_run, "n_permutations": args.primary_run}
+        parts = {}  # wall and CPU seconds of run_all's three stages
+        for name in ("association_tables", "model_table", "effect_tables"):
+            setattr(tables, name, _timed(getattr(tables, name), parts, name))
         t0, c0 = time.perf_counter(), time.process_time()
         stats.run_all(deltas, {**CFG, "threads": args.threads, **draws})
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-        print(json.dumps({"primary_wall": wall, "primary_cpu": cpu, "max_rss_mib": peak_rss_mib()}))
+        print(json.dumps({"primary_wall": wall, "primary_cpu": cpu, "parts": parts, "max_rss_mib": peak_rss_mib()}))
         return
     old = pd.read_parquet(args.table)
     pyarrow.default_memory_pool().release_unused()  # as scripts/stats_primary.py: the read's buffers
@@ -159,7 +172,8 @@ def scale_mode(args) -> None:
             print(
                 f"after: stats_primary computation (run_all on the whole deltas table, every table) with "
                 f"{args.primary_draws} bootstrap + {args.primary_draws} null draws on 2 threads: wall "
-                f"{r['primary_wall'] / 60:.1f} min, CPU {r['primary_cpu'] / 60:.1f} min, peak RSS {r['max_rss_mib']:.0f} MiB",
+                f"{r['primary_wall'] / 60:.1f} min, CPU {r['primary_cpu'] / 60:.1f} min, peak RSS {r['max_rss_mib']:.0f} MiB; "
+                + ", ".join(f"{k} {w:.0f} s wall / {c:.0f} s CPU" for k, (w, c) in r["parts"].items()),
                 flush=True,
             )
     b1, a1, b2, a2 = res["before", 1], res["after", 1], res["before", 2], res["after", 2]

@@ -219,26 +219,32 @@ def build_cells(
     data = old if keep.all() else old[keep]  # no copy of a paper-size table that is all finite
     if data.empty:
         raise ValueError("build_cells: no old-class rows with finite memo and loss_t")
-    # group number in sorted key order (= groupby(keys, sort=True).ngroup(), without its copies)
-    factors = [pd.factorize(data[k], sort=True) for k in keys]
-    flat = np.ravel_multi_index([f[0] for f in factors], [max(1, len(f[1])) for f in factors])
-    _, first_row, code = np.unique(flat, return_index=True, return_inverse=True)  # first row of group g
-    del flat, factors
-    firsts = data[list(keys)].iloc[first_row].to_dict("records")
-    lab_all = np.searchsorted(labels, data["label"].to_numpy())
-    sid_all = universe.index(data["sample_id"].to_numpy())
-    memo_all = data[memo].to_numpy(float)
+    # group number in sorted key order (= groupby(keys, sort=True).ngroup(), without its copies):
+    # the keys' sorted codes as one mixed-radix number, then its sorted codes (one array at a time)
+    flat = np.zeros(len(data), dtype=np.int64)
+    for k in keys:
+        codes, levels = pd.factorize(data[k], sort=True)
+        if (codes < 0).any():
+            raise ValueError(f"build_cells: column {k!r} has missing values; every row needs its cell key")
+        flat *= len(levels)
+        flat += codes
+    code = pd.factorize(flat, sort=True)[0].astype(np.int32)
+    del flat, codes
+    lab_all = np.searchsorted(labels, data["label"].to_numpy()).astype(np.int32)
+    sid_all = universe.index(data["sample_id"].to_numpy()).astype(np.int32)
+    memo_all = data[memo].to_numpy(float)  # views of the table's columns where they are float64
     loss_all = data["loss_t"].to_numpy(float)
-    ys_all = np.column_stack([pd.to_numeric(data[o], errors="coerce").to_numpy(float) for o in outcomes])
+    ys_all = [pd.to_numeric(data[o], errors="coerce").to_numpy(float) for o in outcomes]
     order = np.lexsort((sid_all, lab_all, code))
     bounds = np.flatnonzero(np.r_[True, np.diff(code[order]) != 0, True])
+    firsts = data[list(keys)].iloc[order[bounds[:-1]]].to_dict("records")  # the key of group g (sorted)
     cells = []
     for gi in range(len(bounds) - 1):
         rows = order[bounds[gi] : bounds[gi + 1]]
         key = firsts[int(code[rows[0]])]
         if len(np.unique(sid_all[rows])) < len(rows):
             raise ValueError(f"build_cells: sample ids repeat within cell {key}; one row per sample expected")
-        ok = np.isfinite(ys_all[rows])
+        ok = np.column_stack([np.isfinite(y[rows]) for y in ys_all])
         groups: dict[bytes, list[int]] = {}
         for j in range(len(outcomes)):
             groups.setdefault(ok[:, j].tobytes(), []).append(j)
@@ -254,11 +260,11 @@ def build_cells(
                 Cell(
                     key=key,
                     outcomes=[outcomes[j] for j in js],
-                    idx=sid_all[sub].astype(np.int32),
+                    idx=sid_all[sub],
                     class_starts=starts,
                     memo_rank=RankIndex.of(memo_all[sub]),
                     loss_rank=RankIndex.of(loss_all[sub]),
-                    y_rank=[RankIndex.of(ys_all[sub, j]) for j in js],
+                    y_rank=[RankIndex.of(ys_all[j][sub]) for j in js],
                     closed=closed,
                     pool=None if closed else np.concatenate([universe.strata[c] for c in lab[starts]]),
                 )
