@@ -265,3 +265,10 @@ def test_null_of_closed_cells_equals_the_general_computation():
     sxx, txx, means = resampling.memo_moments(base[None], cell, fixed)
     closed = resampling._null_stats(cell, xr.T, fixed, (sxx[0], txx[0], means[0]))
     np.testing.assert_allclose(closed, fast, rtol=0, atol=1e-14)
+
+
+def test_build_cells_names_a_cell_key_with_missing_values():
+    df = cell_table(seed=3).astype({"boundary": float})
+    df.loc[df.index[5], "boundary"] = np.nan
+    with pytest.raises(ValueError, match="'boundary' has missing values"):
+        resampling.build_cells(df, resampling.Universe.of(df), KEYS, ["y"])
