@@ -73,6 +73,12 @@ def require_finite(df: pd.DataFrame, columns: Iterable[str], what: str) -> None:
             raise ValueError(f"{what}: column {c!r} has no finite values ({len(df)} rows)")
 
 
+def rows_of_kinds(table: pd.DataFrame, kinds) -> pd.DataFrame:
+    """The rows of ``table`` whose kind is in ``kinds``: the table itself (no copy) when that is all."""
+    keep = table["kind"].isin(list(kinds))
+    return table if keep.all() else table[keep]
+
+
 def old_rows(deltas: pd.DataFrame) -> pd.DataFrame:
     """Old-class rows (``is_old``): the samples whose plasticity a boundary tests."""
     return deltas[deltas["is_old"].astype(bool)]

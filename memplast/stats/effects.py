@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from memplast.stats.common import KINDS, RUN_KEYS, finite, key_dict, require, require_finite
+from memplast.stats.common import KINDS, RUN_KEYS, finite, key_dict, require, require_finite, rows_of_kinds
 
 DECILE_COLUMNS = ["term", "decile", "n", "memo_min", "memo_max", "median", "ci_low", "ci_high", "p"]
 TAIL_COLUMNS = [
@@ -312,7 +312,7 @@ def cross_sample(deltas: pd.DataFrame, kinds: Sequence[str] = KINDS) -> pd.DataF
     are no new-class rows.
     """
     require(deltas, RUN_KEYS + ["boundary", "is_old", "kind", "memo", "d_loss"], "cross_sample")
-    data = deltas[deltas["kind"].isin(list(kinds))]
+    data = rows_of_kinds(deltas, kinds)
     is_old = data["is_old"].astype(bool)
     if not (~is_old).any():
         raise ValueError("cross_sample: no new-class rows (is_old == False) in the deltas table")
