@@ -28,8 +28,8 @@ THREAD_EFFICIENCY = (
     0.6  # 2-thread speed-up / 2 of the draws (not re-measured: at load ~21 2 threads got no second core)
 )
 DECILE_CPU_S = 0.002  # per bootstrap draw, all deciles of every run x kind x boundary x outcome (measured ~0.001)
-EFFECTS_CPU_S = 210.0  # models + effect tables: run_all's 270 CPU s at 40 draws minus the association's ~60
-PEAK_MB = 4700  # max RSS of the stats_primary computation at that size (measured 4,713 MiB)
+EFFECTS_CPU_S = 245.0  # models + effect tables (measured 43 + 201 s in run_all at paper size)
+PEAK_MB = 4800  # max RSS of the stats_primary computation at that size (measured 4,713 and 4,768 MiB)
 THREAD_MB = 150
 SAFETY = 2.0
 
