@@ -9,10 +9,11 @@ Each measurement runs in a fresh process (its own peak RSS; BLAS pinned to one t
 - ``before``: the draw functions of the previous implementation (benchmarks/stats_before.py,
   patched in), ``after``: the library's;
 - per process: fixed cost (``--n-boot`` 2, no null: cells, estimates, pooling), then ``N``
-  bootstrap draws without null, then ``N`` bootstrap + ``N`` null draws; per-draw CPU =
-  the differences / N (so fixed costs cancel); 1 thread, and 2 threads (wall) for the scaling;
-- ``--primary``: then the whole ``stats_primary`` computation (``run_all``: every table) with
-  ``--primary-draws`` bootstrap and null draws on 2 threads, wall time (after only).
+  bootstrap + ``N`` null draws; per-draw CPU and wall = the bootstrap and null phases as
+  ``resample`` times them (``Resampled.timing``) / N; 1 thread, and 2 threads for the scaling;
+- ``--primary``: then the whole ``stats_primary`` computation (``run_all`` on the whole deltas
+  table, new-class rows included, read as scripts/stats_primary.py reads it: every table) with
+  ``--primary-draws`` bootstrap and null draws on 2 threads, wall and CPU time, peak RSS (after only).
 
 Ends with one summary line of the after/before ratios.
 
@@ -39,8 +40,8 @@ from pathlib import Path
 import pandas as pd
 import pyarrow
 
-from memplast import stats
-from memplast.stats import calibration
+from memplast import io, stats
+from memplast.stats import calibration, tables
 from memplast.stats.tables import association_tables
 
 SCENARIOS = {
@@ -68,6 +69,16 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _timed(fn, parts: dict, name: str):
+    def timed(*a, **k):
+        t0, c0 = time.perf_counter(), time.process_time()
+        result = fn(*a, **k)
+        parts[name] = (time.perf_counter() - t0, time.process_time() - c0)
+        return result
+
+    return timed
+
+
 def measure(args) -> None:
     """One fresh process: fixed cost, per-draw CPU of bootstrap and null, peak RSS (JSON on stdout)."""
     if args.impl == "before":
@@ -75,10 +86,26 @@ def measure(args) -> None:
         import stats_before
 
         stats_before.patched().__enter__()
+    if args.primary_run:  # as scripts/stats_primary.py: the whole deltas table through run_all
+        deltas = io.read_parquet(args.deltas)
+        pyarrow.default_memory_pool().release_unused()
+        draws = {"n_boot": args.primary_run, "n_permutations": args.primary_run}
+        parts = {}  # wall and CPU seconds of run_all's three stages
+        for name in ("association_tables", "model_table", "effect_tables"):
+            setattr(tables, name, _timed(getattr(tables, name), parts, name))
+        t0, c0 = time.perf_counter(), time.process_time()
+        stats.run_all(deltas, {**CFG, "threads": args.threads, **draws})
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        print(json.dumps({"primary_wall": wall, "primary_cpu": cpu, "parts": parts, "max_rss_mib": peak_rss_mib()}))
+        return
     old = pd.read_parquet(args.table)
     pyarrow.default_memory_pool().release_unused()  # as scripts/stats_primary.py: the read's buffers
     outcomes, kinds = list(stats.DEFAULT_OUTCOMES), list(stats.KINDS)
     out = {"impl": args.impl, "threads": args.threads, "rows": len(old)}
+
+    timings = []  # the draw phases of each resample, timed inside it (no difference of two noisy runs)
+    inner = tables.resample
+    tables.resample = lambda *a, **k: timings.append(inner(*a, **k)) or timings[-1]
 
     def run(n_boot, n_null):
         cfg = {**CFG, "threads": args.threads, "n_boot": n_boot, "n_permutations": n_null}
@@ -87,21 +114,11 @@ def measure(args) -> None:
         return time.perf_counter() - t0, time.process_time() - c0
 
     n = args.n_boot
-    out["fixed_wall"], out["fixed_cpu"] = run(2, 0)
-    if args.threads == 1:
-        wall_b, cpu_b = run(n, 0)
-        out["boot_cpu"] = (cpu_b - out["fixed_cpu"]) / (n - 2)
-    wall_f, cpu_f = run(n, n)
-    out["full_wall"], out["full_cpu"] = wall_f, cpu_f
-    out["draw_wall"] = (wall_f - out["fixed_wall"]) / n  # one bootstrap + one null draw
-    if args.threads == 1:
-        out["null_cpu"] = (cpu_f - cpu_b) / n
-    if args.primary_run:
-        t0 = time.perf_counter()
-        stats.run_all(
-            old, {**CFG, "threads": args.threads, "n_boot": args.primary_run, "n_permutations": args.primary_run}
-        )
-        out["primary_wall"] = time.perf_counter() - t0
+    out["fixed_wall"], out["fixed_cpu"] = run(2, 0)  # cells, estimates, pooling (and 2 draws)
+    out["full_wall"], out["full_cpu"] = run(n, n)
+    t = timings[-1].timing
+    out["boot_cpu"], out["null_cpu"] = t["boot_cpu"] / n, t["null_cpu"] / n  # all threads' CPU
+    out["draw_wall"] = (t["boot_wall"] + t["null_wall"]) / n  # one bootstrap + one null draw
     out["max_rss_mib"] = peak_rss_mib()
     print(json.dumps(out))
 
@@ -109,7 +126,7 @@ def measure(args) -> None:
 def child(args, impl: str, threads: int, n_boot: int, primary: int = 0) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     cmd = [sys.executable, __file__, "_measure", "--impl", impl, "--threads", str(threads), "--n-boot", str(n_boot)]
-    cmd += ["--table", args.table, "--primary-run", str(primary)]
+    cmd += ["--table", args.table, "--deltas", args.deltas, "--primary-run", str(primary)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if done.returncode:
         raise RuntimeError(f"{impl}/{threads} threads failed:\n{done.stderr[-3000:]}")
@@ -120,10 +137,12 @@ def scale_mode(args) -> None:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         deltas = paper_table(args.scale)
+        args.table, args.deltas = str(Path(tmp) / "old.parquet"), str(Path(tmp) / "deltas.parquet")
+        if args.primary:
+            deltas.to_parquet(args.deltas)
         cols = stats.RUN_KEYS + ["sample_id", "label", "boundary", "is_old", "kind", "memo", "loss_t"]
         old = deltas.loc[deltas["is_old"], cols + list(stats.DEFAULT_OUTCOMES)].sort_values("sample_id", kind="stable")
         del deltas
-        args.table = str(Path(tmp) / "old.parquet")
         old.to_parquet(args.table)
         print(
             f"table: {len(old):,} old-class rows, {old['sample_id'].nunique():,} samples, "
@@ -132,6 +151,7 @@ def scale_mode(args) -> None:
             flush=True,
         )
         del old
+        print("load average (1, 5, 15 min) at start: {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()), flush=True)
         res = {}
         for impl, n in (("before", args.draws_before), ("after", args.draws_after)):
             for threads in (1, 2):
@@ -150,9 +170,10 @@ def scale_mode(args) -> None:
         if args.primary:
             r = child(args, "after", 2, args.draws_after, primary=args.primary_draws)
             print(
-                f"after: stats_primary computation (run_all, every table) with {args.primary_draws} bootstrap + "
-                f"{args.primary_draws} null draws on 2 threads: wall {r['primary_wall'] / 60:.1f} min, "
-                f"peak RSS {r['max_rss_mib']:.0f} MiB",
+                f"after: stats_primary computation (run_all on the whole deltas table, every table) with "
+                f"{args.primary_draws} bootstrap + {args.primary_draws} null draws on 2 threads: wall "
+                f"{r['primary_wall'] / 60:.1f} min, CPU {r['primary_cpu'] / 60:.1f} min, peak RSS {r['max_rss_mib']:.0f} MiB; "
+                + ", ".join(f"{k} {w:.0f} s wall / {c:.0f} s CPU" for k, (w, c) in r["parts"].items()),
                 flush=True,
             )
     b1, a1, b2, a2 = res["before", 1], res["after", 1], res["before", 2], res["after", 2]
@@ -164,6 +185,7 @@ def scale_mode(args) -> None:
     for impl, r in (("before", b1), ("after", a1)):
         minutes = (r["fixed_cpu"] + 2000 * (r["boot_cpu"] + r["null_cpu"])) / 60
         print(f"{impl}: 2,000 bootstrap + 2,000 null draws ~{minutes:.0f} CPU min (association tables)")
+    print("load average (1, 5, 15 min) at end: {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()))
     print(
         f"summary: scale {args.scale}, CPU per bootstrap draw {b1['boot_cpu']:.3f} -> {a1['boot_cpu']:.3f} s "
         f"({b1['boot_cpu'] / a1['boot_cpu']:.1f}x), per null draw {b1['null_cpu']:.3f} -> {a1['null_cpu']:.3f} s "
@@ -210,6 +232,7 @@ def main():
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--impl", choices=["before", "after"], default="after")
     parser.add_argument("--table", default=None)
+    parser.add_argument("--deltas", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--primary-run", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.mode == "scale":

@@ -2,16 +2,16 @@
 
 Torch- and pandas-free (read by rules/common.smk at DAG time). The constants are CPU seconds at the
 measured size, ``ROWS_MEASURED`` old-class rows (paper size: 45,000 samples x 19 boundaries x 5 class
-orders x 2 kinds, 6 outcomes), one thread, from ``python benchmarks/bench_stats.py scale`` (issue 25,
-a shared 2-core machine); they scale linearly in rows and draws:
+orders x 2 kinds, 6 outcomes), from ``python benchmarks/bench_stats.py scale --primary`` (issue 25,
+a shared 2-core machine at load average ~21, under nice); they scale linearly in rows and draws:
 
 - association tables (``resample`` + pooling): ``FIXED_CPU_S`` + n_boot ``BOOT_CPU_S`` + n_perm
   ``NULL_CPU_S``, on the rule's threads with ``THREAD_EFFICIENCY``;
-- effect tables (deciles with n_boot draws per run x kind x boundary x outcome, mediation with 200
-  simulations, tails), single-threaded: ``DECILE_CPU_S`` per draw + ``MEDIATION_CPU_S`` (measured on
-  one paper-size boundary and scaled; they, not the bootstrap, dominate ``stats_primary`` at paper size);
-- peak memory: ``PEAK_MB`` (max RSS of the association tables at that size) plus the effect tables'
-  copies, per thread ``THREAD_MB``.
+- models and effect tables (OLS per kind and outcome; deciles, whose resample medians cost O(1) per
+  draw, ``DECILE_CPU_S`` per draw in all; mediation with 200 simulations; tails; cross-sample),
+  single-threaded: ``EFFECTS_CPU_S`` + n_boot ``DECILE_CPU_S``;
+- peak memory: ``PEAK_MB`` (max RSS of the whole ``stats_primary`` computation at that size: the
+  deltas table of every row, its old-class rows, cells and draws) plus per thread ``THREAD_MB``.
 
 ``SAFETY`` covers a slower or shared node (CPU time here was measured under load).
 """
@@ -21,13 +21,15 @@ from __future__ import annotations
 import math
 
 ROWS_MEASURED = 4_275_000
-FIXED_CPU_S = 15.0  # cells, estimates, pooling (measured 12-14 s)
-BOOT_CPU_S = 0.55  # per bootstrap draw: cell kernels 0.46-0.53 s + counts and pooling
-NULL_CPU_S = 0.25  # per null permutation (measured 0.15-0.24 s)
-THREAD_EFFICIENCY = 0.6  # 2-thread speed-up / 2 of the draws (measured on a loaded machine; conservative)
-DECILE_CPU_S = 0.6  # per bootstrap draw, every run x kind x boundary x outcome
-MEDIATION_CPU_S = 2200.0  # 3 mediators x 200 simulations, every run x kind x boundary
-PEAK_MB = 2200  # max RSS of the association tables at that size (the table is ~1 GB of it)
+FIXED_CPU_S = 15.0  # cells, estimates, pooling (measured 13.7-14.0 s)
+BOOT_CPU_S = 0.65  # per bootstrap draw, every cell (measured 0.64 s at load ~21; 0.37 s on a lighter load)
+NULL_CPU_S = 0.25  # per null permutation, every cell (measured 0.22 s)
+THREAD_EFFICIENCY = (
+    0.6  # 2-thread speed-up / 2 of the draws (not re-measured: at load ~21 2 threads got no second core)
+)
+DECILE_CPU_S = 0.002  # per bootstrap draw, all deciles of every run x kind x boundary x outcome (measured ~0.001)
+EFFECTS_CPU_S = 245.0  # models + effect tables (measured 43 + 201 s in run_all at paper size)
+PEAK_MB = 4800  # max RSS of the stats_primary computation at that size (measured 4,713 and 4,768 MiB)
 THREAD_MB = 150
 SAFETY = 2.0
 
@@ -42,7 +44,7 @@ def cpu_seconds(rows: int, n_boot: int, n_perm: int, threads: int = 1, effects: 
     scale = rows / ROWS_MEASURED
     draws = scale * (n_boot * BOOT_CPU_S + n_perm * NULL_CPU_S)
     parallel = 1 if threads <= 1 else threads * THREAD_EFFICIENCY
-    single = scale * (FIXED_CPU_S + (n_boot * DECILE_CPU_S + MEDIATION_CPU_S if effects else 0))
+    single = scale * (FIXED_CPU_S + (n_boot * DECILE_CPU_S + EFFECTS_CPU_S if effects else 0))
     return draws / parallel + single
 
 

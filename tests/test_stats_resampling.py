@@ -257,6 +257,18 @@ def test_null_of_closed_cells_equals_the_general_computation():
     pos[cell.idx] = np.arange(len(cell.idx))
     base = cell.memo_rank.ranks(np.ones((len(cell.idx), 1)))[:, 0]
     xr = base[pos[perm[:, cell.idx].T]]
-    fast = resampling._null_stats(cell, xr)
+    fixed = resampling.NullFixed.of(cell)
+    fast = resampling._null_stats(cell, xr.T, fixed)
     slow = resampling._cell_batch(cell, np.ones(xr.shape), memo_ranks=xr)
     np.testing.assert_allclose(fast, slow, atol=1e-10)
+    # closed: the memo moments of the identity permutation serve every permutation
+    sxx, txx, means = resampling.memo_moments(base[None], cell, fixed)
+    closed = resampling._null_stats(cell, xr.T, fixed, (sxx[0], txx[0], means[0]))
+    np.testing.assert_allclose(closed, fast, rtol=0, atol=1e-14)
+
+
+def test_build_cells_names_a_cell_key_with_missing_values():
+    df = cell_table(seed=3).astype({"boundary": float})
+    df.loc[df.index[5], "boundary"] = np.nan
+    with pytest.raises(ValueError, match="'boundary' has missing values"):
+        resampling.build_cells(df, resampling.Universe.of(df), KEYS, ["y"])

@@ -42,6 +42,7 @@ from memplast.stats.effects import (  # noqa: F401
     DECILE_COLUMNS,
     MEDIATION_COLUMNS,
     TAIL_COLUMNS,
+    bootstrap_medians,
     cross_sample,
     decile_effects,
     mediation,

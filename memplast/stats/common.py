@@ -73,15 +73,31 @@ def require_finite(df: pd.DataFrame, columns: Iterable[str], what: str) -> None:
             raise ValueError(f"{what}: column {c!r} has no finite values ({len(df)} rows)")
 
 
+def rows_of_kinds(table: pd.DataFrame, kinds) -> pd.DataFrame:
+    """The rows of ``table`` whose kind is in ``kinds``: the table itself (no copy) when that is all."""
+    keep = table["kind"].isin(list(kinds))
+    return table if keep.all() else table[keep]
+
+
 def old_rows(deltas: pd.DataFrame) -> pd.DataFrame:
     """Old-class rows (``is_old``): the samples whose plasticity a boundary tests."""
     return deltas[deltas["is_old"].astype(bool)]
 
 
+def finite_mask(df: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
+    """Rows of ``df`` where every column in ``columns`` is finite (NaN, +-inf and non-numbers are not)."""
+    values = df[list(columns)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+    return np.isfinite(values).all(axis=1)
+
+
 def finite(df: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
     """Rows of ``df`` where every column in ``columns`` is finite (NaN and +-inf dropped)."""
-    values = df[list(columns)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
-    return df[np.isfinite(values).all(axis=1)]
+    return df[finite_mask(df, columns)]
+
+
+def n_finite(df: pd.DataFrame, columns: Sequence[str]) -> int:
+    """How many rows of ``df`` ``finite`` would keep (without copying them)."""
+    return int(finite_mask(df, columns).sum())
 
 
 def key_dict(keys: Sequence[str], values) -> dict:

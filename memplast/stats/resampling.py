@@ -38,6 +38,8 @@ benchmarks/bench_stats.py measures it at paper size against the previous impleme
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -46,6 +48,8 @@ import numpy as np
 import pandas as pd
 
 from memplast.stats.common import MIN_N, require
+
+log = logging.getLogger("memplast.stats")
 
 COUNT_ELEMENTS = 20_000_000  # replicates x samples of one batch of draws (uint16): set by the universe size only
 CELL_ELEMENTS = 250_000  # replicates x rows of one cell evaluated at once (~2 (k + 4) work arrays; cache-sized)
@@ -89,7 +93,7 @@ def stratified_counts(universe: Universe, n: int, rng: np.random.Generator) -> n
 def within_class_permutations(universe: Universe, n: int, rng: np.random.Generator) -> np.ndarray:
     """(n, S) universe indices: row p maps sample i to the sample whose memo it takes, a uniform
     random permutation within each class (shared by every boundary, order and condition)."""
-    out = np.empty((n, len(universe.sample_id)), dtype=np.int64)
+    out = np.empty((n, len(universe.sample_id)), dtype=np.int32)
     for idx in universe.strata:
         out[:, idx] = idx[rng.permuted(np.broadcast_to(np.arange(len(idx)), (n, len(idx))), axis=1)]
     return out
@@ -159,30 +163,26 @@ class RankIndex:
 def cell_statistics(q: np.ndarray, w: np.ndarray, class_starts: np.ndarray) -> np.ndarray:
     """(b, J, 2): raw Spearman and within-class partial Spearman given r(loss_t) of each outcome.
 
-    ``q`` (k, b, n): doubled ranks Q = 2 r - 1 of memo, loss_t and the J outcomes; ``w`` (b, n)
+    ``q`` (b, k, n): doubled ranks Q = 2 r - 1 of memo, loss_t and the J outcomes; ``w`` (b, n)
     multiplicities. With N = sum w, the centred ranks are c = (Q - N) / 2 and sum w Q = N^2, so
     S_ab = sum w c_a c_b = (sum w Q_a Q_b - N^3) / 4: every cross-product of one replicate in one
     matrix product (exact: integers below 2^53); class sums A_c = (sum_c w Q_a - N W_c) / 2;
-    T_ab = S_ab - sum_c A_c B_c / W_c (class-demeaned), partial = T'_xy / sqrt(T'_xx T'_yy) with
-    T'_ab = T_ab - T_al T_bl / T_ll (module docstring)."""
-    wq = q * w
+    T_ab = S_ab - sum_c A_ca A_cb / W_c (class-demeaned, again one matrix product),
+    partial = T'_xy / sqrt(T'_xx T'_yy) with T'_ab = T_ab - T_al T_bl / T_ll (module docstring)."""
+    wq = q * w[:, None, :]
     n_w = w.sum(axis=1)
-    s = (np.matmul(q.transpose(1, 0, 2), wq.transpose(1, 2, 0)) - (n_w**3)[:, None, None]) / 4  # (b, k, k)
+    s = (np.matmul(wq, q.transpose(0, 2, 1)) - (n_w**3)[:, None, None]) / 4  # (b, k, k)
     w_class = np.add.reduceat(w, class_starts, axis=1)  # (b, C)
-    a = (np.add.reduceat(wq, class_starts, axis=2) - n_w[None, :, None] * w_class) / 2  # (k, b, C)
+    a = (np.add.reduceat(wq, class_starts, axis=2) - n_w[:, None, None] * w_class[:, None, :]) / 2  # (b, k, C)
     live = w_class > 0
     inv = np.where(live, 1 / np.where(live, w_class, 1), 0.0)
-
-    def within(i, j):  # T_ij for variable i (scalar) and j (scalar or array of outcome indices)
-        return s[:, i, j] - np.einsum("bc,kbc->bk" if np.ndim(j) else "bc,bc->b", a[i] * inv, a[j])
-
-    ys = np.arange(2, q.shape[0])
+    t = s - np.matmul(a * inv[:, None, :], a.transpose(0, 2, 1))  # (b, k, k)
+    ys = np.arange(2, q.shape[1])
     sxx, sxy, syy = s[:, 0, 0], s[:, 0, 2:], s[:, ys, ys]
+    txx, tll, txl = t[:, 0, 0], t[:, 1, 1], t[:, 0, 1]
+    txy, tyl, tyy = t[:, 0, 2:], t[:, 1, 2:], t[:, ys, ys]
     with np.errstate(invalid="ignore", divide="ignore"):
         raw = sxy / np.sqrt(sxx[:, None] * syy)
-        txx, tll, txl = within(0, 0), within(1, 1), within(0, 1)
-        txy, tyl = within(0, ys), within(1, ys)
-        tyy = syy - np.einsum("kbc,kbc->bk", a[2:] * inv, a[2:])
         pxx = txx - txl**2 / tll
         pyy = tyy - tyl**2 / tll[:, None]
         pxy = txy - txl[:, None] * tyl / tll[:, None]
@@ -219,26 +219,32 @@ def build_cells(
     data = old if keep.all() else old[keep]  # no copy of a paper-size table that is all finite
     if data.empty:
         raise ValueError("build_cells: no old-class rows with finite memo and loss_t")
-    # group number in sorted key order (= groupby(keys, sort=True).ngroup(), without its copies)
-    factors = [pd.factorize(data[k], sort=True) for k in keys]
-    flat = np.ravel_multi_index([f[0] for f in factors], [max(1, len(f[1])) for f in factors])
-    _, first_row, code = np.unique(flat, return_index=True, return_inverse=True)  # first row of group g
-    del flat, factors
-    firsts = data[list(keys)].iloc[first_row].to_dict("records")
-    lab_all = np.searchsorted(labels, data["label"].to_numpy())
-    sid_all = universe.index(data["sample_id"].to_numpy())
-    memo_all = data[memo].to_numpy(float)
+    # group number in sorted key order (= groupby(keys, sort=True).ngroup(), without its copies):
+    # the keys' sorted codes as one mixed-radix number, then its sorted codes (one array at a time)
+    flat = np.zeros(len(data), dtype=np.int64)
+    for k in keys:
+        codes, levels = pd.factorize(data[k], sort=True)
+        if (codes < 0).any():
+            raise ValueError(f"build_cells: column {k!r} has missing values; every row needs its cell key")
+        flat *= len(levels)
+        flat += codes
+    code = pd.factorize(flat, sort=True)[0].astype(np.int32)
+    del flat, codes
+    lab_all = np.searchsorted(labels, data["label"].to_numpy()).astype(np.int32)
+    sid_all = universe.index(data["sample_id"].to_numpy()).astype(np.int32)
+    memo_all = data[memo].to_numpy(float)  # views of the table's columns where they are float64
     loss_all = data["loss_t"].to_numpy(float)
-    ys_all = np.column_stack([pd.to_numeric(data[o], errors="coerce").to_numpy(float) for o in outcomes])
+    ys_all = [pd.to_numeric(data[o], errors="coerce").to_numpy(float) for o in outcomes]
     order = np.lexsort((sid_all, lab_all, code))
     bounds = np.flatnonzero(np.r_[True, np.diff(code[order]) != 0, True])
+    firsts = data[list(keys)].iloc[order[bounds[:-1]]].to_dict("records")  # the key of group g (sorted)
     cells = []
     for gi in range(len(bounds) - 1):
         rows = order[bounds[gi] : bounds[gi + 1]]
         key = firsts[int(code[rows[0]])]
         if len(np.unique(sid_all[rows])) < len(rows):
             raise ValueError(f"build_cells: sample ids repeat within cell {key}; one row per sample expected")
-        ok = np.isfinite(ys_all[rows])
+        ok = np.column_stack([np.isfinite(y[rows]) for y in ys_all])
         groups: dict[bytes, list[int]] = {}
         for j in range(len(outcomes)):
             groups.setdefault(ok[:, j].tobytes(), []).append(j)
@@ -254,11 +260,11 @@ def build_cells(
                 Cell(
                     key=key,
                     outcomes=[outcomes[j] for j in js],
-                    idx=sid_all[sub].astype(np.int32),
+                    idx=sid_all[sub],
                     class_starts=starts,
                     memo_rank=RankIndex.of(memo_all[sub]),
                     loss_rank=RankIndex.of(loss_all[sub]),
-                    y_rank=[RankIndex.of(ys_all[sub, j]) for j in js],
+                    y_rank=[RankIndex.of(ys_all[j][sub]) for j in js],
                     closed=closed,
                     pool=None if closed else np.concatenate([universe.strata[c] for c in lab[starts]]),
                 )
@@ -275,69 +281,112 @@ def _cell_chunks(cell: Cell, w: np.ndarray) -> np.ndarray:
 def _cell_batch(cell: Cell, w: np.ndarray, memo_ranks: np.ndarray | None = None) -> np.ndarray:
     """(b, n_outcomes, 2) statistics of ``cell`` under multiplicities ``w`` (n, b); ``memo_ranks``
     (n, b) overrides the memo ranks (permutation null, unit weights)."""
-    w = np.asarray(w, dtype=np.float64)
     n, b = w.shape
-    wz = np.vstack([w, np.zeros((1, b))]).astype(RANK_DTYPE)
+    wz = np.zeros((n + 1, b), dtype=RANK_DTYPE)  # the weights, and the zero weight of padding slots
+    wz[:n] = w
     ranks = [cell.memo_rank, cell.loss_rank, *cell.y_rank]
-    q = np.empty((len(ranks), b, n))
+    q = np.empty((b, len(ranks), n))
     for v, ri in enumerate(ranks):
         if v == 0 and memo_ranks is not None:
-            q[0] = 2 * np.asarray(memo_ranks, dtype=np.float64).T - 1
+            q[:, 0] = 2 * np.asarray(memo_ranks, dtype=np.float64).T - 1
         else:
-            q[v] = ri.doubled(wz)
-    return cell_statistics(q, np.ascontiguousarray(w.T), cell.class_starts)
+            q[:, v] = ri.doubled(wz)
+    return cell_statistics(q, w.T.astype(np.float64), cell.class_starts)
 
 
-def _null_stats(cell: Cell, xr: np.ndarray) -> np.ndarray:
+@dataclass
+class NullFixed:
+    """What a permutation of memo leaves unchanged in a cell (unit weights): the centred ranks of
+    the J outcomes and loss_t (``y``, (n, J + 1), loss last), the class sizes, their class sums and
+    S_yy, T_ll, T_yy, T_yl (module docstring). All sums of half-integers below 2^51: exact."""
+
+    y: np.ndarray
+    wc: np.ndarray
+    y_class: np.ndarray
+    syy: np.ndarray
+    tll: float
+    tyy: np.ndarray
+    tyl: np.ndarray
+
+    @classmethod
+    def of(cls, cell: Cell) -> NullFixed:
+        n = len(cell.idx)
+        one = np.ones((n, 1))
+        y = np.column_stack([r.ranks(one)[:, 0] for r in (*cell.y_rank, cell.loss_rank)]) - (n + 1) / 2
+        wc = np.diff(np.r_[cell.class_starts, n]).astype(float)
+        y_class = np.add.reduceat(y, cell.class_starts, axis=0)  # (C, J + 1)
+        s = np.einsum("ij,ij->j", y, y)
+        t = s - np.sum(y_class**2 / wc[:, None], axis=0)
+        tyl = y[:, :-1].T @ y[:, -1] - (y_class[:, -1] / wc) @ y_class[:, :-1]
+        return cls(y, wc, y_class, s[:-1], float(t[-1]), t[:-1], tyl)
+
+
+def memo_moments(xr: np.ndarray, cell: Cell, fixed: NullFixed) -> tuple:
+    """S_xx, T_xx (p,) and the class means (p, C) of the centred memo ranks of permutations ``xr`` (p, n)."""
+    xc = xr - (len(cell.idx) + 1) / 2
+    sums = np.add.reduceat(xc, cell.class_starts, axis=1)  # (p, C)
+    sxx = np.einsum("ij,ij->i", xc, xc)
+    return sxx, sxx - np.sum(sums**2 / fixed.wc, axis=1), sums / fixed.wc
+
+
+def _null_stats(cell: Cell, xr: np.ndarray, fixed: NullFixed, memo: tuple | None = None) -> np.ndarray:
     """(p, n_outcomes, 2) statistics of a cell with unit weights and permuted memo ranks ``xr``
-    (n, p): the outcome and loss ranks (and their class sums) do not change under a permutation of
-    memo, so S_xy and S_xl of every permutation are one matrix product; S_xx and the memo class sums
-    are recomputed (they change when the cell does not hold whole classes, or memo has ties)."""
-    n = len(cell.idx)
-    one = np.ones((n, 1))
-    centre = (n + 1) / 2
-    lc = cell.loss_rank.ranks(one)[:, 0] - centre
-    ycs = np.stack([yr.ranks(one)[:, 0] - centre for yr in cell.y_rank], axis=1)  # (n, J)
-    starts = cell.class_starts
-    wc = np.diff(np.r_[starts, n]).astype(float)[:, None]
-    lc_class, yc_class = np.add.reduceat(lc, starts)[:, None], np.add.reduceat(ycs, starts, axis=0)  # (C, 1), (C, J)
-    sll, syy, syl = lc @ lc, np.einsum("ij,ij->j", ycs, ycs), lc @ ycs
-    tll = sll - np.sum(lc_class**2 / wc)
-    tyy = syy - np.sum(yc_class**2 / wc, axis=0)
-    tyl = syl - (lc_class / wc)[:, 0] @ yc_class
-    xc = xr - centre  # (n, p)
-    xc_class = np.add.reduceat(xc, starts, axis=0) / wc  # (C, p) class means x W_c / W_c
-    sxx = np.einsum("ij,ij->j", xc, xc)
-    txx = sxx - np.sum(xc_class * np.add.reduceat(xc, starts, axis=0), axis=0)
-    prod = xc.T @ np.column_stack([ycs, lc])  # (p, J + 1)
-    sxy, sxl = prod[:, :-1], prod[:, -1]
-    txy = sxy - xc_class.T @ yc_class
-    txl = sxl - xc_class.T @ lc_class[:, 0]
+    (p, n): the outcome and loss ranks (``fixed``) do not change under a permutation of memo, so
+    S_xy and S_xl of every permutation are one matrix product (xr' y = centred xr' y: the columns
+    of y sum to 0; exact). S_xx, T_xx and the memo class means (``memo_moments``) change when the
+    cell does not hold whole classes; in a closed cell they do not (``memo``: computed once)."""
+    sxx, txx, x_class = memo_moments(xr, cell, fixed) if memo is None else memo
+    prod = xr @ fixed.y  # (p, J + 1)
+    within = x_class @ fixed.y_class  # (p, J + 1) or (J + 1,): sum_c class mean x class sum
+    sxy, txy = prod[:, :-1], prod[:, :-1] - within[..., :-1]
+    txl = prod[:, -1] - within[..., -1]
+    tll, tyy, tyl = fixed.tll, fixed.tyy, fixed.tyl
     with np.errstate(invalid="ignore", divide="ignore"):
-        raw = sxy / np.sqrt(sxx[:, None] * syy[None, :])
+        raw = sxy / np.sqrt(np.multiply.outer(sxx, fixed.syy))
         pxx = txx - txl**2 / tll
         pyy = tyy - tyl**2 / tll
         pxy = txy - txl[:, None] * tyl[None, :] / tll
-        partial = pxy / np.sqrt(pxx[:, None] * pyy[None, :])
+        partial = pxy / np.sqrt(np.multiply.outer(pxx, pyy))
     return np.clip(np.stack([raw, partial], axis=2), -1, 1)
 
 
-def _null_general(cell: Cell, static: np.ndarray, perm_rows: np.ndarray) -> np.ndarray:
+def _null_general(cell: Cell, static: np.ndarray, perm_rows: np.ndarray, fixed: NullFixed) -> np.ndarray:
     """(p, n_outcomes, 2) null statistics of a cell that is not closed, for permutation targets
-    ``perm_rows`` (n, p; universe indices): the memo the cell's rows take is a subset of the memo of
+    ``perm_rows`` (p, n; universe indices): the memo the cell's rows take is a subset of the memo of
     the cell's classes (``pool``), so its within-cell ranks are weighted ranks over the pool with
     weight 1 on the samples taken and 0 elsewhere: one sort of the pool, none per permutation."""
     pool = cell.pool[np.isfinite(static[cell.pool])]
     at = np.full(len(static), len(pool))
     at[pool] = np.arange(len(pool))
-    taken = at[perm_rows]  # (n, p) position in the pool
-    p = perm_rows.shape[1]
+    taken = at[perm_rows]  # (p, n) position in the pool
+    p = perm_rows.shape[0]
     w = np.zeros((len(pool) + 1, p), dtype=RANK_DTYPE)
-    w[taken, np.arange(p)] = 1
+    w[taken.T, np.arange(p)] = 1
     if cell.pool_rank is None:
         cell.pool_rank = RankIndex.of(static[pool])
     q = cell.pool_rank.doubled(w)  # (p, len(pool))
-    return _null_stats(cell, (np.take_along_axis(q, taken.T, axis=1).T.astype(np.float64) + 1) / 2)
+    return _null_stats(cell, (np.take_along_axis(q, taken, axis=1).astype(np.float64) + 1) / 2, fixed)
+
+
+def _cell_null(cell: Cell, perm: np.ndarray, static: np.ndarray) -> np.ndarray:
+    """(p, n_outcomes, 2) null statistics of ``cell`` under within-class permutations ``perm``
+    (p, S; universe indices), in chunks of ``NULL_ELEMENTS`` // n permutations. In a closed cell the
+    rows' memo ranks are permuted within class, so S_xx and the class sums are those of the
+    identity; otherwise ``_null_general``."""
+    fixed = NullFixed.of(cell)
+    if cell.closed:
+        rank_of = np.zeros(len(static))
+        rank_of[cell.idx] = cell.memo_rank.ranks(np.ones((len(cell.idx), 1)))[:, 0]
+        sxx, txx, means = memo_moments(rank_of[cell.idx][None], cell, fixed)
+    step = max(1, NULL_ELEMENTS // len(cell.idx))
+    out = []
+    for i in range(0, len(perm), step):
+        pp = perm[i : i + step][:, cell.idx]  # (p, n) universe index of the memo each row takes
+        if cell.closed:
+            out.append(_null_stats(cell, rank_of[pp], fixed, (sxx[0], txx[0], means[0])))
+        else:
+            out.append(_null_general(cell, static, pp, fixed))
+    return np.concatenate(out)
 
 
 @dataclass
@@ -352,6 +401,7 @@ class Resampled:
     null: np.ndarray
     sample_idx: list
     universe: Universe
+    timing: dict = field(default_factory=dict)  # wall and CPU seconds of the bootstrap and null draws
 
 
 def resample(
@@ -386,36 +436,46 @@ def resample(
     for c, sl in zip(cells, spans):
         est[sl] = _cell_batch(c, np.ones((len(c.idx), 1)))[0]
     batch = max(1, COUNT_ELEMENTS // len(universe.sample_id))
-    for b0 in range(0, n_boot, batch):
-        w_all = np.ascontiguousarray(stratified_counts(universe, min(batch, n_boot - b0), rng).T)  # (S, b)
-
-        def one(c_sl, w_all=w_all, b0=b0):
-            c, sl = c_sl
-            boot[b0 : b0 + w_all.shape[1], sl] = _cell_chunks(c, w_all[c.idx])
-
-        with ThreadPoolExecutor(max(1, int(threads))) as pool:
-            list(pool.map(one, zip(cells, spans)))
     in_cells = np.zeros(len(universe.sample_id), dtype=bool)
     for c in cells:
         in_cells[c.idx] = True
     static = np.full(len(universe.sample_id), np.nan)  # memo per sample (static), of the samples in cells
     static[universe.index(old["sample_id"].to_numpy())] = pd.to_numeric(old[memo], errors="coerce").to_numpy(float)
     static[~in_cells] = np.nan
-    for p0 in range(0, n_null, batch):
-        perm = within_class_permutations(universe, min(batch, n_null - p0), rng)
-        for c, sl in zip(cells, spans):
-            if c.closed:
-                pos = np.full(len(universe.sample_id), -1)
-                pos[c.idx] = np.arange(len(c.idx))
-                base = c.memo_rank.ranks(np.ones((len(c.idx), 1)))[:, 0]
-            step = max(1, NULL_ELEMENTS // len(c.idx))
-            for i in range(0, len(perm), step):
-                pp = perm[i : i + step, c.idx].T  # (n, p)
-                null[p0 + i : p0 + i + pp.shape[1], sl] = (
-                    _null_stats(c, base[pos[pp]]) if c.closed else _null_general(c, static, pp)
-                )
+    timing = {}
+    with ThreadPoolExecutor(max(1, int(threads))) as pool:
+        clock = time.perf_counter(), time.process_time()
+        for b0 in range(0, n_boot, batch):
+            w_all = np.ascontiguousarray(stratified_counts(universe, min(batch, n_boot - b0), rng).T)  # (S, b)
+
+            def one(c_sl, w_all=w_all, b0=b0):
+                c, sl = c_sl
+                boot[b0 : b0 + w_all.shape[1], sl] = _cell_chunks(c, w_all[c.idx])
+
+            list(pool.map(one, zip(cells, spans)))
+        timing["boot_wall"], timing["boot_cpu"] = time.perf_counter() - clock[0], time.process_time() - clock[1]
+        clock = time.perf_counter(), time.process_time()
+        for p0 in range(0, n_null, batch):
+            perm = within_class_permutations(universe, min(batch, n_null - p0), rng)
+
+            def one_null(c_sl, perm=perm, p0=p0):
+                c, sl = c_sl
+                null[p0 : p0 + len(perm), sl] = _cell_null(c, perm, static)
+
+            list(pool.map(one_null, zip(cells, spans)))
+        timing["null_wall"], timing["null_cpu"] = time.perf_counter() - clock[0], time.process_time() - clock[1]
+    log.info(
+        "resample: %d cells, %d bootstrap draws in %.1f s (%.1f CPU s), %d null draws in %.1f s (%.1f CPU s)",
+        len(cells),
+        n_boot,
+        timing["boot_wall"],
+        timing["boot_cpu"],
+        n_null,
+        timing["null_wall"],
+        timing["null_cpu"],
+    )
     # a degenerate resample of a tiny cell (constant ranks) gives NaN: count it as the estimate
     boot = np.where(np.isfinite(boot), boot, est[None])
     null = np.where(np.isfinite(null), null, est[None])
     sample_idx = [c.idx for c, sl in zip(cells, spans) for _ in range(sl.stop - sl.start)]
-    return Resampled(pd.DataFrame(meta), est, boot, null, sample_idx, universe)
+    return Resampled(pd.DataFrame(meta), est, boot, null, sample_idx, universe, timing)

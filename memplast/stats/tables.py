@@ -39,14 +39,15 @@ from memplast.stats.common import (
     PRIMARY,
     RUN_KEYS,
     add_bh,
-    finite,
     generalises_to,
     key_dict,
+    n_finite,
     old_rows,
     outcomes_of,
     require,
     require_finite,
     rng_for,
+    rows_of_kinds,
 )
 from memplast.stats.conditions import accuracy_differences
 from memplast.stats.correlation import windowed_correlation_columns, windowed_correlation_results
@@ -91,9 +92,8 @@ def _level(table: pd.DataFrame) -> pd.Series:
 def association_tables(old: pd.DataFrame, cfg: Mapping, outcomes: list, kinds: list) -> dict[str, pd.DataFrame]:
     """headline, pooled, per_boundary and trend for the condition(s) in ``old`` (one draw set)."""
     seed, ci = int(cfg.get("seed", 0)), float(cfg.get("ci_level", 0.95))
-    in_kinds = old["kind"].isin(kinds)
     res = resample(
-        old if in_kinds.all() else old[in_kinds],  # no copy of a paper-size table
+        rows_of_kinds(old, kinds),
         CONDITION_KEYS + ["kind", "order_seed", "boundary"],
         outcomes,
         int(cfg.get("n_boot", 2000)),
@@ -136,7 +136,7 @@ def headline_rows(pooled: pd.DataFrame) -> pd.DataFrame:
 def model_table(old: pd.DataFrame, cfg: Mapping, outcomes: list, kinds: list) -> pd.DataFrame:
     """``models.ols_rank_fe`` per condition, kind and outcome (pooled over boundaries and orders)."""
     rows = []
-    for key, g in old[old["kind"].isin(kinds)].groupby(CONDITION_KEYS + ["kind"], sort=True):
+    for key, g in rows_of_kinds(old, kinds).groupby(CONDITION_KEYS + ["kind"], sort=True):
         for outcome in outcomes:
             fit = models.ols_rank_fe(g, outcome, float(cfg.get("ci_level", 0.95)))
             rows.append(
@@ -157,7 +157,7 @@ def model_table(old: pd.DataFrame, cfg: Mapping, outcomes: list, kinds: list) ->
 
 def _per_run(old, kinds, by, fn):
     parts = []
-    for key, g in old[old["kind"].isin(kinds)].groupby(by, sort=True):
+    for key, g in rows_of_kinds(old, kinds).groupby(by, sort=True):
         parts.extend(fn(key_dict(by, key), g))
     return parts
 
@@ -171,7 +171,7 @@ def effect_tables(deltas: pd.DataFrame, old: pd.DataFrame, cfg: Mapping, outcome
     def deciles(ident, g):
         out = []
         for outcome in outcomes:
-            if len(finite(g, ["memo", outcome])) < 2 * n_deciles:
+            if n_finite(g, ["memo", outcome]) < 2 * n_deciles:
                 continue
             key = tuple(ident.values())
             d = effects.decile_effects(
@@ -198,7 +198,7 @@ def effect_tables(deltas: pd.DataFrame, old: pd.DataFrame, cfg: Mapping, outcome
         out = []
         for score in outcomes:
             sign = 1 if score.startswith("d_dormant") else PLASTICITY_LOSS_SIGN.get(score)
-            if sign is None or finite(g, [score, "memo"]).empty:
+            if sign is None or not n_finite(g, [score, "memo"]):
                 continue
             out.append(
                 effects.tails(g, q, score, "memo", thr, largest=sign > 0).assign(**ident, score=score, direction=sign)
@@ -221,7 +221,7 @@ def effect_tables(deltas: pd.DataFrame, old: pd.DataFrame, cfg: Mapping, outcome
         g = g.assign(memo_rank=g["memo"].rank(pct=True))
         out = []
         for m in mediators:
-            if "d_loss" not in g or len(finite(g, ["memo_rank", m, "d_loss", "loss_t"])) < 10:
+            if "d_loss" not in g or n_finite(g, ["memo_rank", m, "d_loss", "loss_t"]) < 10:
                 continue
             r = effects.mediation(
                 g,
@@ -267,7 +267,9 @@ def run_all(deltas: pd.DataFrame, cfg: Mapping) -> dict[str, pd.DataFrame]:
         "run_all deltas",
     )
     kinds = [k for k in KINDS if (deltas["kind"] == k).any()]
-    old = old_rows(deltas).sort_values("sample_id", kind="stable")
+    is_old = deltas["is_old"].to_numpy(dtype=bool)
+    rows = np.flatnonzero(is_old)
+    old = deltas.iloc[rows[np.argsort(deltas["sample_id"].to_numpy()[rows], kind="stable")]]  # one copy
     require_finite(old, ["memo", "loss_t"] + outcomes, "run_all (old samples)")
     out = association_tables(old, cfg, outcomes, kinds)
     log.info("run_all: association tables in %.1f s", time.perf_counter() - t_start)
