@@ -58,7 +58,7 @@ def short_config(config: dict, device: str) -> dict:
     cfg = copy.deepcopy(config)
     ds = cfg["dataset"]
     shape, n_classes = list(grid.image_shape(ds)), grid.n_classes(ds)
-    ds.update(name="synthetic", label_noise={"fraction": 0.0, "seed": 0})
+    ds.update(name="synthetic", label_noise={"fraction": 0.0, "seed": 0}, near_duplicates={"n": 0})
     ds["synthetic"] = {**ds["synthetic"], "n_classes": n_classes, "shape": shape, "n_per_class": PER_CLASS}
     ds["split_fractions"] = {"val": 0.1, "test": 0.2}
     p = cfg["protocol"]
