@@ -134,10 +134,9 @@ def download_cifar(name: str, archive: str | Path, url: str | None = None, md5: 
 
     On a checksum mismatch the downloaded file is removed and a DataError names both sums.
     """
-    from torchvision.datasets.utils import download_url
-
-    default_url, default_md5, _ = cifar_defaults(name)
-    url, md5 = url or default_url, md5 or default_md5
+    if not (url and md5):  # torchvision's constants (its import costs seconds; a mirror needs neither)
+        default_url, default_md5, _ = cifar_defaults(name)
+        url, md5 = url or default_url, md5 or default_md5
     archive = Path(archive)
     archive.parent.mkdir(parents=True, exist_ok=True)
     tmp_name = archive.name + ".part"
@@ -145,6 +144,8 @@ def download_cifar(name: str, archive: str | Path, url: str | None = None, md5: 
         if url.startswith("file:"):  # a local mirror (torchvision's downloader reads only http[s])
             shutil.copyfile(local_path(url), archive.parent / tmp_name)
         else:
+            from torchvision.datasets.utils import download_url
+
             download_url(url, str(archive.parent), filename=tmp_name, md5=None)
     except Exception as exc:  # urllib raises many types; all mean the same thing here
         (archive.parent / tmp_name).unlink(missing_ok=True)
