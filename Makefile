@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 # Config files for `make status` / `make budget` (paper-scale defaults; the demo: CONFIG="config.yaml config/demo.yaml").
 CONFIG ?= config.yaml
 
-.PHONY: demo test lint dag dryrun-paper bench budget calibrate gpu-check status check-python clean
+.PHONY: demo rehearsal test lint dag dryrun-paper bench budget calibrate gpu-check status check-python clean
 
 check-python:
 	@test -n "$(PYTHON)" || { echo "memplast needs Python 3.11 (pyproject.toml: requires-python >=3.11,<3.12) and found no python3.11 on PATH; install it or run make with PYTHON=/path/to/python3.11"; exit 1; }
@@ -24,6 +24,12 @@ $(STAMP): pyproject.toml | check-python
 demo: $(STAMP)
 	$(BIN)/snakemake --profile profiles/demo
 	$(BIN)/snakemake --profile profiles/demo --report results/report.html
+
+# The paper path at paper shapes on CPU (README "Rehearsal at paper shapes"): a generated archive in
+# CIFAR-100's format, 100 classes in 20 tasks, ResNet-18, five algorithms; <= 30 min on 2 idle cores.
+rehearsal: $(STAMP)
+	$(BIN)/snakemake --profile profiles/rehearsal
+	$(BIN)/snakemake --profile profiles/rehearsal --report results/report.html
 
 # Unit tests, end-to-end workflow tests (marked slow), lint and format checks.
 test: $(STAMP)

@@ -8,10 +8,12 @@ plus a per-sample Parquet table. ``sample_id`` is the index in the original file
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
 import pickle
+import shutil
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,20 +116,37 @@ def cifar_defaults(name: str) -> tuple[str, str, str]:
     return cls.url, cls.tgz_md5, cls.filename
 
 
+def local_path(url: str) -> Path:
+    """The file a ``file:`` URL names: ``file:///abs/path``, or ``file:rel/path`` relative to the
+    working directory (the workflow directory under Snakemake)."""
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
+    parsed = urlparse(url)
+    if parsed.scheme != "file" or parsed.netloc not in ("", "localhost"):
+        raise DataError(f"{url} is not a local file: URL; write file:///absolute/path or file:relative/path")
+    return Path(url2pathname(parsed.path))
+
+
 def download_cifar(name: str, archive: str | Path, url: str | None = None, md5: str | None = None) -> Path:
-    """Download the official CIFAR archive with torchvision and verify its md5.
+    """Download the official CIFAR archive with torchvision (or copy it from a ``file:`` URL, a local
+    mirror) and verify its md5.
 
     On a checksum mismatch the downloaded file is removed and a DataError names both sums.
     """
-    from torchvision.datasets.utils import download_url
-
-    default_url, default_md5, _ = cifar_defaults(name)
-    url, md5 = url or default_url, md5 or default_md5
+    if not (url and md5):  # torchvision's constants (its import costs seconds; a mirror needs neither)
+        default_url, default_md5, _ = cifar_defaults(name)
+        url, md5 = url or default_url, md5 or default_md5
     archive = Path(archive)
     archive.parent.mkdir(parents=True, exist_ok=True)
     tmp_name = archive.name + ".part"
     try:
-        download_url(url, str(archive.parent), filename=tmp_name, md5=None)
+        if url.startswith("file:"):  # a local mirror (torchvision's downloader reads only http[s])
+            shutil.copyfile(local_path(url), archive.parent / tmp_name)
+        else:
+            from torchvision.datasets.utils import download_url
+
+            download_url(url, str(archive.parent), filename=tmp_name, md5=None)
     except Exception as exc:  # urllib raises many types; all mean the same thing here
         (archive.parent / tmp_name).unlink(missing_ok=True)
         raise DataError(
@@ -160,6 +179,49 @@ def load_cifar_archive(name: str, archive: str | Path):
                 labels.append(np.asarray(batch[layout["label_key"]], dtype=np.int64))
             out[source] = (np.concatenate(images), np.concatenate(labels))
     return out
+
+
+def write_cifar100_archive(path, train_per_class: int, test_per_class: int, seed: int, noise: float = 0.6):
+    """A CIFAR-100 archive in the official python format, of :func:`make_synthetic`'s learnable
+    class-structured 3x32x32 images: ``cifar-100-python/{meta,train,test}`` pickles (protocol 2)
+    with the official keys, ``data`` uint8 N x 3072 (R, G, B planes, rows top to bottom), each file
+    in a seeded shuffled order. Byte-identical for the same arguments (gzip and tar carry no time or file name),
+    so a config can pin its md5. Returns {member name: unpickled content}.
+    """
+    n_classes = 100
+    images, labels = make_synthetic(n_classes, (3, 32, 32), train_per_class + test_per_class, seed, noise)
+    within = np.tile(np.arange(train_per_class + test_per_class), n_classes)  # position in its class
+    coarse_of = np.random.default_rng(seed).permutation(n_classes) // 5  # 20 superclasses of 5
+    rng = np.random.default_rng(seed + 1)
+
+    def batch(rows, label):
+        rows = rows[rng.permutation(len(rows))]
+        return {
+            b"filenames": [f"synthetic_c{labels[i]:03d}_{within[i]:04d}.png".encode() for i in rows],
+            b"batch_label": label,
+            b"fine_labels": labels[rows].tolist(),
+            b"coarse_labels": coarse_of[labels[rows]].tolist(),
+            b"data": images[rows].reshape(len(rows), 3 * 32 * 32),
+        }
+
+    files = {
+        "cifar-100-python/meta": {
+            b"fine_label_names": [f"class_{c:03d}".encode() for c in range(n_classes)],
+            b"coarse_label_names": [f"superclass_{c:02d}".encode() for c in range(n_classes // 5)],
+        },
+        "cifar-100-python/train": batch(np.flatnonzero(within < train_per_class), b"training batch 1 of 1"),
+        "cifar-100-python/test": batch(np.flatnonzero(within >= train_per_class), b"testing batch 1 of 1"),
+    }
+    from memplast.io import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as raw, gzip.GzipFile("", "wb", fileobj=raw, mtime=0) as gz:
+        with tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as tar:
+            for member, obj in files.items():
+                payload = pickle.dumps(obj, protocol=2)
+                info = tarfile.TarInfo(member)
+                info.size, info.mode = len(payload), 0o644
+                tar.addfile(info, io.BytesIO(payload))
+    return files
 
 
 def lop_split(labels: np.ndarray, n_val_per_class: int) -> np.ndarray:

@@ -56,6 +56,8 @@ def images_per_class(dataset_cfg: dict) -> int:
     """Training images per class of config section ``dataset`` (for runtime and disk estimates;
     no data needed)."""
     name = dataset_cfg["name"]
+    if name == "cifar100" and dataset_cfg.get("generated"):
+        return dataset_cfg["generated"]["train_per_class"] - dataset_cfg["n_val_per_class"]
     if name in SOURCE_TRAIN_PER_CLASS:
         return SOURCE_TRAIN_PER_CLASS[name] - dataset_cfg["n_val_per_class"]
     per_class = DIGITS_PER_CLASS if name == "digits" else dataset_cfg["synthetic"]["n_per_class"]

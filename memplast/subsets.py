@@ -39,9 +39,13 @@ def apply_filter(train: pd.DataFrame, spec: FilterSpec, min_per_class: int, seed
     low = counts[counts < min_per_class]
     if len(low):
         c = low.index[0]
+        what, fix = (
+            ("the dataset has", "lower subset.min_per_class")  # no filter: the data itself is that small
+            if spec.mode == "none"
+            else (f"filter {spec.mode} q={spec.quantile} leaves", "use a higher quantile")
+        )
         raise FilterError(
-            f"filter {spec.mode} q={spec.quantile} leaves class {c} with {low.iloc[0]} training samples "
-            f"(minimum subset.min_per_class={min_per_class}); use a higher quantile"
+            f"{what} class {c} with {low.iloc[0]} training samples (minimum subset.min_per_class={min_per_class}); {fix}"
         )
     if spec.random:
         return _random_matched(train, counts, seed, spec)

@@ -1,6 +1,7 @@
 # Paths, the run grid and small helpers shared by every rule family.
 from memplast import checkpoints as ckpt
 from memplast import cost, runtime, stats_cost, tuning
+from memplast.data import local_path
 from memplast.report import figure_caption
 from memplast.grid import (
     MEMO_ORDERINGS,
@@ -32,6 +33,8 @@ ORDER_FILE = "results/class_orders/order{seed}.csv"
 SCORES = "results/memo/scores.parquet"
 RUN = f"results/runs/{RUN_ID}"
 SUBSET = "results/subsets/{filter}"
+# the rehearsal's locally generated CIFAR-100-format archive (dataset.generated), served by file: URL
+GENERATED_ARCHIVE = "data/cifar100/mirror/cifar-100-python.tar.gz"
 
 ENV_TORCH = "../envs/torch.yaml"
 ENV_STATS = "../envs/stats.yaml"
@@ -129,6 +132,13 @@ def expand_all_targets():
 
 
 # --------------------------------------------------------------------------- input functions
+def download_inputs(wc):
+    """A file: URL names a local mirror: the download waits for it (rule generate_archive makes
+    the rehearsal's)."""
+    url = config["dataset"]["url"]
+    return {"mirror": str(local_path(url))} if url and url.startswith("file:") else {}
+
+
 def prepare_inputs(wc):
     """CIFAR is prepared from its downloaded archive; digits and synthetic need no input."""
     if wc.dataset in ("cifar100", "cifar10"):

@@ -1,7 +1,26 @@
 # Data stage: download (CIFAR) -> prepare (split, planted noise, normalization) -> class orders.
 
 
+rule generate_archive:
+    output:
+        archive=GENERATED_ARCHIVE,
+    log:
+        log_path("data/generate_archive"),
+    conda:
+        ENV_TORCH
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        generated=config["dataset"]["generated"],
+    script:
+        "../scripts/generate_archive.py"
+
+
 rule download:
+    input:
+        unpack(download_inputs),
     output:
         archive="data/{dataset}/raw/archive.tar.gz",
     log:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.server
-import io
 import pickle
 import tarfile
 import threading
@@ -17,42 +16,12 @@ from memplast import data
 from memplast import io as mpio
 
 
-def _cifar100_archive(path, n_per_class_train=8, n_per_class_test=2, n_classes=100, seed=0):
-    """A small archive in the official CIFAR-100 python format (pickled dicts in a tar.gz)."""
-    rng = np.random.default_rng(seed)
-
-    def batch(n_per_class):
-        labels = np.tile(np.arange(n_classes), n_per_class)
-        rng.shuffle(labels)
-        images = rng.integers(0, 256, size=(len(labels), 3072), dtype=np.uint8)
-        return {
-            b"data": images,
-            b"fine_labels": labels.tolist(),
-            b"coarse_labels": (labels // 5).tolist(),
-            b"filenames": [b"x.png"] * len(labels),
-            b"batch_label": b"training batch 1 of 1",
-        }
-
-    files = {
-        "cifar-100-python/train": batch(n_per_class_train),
-        "cifar-100-python/test": batch(n_per_class_test),
-        "cifar-100-python/meta": {b"fine_label_names": [b"c"] * n_classes},
-    }
-    with tarfile.open(path, "w:gz") as tar:
-        for name, obj in files.items():
-            raw = pickle.dumps(obj, protocol=2)
-            info = tarfile.TarInfo(name)
-            info.size = len(raw)
-            tar.addfile(info, io.BytesIO(raw))
-    return files
-
-
 @pytest.fixture()
 def served(tmp_path):
     """A loopback HTTP server over a directory holding a fake CIFAR-100 archive."""
     root = tmp_path / "served"
     root.mkdir()
-    files = _cifar100_archive(root / "cifar-100-python.tar.gz")
+    files = data.write_cifar100_archive(root / "cifar-100-python.tar.gz", 8, 2, seed=0)
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -94,6 +63,56 @@ def test_wrong_checksum_is_an_error_and_leaves_nothing(served, tmp_path):
     with pytest.raises(data.DataError, match="checksum mismatch.*expected md5 0{32}"):
         data.download_cifar("cifar100", target, url=url, md5="0" * 32)
     assert list((tmp_path / "raw").iterdir()) == []
+
+
+def test_generated_archive_has_the_official_format_and_is_byte_identical(tmp_path):
+    a, b, other = tmp_path / "a.tar.gz", tmp_path / "b.tar.gz", tmp_path / "c.tar.gz"
+    files = data.write_cifar100_archive(a, 4, 2, seed=3)
+    data.write_cifar100_archive(b, 4, 2, seed=3)
+    data.write_cifar100_archive(other, 4, 2, seed=4)
+    assert a.read_bytes() == b.read_bytes() != other.read_bytes()  # so a config can pin the md5
+    with tarfile.open(a, "r:gz") as tar:
+        assert tar.getnames() == ["cifar-100-python/meta", "cifar-100-python/train", "cifar-100-python/test"]
+        back = {m: pickle.loads(tar.extractfile(m).read(), encoding="bytes") for m in tar.getnames()}
+    meta = back["cifar-100-python/meta"]
+    assert len(meta[b"fine_label_names"]) == 100 and len(meta[b"coarse_label_names"]) == 20
+    for member, per_class in (("cifar-100-python/train", 4), ("cifar-100-python/test", 2)):
+        f = back[member]
+        assert set(f) == {b"data", b"fine_labels", b"coarse_labels", b"filenames", b"batch_label"}
+        assert f[b"data"].dtype == np.uint8 and f[b"data"].shape == (100 * per_class, 3072)
+        np.testing.assert_array_equal(f[b"data"], files[member][b"data"])
+        fine, coarse = np.asarray(f[b"fine_labels"]), np.asarray(f[b"coarse_labels"])
+        assert (np.bincount(fine, minlength=100) == per_class).all()
+        assert (fine[:100] != np.sort(fine[:100])).any()  # shuffled, like the official files
+        # every fine class sits in one of 20 superclasses of 5
+        pairs = set(zip(fine.tolist(), coarse.tolist()))
+        assert len(pairs) == 100 and (np.bincount([c for _, c in pairs], minlength=20) == 5).all()
+
+
+def test_generated_archive_classes_are_learnable(tmp_path):
+    """Nearest class mean of the train file classifies the test file far above chance (1%)."""
+    files = data.write_cifar100_archive(tmp_path / "a.tar.gz", 6, 2, seed=0)
+    train, test = files["cifar-100-python/train"], files["cifar-100-python/test"]
+    y_train, y_test = np.asarray(train[b"fine_labels"]), np.asarray(test[b"fine_labels"])
+    means = np.stack([train[b"data"][y_train == c].astype(float).mean(0) for c in range(100)])
+    x = test[b"data"].astype(float)
+    dist = (x**2).sum(1)[:, None] - 2 * x @ means.T + (means**2).sum(1)[None]
+    assert (dist.argmin(1) == y_test).mean() > 0.9
+
+
+def test_file_url_mirror_goes_through_the_checksummed_download(tmp_path, monkeypatch):
+    mirror = tmp_path / "mirror" / "cifar-100-python.tar.gz"
+    data.write_cifar100_archive(mirror, 2, 1, seed=0)
+    md5 = data.md5sum(mirror)
+    monkeypatch.chdir(tmp_path)  # file:relative/path is relative to the working directory
+    for url in ("file:mirror/cifar-100-python.tar.gz", mirror.as_uri()):
+        target = tmp_path / "raw" / url[-6:].replace("/", "_") / "archive.tar.gz"
+        assert data.download_cifar("cifar100", target, url=url, md5=md5).read_bytes() == mirror.read_bytes()
+    with pytest.raises(data.DataError, match="checksum mismatch.*expected md5 0{32}"):
+        data.download_cifar("cifar100", tmp_path / "bad" / "a.tar.gz", url=mirror.as_uri(), md5="0" * 32)
+    assert list((tmp_path / "bad").iterdir()) == []
+    with pytest.raises(data.DataError, match="could not download cifar100 from file:missing"):
+        data.download_cifar("cifar100", tmp_path / "none" / "a.tar.gz", url="file:missing.tar.gz", md5=md5)
 
 
 def test_unreachable_url_is_a_clear_error(tmp_path):

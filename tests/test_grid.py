@@ -8,6 +8,7 @@ import pytest
 import yaml
 from conftest import ROOT
 
+from memplast import config as mpconfig
 from memplast import grid
 
 GOOD = {
@@ -90,3 +91,6 @@ def test_images_and_classes_per_dataset(demo_config, paper_config):
     assert grid.n_classes(paper_config["dataset"]) == 100 and grid.n_classes(demo_config["dataset"]) == 10
     assert grid.images_per_class(paper_config["dataset"]) == 450
     assert grid.images_per_class(demo_config["dataset"]) == int(180 * (1 - 0.15 - 0.2))
+    # the rehearsal's generated archive: its own train-file images per class, minus validation
+    rehearsal = mpconfig.load(ROOT / "config.yaml", ROOT / "config/rehearsal.yaml")["dataset"]
+    assert grid.images_per_class(rehearsal) == rehearsal["generated"]["train_per_class"] - 1 == 5

@@ -55,6 +55,9 @@ def test_filter_that_empties_a_class_names_it(train):
         subsets.apply_filter(train, FilterSpec("global", 0.1), 1, 0)
     with pytest.raises(subsets.FilterError, match=r"class 2 with 36 .*min_per_class=50"):
         subsets.apply_filter(train, FilterSpec("per_class", 0.9), 50, 0)
+    # no filter: the data itself is below the minimum (the rehearsal's 5 images per class)
+    with pytest.raises(subsets.FilterError, match=r"the dataset has class 2 with 40 .*lower subset.min_per_class"):
+        subsets.apply_filter(train, FilterSpec("none", None), 50, 0)
 
 
 def _gen(seed=0):
