@@ -59,8 +59,11 @@ def test_rehearsal_scores_and_probes_at_100_classes(rehearsal):
     scores = pd.read_parquet(rehearsal / "results/memo/scores.parquet")
     # every curvature estimator scored every train and validation sample of all 100 classes
     assert set(scores["split"]) == {"train", "val"} and len(scores) == (prepared.split != "test").sum()
-    for col in ("curv_exact", "curv_hutch", "curv_fd", "csl"):
+    for col in ("curv_exact", "curv_hutch", "curv_fd"):
         assert np.isfinite(scores[col]).all() and (scores[col] > 0).all(), col
+    # CSL sums the scorer's training losses: defined for the training samples only
+    train = scores["split"] == "train"
+    assert (scores.loc[train, "csl"] > 0).all() and scores.loc[~train, "csl"].isna().all()
     order = data.class_order(0, 100, lop_compatible=True)
     for k in range(4):  # 5 tasks: boundaries 0..3, each with the training samples of the classes seen at k+1
         probes = pd.read_parquet(rehearsal / RUN / f"probes/boundary{k}.parquet")
