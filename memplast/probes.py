@@ -42,7 +42,6 @@ import time
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, jvp
 
@@ -62,7 +61,7 @@ _BN = nn.modules.batchnorm._BatchNorm
 # --------------------------------------------------------------------------- mask-based quantities
 def margin(logits: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """margin_i = z_iy - max_{j in M_i, j != y_i} z_ij (NaN when M_i holds no other class)."""
-    own = F.one_hot(labels, logits.shape[1]).bool()
+    own = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device).scatter_(1, labels[:, None], True)
     other = logits.masked_fill(~masks | own, -math.inf).amax(1)
     m = logits.gather(1, labels[:, None])[:, 0] - other
     return m.masked_fill(~torch.isfinite(other), math.nan)

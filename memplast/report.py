@@ -67,6 +67,7 @@ def scope_words(part: pd.DataFrame, orders: int, pct: str) -> str:
 
 
 PLASTICITY = "results/stats/plasticity_gap.csv"
+ALGORITHMS_TABLE = "results/stats/algorithms.csv"
 FIGURE_LINKS = (  # (report file name, link text) offered on the landing page when the figure exists
     ("plasticity_gap.pdf", "gap to retrained"),
     ("accuracy_curves.pdf", "accuracy"),
@@ -482,6 +483,23 @@ def _main_training_curves(workdir: Path, ci_level: float, outcomes: dict) -> str
     return f"{len(flags)} runs, {len(bad)} flagged (non-finite or diverging loss){named}."
 
 
+def _main_algorithms(workdir: Path, ci_level: float, outcomes: dict) -> str:
+    table = _csv(workdir, ALGORITHMS_TABLE)
+    if table is None or table.empty:
+        return _pending(ALGORITHMS_TABLE)
+    last = table[table["task"] == table["task"].max()]
+    items = [
+        f"{r['algorithm']} − base {100 * r['gap_base']:+.1f} [{100 * r['gap_base_lo']:+.1f}, "
+        f"{100 * r['gap_base_hi']:+.1f}] points ({'tuned' if r['tuned'] else 'not tuned'})"
+        for _, r in last.iterrows()
+        if r["algorithm"] not in ("base", "retrained")
+    ]
+    return (
+        f"Test accuracy at the last task (t = {int(last['task'].iloc[0])}), paired difference to base with its "
+        f"{100 * ci_level:g}% CI over class orders: " + ("; ".join(items) or "no mitigation in this run") + "."
+    )
+
+
 MAIN_NUMBER = {
     "plasticity_gap": _main_plasticity_gap,
     "condition_figure": _main_condition_figure,
@@ -491,6 +509,7 @@ MAIN_NUMBER = {
     "order_diagnostics": _main_order_diagnostics,
     "training_curves": _main_training_curves,
     "heldout_slices": _main_heldout_slices,
+    "algorithms": _main_algorithms,
 }
 
 

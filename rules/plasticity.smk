@@ -39,7 +39,7 @@ rule figure_algorithms:
         table="results/stats/algorithms.csv",
         pdf=report(
             "results/figures/algorithms.pdf",
-            caption="../report/algorithms.rst",
+            caption=report_caption("algorithms"),
             category="Algorithms",
         ),
         png="results/figures/algorithms.png",

@@ -342,7 +342,7 @@ def test_every_report_figure_caption_states_its_main_number(headline, tmp_path, 
 def test_every_report_figure_uses_a_caption_with_its_main_number():
     rules = "\n".join(p.read_text() for p in (ROOT / "rules").glob("*.smk"))
     figures = re.findall(r'report\(\s*"results/figures/[^"]+\.pdf",\s*caption=([^\n]+)', rules)
-    assert len(figures) == 8 and all(c.startswith("report_caption(") for c in figures), figures
+    assert len(figures) == 9 and all(c.startswith("report_caption(") for c in figures), figures
     names = {m for c in figures for m in re.findall(r'report_caption\("(\w+)"', c)}
     assert names == set(report.MAIN_NUMBER)
 
@@ -374,3 +374,22 @@ def test_landing_page_and_caption_quote_the_held_out_sentence(headline, tmp_path
     assert text.index("This run shows loss of plasticity") < text.index("Held-out samples (proxy definition: 30 of 400")
     cap = render_caption(report.figure_caption(ROOT / "report" / "heldout_slices.rst", tmp_path, 0.95), demo_config)
     assert "Main number: Held-out samples (proxy definition" in cap and "faster than retrained" in cap
+
+
+def test_algorithms_caption_quotes_each_mitigations_last_task_difference_to_base(tmp_path):
+    rows = pd.DataFrame(
+        {
+            "algorithm": ["base", "cbp", "cbp", "retrained"],
+            "task": [4, 3, 4, 4],
+            "gap_base": [0.0, 0.01, 0.021, 0.03],
+            "gap_base_lo": [0.0, 0.0, 0.011, 0.02],
+            "gap_base_hi": [0.0, 0.02, 0.031, 0.04],
+            "tuned": [False, True, True, False],
+        }
+    )
+    assert "appears once" in report.MAIN_NUMBER["algorithms"](tmp_path, 0.95, {})
+    (tmp_path / "results" / "stats").mkdir(parents=True)
+    rows.to_csv(tmp_path / report.ALGORITHMS_TABLE, index=False)
+    text = report.MAIN_NUMBER["algorithms"](tmp_path, 0.95, {})
+    assert "(t = 4)" in text and "95% CI" in text
+    assert "cbp − base +2.1 [+1.1, +3.1] points (tuned)" in text and "retrained −" not in text
