@@ -289,11 +289,9 @@ def answer_rst(
     gaps: pd.DataFrame | None = None,
     primary: dict | None = None,
     figures=(),
-    heldout: str | None = None,
 ) -> str:
     """The landing page's answer: plain sentences (memo's within-class association with the primary
-    outcomes; whether the run lost plasticity; ``heldout``: the held-out sentence of
-    memplast.heldout_analysis), the condition in words, a compact table of the
+    outcomes; whether the run lost plasticity), the condition in words, a compact table of the
     primary outcomes and links to the full tables and the figures (report file names in ``figures``)."""
     pct = f"{100 * ci_level:g}%"
     h = headline.copy()
@@ -315,7 +313,6 @@ def answer_rst(
         "",
         plasticity_sentence(gaps, ci_level),
         "",
-        *([heldout, ""] if heldout else []),
         f"*Condition:* {condition_words(primary or {})}; "
         + (scope_words(h[h["kind"] == main], orders, pct) if len(h) else f"{orders} class orders")
         + ".",
@@ -337,7 +334,6 @@ def landing_page(
     headline = Path(workdir) / HEADLINE
     if headline.exists():
         gaps = Path(workdir) / PLASTICITY
-        held = _csv(Path(workdir), HELDOUT)
         figures = {p.name for p in (Path(workdir) / "results" / "figures").glob("*.pdf")}
         answer = answer_rst(
             pd.read_csv(headline),
@@ -345,7 +341,6 @@ def landing_page(
             gaps=pd.read_csv(gaps) if gaps.exists() else None,
             primary=primary,
             figures=figures,
-            heldout=None if held is None or held.empty else str(held["sentence"].iloc[0]),
         )
     else:
         answer = "**Answer.** *It appears here once the statistics (results/stats/headline.csv) exist.*\n"

@@ -347,7 +347,7 @@ def test_every_report_figure_uses_a_caption_with_its_main_number():
     assert names == set(report.MAIN_NUMBER)
 
 
-def test_landing_page_and_caption_quote_the_held_out_sentence(headline, tmp_path, demo_config):
+def test_held_out_sentence_is_the_caption_of_the_held_out_figure(headline, tmp_path, demo_config):
     from memplast.heldout_analysis import answer_sentence
 
     (tmp_path / "results" / "stats").mkdir(parents=True)
@@ -371,7 +371,9 @@ def test_landing_page_and_caption_quote_the_held_out_sentence(headline, tmp_path
     )
     page = report.landing_page(ROOT / "report" / "workflow.rst", tmp_path, ci_level=0.95, primary={})
     text = re.sub(r"<[^>]+>", "", render(page, demo_config, []))
-    assert text.index("This run shows loss of plasticity") < text.index("Held-out samples (proxy definition: 30 of 400")
+    # the landing page fits one window (tests/browser.py): the held-out sentence is the caption's main
+    # number of the held-out figure, which the landing page links to
+    assert "This run shows loss of plasticity" in text and "Held-out samples (proxy definition" not in text
     cap = render_caption(report.figure_caption(ROOT / "report" / "heldout_slices.rst", tmp_path, 0.95), demo_config)
     assert "Main number: Held-out samples (proxy definition" in cap and "faster than retrained" in cap
 
