@@ -152,10 +152,10 @@ def _null_closed(cell: resampling.Cell, xr: np.ndarray) -> np.ndarray:
 @contextlib.contextmanager
 def patched():
     """``memplast.stats.resampling`` with the old per-cell draw functions."""
-    names = ("_cell_chunks", "_null_general", "_null_stats")
+    names = ("_cell_draws", "_null_general", "_null_stats")
     saved = {k: getattr(resampling, k) for k in names}
     # today's call signatures ((p, n) permutation layout, precomputed parts) onto the old functions
-    resampling._cell_chunks = _cell_chunks
+    resampling._cell_draws = lambda cell, counts: _cell_chunks(cell, counts[:, cell.idx].T)
     resampling._null_general = lambda cell, static, perm_rows, fixed: _null_general(cell, static, perm_rows.T)
     resampling._null_stats = lambda cell, xr, fixed, memo=None: _null_closed(cell, xr.T)
     try:

@@ -21,19 +21,21 @@ the estimate itself), ranks taken within the cell:
 
 Computation (no sort and no per-cell Python loop over replicates): each variable is sorted once
 (``RankIndex``); a draw's ranks are cumulative sums of its integer weights in that order, kept as
-doubled ranks Q = 2 r - 1 (integers, exact in float32 below 2^24) and computed for a chunk of
-replicates at once (``RankIndex.doubled``). Every cross-product sum_i w_i Q_a Q_b of a replicate
-(memo, loss_t, all outcomes) is one matrix product, exact in float64 (integers below 2^53), so the
-statistics equal the sort-per-draw definition to rounding of the final divisions (tested against
-``scipy.stats.rankdata`` on the explicit resample). The permutation null keeps the loss and
+doubled ranks Q = 2 r - 1 (integers). A compiled kernel (``rank_kernels.cell_sums``) takes a batch
+of draws and, per draw, the weights of the cell's rows, every variable's doubled ranks and the
+cross-products sum_i w_i Q_a Q_b and class sums the statistics need, in one pass that stays in the
+cache; the sums are integers below 2^53, exact, so the statistics (``statistics_from_sums``) equal
+the matrix formulation (``cell_statistics``: rank matrices and ``numpy.matmul``, kept as the
+reference) bit for bit, and the sort-per-draw definition to rounding of the final divisions (tested
+against ``scipy.stats.rankdata`` on the explicit resample). The permutation null keeps the loss and
 outcome ranks fixed: per permutation only memo's ranks change, and S_xy, S_xl of all permutations
 are one matrix product (``_null_stats``); memo ranks of a cell without whole classes are weighted
 ranks over its classes' samples, not a sort (``_null_general``).
 
 Cost: O(B n k) per cell (k = 2 + outcomes); draws in batches of ``COUNT_ELEMENTS // S``
-replicates (S = samples), each cell evaluated in chunks of ``CELL_ELEMENTS // n`` replicates
-(``NULL_ELEMENTS // n`` permutations), so memory stays bounded at any scale.
-benchmarks/bench_stats.py measures it at paper size against the previous implementation.
+replicates (S = samples), the null in chunks of ``NULL_ELEMENTS // n`` permutations, so memory
+stays bounded at any scale. benchmarks/bench_stats.py measures it at paper size against the
+previous implementation.
 """
 
 from __future__ import annotations
@@ -47,15 +49,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from memplast.stats import rank_kernels
 from memplast.stats.common import MIN_N, require
 
 log = logging.getLogger("memplast.stats")
 
 COUNT_ELEMENTS = 20_000_000  # replicates x samples of one batch of draws (uint16): set by the universe size only
-CELL_ELEMENTS = 250_000  # replicates x rows of one cell evaluated at once (~2 (k + 4) work arrays; cache-sized)
 NULL_ELEMENTS = 1_000_000  # permutations x rows of one cell's null evaluated at once
-RANK_DTYPE = np.float32  # cumulative weights and doubled ranks: integers < 2 N < 2^24, exact for cells below 8 M rows
-BLOCK = 64  # tie groups per block of the blocked cumulative sum (``RankIndex.doubled``)
 
 
 @dataclass
@@ -101,83 +101,56 @@ def within_class_permutations(universe: Universe, n: int, rng: np.random.Generat
 
 @dataclass
 class RankIndex:
-    """One value vector's sort, kept as what weighted ranks need without a sort per draw: the slot
-    of each row's tie group in the blocked layout of ``doubled`` (group s = q BLOCK + t sits at
-    t n_blocks + q), the row (or, with ties, the tie group) whose weight fills each slot (the last
-    index: zero), and with ties the sort order and group starts. int32 (memory at paper size)."""
+    """One value vector's sort, all weighted ranks need without a sort per draw: the rows in sorted
+    order (stable) and, per sorted position, whether it starts a new tie group."""
 
-    row_slot: np.ndarray
-    source: np.ndarray
-    order: np.ndarray | None = None
-    starts: np.ndarray | None = None
+    order: np.ndarray  # uint32 (non-negative: the compiled loops skip wraparound checks)
+    start: np.ndarray  # bool
 
     @classmethod
     def of(cls, values: np.ndarray) -> RankIndex:
-        n = len(values)
         order = np.argsort(values, kind="stable")
         s = values[order]
-        new = np.r_[True, s[1:] != s[:-1]]
-        starts = np.flatnonzero(new)
-        n_groups = len(starts)
-        n_blocks = -(-n_groups // BLOCK)
-        group = np.arange(n_groups)
-        slot = (group % BLOCK) * n_blocks + group // BLOCK
-        row_slot = np.empty(n, dtype=np.int32)
-        row_slot[order] = slot[np.cumsum(new) - 1]
-        ties = n_groups < n
-        source = np.full(BLOCK * n_blocks, n_groups if ties else n, dtype=np.int32)
-        source[slot] = group if ties else order
-        if not ties:
-            return cls(row_slot, source)
-        return cls(row_slot, source, order.astype(np.int32), starts.astype(np.int32))
+        return cls(order.astype(np.uint32), np.r_[True, s[1:] != s[:-1]])
 
     def doubled(self, w: np.ndarray) -> np.ndarray:
-        """(b, n) doubled average ranks minus one, Q = 2 r - 1 = G_prev + G, of the rows under
-        multiplicities ``w`` (n + 1, b; integers, last row 0), G = the cumulative weight of the tie
-        groups in sorted order (G_prev: before the row's group). Integers, so exact.
-
-        The cumulative sum runs over a blocked layout (BLOCK x n_blocks x b; group q BLOCK + t at
-        [t, q]): BLOCK vectorised adds of whole (n_blocks, b) planes, then the block offsets."""
-        if self.order is not None:
-            g = np.add.reduceat(w[self.order], self.starts, axis=0)
-            x = np.vstack([g, np.zeros((1, w.shape[1]), dtype=w.dtype)])[self.source]
-        else:
-            x = w[self.source]
-        x = x.reshape(BLOCK, len(self.source) // BLOCK, -1)
-        for t in range(1, BLOCK):  # within-block inclusive cumulative sums, in place
-            x[t] += x[t - 1]
-        offset = np.cumsum(x[-1], axis=0)  # the blocks' totals, accumulated
-        x[:, 1:] += offset[None, :-1]  # global G
-        z = np.empty_like(x)
-        np.add(x[1:], x[:-1], out=z[1:])  # G + G_prev
-        z[0] = x[0]
-        z[0, 1:] += offset[:-1]
-        return z.reshape(len(self.source), -1).T[:, self.row_slot]
+        """(b, n) doubled average ranks Q = 2 r - 1 of the rows under multiplicities ``w`` (b, n;
+        integers, so exact): ``rank_kernels.doubled_ranks`` per row."""
+        w = np.ascontiguousarray(w, dtype=np.float64)
+        out = np.empty_like(w)
+        rank_kernels.doubled_ranks_rows(self.order, self.start, w, out)
+        return out
 
     def ranks(self, w: np.ndarray) -> np.ndarray:
         """(n, b) average ranks (ties averaged as ``scipy.stats.rankdata``) under multiplicities w (n, b)."""
-        q = self.doubled(np.vstack([np.asarray(w, np.float64), np.zeros((1, w.shape[1]))]))
-        return (q.T + 1) / 2
+        return (self.doubled(np.asarray(w).T) + 1).T / 2
 
 
 def cell_statistics(q: np.ndarray, w: np.ndarray, class_starts: np.ndarray) -> np.ndarray:
-    """(b, J, 2): raw Spearman and within-class partial Spearman given r(loss_t) of each outcome.
-
-    ``q`` (b, k, n): doubled ranks Q = 2 r - 1 of memo, loss_t and the J outcomes; ``w`` (b, n)
-    multiplicities. With N = sum w, the centred ranks are c = (Q - N) / 2 and sum w Q = N^2, so
-    S_ab = sum w c_a c_b = (sum w Q_a Q_b - N^3) / 4: every cross-product of one replicate in one
-    matrix product (exact: integers below 2^53); class sums A_c = (sum_c w Q_a - N W_c) / 2;
-    T_ab = S_ab - sum_c A_ca A_cb / W_c (class-demeaned, again one matrix product),
-    partial = T'_xy / sqrt(T'_xx T'_yy) with T'_ab = T_ab - T_al T_bl / T_ll (module docstring)."""
+    """(b, J, 2): raw Spearman and within-class partial Spearman given r(loss_t) of each outcome,
+    from the doubled ranks ``q`` (b, k, n) of memo, loss_t and the J outcomes and the multiplicities
+    ``w`` (b, n): the matrix formulation (every cross-product of a replicate in one matrix product),
+    the reference ``rank_kernels.cell_sums`` is tested against."""
     wq = q * w[:, None, :]
-    n_w = w.sum(axis=1)
-    s = (np.matmul(wq, q.transpose(0, 2, 1)) - (n_w**3)[:, None, None]) / 4  # (b, k, k)
-    w_class = np.add.reduceat(w, class_starts, axis=1)  # (b, C)
-    a = (np.add.reduceat(wq, class_starts, axis=2) - n_w[:, None, None] * w_class[:, None, :]) / 2  # (b, k, C)
+    sums = np.matmul(wq, q.transpose(0, 2, 1))
+    class_sums = np.add.reduceat(wq, class_starts, axis=2)
+    return statistics_from_sums(sums, class_sums, np.add.reduceat(w, class_starts, axis=1), w.sum(axis=1))
+
+
+def statistics_from_sums(sums: np.ndarray, class_sums: np.ndarray, w_class: np.ndarray, n_w: np.ndarray) -> np.ndarray:
+    """(b, J, 2) raw and partial Spearman from a replicate's rank sums: ``sums`` (b, k, k) =
+    sum w Q_a Q_b, ``class_sums`` (b, k, C) = sum_c w Q_a, ``w_class`` (b, C) = W_c, ``n_w`` (b,) = N.
+
+    With N = sum w, the centred ranks are c = (Q - N) / 2 and sum w Q = N^2, so
+    S_ab = sum w c_a c_b = (sum w Q_a Q_b - N^3) / 4; class sums A_c = (sum_c w Q_a - N W_c) / 2;
+    T_ab = S_ab - sum_c A_ca A_cb / W_c (class-demeaned, one matrix product),
+    partial = T'_xy / sqrt(T'_xx T'_yy) with T'_ab = T_ab - T_al T_bl / T_ll (module docstring)."""
+    s = (sums - (n_w**3)[:, None, None]) / 4  # (b, k, k)
+    a = (class_sums - n_w[:, None, None] * w_class[:, None, :]) / 2  # (b, k, C)
     live = w_class > 0
     inv = np.where(live, 1 / np.where(live, w_class, 1), 0.0)
     t = s - np.matmul(a * inv[:, None, :], a.transpose(0, 2, 1))  # (b, k, k)
-    ys = np.arange(2, q.shape[1])
+    ys = np.arange(2, sums.shape[1])
     sxx, sxy, syy = s[:, 0, 0], s[:, 0, 2:], s[:, ys, ys]
     txx, tll, txl = t[:, 0, 0], t[:, 1, 1], t[:, 0, 1]
     txy, tyl, tyy = t[:, 0, 2:], t[:, 1, 2:], t[:, ys, ys]
@@ -272,26 +245,37 @@ def build_cells(
     return cells
 
 
-def _cell_chunks(cell: Cell, w: np.ndarray) -> np.ndarray:
-    """``_cell_batch`` over replicate chunks of at most ``CELL_ELEMENTS`` weights."""
-    step = max(1, CELL_ELEMENTS // len(cell.idx))
-    return np.concatenate([_cell_batch(cell, w[:, i : i + step]) for i in range(0, w.shape[1], step)])
+def _cell_draws(cell: Cell, counts: np.ndarray) -> np.ndarray:
+    """(b, n_outcomes, 2) statistics of ``cell`` under the draws ``counts`` (b, S; multiplicities
+    per universe sample): ``rank_kernels.cell_sums``, then ``statistics_from_sums``."""
+    ranks = [cell.memo_rank, cell.loss_rank, *cell.y_rank]
+    b, k, c = len(counts), len(ranks), len(cell.class_starts)
+    sums, class_sums = np.zeros((b, k, k)), np.empty((b, k, c))
+    w_class, n_w = np.empty((b, c)), np.empty(b)
+    rank_kernels.cell_sums(
+        counts,
+        cell.idx.astype(np.uint32),
+        np.stack([r.order for r in ranks]),
+        np.stack([r.start for r in ranks]),
+        cell.class_starts,
+        sums,
+        class_sums,
+        w_class,
+        n_w,
+    )
+    return statistics_from_sums(sums, class_sums, w_class, n_w)
 
 
 def _cell_batch(cell: Cell, w: np.ndarray, memo_ranks: np.ndarray | None = None) -> np.ndarray:
-    """(b, n_outcomes, 2) statistics of ``cell`` under multiplicities ``w`` (n, b); ``memo_ranks``
-    (n, b) overrides the memo ranks (permutation null, unit weights)."""
-    n, b = w.shape
-    wz = np.zeros((n + 1, b), dtype=RANK_DTYPE)  # the weights, and the zero weight of padding slots
-    wz[:n] = w
+    """(b, n_outcomes, 2) statistics of ``cell`` under multiplicities ``w`` (n, b) by the matrix
+    formulation (``cell_statistics``, the reference); ``memo_ranks`` (n, b) overrides the memo
+    ranks (permutation null, unit weights)."""
+    w = np.asarray(w, dtype=np.float64).T  # (b, n)
     ranks = [cell.memo_rank, cell.loss_rank, *cell.y_rank]
-    q = np.empty((b, len(ranks), n))
+    q = np.empty((w.shape[0], len(ranks), w.shape[1]))
     for v, ri in enumerate(ranks):
-        if v == 0 and memo_ranks is not None:
-            q[:, 0] = 2 * np.asarray(memo_ranks, dtype=np.float64).T - 1
-        else:
-            q[:, v] = ri.doubled(wz)
-    return cell_statistics(q, w.T.astype(np.float64), cell.class_starts)
+        q[:, v] = ri.doubled(w) if v or memo_ranks is None else 2 * np.asarray(memo_ranks, np.float64).T - 1
+    return cell_statistics(q, w, cell.class_starts)
 
 
 @dataclass
@@ -360,12 +344,12 @@ def _null_general(cell: Cell, static: np.ndarray, perm_rows: np.ndarray, fixed: 
     at[pool] = np.arange(len(pool))
     taken = at[perm_rows]  # (p, n) position in the pool
     p = perm_rows.shape[0]
-    w = np.zeros((len(pool) + 1, p), dtype=RANK_DTYPE)
-    w[taken.T, np.arange(p)] = 1
+    w = np.zeros((p, len(pool)))
+    w[np.arange(p)[:, None], taken] = 1
     if cell.pool_rank is None:
         cell.pool_rank = RankIndex.of(static[pool])
     q = cell.pool_rank.doubled(w)  # (p, len(pool))
-    return _null_stats(cell, (np.take_along_axis(q, taken, axis=1).astype(np.float64) + 1) / 2, fixed)
+    return _null_stats(cell, (np.take_along_axis(q, taken, axis=1) + 1) / 2, fixed)
 
 
 def _cell_null(cell: Cell, perm: np.ndarray, static: np.ndarray) -> np.ndarray:
@@ -434,7 +418,7 @@ def resample(
         spans.append(slice(r, r + len(c.outcomes)))
         r += len(c.outcomes)
     for c, sl in zip(cells, spans):
-        est[sl] = _cell_batch(c, np.ones((len(c.idx), 1)))[0]
+        est[sl] = _cell_draws(c, np.ones((1, len(universe.sample_id)), dtype=np.uint16))[0]
     batch = max(1, COUNT_ELEMENTS // len(universe.sample_id))
     in_cells = np.zeros(len(universe.sample_id), dtype=bool)
     for c in cells:
@@ -446,11 +430,11 @@ def resample(
     with ThreadPoolExecutor(max(1, int(threads))) as pool:
         clock = time.perf_counter(), time.process_time()
         for b0 in range(0, n_boot, batch):
-            w_all = np.ascontiguousarray(stratified_counts(universe, min(batch, n_boot - b0), rng).T)  # (S, b)
+            counts = stratified_counts(universe, min(batch, n_boot - b0), rng)  # (b, S)
 
-            def one(c_sl, w_all=w_all, b0=b0):
+            def one(c_sl, counts=counts, b0=b0):
                 c, sl = c_sl
-                boot[b0 : b0 + w_all.shape[1], sl] = _cell_chunks(c, w_all[c.idx])
+                boot[b0 : b0 + len(counts), sl] = _cell_draws(c, counts)
 
             list(pool.map(one, zip(cells, spans)))
         timing["boot_wall"], timing["boot_cpu"] = time.perf_counter() - clock[0], time.process_time() - clock[1]
