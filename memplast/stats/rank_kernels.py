@@ -59,6 +59,24 @@ def doubled_ranks_rows(order, start, w, out):
         doubled_ranks(order, start, w[r], out[r])
 
 
+@njit(nogil=True, cache=True)
+def subset_ranks(order, start, taken, out):
+    """Average ranks within a subset, per row p of ``taken`` (p, n): positions in a pool sorted by
+    (``order``, ``start``); out[p, i] = the rank of pool element taken[p, i] among the elements
+    taken[p, :] (weight 1 on the taken, 0 elsewhere), ties averaged."""
+    m = len(order)
+    w = np.zeros(m, np.int32)
+    q = np.empty(m, np.int32)
+    for r in range(taken.shape[0]):
+        row = taken[r]
+        for i in range(len(row)):
+            w[row[i]] = 1
+        doubled_ranks(order, start, w, q)
+        for i in range(len(row)):
+            out[r, i] = (q[row[i]] + 1) / 2
+            w[row[i]] = 0
+
+
 # The moment kernels loop over each class's slice from index 0: with a loop index the compiler
 # knows is non-negative, numba drops its negative-index wraparound and the loop vectorises (~4x).
 

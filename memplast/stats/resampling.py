@@ -342,14 +342,12 @@ def _null_general(cell: Cell, static: np.ndarray, perm_rows: np.ndarray, fixed: 
     pool = cell.pool[np.isfinite(static[cell.pool])]
     at = np.full(len(static), len(pool))
     at[pool] = np.arange(len(pool))
-    taken = at[perm_rows]  # (p, n) position in the pool
-    p = perm_rows.shape[0]
-    w = np.zeros((p, len(pool)))
-    w[np.arange(p)[:, None], taken] = 1
+    taken = at[perm_rows].astype(np.uint32)  # (p, n) position in the pool
     if cell.pool_rank is None:
         cell.pool_rank = RankIndex.of(static[pool])
-    q = cell.pool_rank.doubled(w)  # (p, len(pool))
-    return _null_stats(cell, (np.take_along_axis(q, taken, axis=1) + 1) / 2, fixed)
+    xr = np.empty(taken.shape)
+    rank_kernels.subset_ranks(cell.pool_rank.order, cell.pool_rank.start, taken, xr)
+    return _null_stats(cell, xr, fixed)
 
 
 def _cell_null(cell: Cell, perm: np.ndarray, static: np.ndarray) -> np.ndarray:
