@@ -79,13 +79,18 @@ def _timed(fn, parts: dict, name: str):
     return timed
 
 
+_BEFORE = None
+
+
 def measure(args) -> None:
     """One fresh process: fixed cost, per-draw CPU of bootstrap and null, peak RSS (JSON on stdout)."""
     if args.impl == "before":
         sys.path.insert(0, str(Path(__file__).parent))
         import stats_before
 
-        stats_before.patched().__enter__()
+        global _BEFORE  # keep the context alive: a collected generator would run its finally (unpatch)
+        _BEFORE = stats_before.patched()
+        _BEFORE.__enter__()
     if args.primary_run:  # as scripts/stats_primary.py: the whole deltas table through run_all
         deltas = io.read_parquet(args.deltas)
         pyarrow.default_memory_pool().release_unused()

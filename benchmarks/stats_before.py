@@ -152,8 +152,9 @@ def _null_closed(cell: resampling.Cell, xr: np.ndarray) -> np.ndarray:
 @contextlib.contextmanager
 def patched():
     """``memplast.stats.resampling`` with the old per-cell draw functions."""
-    names = ("_cell_draws", "_null_general", "_null_stats")
+    names = ("RankIndex", "_cell_draws", "_null_general", "_null_stats")
     saved = {k: getattr(resampling, k) for k in names}
+    resampling.RankIndex = RankIndex  # build_cells then keeps the old sort order / inverse per variable
     # today's call signatures ((p, n) permutation layout, precomputed parts) onto the old functions
     resampling._cell_draws = lambda cell, counts: _cell_chunks(cell, counts[:, cell.idx].T)
     resampling._null_general = lambda cell, static, perm_rows, fixed: _null_general(cell, static, perm_rows.T)
