@@ -35,6 +35,7 @@ PATTERNS = [
     (re.compile(r"memo/scorer\.tsv$"), "memo_scorer"),
     (re.compile(r"memo/curvature_e(?P<epoch>\d+)\.tsv$"), "memo_curvature"),
     (re.compile(rf"probe/{RUN}/boundary(?P<boundary>\d+)\.tsv$"), "probe"),
+    (re.compile(rf"probe/{RUN}/boundaries\.tsv$"), "probe_run"),  # probes.jobs: run
     (re.compile(rf"probe/{RUN}/summary\.tsv$"), "run_summary"),
 ]
 GOAL = 1.5

@@ -154,6 +154,8 @@ def workflow_job(script: str, target=None, rule=None, wildcards=(), configfiles=
                     )
                 target = wf.get_rule(rule).get_some_product().apply_wildcards(wc)
             producers = [r for r in wf.rules if r.is_producer(target) and r.name == (rule or r.name)]
+            # a ruleorder picks among them as in Snakemake's DAG (rules/probe.smk: probe or probe_run)
+            producers = [r for r in producers if not any(other > r for other in producers)]
             if len(producers) != 1:
                 names = ", ".join(r.name for r in producers)
                 raise JobError(

@@ -70,6 +70,7 @@ RULES = {
     "memo_scorer": "scorer",
     "memo_curvature": "curvature",
     "probe": "probe",
+    "probe_run": "probe_run",
     "run_summary": "summary",
     "tune_task": "train",
     "heldout": "heldout",
@@ -215,6 +216,12 @@ class CostModel:
             seconds += n_ckpt * n * self._curvature_under(self.cfg["memo"]["score"], boundary + 2)
         return self.fixed["startup"] + n_ckpt * self.fixed["checkpoint_load"] + seconds
 
+    def probe_run(self, filter_name: str = "none") -> float:
+        """Every boundary of a run in one process (probes.jobs: run): the sum of its boundaries'
+        probe jobs, with the start-up (interpreter, imports, data) counted once."""
+        boundaries = [self.probe(k, filter_name) for k in range(self.T - 1)]
+        return sum(boundaries) - (len(boundaries) - 1) * self.fixed["startup"]
+
     def _curvature_under(self, method: str, n_tasks_seen: int) -> float:
         """Per image, under the classes of ``n_tasks_seen`` tasks: exact GGN linear in the classes
         (one VJP per class) through its two calibrated points, the others as calibrated."""
@@ -256,7 +263,9 @@ class CostModel:
         if kind == "heldout":
             return self.heldout(w["algorithm"])
         if kind == "probe":
-            return self.probe(int(wildcards["boundary"]), wildcards.get("filter", "none"))
+            return self.probe(int(w["boundary"]), w.get("filter", "none"))
+        if kind == "probe_run":
+            return self.probe_run(w.get("filter", "none"))
         return getattr(self, kind)()
 
     def minutes(self, rule: str, wildcards: dict, attempt: int = 1) -> int:

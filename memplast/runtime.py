@@ -18,7 +18,8 @@ import sys
 # config section -> keys that are runtime settings in it
 RUNTIME_KEYS = {
     "protocol": ("device", "eval_batch_size", "state_every"),
-    "probes": ("batch_size", "keep_checkpoints"),  # keep_checkpoints: disk only (rules/train.smk)
+    # keep_checkpoints: disk only (rules/train.smk); jobs: how the probes are split into jobs (rules/probe.smk)
+    "probes": ("batch_size", "keep_checkpoints", "jobs"),
 }
 # rule -> its family under config `resources:` (for the fix named by check_gpu)
 RULE_FAMILY = {
@@ -27,6 +28,7 @@ RULE_FAMILY = {
     "memo_scorer": "memo_scorer",
     "memo_curvature": "curvature",
     "probe": "probe",
+    "probe_run": "probe",
     "run_summary": "probe",
 }
 DEFAULTS = {"device": "auto", "eval_batch_size": 1000, "state_every": 10, "probe_batch_size": 500}

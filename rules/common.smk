@@ -235,6 +235,12 @@ def boundary_checkpoints(wc):
     return ckpt.boundary_checkpoints(RUN.format(**wc), int(wc.boundary), W)
 
 
+def run_boundary_checkpoints(wc):
+    """Every boundary's checkpoints (boundary_checkpoints), one boundary after another."""
+    run = RUN.format(**wc)
+    return [path for k in BOUNDARIES for path in ckpt.boundary_checkpoints(run, k, W)]
+
+
 def heldout_checkpoints(wc):
     """Every checkpoint a run keeps (memplast.checkpoints): per task its saved task-epochs (the
     end checkpoint among them), before-window slots and live epoch; `retrained` keeps only the ends.

@@ -1,6 +1,25 @@
-# Per-sample probes on the checkpoints around every task boundary (one job per run and
-# boundary), boundary deltas per run, every held-out sample at every checkpoint of a run, and
-# the run summary (accuracy and model-level metrics).
+# Per-sample probes on the checkpoints around every task boundary, boundary deltas per run, every
+# held-out sample at every checkpoint of a run, and the run summary (accuracy and model-level metrics).
+#
+# probes.jobs chooses who writes a run's probe tables (the same files, the same tables):
+#   boundary (default): rule probe, one job per run and boundary (SLURM: grouped, group "probes");
+#   run: rule probe_run, one job per run, one process probing its boundaries in turn.
+# Both rules exist; the ruleorder picks the configured one.
+
+# a run's probe tables, one per boundary (what deltas reads, whichever rule writes them)
+RUN_PROBES = expand(
+    f"{RUN}/probes/boundary{{boundary}}.parquet",
+    boundary=BOUNDARIES,
+    allow_missing=True,
+)
+
+if config["probes"]["jobs"] == "run":
+
+    ruleorder: probe_run > probe
+
+else:
+
+    ruleorder: probe > probe_run
 
 
 rule probe:
@@ -33,13 +52,36 @@ rule probe:
         "../scripts/probe.py"
 
 
+rule probe_run:
+    input:
+        prepared=PREPARED,
+        order=ORDER_FILE,
+        kept=f"{SUBSET}/kept.parquet",
+        checkpoints=run_boundary_checkpoints,
+    output:
+        probes=RUN_PROBES,
+    log:
+        log_path(f"probe/{RUN_ID}/boundaries"),
+    benchmark:
+        bench_path(f"probe/{RUN_ID}/boundaries")
+    conda:
+        ENV_TORCH
+    threads: job("probe", "threads")
+    resources:
+        mem_mb=lambda wc, attempt: job("probe", "mem_mb") * attempt,
+        # the sum of its boundaries' probe jobs, the start-up once (memplast/cost.py)
+        runtime=gpu_runtime("probe_run"),
+        gpu=job("probe", "gpu"),
+    params:
+        boundary=BOUNDARIES,
+        cfg=run_cfg_slice("protocol", "probes", "memo"),
+    script:
+        "../scripts/probe.py"
+
+
 rule deltas:
     input:
-        probes=expand(
-            f"{RUN}/probes/boundary{{boundary}}.parquet",
-            boundary=BOUNDARIES,
-            allow_missing=True,
-        ),
+        probes=RUN_PROBES,
         scores=SCORES,
     output:
         deltas=f"{RUN}/deltas.parquet",

@@ -1,4 +1,6 @@
-"""Probe every sample at the checkpoints around one task boundary (design §4)."""
+"""Probe every sample at the checkpoints around task boundaries (design §4): one boundary per
+call of :func:`probe_table`; a job probes one boundary, or with ``probes.jobs: run`` every
+boundary of a run in one process (data and code loaded once, each boundary's checkpoints in turn)."""
 
 import sys
 from pathlib import Path
@@ -6,6 +8,8 @@ from pathlib import Path
 sys.path.insert(
     0, str(Path(snakemake.scriptdir).parent if "snakemake" in globals() else Path(__file__).resolve().parents[1])
 )  # noqa: F821
+
+import logging  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -24,37 +28,29 @@ from memplast.masks import class_mask  # noqa: E402
 from memplast.probes import degenerate_thresholds, probe_boundary  # noqa: E402
 from memplast.runtime import resolve as runtime_of  # noqa: E402
 
+log = logging.getLogger("memplast")
 
-def main(
-    prepared: str,
-    order: str,
-    kept: str,
-    checkpoints: list,
-    probes: str,
-    boundary: int,
-    cfg: dict,
-    runtime: dict | None = None,
-):
-    """Write the long probe table of boundary BOUNDARY from its CHECKPOINTS (before-window slots,
-    live last epoch, after-window)."""
-    proto, pcfg, memo = cfg["protocol"], cfg["probes"], cfg["memo"]
-    if pcfg["curvature"] and memo["score"] not in memo["methods"]:
+
+def split_windows(checkpoints: list, boundaries: list, window: int) -> list[list]:
+    """Each boundary's checkpoints: CHECKPOINTS holds the windows of BOUNDARIES one after another,
+    2 w + 1 each (memplast.checkpoints.boundary_checkpoints)."""
+    size = 2 * window + 1
+    if len(checkpoints) != size * len(boundaries):
         raise ValueError(
-            f"probes.curvature needs the curvature method memo.score={memo['score']!r} in "
-            f"memo.methods {memo['methods']}; set memo.score to one of them or probes.curvature: false"
+            f"{len(checkpoints)} checkpoints for the boundaries {boundaries}; give each boundary's window of "
+            f"2 w + 1 = {size} (memplast.checkpoints.boundary_checkpoints), one boundary after another"
         )
-    rt = runtime_of(cfg, runtime)
-    device = resolve_device(rt["device"])
-    numerics = strict_numerics(device, proto["deterministic"])
-    data = load_prepared(prepared)
-    classes = pd.read_csv(order)["class"].to_numpy()
+    return [list(checkpoints[i * size : (i + 1) * size]) for i in range(len(boundaries))]
+
+
+def probe_table(data, classes, kept_ids, checkpoints: list, boundary: int, cfg: dict, rt: dict, device, numerics: dict):
+    """The long probe table of boundary BOUNDARY from its CHECKPOINTS (before-window slots, live last
+    epoch, after-window) and its provenance: the kept training samples of the classes seen up to task
+    BOUNDARY + 1 of the prepared DATA, under the class order CLASSES."""
+    proto, pcfg, memo = cfg["protocol"], cfg["probes"], cfg["memo"]
     old = task_classes(classes, boundary, proto["classes_per_task"])
     new_seen = task_classes(classes, boundary + 1, proto["classes_per_task"])
-    rows = np.flatnonzero(
-        (data.split == "train")
-        & np.isin(data.labels, new_seen)
-        & np.isin(data.sample_id, io.read_parquet(kept)["sample_id"])
-    )
+    rows = np.flatnonzero((data.split == "train") & np.isin(data.labels, new_seen) & np.isin(data.sample_id, kept_ids))
     images = normalize(torch.as_tensor(data.images[rows]), data.mean, data.std)
     labels = torch.as_tensor(data.labels[rows])
     boundary_epoch = (boundary + 1) * proto["epochs_per_task"]
@@ -118,7 +114,42 @@ def main(
         numerics=numerics,
         degenerate_thresholds=degenerate_thresholds(table),
     )
-    io.write_parquet(table, probes, prov)
+    return table, prov
+
+
+def main(
+    prepared: str,
+    order: str,
+    kept: str,
+    checkpoints: list,
+    probes: str | list,
+    boundary: int | list,
+    cfg: dict,
+    runtime: dict | None = None,
+):
+    """Write the long probe table of boundary BOUNDARY to PROBES from its CHECKPOINTS; or, with a
+    list of boundaries (probes.jobs: run), one table per boundary to the list PROBES, CHECKPOINTS
+    holding their windows one after another. The data and the code are loaded once."""
+    proto, pcfg, memo = cfg["protocol"], cfg["probes"], cfg["memo"]
+    if pcfg["curvature"] and memo["score"] not in memo["methods"]:
+        raise ValueError(
+            f"probes.curvature needs the curvature method memo.score={memo['score']!r} in "
+            f"memo.methods {memo['methods']}; set memo.score to one of them or probes.curvature: false"
+        )
+    boundaries, outputs = ([boundary], [probes]) if isinstance(boundary, int) else (list(boundary), list(probes))
+    if len(outputs) != len(boundaries):
+        raise ValueError(f"{len(outputs)} outputs for the boundaries {boundaries}; give one probe table per boundary")
+    windows = split_windows(checkpoints, boundaries, pcfg["window"])
+    rt = runtime_of(cfg, runtime)
+    device = resolve_device(rt["device"])
+    numerics = strict_numerics(device, proto["deterministic"])
+    data = load_prepared(prepared)
+    classes = pd.read_csv(order)["class"].to_numpy()
+    kept_ids = io.read_parquet(kept)["sample_id"]
+    for k, window, out in zip(boundaries, windows, outputs, strict=True):
+        log.info("boundary %d: %d checkpoints -> %s", k, len(window), out)
+        table, prov = probe_table(data, classes, kept_ids, window, k, cfg, rt, device, numerics)
+        io.write_parquet(table, out, prov)
 
 
 if __name__ == "__main__":

@@ -74,20 +74,21 @@ def test_checkpoint_size_matches_a_saved_checkpoint(tmp_path, arch, width):
 
 
 @pytest.mark.slow
-def test_gpu_hours_follow_the_cost_model(tmp_path, demo_config):
+@pytest.mark.parametrize("probe_jobs,unused", [("boundary", "probe_run"), ("run", "probe")])
+def test_gpu_hours_follow_the_cost_model(tmp_path, demo_config, probe_jobs, unused):
     """GPU-hours of the demo with gpu: 1 everywhere = the cost model's requests summed over the jobs
-    Snakemake plans (so every rule's request is 1.5-2x its estimate), and the table says so."""
+    Snakemake plans (so every rule's request is 1.5-2x its estimate), and the table says so; with
+    either probe rule (probes.jobs)."""
     overlay = tmp_path / "gpu.yaml"
-    overlay.write_text(
-        yaml.safe_dump({"resources": {f: {"gpu": 1} for f in ("train", "memo_scorer", "curvature", "probe")}})
-    )
+    resources = {f: {"gpu": 1} for f in ("train", "memo_scorer", "curvature", "probe")}
+    overlay.write_text(yaml.safe_dump({"resources": resources, "probes": {"jobs": probe_jobs}}))
     cfg = mpconfig.load(ROOT / "config.yaml", ROOT / "config" / "demo.yaml", overlay)
     jobs = budget.dry_run([ROOT / "config.yaml", ROOT / "config" / "demo.yaml", overlay])
     model = cost.CostModel(cfg)
     s = budget.summarize(jobs, budget.Sizes(demo_config), model)
     p = demo_config["protocol"]
     planned = {j["rule"] for j in jobs}
-    assert set(cost.RULES) - planned == {"tune_task"}  # tuning runs only as the `tune` target
+    assert set(cost.RULES) - planned == {"tune_task", unused}  # tuning runs only as the `tune` target
     for rule in set(cost.RULES) & planned:
         mine = [j for j in jobs if j["rule"] == rule]
         want = sum(model.minutes(rule, j["wildcards"]) for j in mine) / 60

@@ -54,3 +54,14 @@ def test_a_bad_target_is_one_line_naming_the_cause(tmp_path):
         out = script("subset", *args, "--configfile", *DEMO, cwd=tmp_path)
         assert out.returncode != 0 and message in out.stderr, (args, out.stderr[-2000:])
         assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_a_probe_target_runs_the_probe_rule_probes_jobs_chooses(tmp_path):
+    """rule probe and rule probe_run both make a boundary's table: the ruleorder set by probes.jobs
+    picks one, as in Snakemake's own DAG (named here in the missing-input line)."""
+    target = "results/runs/order0/none/random/none/base/probes/boundary1.parquet"
+    for mode, rule in (("boundary", "probe"), ("run", "probe_run")):
+        overlay = tmp_path / f"{mode}.yaml"
+        overlay.write_text(f"probes: {{jobs: {mode}}}\n")
+        out = script("probe", "--target", target, "--configfile", *DEMO, str(overlay), cwd=tmp_path)
+        assert out.returncode != 0 and f"rule {rule} needs data/digits/prepared.npz" in out.stderr, out.stderr

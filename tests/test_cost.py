@@ -91,12 +91,22 @@ def test_probe_curvature_scorer_and_summary_counts(paper_config):
     assert m.summary() == pytest.approx(summary)
 
 
+def test_a_probe_job_per_run_costs_its_boundaries_with_one_start_up(paper_config):
+    """probes.jobs: run: the 19 boundaries' probe jobs of a run in one process, the start-up paid once."""
+    m = cost.CostModel(paper_config, planted_calibration(paper_config))
+    for wc in ({}, {"filter": "per_class-q0.8"}):
+        each = [m.seconds("probe", {**wc, "boundary": k}) for k in range(19)]
+        assert m.seconds("probe_run", wc) == pytest.approx(sum(each) - 18 * 7.0)
+        assert m.minutes("probe_run", wc) == math.ceil(1.5 * m.seconds("probe_run", wc) / 60)
+
+
 def test_requests_of_the_default_config_are_within_2x_of_the_estimate(paper_config):
     """Every GPU job of the paper config asks for the safety factor x its estimate, at most 2x."""
     m = cost.CostModel(paper_config)
     assert m.device.startswith("default") and m.safety == 1.5
     jobs = [("train_task", {"task": t, "ordering": o, "algorithm": "base"}) for t in range(20) for o in grid.ORDERINGS]
     jobs += [("probe", {"boundary": k}) for k in range(19)]
+    jobs += [("probe_run", {"filter": f}) for f in ("none", "per_class-q0.8")]
     jobs += [("memo_scorer", {}), ("memo_curvature", {}), ("run_summary", {})]
     for rule, wc in jobs:
         estimate = m.seconds(rule, wc) / 60
@@ -170,6 +180,7 @@ def test_bench_cost_model_reads_snakemake_benchmark_files(tmp_path, demo_config)
     files = {
         f"train/{run}/retrained/task2.tsv": model.train(2, "ascending", "retrained", "per_class-q0.9") * 1.2,
         f"probe/{run}/base/boundary1.tsv": model.probe(1, "per_class-q0.9") * 0.5,
+        f"probe/{run}/base/boundaries.tsv": model.probe_run("per_class-q0.9") * 0.8,  # probes.jobs: run
         "memo/curvature_e8.tsv": model.curvature() * 3.0,
         "stats/primary.tsv": 99.0,  # not a cost-model rule: ignored
     }
@@ -180,6 +191,7 @@ def test_bench_cost_model_reads_snakemake_benchmark_files(tmp_path, demo_config)
     args = ["--configfile", str(ROOT / "config.yaml"), str(ROOT / "config" / "demo.yaml"),
             "--calibration", str(tmp_path / "cal.yaml"), "--benchmarks", str(tmp_path / "bench")]  # fmt: skip
     df = bench.main(args).set_index("rule")
-    assert sorted(df.index) == ["memo_curvature", "probe", "train_task_reference"]
-    assert df["ratio"].to_dict() == pytest.approx({"train_task_reference": 1.2, "probe": 0.5, "memo_curvature": 3.0})
+    assert sorted(df.index) == ["memo_curvature", "probe", "probe_run", "train_task_reference"]
+    ratios = {"train_task_reference": 1.2, "probe": 0.5, "probe_run": 0.8, "memo_curvature": 3.0}
+    assert df["ratio"].to_dict() == pytest.approx(ratios)
     assert df.loc["probe", "measured_wall_s"] == pytest.approx(4 * df.loc["probe", "measured_cpu_s"], rel=1e-4)

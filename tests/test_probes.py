@@ -561,3 +561,19 @@ def test_probe_script_refuses_a_dynamic_memo_without_its_method(demo_config):
     cfg["memo"].update(score="csl", methods=["exact_ggn"])
     with pytest.raises(ValueError, match=r"memo\.score='csl'"):
         main("missing.npz", "missing.csv", "missing.parquet", [], "out.parquet", 0, cfg)
+
+
+def test_probe_script_for_several_boundaries_needs_one_output_and_one_window_each(demo_config):
+    """probes.jobs: run passes a list of boundaries: a wrong number of outputs or checkpoints is an
+    error naming the fix, before any data is read."""
+    import runpy
+    from pathlib import Path
+
+    main = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "probe.py"), run_name="test")["main"]
+    cfg = {k: copy.deepcopy(demo_config[k]) for k in ("protocol", "probes", "memo")}
+    seven = [f"c{i}.pt" for i in range(7)]  # window 3: 2 w + 1 = 7 checkpoints per boundary
+    with pytest.raises(ValueError, match="1 outputs for the boundaries \\[0, 1\\]; give one probe table per boundary"):
+        main("missing.npz", "missing.csv", "missing.parquet", seven * 2, ["b0.parquet"], [0, 1], cfg)
+    for wrong in (seven, seven * 2 + ["c7.pt"], seven[:6] * 2):
+        with pytest.raises(ValueError, match=rf"{len(wrong)} checkpoints for the boundaries \[0, 1\]; .* 2 w \+ 1 = 7"):
+            main("missing.npz", "missing.csv", "missing.parquet", wrong, ["b0.parquet", "b1.parquet"], [0, 1], cfg)

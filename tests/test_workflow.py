@@ -358,6 +358,53 @@ def test_same_config_gives_identical_tables(tiny_run, tmp_path):
         pd.testing.assert_frame_equal(a[key], b[key], check_exact=True, obj=key)
 
 
+def test_probe_jobs_choose_the_probe_rule_and_leave_the_rest_of_the_dag(tmp_path):
+    """Both values of probes.jobs give a valid DAG of the demo: the configured rule writes every probe
+    table (rule probe: one job per run and boundary; probe_run: one per run), every other rule plans
+    the same jobs."""
+    counts = {
+        mode: job_counts(
+            snakemake(
+                "-n", "--directory", str(tmp_path), "--configfile", *DEMO, "--config", f"probes={{jobs: {mode}}}"
+            ).stdout
+        )
+        for mode in ("boundary", "run")
+    }
+    for mode, rule, n in (("boundary", "probe", 2 * 4 * 4), ("run", "probe_run", 2 * 4)):
+        assert counts[mode].pop(rule) == n, mode  # class orders x probed conditions (x boundaries)
+        counts[mode]["total"] -= n
+    assert counts["boundary"] == counts["run"] and counts["run"]["deltas"] == 2 * 4
+
+
+PROBED = "results/runs/order0/none/random/none/base"
+
+
+@pytest.mark.slow
+def test_probe_jobs_per_run_write_the_tables_of_the_jobs_per_boundary(tmp_path):
+    """One trained tiny run probed by one job per boundary, then again (its training copied) by one
+    job per run: every boundary's table is the same file, byte for byte (frame, provenance, digest)."""
+    from memplast import checksums, io
+
+    targets = [f"{PROBED}/probes/boundary{k}.parquet" for k in (0, 1)]
+    per_boundary, per_run = tmp_path / "boundary", tmp_path / "run"
+    run_tiny(per_boundary, *targets)
+    for d in ("data", "results", ".snakemake/metadata"):
+        shutil.copytree(per_boundary / d, per_run / d)
+    for t in targets:
+        (per_run / t).unlink()
+    run_tiny(per_run, *targets, "--config", "probes={jobs: run}")
+    bench = per_run / "logs/benchmarks"  # only the probe job ran: nothing retrained
+    assert [p.relative_to(bench).as_posix() for p in bench.rglob("*.tsv")] == [
+        f"probe/{PROBED.removeprefix('results/runs/')}/boundaries.tsv"
+    ]
+    for t in targets:
+        a, b = per_boundary / t, per_run / t
+        pd.testing.assert_frame_equal(pd.read_parquet(a), pd.read_parquet(b), check_exact=True, obj=t)
+        assert io.read_provenance(a) == io.read_provenance(b), t
+        assert checksums.content_digest(a) == checksums.content_digest(b), t
+        assert a.read_bytes() == b.read_bytes(), t
+
+
 # A checkpoint of the last task of a run outside the primary condition: the recovery retrains one
 # task and reruns what reads it (one probe job, the run's deltas and summary, the statistics).
 DAMAGED = "results/runs/order1/per_class-q0.9/random/none/base/task2/ckpt/te1.pt"
