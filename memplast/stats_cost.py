@@ -2,8 +2,9 @@
 
 Torch- and pandas-free (read by rules/common.smk at DAG time). The constants are CPU seconds at the
 measured size, ``ROWS_MEASURED`` old-class rows (paper size: 45,000 samples x 19 boundaries x 5 class
-orders x 2 kinds, 6 outcomes), from ``python benchmarks/bench_stats.py scale --primary`` (issue 25,
-a shared 2-core machine at load average ~21, under nice); they scale linearly in rows and draws:
+orders x 2 kinds, 6 outcomes), from ``python benchmarks/bench_stats.py scale --primary`` (issue 25;
+the draws on a shared 2-core machine at load average ~8.5 with the compiled kernels, the effect
+tables and peak memory at load ~21 before them); they scale linearly in rows and draws:
 
 - association tables (``resample`` + pooling): ``FIXED_CPU_S`` + n_boot ``BOOT_CPU_S`` + n_perm
   ``NULL_CPU_S``, on the rule's threads with ``THREAD_EFFICIENCY``;
@@ -21,9 +22,9 @@ from __future__ import annotations
 import math
 
 ROWS_MEASURED = 4_275_000
-FIXED_CPU_S = 15.0  # cells, estimates, pooling (measured 13.7-14.0 s)
-BOOT_CPU_S = 0.65  # per bootstrap draw, every cell (measured 0.64 s at load ~21; 0.37 s on a lighter load)
-NULL_CPU_S = 0.25  # per null permutation, every cell (measured 0.22 s)
+FIXED_CPU_S = 10.0  # cells, estimates, pooling (measured 9.5-9.7 s, compiled kernels cached)
+BOOT_CPU_S = 0.11  # per bootstrap draw, every cell (measured 0.102 s at load ~8.5: rank_kernels.cell_sums)
+NULL_CPU_S = 0.10  # per null permutation, every cell (measured 0.087 s at load ~8.5)
 THREAD_EFFICIENCY = (
     0.6  # 2-thread speed-up / 2 of the draws (not re-measured: at load ~21 2 threads got no second core)
 )
