@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from conftest import ROOT
 
@@ -142,6 +143,99 @@ def test_calibrate_writes_a_file_the_cost_model_reads(tmp_path):
     cfg["resources"]["calibration"] = str(out)
     m = cost.CostModel(cfg)
     assert m.device == cal["device"] and m.train(0) > cal["fixed_seconds"]["startup"]
+
+
+class FakeWork:
+    """Calls of known cost on a fake clock: a + b * n seconds for n images, plus ``cold`` on the first."""
+
+    def __init__(self, a: float, b: float, cold: float = 0.0):
+        self.clock, self.a, self.b, self.cold, self.sizes = 0.0, a, b, cold, []
+
+    def now(self) -> float:
+        return self.clock
+
+    def make_call(self, n: int):
+        def call():
+            self.clock += self.a + self.b * n + (self.cold if not self.sizes else 0.0)
+            self.sizes.append(n)
+
+        return call
+
+
+def fake_timer(work: FakeWork, call_seconds: float = 1.0):
+    from memplast.calibrate import Timer
+
+    timer = Timer(torch.device("cpu"), call_seconds, "cpu")
+    timer.now = work.now
+    return timer
+
+
+@pytest.mark.parametrize("cold", [0.0, 1.5])
+def test_timer_grows_calls_to_the_budget(cold):
+    """Fixed + per-image cost: calls grow from the pilot to the largest size within call_seconds and
+    the result is that size's per-image cost; a slow first call (warm-up) does not stop the growth."""
+    work = FakeWork(a=0.05, b=0.01, cold=cold)
+    per_image = fake_timer(work).per_image("op", work.make_call, configured=500)
+    n = work.sizes[-1]
+    assert work.sizes[0] == 2 and work.sizes == sorted(work.sizes)
+    assert 0.05 + 0.01 * n <= 1.0 < 2 * (0.05 + 0.01 * n)  # the final call fits, twice it would not
+    assert per_image == pytest.approx((0.05 + 0.01 * n) / n)
+    assert n == 64 and work.sizes.count(n) == 2  # 64 disagrees with 16 (fixed cost): two calls of 64
+
+
+def test_timer_repeats_only_what_disagrees():
+    """A flat per-image cost stops once the last two sizes agree; a configured batch within the
+    budget is timed as is; a call of twice call_seconds counts alone, a shorter slow one twice."""
+    flat = FakeWork(a=0.0, b=0.01)
+    timer = fake_timer(flat)
+    assert timer.per_image("flat", flat.make_call, 500) == pytest.approx(0.01)
+    assert flat.sizes == [2, 2, 16, 64] and timer.log["flat"] == {
+        "images": 64,
+        "calls": 4,
+        "seconds": pytest.approx(0.84),
+    }
+    small = FakeWork(a=0.1, b=0.01)
+    assert fake_timer(small).per_image("small", small.make_call, 10) == pytest.approx(0.02)
+    assert small.sizes == [2, 2, 10, 10]
+    for b, calls in ((2.5, 1), (0.6, 2)):
+        slow = FakeWork(a=0.0, b=b)
+        assert fake_timer(slow).per_image("slow", slow.make_call, 250) == pytest.approx(b)
+        assert slow.sizes == [2] * calls
+
+
+def test_timer_reuses_the_same_calls():
+    """An operation with an earlier one's key reuses its result when its calls would be the same:
+    the final call size fits its configured images and is one step under both batch sizes."""
+    work = FakeWork(a=0.05, b=0.01)
+    timer = fake_timer(work)
+    first = timer.per_image("train_step", work.make_call, 180, key=("train", 90))
+    calls = len(work.sizes)
+    assert timer.per_image("scorer_step", work.make_call, 256, key=("train", 128)) == first
+    assert len(work.sizes) == calls and timer.log["scorer_step"]["same_as"] == "train_step"
+    timer.per_image("smaller", work.make_call, 40, key=("train", 20))  # 40 < 64 images: other calls
+    timer.per_image("other", work.make_call, 180, key=("eval", 90))
+    assert len(work.sizes) > calls + 4
+
+
+@pytest.mark.slow
+def test_reduced_calls_keep_the_per_image_cost(paper_config):
+    """At paper shapes on the CPU the default call budget times the training step on a fraction of
+    the configured 2 x 90 images; its per-image cost agrees with a 4x budget's (4x the images)
+    within 1.3 (measured on 2 shared cores: 8-16 vs 64 images, ratio 0.94-1.16)."""
+    from memplast import calibrate
+
+    bench, threads = calibrate.Bench(paper_config, torch.device("cpu")), torch.get_num_threads()
+    costs, sizes = [], []
+    try:
+        calibrate._threads(paper_config, "train")  # as `make calibrate` times it
+        for call_seconds in (calibrate.CALL_SECONDS, 4 * calibrate.CALL_SECONDS):
+            timer = calibrate.Timer(bench.device, call_seconds, "cpu")
+            costs.append(timer.per_image("train_step", bench.train_call("base", 90)[0], 180))
+            sizes.append(timer.log["train_step"]["images"])
+    finally:
+        torch.set_num_threads(threads)
+    assert sizes[0] < sizes[1] <= 180 and sizes[0] < 90, sizes
+    assert 1 / 1.3 <= costs[0] / costs[1] <= 1.3, (sizes, costs)
 
 
 @pytest.mark.slow
