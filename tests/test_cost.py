@@ -8,6 +8,7 @@ import math
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -90,6 +91,22 @@ def test_probe_curvature_scorer_and_summary_counts(paper_config):
     seen = sum(5 * (t + 1) for t in range(20))
     summary = 7.0 + 20 * 0.5 + seen * (450 * c["summary"] + 100 * c["eval"]) + 20 * 1000 * c["summary"]
     assert m.summary() == pytest.approx(summary)
+
+
+def test_tuning_and_heldout_counts(paper_config):
+    """A tuning task evaluates no test split; the held-out job evaluates the seen classes' validation
+    and test images at every checkpoint a run keeps (rules/common.smk heldout_checkpoints)."""
+    cal = planted_calibration(paper_config)
+    m = cost.CostModel(paper_config, cal)
+    c, E, w = cal["seconds_per_image"], paper_config["protocol"]["epochs_per_task"], paper_config["probes"]["window"]
+    tune = m.seconds("tune_task", {"algorithm": "cbp", "point": "3", "seed": "100", "task": "3"})
+    assert tune == pytest.approx(m.train(3, "random", "cbp") - (E + 1) * 20 * 100 * c["eval"])
+    one_checkpoint_per_task = 20 * 0.5 + sum((t + 1) * 5 * 150 for t in range(20)) * c["eval"]
+    assert m.seconds("heldout", {"algorithm": "base"}) == pytest.approx(7.0 + (2 * w + 2) * one_checkpoint_per_task)
+    assert m.heldout("retrained") == pytest.approx(7.0 + one_checkpoint_per_task)
+    extra = copy.deepcopy(paper_config)
+    extra["probes"]["extra_epochs"] = [w + 5, E]  # one more saved epoch; the end is saved anyway
+    assert cost.CostModel(extra, cal).heldout() - m.heldout() == pytest.approx(one_checkpoint_per_task)
 
 
 def test_requests_of_the_default_config_are_within_2x_of_the_estimate(paper_config):
@@ -251,8 +268,17 @@ def test_gpu_check_on_the_cpu(capsys):
     assert "bitwise equal" in out and "3 concurrent job(s)" in out and "gpu-check: all ok on cpu" in out
 
 
-def test_bench_cost_model_reads_snakemake_benchmark_files(tmp_path, demo_config):
-    """benchmarks/bench_cost_model.py: benchmark files mapped to rule and wildcards, measured over predicted."""
+def write_benchmarks(root, seconds: dict) -> None:
+    """Snakemake benchmark files (wall s = 4 x cpu_time) under ROOT/logs/benchmarks."""
+    for rel, cpu in seconds.items():
+        path = root / "logs" / "benchmarks" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"s\th:m:s\tmax_rss\tcpu_time\n{cpu * 4:.4f}\t0:00:01\t1.0\t{cpu:.4f}\n")
+
+
+def test_bench_cost_model_reads_snakemake_benchmark_files(tmp_path, demo_config, capsys):
+    """benchmarks/bench_cost_model.py: benchmark files mapped to rule and wildcards, measured over
+    predicted, two settings (runs) in one table with the goal verdict and the summary line."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import bench_cost_model as bench
 
@@ -261,19 +287,41 @@ def test_bench_cost_model_reads_snakemake_benchmark_files(tmp_path, demo_config)
     (tmp_path / "cal.yaml").write_text(yaml.safe_dump(cal))
     model = cost.CostModel(demo_config, cal)
     run = "order1/per_class-q0.9/ascending/none"
-    files = {
+    write_benchmarks(tmp_path / "a", {
         f"train/{run}/retrained/task2.tsv": model.train(2, "ascending", "retrained", "per_class-q0.9") * 1.2,
         f"probe/{run}/base/boundary1.tsv": model.probe(1, "per_class-q0.9") * 0.5,
         "memo/curvature_e8.tsv": model.curvature() * 3.0,
         "stats/primary.tsv": 99.0,  # not a cost-model rule: ignored
+    })  # fmt: skip
+    tune = {"algorithm": "upgd", "point": "4", "seed": "101", "task": "1"}
+    t1, t2 = model.seconds("tune_task", tune), model.seconds("tune_task", {**tune, "task": "2"})
+    write_benchmarks(tmp_path / "b", {
+        "tune/upgd/p4/order101/task1.tsv": t1 * 1.1,
+        "tune/upgd/p4/order101/task2.tsv": t2 * 1.3,
+        f"probe/{run}/base/heldout.tsv": model.heldout("base") * 0.9,
+        "memo/heldout_dependence.tsv": model.dependence(),
+    })  # fmt: skip
+    configs = f"{ROOT / 'config.yaml'},{ROOT / 'config' / 'demo.yaml'}"
+    df = bench.main([f"--setting=a:{tmp_path / 'a'}:{configs}:{tmp_path / 'cal.yaml'}",
+                     f"--setting=b:{tmp_path / 'b'}:{configs}:../cal.yaml"])  # relative: from ROOT  # fmt: skip
+    got = {(r.setting, r.rule): (r.jobs, r.ratio, r.within) for r in df.itertuples()}
+    assert got == {
+        ("a", "train_task_reference"): (1, pytest.approx(1.2), "yes"),
+        ("a", "probe"): (1, pytest.approx(0.5), "no"),
+        ("a", "memo_curvature"): (1, pytest.approx(3.0), "no"),
+        ("b", "tune_task"): (2, pytest.approx((1.1 * t1 + 1.3 * t2) / (t1 + t2)), "yes"),  # the rule's total
+        ("b", "heldout"): (1, pytest.approx(0.9), "yes"),
+        ("b", "heldout_dependence"): (1, pytest.approx(1.0), "yes"),
     }
-    for rel, cpu in files.items():
-        path = tmp_path / "bench" / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(f"s\th:m:s\tmax_rss\tcpu_time\n{cpu * 4:.4f}\t0:00:01\t1.0\t{cpu:.4f}\n")
-    args = ["--configfile", str(ROOT / "config.yaml"), str(ROOT / "config" / "demo.yaml"),
-            "--calibration", str(tmp_path / "cal.yaml"), "--benchmarks", str(tmp_path / "bench")]  # fmt: skip
-    df = bench.main(args).set_index("rule")
-    assert sorted(df.index) == ["memo_curvature", "probe", "train_task_reference"]
-    assert df["ratio"].to_dict() == pytest.approx({"train_task_reference": 1.2, "probe": 0.5, "memo_curvature": 3.0})
-    assert df.loc["probe", "measured_wall_s"] == pytest.approx(4 * df.loc["probe", "measured_cpu_s"], rel=1e-4)
+    probe = df.set_index("rule").loc["probe"]
+    assert probe["measured_wall_s"] == pytest.approx(4 * probe["measured_cpu_s"], rel=1e-4)
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == (
+        "summary: measured/predicted per rule: a 0.50-3.00, 2 outside (probe, memo_curvature); "
+        f"b 0.90-{(1.1 * t1 + 1.3 * t2) / (t1 + t2):.2f}, all within; 4/6 rules within the goal 1/1.5-1.5"
+    )
+    one = bench.main(["--configfile", *configs.split(","), "--calibration", str(tmp_path / "cal.yaml"),
+                      "--benchmarks", str(tmp_path / "a" / "logs" / "benchmarks"), "--name", "a"])  # fmt: skip
+    pd.testing.assert_frame_equal(one, df[df["setting"] == "a"])
+    with pytest.raises(SystemExit, match="give NAME:ROOT:CONFIG"):
+        bench.main(["--setting", "demo:config.yaml:/tmp/cal.yaml"])
