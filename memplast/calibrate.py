@@ -4,15 +4,17 @@ Every operation of :data:`memplast.cost.OPERATIONS` is timed with the workflow's
 (``train_epoch``, ``evaluate``, ``reestimate_bn``, ``probe_checkpoint``, ``mean_gradient``, the
 curvature estimators, ``model_metrics``) on class-structured synthetic images of the configured
 shape, with the configured model, classes and batch sizes, on the thread count of the job family
-that runs it. Each is warmed up once, then timed over at least two calls (median) and divided by
-the images of a call. A call processes the configured batch, or fewer images when that would take
-longer than ``call_seconds`` on this device (the CPU at paper shapes): per-image costs are then
-measured on a smaller batch. Fixed costs: a job's start-up (a fresh interpreter importing what a
-job script imports) and loading one checkpoint of the model.
+that runs it, per image: calls start small (the first also warms up) and grow up to the
+configured batch, or up to ``call_seconds`` per call on a slow device (the CPU at paper shapes: the
+per-image cost is then measured on a smaller batch), until two calls in a row agree within 15%
+(:meth:`Timer.per_image`). An operation that repeats an earlier one's calls (the scorer's step at
+the training step's model, augmentation, threads and call size) reuses its result. Fixed costs: a
+job's start-up (a fresh interpreter importing what a job script imports) and loading one checkpoint.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import statistics
@@ -38,6 +40,7 @@ from memplast.probes import mean_gradient, probe_checkpoint
 from memplast.train import DeviceData, evaluate, reestimate_bn, train_epoch
 
 log = logging.getLogger("memplast.calibrate")
+CALL_SECONDS = 1.0  # longest timed call (clock seconds); a slow device times fewer images per call
 # what a job script imports before its work starts (scripts/*.py under Snakemake's script directive)
 STARTUP_IMPORTS = (
     "import snakemake.script, torch, pandas, pyarrow.parquet; "
@@ -59,18 +62,21 @@ def file_name(name: str) -> str:
 
 
 class Timer:
-    """Median seconds per image of a callable, on ``device``, within a time budget per call.
+    """Seconds per image of an operation on ``device``, from calls of at most ``call_seconds`` each.
 
     ``clock``: ``wall`` (what a job's time limit counts; always on a GPU) or ``cpu`` (this process's
     CPU time: on a shared CPU machine it is what other processes' load does not inflate; compare it
-    with the ``cpu_time`` of Snakemake's benchmark files)."""
+    with the ``cpu_time`` of Snakemake's benchmark files). ``spread``: how close (relative) two
+    calls' per-image costs must be to stop (at most ``max_calls`` calls). ``log``: per operation
+    the images of its last call, the calls made and the seconds (of ``clock``) spent on it."""
 
-    def __init__(self, device: torch.device, call_seconds: float, clock: str = "wall"):
+    def __init__(self, device: torch.device, call_seconds: float, clock="wall", spread=0.15, max_calls=6):
         if clock not in ("wall", "cpu"):
             raise ValueError(f"clock must be wall or cpu, got {clock!r}")
-        self.device, self.call_seconds = device, call_seconds
+        self.device, self.call_seconds, self.spread, self.max_calls = device, call_seconds, spread, max_calls
         self.clock = "wall" if device.type == "cuda" else clock
         self.now = time.perf_counter if self.clock == "wall" else time.process_time
+        self.results, self.log = {}, {}
 
     def once(self, fn) -> float:
         t0 = self.now()
@@ -79,18 +85,49 @@ class Timer:
             torch.cuda.synchronize(self.device)
         return self.now() - t0
 
-    def per_image(self, make_call, configured: int, repeats: int = 2, pilot: int = 2) -> float:
-        """Per image over ``repeats`` calls on ``configured`` images, or on fewer so that a call stays
-        within ``call_seconds`` (from a pilot call on ``pilot`` images, which is also the warm-up)."""
-        n = configured
-        if configured > pilot:
-            per_image = self.once(make_call(pilot)) / pilot
-            per_image = self.once(make_call(pilot)) / pilot  # the first call also built the graph
-            n = int(max(pilot, min(configured, self.call_seconds / max(per_image, 1e-9))))
+    def per_image(self, name: str, make_call, configured: int, key=None, pilot: int = 2) -> float:
+        """Seconds per image of ``make_call(n)()``, a call on ``n`` images (``configured`` at most).
+
+        The first call, on ``pilot`` images, warms up (it also allocates and builds the graph; it
+        counts only when it takes ``call_seconds`` or more). Calls then grow (x2 to x8) while a call
+        of twice the size stays within ``call_seconds``; at the final size the per-image cost is
+        taken once two calls in a row agree within ``spread``: the previous size's and this one's
+        (the call size no longer matters) or two of this size. A first call of twice
+        ``call_seconds`` or more counts alone (it averages over the work of two). ``key``:
+        ``(identity, batch_size)`` of the call apart from its size; an operation with the key of an
+        earlier one whose final call size fits its ``configured`` (the same calls) reuses its result."""
+        start = self.now()
+        if key and key[0] in self.results:
+            n, batch, per_image, first = self.results[key[0]]
+            if n <= configured and min(n, key[1]) == min(n, batch):
+                self.log[name] = {"images": n, "calls": 0, "seconds": self.now() - start, "same_as": first}
+                return per_image
+        n = min(pilot, configured)
         fn = make_call(n)
-        if n <= pilot:
-            fn()  # warm-up
-        return statistics.median(self.once(fn) for _ in range(repeats)) / n
+        seconds, calls = self.once(fn), 1
+        samples = [(n, seconds / n)] if seconds >= self.call_seconds else []  # (images, seconds per image)
+        while calls < self.max_calls:
+            final = n == configured or 2 * seconds > self.call_seconds
+            agree = len(samples) > 1 and self._spread([c for _, c in samples[-2:]]) <= self.spread
+            if final and (agree or (len(samples) == 1 and seconds >= 2 * self.call_seconds)):
+                break
+            if samples and not final:  # x2, x4 or x8: the largest whose call stays within call_seconds
+                grow = 2
+                while grow < 8 and 2 * grow * seconds <= self.call_seconds:
+                    grow *= 2
+                n = min(configured, grow * n)
+                fn = make_call(n)
+            seconds, calls = self.once(fn), calls + 1
+            samples.append((n, seconds / n))
+        per_image = statistics.median(c for size, c in samples if size == n)
+        if key:
+            self.results[key[0]] = (n, key[1], per_image, name)
+        self.log[name] = {"images": n, "calls": calls, "seconds": self.now() - start}
+        return per_image
+
+    @staticmethod
+    def _spread(per_image) -> float:
+        return (max(per_image) - min(per_image)) / max(min(per_image), 1e-12)
 
 
 class Bench:
@@ -111,16 +148,23 @@ class Bench:
         aug = ds["augmentation"]
         self.aug = aug if any([aug["crop_padding"], aug["flip"], aug["rotation_degrees"]]) else None
         self.meta = model_meta(config["model"]["arch"], config["model"]["width"], self.C, shape[0])
+        self.models = {}
 
     def model(self, arch=None, width=None):
-        m = build_model(arch or self.meta["arch"], self.C, self.meta["in_channels"], width or self.meta["width"])
-        reinit(m, 0)
-        return m.to(self.device)
+        """The network ``arch`` x ``width`` (default: the configured model) in train mode, built and
+        initialised once: every operation but training (which gets a copy) times the same instance."""
+        key = (arch or self.meta["arch"], width or self.meta["width"])
+        if key not in self.models:
+            m = build_model(key[0], self.C, self.meta["in_channels"], key[1])
+            reinit(m, 0)
+            self.models[key] = m.to(self.device)
+        return self.models[key].train()
 
     def train_call(self, algorithm: str, batch_size: int, arch=None, width=None, aug="config"):
-        """One call = one SGD step per ``batch_size`` images of all classes (the algorithm's step)."""
+        """``(make, key)`` for :meth:`Timer.per_image`: one call = one SGD step per ``batch_size`` images
+        of all classes (the algorithm's step) on a copy of the model."""
         proto = self.cfg["protocol"]
-        model = self.model(arch, width)
+        model = copy.deepcopy(self.model(arch, width))
         algo = make_algorithm(algorithm, proto, 0)
         optimizer = algo.make_optimizer(model)
         algo.attach(model, torch.Generator().manual_seed(1))
@@ -133,7 +177,8 @@ class Bench:
             return lambda: train_epoch(model, optimizer, self.data, rows, mask, batch_size, gen, aug, None,
                                        algo.after_step, "calibration", algo.wants_acts)  # fmt: skip
 
-        return make
+        identity = ("train", algorithm, arch or self.meta["arch"], width or self.meta["width"], repr(aug))
+        return make, (identity + (torch.get_num_threads(),), batch_size)
 
 
 def _threads(config: dict, family: str) -> None:
@@ -141,28 +186,33 @@ def _threads(config: dict, family: str) -> None:
 
 
 def measure_training(b: Bench, t: Timer) -> tuple[dict, dict]:
-    """train_step, scorer_step, eval, bn per image; the algorithms' step as a factor of base."""
+    """train_step, scorer_step, eval, bn per image; the step of every compared or tuned algorithm
+    (conditions.algorithms, tuning.algorithms) as a factor of base's."""
     cfg, proto = b.cfg, b.cfg["protocol"]
     bs = proto["batch_size"]
+
+    def step(name, algorithm, batch_size, *model_and_aug):
+        make, key = b.train_call(algorithm, batch_size, *model_and_aug)
+        return t.per_image(name, make, 2 * batch_size, key)
+
     _threads(cfg, "train")
-    out = {"train_step": t.per_image(b.train_call("base", bs), 2 * bs)}
+    out = {"train_step": step("train_step", "base", bs)}
     factors = {}
-    for algo in cfg["conditions"]["algorithms"]:
+    for algo in dict.fromkeys([*cfg["conditions"]["algorithms"], *cfg["tuning"]["algorithms"]]):
         if algo not in cost.BASE_STEP_ALGORITHMS:
-            factors[algo] = t.per_image(b.train_call(algo, bs), 2 * bs) / out["train_step"]
+            factors[algo] = step(f"step {algo}", algo, bs) / out["train_step"]
     model = b.model()
     mask = seen_classes(np.arange(b.C), b.C, b.device)
     ebs = proto.get("eval_batch_size", 1000)
-    out["eval"] = t.per_image(lambda n: lambda: evaluate(model, b.data, np.arange(n), mask, ebs), ebs)
+    out["eval"] = t.per_image("eval", lambda n: lambda: evaluate(model, b.data, np.arange(n), mask, ebs), ebs)
     gen = torch.Generator().manual_seed(0)
     out["bn"] = t.per_image(
-        lambda n: lambda: reestimate_bn(model, b.data.batches(np.arange(n), bs, gen, b.aug)), 2 * bs
+        "bn", lambda n: lambda: reestimate_bn(model, b.data.batches(np.arange(n), bs, gen, b.aug)), 2 * bs
     )
     sc = cfg["memo"]["scorer"]
     _threads(cfg, "memo_scorer")
-    out["scorer_step"] = t.per_image(
-        b.train_call("base", sc["batch_size"], sc["arch"], sc["width"], b.aug if sc["augment"] else None),
-        2 * sc["batch_size"],
+    out["scorer_step"] = step(
+        "scorer_step", "base", sc["batch_size"], sc["arch"], sc["width"], b.aug if sc["augment"] else None
     )
     return out, factors
 
@@ -183,14 +233,13 @@ def measure_probes(b: Bench, t: Timer) -> dict:
         return lambda: probe_checkpoint(model, b.images[:n], y[:n], seen, seen, taus=taus, score_taus=score_taus,
                                         batch_size=pbs, device=b.device, **kw)  # fmt: skip
 
-    return {
-        "probe": t.per_image(probe, pbs),
-        "probe_align": t.per_image(lambda n: probe(n, True), pbs),
-        "mean_gradient": t.per_image(
-            lambda n: lambda: mean_gradient(model, b.images[:n], y[:n], seen, pbs, b.device), pbs
-        ),
-        "summary": t.per_image(lambda n: lambda: model_metrics(model, b.images[:n], y[:n], seen, pbs, b.device), pbs),
+    calls = {
+        "probe": probe,
+        "probe_align": lambda n: probe(n, True),
+        "mean_gradient": lambda n: lambda: mean_gradient(model, b.images[:n], y[:n], seen, pbs, b.device),
+        "summary": lambda n: lambda: model_metrics(model, b.images[:n], y[:n], seen, pbs, b.device),
     }
+    return {name: t.per_image(name, make, pbs) for name, make in calls.items()}
 
 
 def measure_curvature(b: Bench, t: Timer) -> dict:
@@ -204,18 +253,18 @@ def measure_curvature(b: Bench, t: Timer) -> dict:
     task_mask = class_mask(range(b.cpt), b.C, b.device)
     y_task = b.labels % b.cpt
     x, y, m = b.images, b.labels, b.all_mask
-    return {
-        "exact_ggn": t.per_image(lambda n: lambda: exact_ggn(model, x[:n], y[:n], m), mbs),
-        "exact_ggn_task": t.per_image(lambda n: lambda: exact_ggn(model, x[:n], y_task[:n], task_mask), mbs),
-        "hutchinson": t.per_image(lambda n: lambda: hutchinson(model, x[:n], y[:n], m, ids[:n], k), mbs),
-        "finite_difference": t.per_image(
-            lambda n: lambda: finite_difference(model, x[:n], y[:n], m, ids[:n], k, memo["fd_step"]), mbs
-        ),
+    calls = {
+        "exact_ggn": lambda n: lambda: exact_ggn(model, x[:n], y[:n], m),
+        "exact_ggn_task": lambda n: lambda: exact_ggn(model, x[:n], y_task[:n], task_mask),
+        "hutchinson": lambda n: lambda: hutchinson(model, x[:n], y[:n], m, ids[:n], k),
+        "finite_difference": lambda n: lambda: finite_difference(model, x[:n], y[:n], m, ids[:n], k, memo["fd_step"]),
     }
+    return {name: t.per_image(name, make, mbs) for name, make in calls.items()}
 
 
 def measure_fixed(b: Bench, t: Timer, python: str = sys.executable) -> dict:
-    """Start-up of a job (fresh interpreter and imports, median of 2) and one checkpoint load."""
+    """Start-up of a job (one fresh interpreter importing what a job script imports; a second one
+    would differ by the file cache only) and one checkpoint load (the faster of two)."""
     root = Path(__file__).resolve().parents[1]
 
     def child_seconds():
@@ -224,34 +273,48 @@ def measure_fixed(b: Bench, t: Timer, python: str = sys.executable) -> dict:
         times = os.times()
         return times.children_user + times.children_system
 
-    runs = []
-    for _ in range(2):
-        t0 = child_seconds()
-        subprocess.run([python, "-c", STARTUP_IMPORTS], check=True, cwd=root, capture_output=True)
-        runs.append(child_seconds() - t0)
+    t0 = child_seconds()
+    subprocess.run([python, "-c", STARTUP_IMPORTS], check=True, cwd=root, capture_output=True)
+    startup = child_seconds() - t0
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "c.pt"
         save_checkpoint(path, b.model(), {**b.meta, "epoch": 1}, {})
-        load = min(t.once(lambda: load_checkpoint(path, b.device)) for _ in range(3))
-    return {"startup": statistics.median(runs), "checkpoint_load": load}
+        load = min(t.once(lambda: load_checkpoint(path, b.device)) for _ in range(2))
+    return {"startup": startup, "checkpoint_load": load}
+
+
+def _describe(t: Timer, names) -> str:
+    """Per operation: its call size, calls and the seconds spent measuring it (Timer.log)."""
+    parts = []
+    for name in names:
+        entry = t.log[name]
+        how = f"as {entry['same_as']}" if "same_as" in entry else f"{entry['images']} img x {entry['calls']} calls"
+        parts.append(f"{name} ({how}, {entry['seconds']:.1f} s)")
+    return ", ".join(parts)
 
 
 def calibrate(
-    config: dict, device: str = "auto", call_seconds: float = 2.0, clock: str = "wall", progress=print
+    config: dict, device: str = "auto", call_seconds: float = CALL_SECONDS, clock: str = "wall", progress=print
 ) -> dict:
-    """A calibration of ``config``'s shapes on ``device`` (see the module docstring)."""
+    """A calibration of ``config``'s shapes on ``device`` (see the module docstring); ``progress``
+    gets per part the per-image costs and, per operation, what measuring it took."""
     from memplast import io
 
     dev = resolve_device(device)
     threads = torch.get_num_threads()
     t, b = Timer(dev, call_seconds, clock), Bench(config, dev)
-    seconds, factors, t0 = {}, {}, time.perf_counter()
+    seconds, factors, t0, cpu0 = {}, {}, time.perf_counter(), time.process_time()
     for what, fn in (("training", measure_training), ("probes", measure_probes), ("curvature", measure_curvature)):
+        done, wall, cpu = set(t.log), time.perf_counter(), time.process_time()
         part = fn(b, t)
         if what == "training":
             part, factors = part
         seconds.update(part)
-        progress(f"  {what}: " + ", ".join(f"{k} {v * 1e3:.3g} ms/img" for k, v in part.items()))
+        progress(
+            f"  {what} ({time.process_time() - cpu:.1f} CPU s, {time.perf_counter() - wall:.1f} wall s): "
+            + ", ".join(f"{k} {v * 1e3:.3g} ms/img" for k, v in part.items())
+        )
+        progress(f"    measured: {_describe(t, [k for k in t.log if k not in done])}")
     torch.set_num_threads(threads)
     fixed = measure_fixed(b, t)
     progress(f"  fixed: start-up {fixed['startup']:.1f} s, checkpoint load {fixed['checkpoint_load']:.3f} s")
@@ -263,9 +326,12 @@ def calibrate(
         "code_version": io.code_version(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "measured_seconds": round(time.perf_counter() - t0, 1),
+        "measured_cpu_seconds": round(time.process_time() - cpu0, 1),
+        "call_seconds": call_seconds,
         "shapes": cost.shapes(config),
         "seconds_per_image": {k: float(f"{v:.4g}") for k, v in seconds.items()},
         "ratio_to_train_step": {k: round(v / seconds["train_step"], 3) for k, v in seconds.items()},
         "algorithm_factor": {k: round(v, 3) for k, v in factors.items()},
+        "operations": {k: {**v, "seconds": round(v["seconds"], 2)} for k, v in t.log.items()},
         "fixed_seconds": {k: round(v, 3) for k, v in fixed.items()},
     }

@@ -178,12 +178,15 @@ class CostModel:
         random control keep about q; ``balanced`` may keep fewer: an upper bound)."""
         return 1.0 if filter_name == "none" else grid.parse_filter(filter_name).quantile
 
-    def train(self, task: int, ordering: str = "random", algorithm: str = "base", filter_name: str = "none") -> float:
+    def train(
+        self, task: int, ordering: str = "random", algorithm: str = "base", filter_name: str = "none", test: bool = True
+    ) -> float:
         """One task: E epochs x (its kept training images x (step + BN re-estimation after a non-random
-        ordering) + its validation and test images x eval), the end evaluation, start-up."""
+        ordering) + its validation and test images x eval), the end evaluation, start-up. ``test``
+        false: the test split is not in memory (tuning jobs) and not evaluated."""
         seen = (task + 1) * self.cpt
         n_train = seen * self.sizes["train"] * self.kept(filter_name)
-        n_eval = seen * (self.sizes["val"] + self.sizes["test"])
+        n_eval = seen * (self.sizes["val"] + (self.sizes["test"] if test else 0))
         step = self.c["train_step"] * self.cal.get("algorithm_factor", {}).get(algorithm, 1.0)
         bn = self.c["bn"] if self.bn_reestimate and ordering != "random" else 0.0
         per_epoch = n_train * (step + bn) + n_eval * self.c["eval"]
@@ -242,9 +245,11 @@ class CostModel:
 
     def heldout(self, algorithm: str = "base") -> float:
         """A run's held-out samples (validation and test of the seen classes) at every checkpoint it
-        keeps: per task 2w + 2 (its saved epochs, before-window slots, live), `retrained` its end only."""
+        keeps: per task its saved epochs (the first w, the end, probes.extra_epochs), w before-window
+        slots and the live epoch (2w + 2 without extra epochs); `retrained` its end only."""
         s = self.sizes
-        per_task = 1 if algorithm == "retrained" else 2 * self.w + 2
+        saved = grid.probe_epochs(0, self.E, self.w, self.cfg["probes"]["extra_epochs"])
+        per_task = 1 if algorithm == "retrained" else len(saved) + self.w + 1
         images = sum((t + 1) * self.cpt * (s["val"] + s["test"]) for t in range(self.T))
         return self.fixed["startup"] + per_task * (self.T * self.fixed["checkpoint_load"] + images * self.c["eval"])
 
@@ -258,8 +263,9 @@ class CostModel:
         """Estimated seconds of one job of ``rule`` (a key of :data:`RULES`) with ``wildcards``."""
         kind = RULES[rule]
         w = wildcards
-        if kind == "train":  # tuning runs: random ordering, no filter
-            return self.train(int(w["task"]), w.get("ordering", "random"), w["algorithm"], w.get("filter", "none"))
+        if kind == "train":  # tuning runs: random ordering, no filter, no test split
+            ordering, filter_name = w.get("ordering", "random"), w.get("filter", "none")
+            return self.train(int(w["task"]), ordering, w["algorithm"], filter_name, test=rule != "tune_task")
         if kind == "heldout":
             return self.heldout(w["algorithm"])
         if kind == "probe":

@@ -8,7 +8,9 @@ import math
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
+import torch
 import yaml
 from conftest import ROOT
 
@@ -100,6 +102,22 @@ def test_a_probe_job_per_run_costs_its_boundaries_with_one_start_up(paper_config
         assert m.minutes("probe_run", wc) == math.ceil(1.5 * m.seconds("probe_run", wc) / 60)
 
 
+def test_tuning_and_heldout_counts(paper_config):
+    """A tuning task evaluates no test split; the held-out job evaluates the seen classes' validation
+    and test images at every checkpoint a run keeps (rules/common.smk heldout_checkpoints)."""
+    cal = planted_calibration(paper_config)
+    m = cost.CostModel(paper_config, cal)
+    c, E, w = cal["seconds_per_image"], paper_config["protocol"]["epochs_per_task"], paper_config["probes"]["window"]
+    tune = m.seconds("tune_task", {"algorithm": "cbp", "point": "3", "seed": "100", "task": "3"})
+    assert tune == pytest.approx(m.train(3, "random", "cbp") - (E + 1) * 20 * 100 * c["eval"])
+    one_checkpoint_per_task = 20 * 0.5 + sum((t + 1) * 5 * 150 for t in range(20)) * c["eval"]
+    assert m.seconds("heldout", {"algorithm": "base"}) == pytest.approx(7.0 + (2 * w + 2) * one_checkpoint_per_task)
+    assert m.heldout("retrained") == pytest.approx(7.0 + one_checkpoint_per_task)
+    extra = copy.deepcopy(paper_config)
+    extra["probes"]["extra_epochs"] = [w + 5, E]  # one more saved epoch; the end is saved anyway
+    assert cost.CostModel(extra, cal).heldout() - m.heldout() == pytest.approx(one_checkpoint_per_task)
+
+
 def test_requests_of_the_default_config_are_within_2x_of_the_estimate(paper_config):
     """Every GPU job of the paper config asks for the safety factor x its estimate, at most 2x."""
     m = cost.CostModel(paper_config)
@@ -154,6 +172,99 @@ def test_calibrate_writes_a_file_the_cost_model_reads(tmp_path):
     assert m.device == cal["device"] and m.train(0) > cal["fixed_seconds"]["startup"]
 
 
+class FakeWork:
+    """Calls of known cost on a fake clock: a + b * n seconds for n images, plus ``cold`` on the first."""
+
+    def __init__(self, a: float, b: float, cold: float = 0.0):
+        self.clock, self.a, self.b, self.cold, self.sizes = 0.0, a, b, cold, []
+
+    def now(self) -> float:
+        return self.clock
+
+    def make_call(self, n: int):
+        def call():
+            self.clock += self.a + self.b * n + (self.cold if not self.sizes else 0.0)
+            self.sizes.append(n)
+
+        return call
+
+
+def fake_timer(work: FakeWork, call_seconds: float = 1.0):
+    from memplast.calibrate import Timer
+
+    timer = Timer(torch.device("cpu"), call_seconds, "cpu")
+    timer.now = work.now
+    return timer
+
+
+@pytest.mark.parametrize("cold", [0.0, 1.5])
+def test_timer_grows_calls_to_the_budget(cold):
+    """Fixed + per-image cost: calls grow from the pilot to the largest size within call_seconds and
+    the result is that size's per-image cost; a slow first call (warm-up) does not stop the growth."""
+    work = FakeWork(a=0.05, b=0.01, cold=cold)
+    per_image = fake_timer(work).per_image("op", work.make_call, configured=500)
+    n = work.sizes[-1]
+    assert work.sizes[0] == 2 and work.sizes == sorted(work.sizes)
+    assert 0.05 + 0.01 * n <= 1.0 < 2 * (0.05 + 0.01 * n)  # the final call fits, twice it would not
+    assert per_image == pytest.approx((0.05 + 0.01 * n) / n)
+    assert n == 64 and work.sizes.count(n) == 2  # 64 disagrees with 16 (fixed cost): two calls of 64
+
+
+def test_timer_repeats_only_what_disagrees():
+    """A flat per-image cost stops once the last two sizes agree; a configured batch within the
+    budget is timed as is; a call of twice call_seconds counts alone, a shorter slow one twice."""
+    flat = FakeWork(a=0.0, b=0.01)
+    timer = fake_timer(flat)
+    assert timer.per_image("flat", flat.make_call, 500) == pytest.approx(0.01)
+    assert flat.sizes == [2, 2, 16, 64] and timer.log["flat"] == {
+        "images": 64,
+        "calls": 4,
+        "seconds": pytest.approx(0.84),
+    }
+    small = FakeWork(a=0.1, b=0.01)
+    assert fake_timer(small).per_image("small", small.make_call, 10) == pytest.approx(0.02)
+    assert small.sizes == [2, 2, 10, 10]
+    for b, calls in ((2.5, 1), (0.6, 2)):
+        slow = FakeWork(a=0.0, b=b)
+        assert fake_timer(slow).per_image("slow", slow.make_call, 250) == pytest.approx(b)
+        assert slow.sizes == [2] * calls
+
+
+def test_timer_reuses_the_same_calls():
+    """An operation with an earlier one's key reuses its result when its calls would be the same:
+    the final call size fits its configured images and is one step under both batch sizes."""
+    work = FakeWork(a=0.05, b=0.01)
+    timer = fake_timer(work)
+    first = timer.per_image("train_step", work.make_call, 180, key=("train", 90))
+    calls = len(work.sizes)
+    assert timer.per_image("scorer_step", work.make_call, 256, key=("train", 128)) == first
+    assert len(work.sizes) == calls and timer.log["scorer_step"]["same_as"] == "train_step"
+    timer.per_image("smaller", work.make_call, 40, key=("train", 20))  # 40 < 64 images: other calls
+    timer.per_image("other", work.make_call, 180, key=("eval", 90))
+    assert len(work.sizes) > calls + 4
+
+
+@pytest.mark.slow
+def test_reduced_calls_keep_the_per_image_cost(paper_config):
+    """At paper shapes on the CPU the default call budget times the training step on a fraction of
+    the configured 2 x 90 images; its per-image cost agrees with a 4x budget's (4x the images)
+    within 1.3 (measured on 2 shared cores: 8-16 vs 64 images, ratio 0.94-1.16)."""
+    from memplast import calibrate
+
+    bench, threads = calibrate.Bench(paper_config, torch.device("cpu")), torch.get_num_threads()
+    costs, sizes = [], []
+    try:
+        calibrate._threads(paper_config, "train")  # as `make calibrate` times it
+        for call_seconds in (calibrate.CALL_SECONDS, 4 * calibrate.CALL_SECONDS):
+            timer = calibrate.Timer(bench.device, call_seconds, "cpu")
+            costs.append(timer.per_image("train_step", bench.train_call("base", 90)[0], 180))
+            sizes.append(timer.log["train_step"]["images"])
+    finally:
+        torch.set_num_threads(threads)
+    assert sizes[0] < sizes[1] <= 180 and sizes[0] < 90, sizes
+    assert 1 / 1.3 <= costs[0] / costs[1] <= 1.3, (sizes, costs)
+
+
 @pytest.mark.slow
 def test_gpu_check_on_the_cpu(capsys):
     """scripts/gpu_check.py --device cpu at the tiny shapes: every part runs and says ok."""
@@ -167,8 +278,17 @@ def test_gpu_check_on_the_cpu(capsys):
     assert "bitwise equal" in out and "3 concurrent job(s)" in out and "gpu-check: all ok on cpu" in out
 
 
-def test_bench_cost_model_reads_snakemake_benchmark_files(tmp_path, demo_config):
-    """benchmarks/bench_cost_model.py: benchmark files mapped to rule and wildcards, measured over predicted."""
+def write_benchmarks(root, seconds: dict) -> None:
+    """Snakemake benchmark files (wall s = 4 x cpu_time) under ROOT/logs/benchmarks."""
+    for rel, cpu in seconds.items():
+        path = root / "logs" / "benchmarks" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"s\th:m:s\tmax_rss\tcpu_time\n{cpu * 4:.4f}\t0:00:01\t1.0\t{cpu:.4f}\n")
+
+
+def test_bench_cost_model_reads_snakemake_benchmark_files(tmp_path, demo_config, capsys):
+    """benchmarks/bench_cost_model.py: benchmark files mapped to rule and wildcards, measured over
+    predicted, two settings (runs) in one table with the goal verdict and the summary line."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import bench_cost_model as bench
 
@@ -177,21 +297,43 @@ def test_bench_cost_model_reads_snakemake_benchmark_files(tmp_path, demo_config)
     (tmp_path / "cal.yaml").write_text(yaml.safe_dump(cal))
     model = cost.CostModel(demo_config, cal)
     run = "order1/per_class-q0.9/ascending/none"
-    files = {
+    write_benchmarks(tmp_path / "a", {
         f"train/{run}/retrained/task2.tsv": model.train(2, "ascending", "retrained", "per_class-q0.9") * 1.2,
         f"probe/{run}/base/boundary1.tsv": model.probe(1, "per_class-q0.9") * 0.5,
         f"probe/{run}/base/boundaries.tsv": model.probe_run("per_class-q0.9") * 0.8,  # probes.jobs: run
         "memo/curvature_e8.tsv": model.curvature() * 3.0,
         "stats/primary.tsv": 99.0,  # not a cost-model rule: ignored
+    })  # fmt: skip
+    tune = {"algorithm": "upgd", "point": "4", "seed": "101", "task": "1"}
+    t1, t2 = model.seconds("tune_task", tune), model.seconds("tune_task", {**tune, "task": "2"})
+    write_benchmarks(tmp_path / "b", {
+        "tune/upgd/p4/order101/task1.tsv": t1 * 1.1,
+        "tune/upgd/p4/order101/task2.tsv": t2 * 1.3,
+        f"probe/{run}/base/heldout.tsv": model.heldout("base") * 0.9,
+        "memo/heldout_dependence.tsv": model.dependence(),
+    })  # fmt: skip
+    configs = f"{ROOT / 'config.yaml'},{ROOT / 'config' / 'demo.yaml'}"
+    df = bench.main([f"--setting=a:{tmp_path / 'a'}:{configs}:{tmp_path / 'cal.yaml'}",
+                     f"--setting=b:{tmp_path / 'b'}:{configs}:../cal.yaml"])  # relative: from ROOT  # fmt: skip
+    got = {(r.setting, r.rule): (r.jobs, r.ratio, r.within) for r in df.itertuples()}
+    assert got == {
+        ("a", "train_task_reference"): (1, pytest.approx(1.2), "yes"),
+        ("a", "probe"): (1, pytest.approx(0.5), "no"),
+        ("a", "probe_run"): (1, pytest.approx(0.8), "yes"),
+        ("a", "memo_curvature"): (1, pytest.approx(3.0), "no"),
+        ("b", "tune_task"): (2, pytest.approx((1.1 * t1 + 1.3 * t2) / (t1 + t2)), "yes"),  # the rule's total
+        ("b", "heldout"): (1, pytest.approx(0.9), "yes"),
+        ("b", "heldout_dependence"): (1, pytest.approx(1.0), "yes"),
     }
-    for rel, cpu in files.items():
-        path = tmp_path / "bench" / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(f"s\th:m:s\tmax_rss\tcpu_time\n{cpu * 4:.4f}\t0:00:01\t1.0\t{cpu:.4f}\n")
-    args = ["--configfile", str(ROOT / "config.yaml"), str(ROOT / "config" / "demo.yaml"),
-            "--calibration", str(tmp_path / "cal.yaml"), "--benchmarks", str(tmp_path / "bench")]  # fmt: skip
-    df = bench.main(args).set_index("rule")
-    assert sorted(df.index) == ["memo_curvature", "probe", "probe_run", "train_task_reference"]
-    ratios = {"train_task_reference": 1.2, "probe": 0.5, "probe_run": 0.8, "memo_curvature": 3.0}
-    assert df["ratio"].to_dict() == pytest.approx(ratios)
-    assert df.loc["probe", "measured_wall_s"] == pytest.approx(4 * df.loc["probe", "measured_cpu_s"], rel=1e-4)
+    probe = df.set_index("rule").loc["probe"]
+    assert probe["measured_wall_s"] == pytest.approx(4 * probe["measured_cpu_s"], rel=1e-4)
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == (
+        "summary: measured/predicted per rule: a 0.50-3.00, 2 outside (probe, memo_curvature); "
+        f"b 0.90-{(1.1 * t1 + 1.3 * t2) / (t1 + t2):.2f}, all within; 5/7 rules within the goal 1/1.5-1.5"
+    )
+    one = bench.main(["--configfile", *configs.split(","), "--calibration", str(tmp_path / "cal.yaml"),
+                      "--benchmarks", str(tmp_path / "a" / "logs" / "benchmarks"), "--name", "a"])  # fmt: skip
+    pd.testing.assert_frame_equal(one, df[df["setting"] == "a"])
+    with pytest.raises(SystemExit, match="give NAME:ROOT:CONFIG"):
+        bench.main(["--setting", "demo:config.yaml:/tmp/cal.yaml"])
