@@ -50,6 +50,14 @@ def test_split_sizes_match_a_prepared_dataset(demo_config, name):
 
 def test_cifar_split_sizes(paper_config):
     assert grid.split_sizes(paper_config["dataset"]) == {"train": 450, "val": 50, "test": 100}
+    # the rehearsal's generated archive: its own train and test files, not CIFAR-100's 500 / 100 per class
+    rehearsal = mpconfig.load(ROOT / "config.yaml", ROOT / "config" / "rehearsal.yaml")["dataset"]
+    generated = rehearsal["generated"]
+    assert grid.split_sizes(rehearsal) == {
+        "train": generated["train_per_class"] - rehearsal["n_val_per_class"],
+        "val": rehearsal["n_val_per_class"],
+        "test": generated["test_per_class"],
+    }
 
 
 def test_training_counts_epochs_evaluation_and_bn_reestimation(paper_config):
