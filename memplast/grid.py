@@ -71,7 +71,11 @@ def split_sizes(dataset_cfg: dict) -> dict:
     name = dataset_cfg["name"]
     train = images_per_class(dataset_cfg)
     if name == "cifar100" and dataset_cfg.get("generated"):  # the locally generated archive's own split
-        return {"train": train, "val": dataset_cfg["n_val_per_class"], "test": dataset_cfg["generated"]["test_per_class"]}
+        return {
+            "train": train,
+            "val": dataset_cfg["n_val_per_class"],
+            "test": dataset_cfg["generated"]["test_per_class"],
+        }
     if name in SOURCE_TRAIN_PER_CLASS:
         return {"train": train, "val": dataset_cfg["n_val_per_class"], "test": SOURCE_TEST_PER_CLASS[name]}
     per_class = DIGITS_PER_CLASS if name == "digits" else dataset_cfg["synthetic"]["n_per_class"]
