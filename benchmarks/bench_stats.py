@@ -21,7 +21,7 @@ Ends with one summary line of the after/before ratios.
 scenarios (planted effects; null within class with a class-level confound; null with between-order
 heterogeneity), printing coverage and rejection rate per reported quantity with Monte Carlo SEs.
 
-Usage: python benchmarks/bench_stats.py scale [--scale 1.0] [--draws-before 20] [--draws-after 100] [--primary]
+Usage: python benchmarks/bench_stats.py scale [--scale 1.0] [--draws-before 20] [--draws-after 100] [--primary | --primary-only]
        python benchmarks/bench_stats.py calibration [--reps 500]
 """
 
@@ -143,7 +143,7 @@ def scale_mode(args) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         deltas = paper_table(args.scale)
         args.table, args.deltas = str(Path(tmp) / "old.parquet"), str(Path(tmp) / "deltas.parquet")
-        if args.primary:
+        if args.primary or args.primary_only:
             deltas.to_parquet(args.deltas)
         cols = stats.RUN_KEYS + ["sample_id", "label", "boundary", "is_old", "kind", "memo", "loss_t"]
         old = deltas.loc[deltas["is_old"], cols + list(stats.DEFAULT_OUTCOMES)].sort_values("sample_id", kind="stable")
@@ -158,7 +158,7 @@ def scale_mode(args) -> None:
         del old
         print("load average (1, 5, 15 min) at start: {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()), flush=True)
         res = {}
-        for impl, n in (("before", args.draws_before), ("after", args.draws_after)):
+        for impl, n in () if args.primary_only else (("before", args.draws_before), ("after", args.draws_after)):
             for threads in (1, 2):
                 r = res[impl, threads] = child(args, impl, threads, n)
                 print(
@@ -172,7 +172,7 @@ def scale_mode(args) -> None:
                     + f"wall per bootstrap + null draw {r['draw_wall']:.3f} s; peak RSS {r['max_rss_mib']:.0f} MiB",
                     flush=True,
                 )
-        if args.primary:
+        if args.primary or args.primary_only:
             r = child(args, "after", 2, args.draws_after, primary=args.primary_draws)
             print(
                 f"after: stats_primary computation (run_all on the whole deltas table, every table) with "
@@ -181,6 +181,10 @@ def scale_mode(args) -> None:
                 + ", ".join(f"{k} {w:.0f} s wall / {c:.0f} s CPU" for k, (w, c) in r["parts"].items()),
                 flush=True,
             )
+    if args.primary_only:
+        print(f"summary: scale {args.scale}, stats_primary with {args.primary_draws} + {args.primary_draws} draws "
+              f"on 2 threads: {r['primary_wall'] / 60:.1f} min wall, peak RSS {r['max_rss_mib']:.0f} MiB")  # fmt: skip
+        return
     b1, a1, b2, a2 = res["before", 1], res["after", 1], res["before", 2], res["after", 2]
     for impl, one, two in (("before", b1, b2), ("after", a1, a2)):
         print(
@@ -230,6 +234,7 @@ def main():
     parser.add_argument("--draws-before", type=int, default=20, help="draws timed with the previous implementation")
     parser.add_argument("--draws-after", type=int, default=100, help="draws timed with the library's")
     parser.add_argument("--primary", action="store_true", help="also time run_all (every table), 2 threads")
+    parser.add_argument("--primary-only", action="store_true", help="only the --primary measurement (implies it)")
     parser.add_argument("--primary-draws", type=int, default=2000)
     parser.add_argument("--n-boot", type=int, default=None)
     parser.add_argument("--n-perm", type=int, default=None)
