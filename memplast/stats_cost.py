@@ -3,8 +3,9 @@
 Torch- and pandas-free (read by rules/common.smk at DAG time). The constants are CPU seconds at the
 measured size, ``ROWS_MEASURED`` old-class rows (paper size: 45,000 samples x 19 boundaries x 5 class
 orders x 2 kinds, 6 outcomes), from ``python benchmarks/bench_stats.py scale --primary`` (issue 25;
-the draws on a shared 2-core machine at load average ~8.5 with the compiled kernels, the effect
-tables and peak memory at load ~21 before them); they scale linearly in rows and draws:
+the draws on a shared 2-core machine at load average ~8.5 with the compiled kernels; the whole
+``--primary-only`` computation, 2,000 + 2,000 draws on 2 threads, 6.5 min wall on the idle machine,
+for the thread efficiency, the effect tables and peak memory); they scale linearly in rows and draws:
 
 - association tables (``resample`` + pooling): ``FIXED_CPU_S`` + n_boot ``BOOT_CPU_S`` + n_perm
   ``NULL_CPU_S``, on the rule's threads with ``THREAD_EFFICIENCY``;
@@ -25,12 +26,10 @@ ROWS_MEASURED = 4_275_000
 FIXED_CPU_S = 10.0  # cells, estimates, pooling (measured 9.5-9.7 s, compiled kernels cached)
 BOOT_CPU_S = 0.11  # per bootstrap draw, every cell (measured 0.102 s at load ~8.5: rank_kernels.cell_sums)
 NULL_CPU_S = 0.10  # per null permutation, every cell (measured 0.087 s at load ~8.5)
-THREAD_EFFICIENCY = (
-    0.6  # 2-thread speed-up / 2 of the draws (not re-measured: at load ~21 2 threads got no second core)
-)
+THREAD_EFFICIENCY = 0.9  # 2-thread speed-up / 2 of the association tables (measured 328 CPU s in 179 s wall)
 DECILE_CPU_S = 0.002  # per bootstrap draw, all deciles of every run x kind x boundary x outcome (measured ~0.001)
-EFFECTS_CPU_S = 245.0  # models + effect tables (measured 43 + 201 s in run_all at paper size)
-PEAK_MB = 4800  # max RSS of the stats_primary computation at that size (measured 4,713 and 4,768 MiB)
+EFFECTS_CPU_S = 205.0  # models + effect tables (measured 31 + 173 s in run_all at paper size, idle)
+PEAK_MB = 4850  # max RSS of the stats_primary computation at that size (measured 4,713-4,811 MiB)
 THREAD_MB = 150
 SAFETY = 2.0
 
