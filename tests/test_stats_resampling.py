@@ -56,7 +56,7 @@ def test_cell_statistics_equal_scipy_and_statsmodels_on_the_explicit_resample():
 
 
 def test_compiled_cell_sums_equal_the_matrix_formulation_bit_for_bit():
-    """rank_kernels.cell_sums (one pass per variable and draw, float32 ranks, float64 sums in any
+    """rank_kernels.cell_sums (one pass per variable and draw, int32 ranks, float64 sums in any
     order) gives exactly the statistics of the matrix formulation (rank matrices and numpy.matmul),
     on a cell with heavy ties, a class missing rows, several outcomes and draws with zero weights."""
     df = cell_table(n_classes=6, n_per_class=50, seed=11)

@@ -131,7 +131,7 @@ def cell_sums(counts, idx, orders, starts, class_starts, sums, class_sums, class
     cross-products sum w Q_a Q_b of the pairs (0, 0), (0, 1), (1, 1), (0, j), (1, j), (j, j) (both
     triangles; the pairs of two outcomes are left 0: no statistic uses them), ``class_sums``
     (b, k, C) = sum_{i in c} w_i Q_a,i, ``class_weight`` (b, C) = W_c and ``total`` (b,) = N.
-    Weights and ranks are held in float32 (integers below 2^24: exact), products in float64."""
+    Weights and ranks are held as int32 (integer cumulative sums), products and sums in float64."""
     k, n = orders.shape
     w, qx, ql, qy = np.empty(n, np.int32), np.empty(n, np.int32), np.empty(n, np.int32), np.empty(n, np.int32)
     m = np.empty(4)
