@@ -27,6 +27,28 @@ def t_interval(x, level: float = 0.95) -> tuple[float, float, float]:
     return mean, float(mean - half), float(mean + half)
 
 
+def ratio_interval(x, y, level: float = 0.95) -> tuple[float, float, float]:
+    """(ratio, lo, hi) for mean(x) / mean(y) of paired observations (x_k, y_k), k = 1..n: Fieller's
+    interval, the set of R whose paired difference x_k - R y_k has a mean the one-sample t-test at
+    ``level`` does not reject. With q = t_{n-1,(1+level)/2}^2 / n and sample (co)variances s, it is
+    {R : (ybar^2 - q s_yy) R^2 - 2 (xbar ybar - q s_xy) R + (xbar^2 - q s_xx) <= 0}, a bounded
+    interval when ybar^2 > q s_yy (mean(y) resolved from zero); otherwise unbounded: (nan, nan)."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    n = len(x)
+    ratio = float(x.mean() / y.mean()) if y.mean() != 0 else float("nan")
+    if n < 2:
+        return ratio, float("nan"), float("nan")
+    cov = np.cov(x, y, ddof=1)
+    q = stats.t.ppf((1 + level) / 2, n - 1) ** 2 / n
+    a = y.mean() ** 2 - q * cov[1, 1]
+    b = x.mean() * y.mean() - q * cov[0, 1]
+    c = x.mean() ** 2 - q * cov[0, 0]
+    if a <= 0:
+        return ratio, float("nan"), float("nan")
+    half = np.sqrt(max(b * b - a * c, 0.0))
+    return ratio, float((b - half) / a), float((b + half) / a)
+
+
 def paired_gap(
     summary: pd.DataFrame, algorithm: str, reference: str = "retrained", value: str = "test_acc", level: float = 0.95
 ) -> pd.DataFrame:
@@ -156,8 +178,11 @@ def trend_table(
     summary: pd.DataFrame, primary: dict, reference: str = "retrained", base: str = "base", level: float = 0.95
 ) -> pd.DataFrame:
     """Per non-reference algorithm: the slope of its accuracy gap over tasks (``gap_trend``) and,
-    for mitigations, the share of base's final-task gap it recovers, 1 - gap_a(T) / gap_base(T)
-    (point estimate; the paired interval of a - base at T is in the same row)."""
+    for mitigations, the share of base's final-task gap it recovers,
+        recovery = 1 - gap_a(T) / gap_base(T) = mean_k(a_k - base_k) / mean_k(ref_k - base_k)
+    over the orders that ran all three at the last task T, with Fieller's interval for that ratio
+    (``ratio_interval``; unbounded, NaN, when base's gap is not resolved), and the paired interval of
+    a - base at T."""
     rows = primary_rows(summary, primary)
     algorithms = [a for a in sorted(rows["algorithm"].unique()) if a != reference]
     final = rows[rows["task"] == rows["task"].max()]
@@ -168,8 +193,13 @@ def trend_table(
         if a != base and base in algorithms:
             vs = paired_gap(final, a, base, level=level).iloc[0]
             gap = paired_gap(final, a, reference, level=level).iloc[0]["mean"]
+            wide = final.pivot_table(index="order_seed", columns="algorithm", values="test_acc", aggfunc="first")
+            wide = wide[[a, base, reference]].dropna()
+            _, rec_lo, rec_hi = ratio_interval(wide[a] - wide[base], wide[reference] - wide[base], level)
             r |= {
                 "recovery": 1 - gap / base_gap if base_gap != 0 else np.nan,
+                "recovery_lo": rec_lo,
+                "recovery_hi": rec_hi,
                 "minus_base_last": vs["mean"],
                 "minus_base_lo": vs["lo"],
                 "minus_base_hi": vs["hi"],
@@ -198,6 +228,10 @@ def caption(gaps: pd.DataFrame, level: float = 0.95, trends: pd.DataFrame | None
             )
             if pd.notna(r.get("recovery", np.nan)):
                 text += f", recovers {100 * r['recovery']:.0f}% of base's final gap"
+                if pd.notna(r.get("recovery_lo", np.nan)):
+                    text += f" [{100 * r['recovery_lo']:.0f}%, {100 * r['recovery_hi']:.0f}%]"
+                else:
+                    text += " (interval unbounded: base's gap not resolved)"
         parts.append(text)
     return "; ".join(parts) + "."
 

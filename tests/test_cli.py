@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from conftest import ROOT
@@ -21,6 +22,13 @@ OUTPUTS = ["data/digits/prepared.npz", "data/digits/samples.parquet", "results/s
 def script(name: str, *args, cwd: Path) -> subprocess.CompletedProcess:
     cmd = [sys.executable, str(ROOT / "scripts" / f"{name}.py"), *args]
     return subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=600)
+
+
+def scripts(calls) -> list[subprocess.CompletedProcess]:
+    """``script(*args, cwd=cwd)`` for each ``(args, cwd)`` of ``calls``, two at a time (each parses the
+    workflow on one core for most of its time)."""
+    with ThreadPoolExecutor(2) as pool:
+        return list(pool.map(lambda call: script(*call[0], cwd=call[1]), calls))
 
 
 def test_target_runs_the_workflows_own_job(tmp_path):
@@ -50,8 +58,8 @@ def test_a_bad_target_is_one_line_naming_the_cause(tmp_path):
         ("--rule", "nosuchrule"): "no rule named nosuchrule",
         ("--target", OUTPUTS[-1], "--name", "none"): "drop --name none",
     }
-    for args, message in cases.items():
-        out = script("subset", *args, "--configfile", *DEMO, cwd=tmp_path)
+    outs = scripts([(("subset", *args, "--configfile", *DEMO), tmp_path) for args in cases])
+    for (args, message), out in zip(cases.items(), outs):
         assert out.returncode != 0 and message in out.stderr, (args, out.stderr[-2000:])
         assert len(out.stderr.strip().splitlines()) == 1, out.stderr
 
@@ -60,8 +68,11 @@ def test_a_probe_target_runs_the_probe_rule_probes_jobs_chooses(tmp_path):
     """rule probe and rule probe_run both make a boundary's table: the ruleorder set by probes.jobs
     picks one, as in Snakemake's own DAG (named here in the missing-input line)."""
     target = "results/runs/order0/none/random/none/base/probes/boundary1.parquet"
-    for mode, rule in (("boundary", "probe"), ("run", "probe_run")):
-        overlay = tmp_path / f"{mode}.yaml"
-        overlay.write_text(f"probes: {{jobs: {mode}}}\n")
-        out = script("probe", "--target", target, "--configfile", *DEMO, str(overlay), cwd=tmp_path)
+    modes = {"boundary": "probe", "run": "probe_run"}
+    for mode in modes:
+        (tmp_path / f"{mode}.yaml").write_text(f"probes: {{jobs: {mode}}}\n")
+    outs = scripts(
+        [(("probe", "--target", target, "--configfile", *DEMO, str(tmp_path / f"{m}.yaml")), tmp_path) for m in modes]
+    )
+    for rule, out in zip(modes.values(), outs):
         assert out.returncode != 0 and f"rule {rule} needs data/digits/prepared.npz" in out.stderr, out.stderr

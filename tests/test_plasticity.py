@@ -132,6 +132,58 @@ def test_trend_rejects_at_its_level_under_the_null_and_recovery_is_recovered():
     assert "recovers 50% of base's final gap" in text and "points/task" in text
 
 
+def test_recovery_interval_is_the_set_the_paired_t_test_does_not_reject():
+    """Fieller's interval for mean(x) / mean(y) equals the R whose paired differences x - R y the
+    one-sample t-test (scipy) does not reject at 5%: its ends have p = 0.05, points inside p > 0.05,
+    outside p < 0.05; unbounded (NaN) when mean(y) is not resolved from zero."""
+    rng = np.random.default_rng(11)
+    y = rng.normal(0.03, 0.02, 12)  # base's gap to retrained per order
+    x = 0.6 * y + rng.normal(0, 0.01, 12)  # a mitigation's gain over base
+    ratio, lo, hi = plasticity.ratio_interval(x, y)
+    assert ratio == pytest.approx(x.mean() / y.mean()) and lo < ratio < hi
+
+    def p(r):
+        return stats.ttest_1samp(x - r * y, 0.0).pvalue
+
+    assert p(lo) == pytest.approx(0.05, abs=1e-9) and p(hi) == pytest.approx(0.05, abs=1e-9)
+    grid = np.linspace(lo - 1, hi + 1, 2001)
+    inside = (grid > lo) & (grid < hi)
+    pvals = np.array([p(r) for r in grid])
+    assert (pvals[inside] > 0.05).all() and (
+        pvals[~inside & ~np.isclose(grid, lo) & ~np.isclose(grid, hi)] < 0.05
+    ).all()
+    _, lo0, hi0 = plasticity.ratio_interval(x, rng.normal(0, 0.02, 12))  # base's gap not resolved
+    assert np.isnan(lo0) and np.isnan(hi0)
+
+
+def test_recovery_interval_covers_the_planted_recovery():
+    """Over replicates of 10 class orders with a mitigation planted to recover 40% of base's gap,
+    the interval of trend_table's recovery covers 0.4 in ~95% of replicates (unbounded ones count as
+    covering: they are reported as unbounded, not as a number)."""
+    rng = np.random.default_rng(12)
+    reps, covered, bounded = 400, 0, 0
+    for _ in range(reps):
+        table = _summary(rng, 10, 3, slope=0.01, sd=0.01)
+        base = table[(table.algorithm == "base") & (table["filter"] == "none")].set_index(["order_seed", "task"])
+        ref = table[table.algorithm == "retrained"].set_index(["order_seed", "task"])["test_acc"]
+        noise = rng.normal(0, 0.01, len(base))
+        mitigation = base.assign(
+            algorithm="shrink_perturb", test_acc=base["test_acc"] + 0.4 * (ref - base["test_acc"]) + noise
+        )
+        r = (
+            plasticity.trend_table(pd.concat([table, mitigation.reset_index()]), PRIMARY)
+            .set_index("algorithm")
+            .loc["shrink_perturb"]
+        )
+        if np.isnan(r["recovery_lo"]):
+            covered += 1
+            continue
+        bounded += 1
+        covered += r["recovery_lo"] <= 0.4 <= r["recovery_hi"]
+    assert bounded > 0.8 * reps  # base's gap (2 points, sd 1.4) is resolved in most replicates
+    assert abs(covered / reps - 0.95) < 3 * np.sqrt(0.05 * 0.95 / reps)
+
+
 def test_signature_is_the_paired_gap_of_each_model_measure(tmp_path):
     rng = np.random.default_rng(6)
     table = _summary(rng, 5, 4, slope=0.01)
