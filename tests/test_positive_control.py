@@ -1,6 +1,6 @@
 """Positive control: the workflow, on a reduced config/lop-small.yaml, measures loss of plasticity.
 
-Runs Snakemake up to the accuracy-relative-to-retrained tables (3 class orders, base and retrained;
+Runs Snakemake up to the accuracy-relative-to-retrained tables (2 class orders, base and retrained;
 tests/data/lop_reduced.yaml) and asserts, from the workflow's own tables, that base ends below
 retrained at the last task (mean over class orders), that the gap is larger at the last task than
 at task 0 (where common random numbers make both runs identical), that the figure states the gap,
