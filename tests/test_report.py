@@ -395,3 +395,10 @@ def test_algorithms_caption_quotes_each_mitigations_last_task_difference_to_base
     text = report.MAIN_NUMBER["algorithms"](tmp_path, 0.95, {})
     assert "(t = 4)" in text and "95% CI" in text
     assert "cbp − base +2.1 [+1.1, +3.1] points (tuned)" in text and "retrained −" not in text
+
+
+def test_every_caption_template_renders_without_a_docutils_message(demo_config):
+    """report/*.rst as Snakemake renders them (Jinja, then docutils; ``render_caption`` asserts there
+    is no system message, e.g. from ``|x|``, a substitution reference in reStructuredText)."""
+    for path in sorted((ROOT / "report").glob("*.rst")):
+        assert render_caption(path, demo_config, "accuracy_curves").strip(), path.name
