@@ -61,6 +61,8 @@ DEFAULT_RATIOS = {
 # the device) and loading one checkpoint from a shared file system.
 DEFAULT_FIXED = {"startup": 60.0, "checkpoint_load": 1.0}
 SAFETY_FACTOR = 1.5  # default of resources.safety_factor
+# the summary's batch-statistics pass (memplast.model_metrics.FAITHFUL_BATCH; this module imports no torch)
+FAITHFUL_BATCH = 1000
 # algorithms whose training step is the base step (they re-initialise between tasks only)
 BASE_STEP_ALGORITHMS = ("base", "retrained", "head_reset")
 # rule -> the cost function of its jobs (GPU rule families)
@@ -237,10 +239,12 @@ class CostModel:
 
     def summary(self) -> float:
         """A run's summary: per task its end checkpoint, the metrics on the seen classes' training
-        images (eval BN) and 1000 of them (batch statistics), per-class test accuracy."""
+        images (eval BN) and on a batch of 1000 of them, or all when fewer are seen (batch statistics,
+        memplast.model_metrics.FAITHFUL_BATCH), per-class test accuracy."""
         s, c = self.sizes, self.c
         seen_images = self.cpt * _tri(self.T)  # sum over tasks of the classes seen
-        work = seen_images * (s["train"] * c["summary"] + s["test"] * c["eval"]) + self.T * 1000 * c["summary"]
+        batch_stats = sum(min(FAITHFUL_BATCH, (t + 1) * self.cpt * s["train"]) for t in range(self.T))
+        work = seen_images * (s["train"] * c["summary"] + s["test"] * c["eval"]) + batch_stats * c["summary"]
         return self.fixed["startup"] + self.T * self.fixed["checkpoint_load"] + work
 
     def heldout(self, algorithm: str = "base") -> float:

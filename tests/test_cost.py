@@ -99,6 +99,13 @@ def test_probe_curvature_scorer_and_summary_counts(paper_config):
     seen = sum(5 * (t + 1) for t in range(20))
     summary = 7.0 + 20 * 0.5 + seen * (450 * c["summary"] + 100 * c["eval"]) + 20 * 1000 * c["summary"]
     assert m.summary() == pytest.approx(summary)
+    # with 5 training images per class, the batch-statistics pass takes the 25 (t + 1) seen, not 1000
+    from memplast import model_metrics
+
+    assert cost.FAITHFUL_BATCH == model_metrics.FAITHFUL_BATCH
+    m.sizes = {**m.sizes, "train": 5}
+    few = 7.0 + 20 * 0.5 + seen * (5 * c["summary"] + 100 * c["eval"]) + seen * 5 * c["summary"]
+    assert m.summary() == pytest.approx(few)
 
 
 def test_a_probe_job_per_run_costs_its_boundaries_with_one_start_up(paper_config):
