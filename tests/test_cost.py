@@ -306,6 +306,12 @@ def test_bench_cost_model_reads_snakemake_benchmark_files(tmp_path, demo_config,
         f"probe/{run}/base/heldout.tsv": model.heldout("base") * 0.9,
         "memo/heldout_dependence.tsv": model.dependence(),
     })  # fmt: skip
+    # the job's own log: its last "done" line's exact CPU seconds replace the sampled cpu_time (1.1 x t1)
+    log = tmp_path / "b" / "logs" / "tune" / "upgd" / "p4" / "order101" / "task1.log"
+    log.parent.mkdir(parents=True)
+    log.write_text(f"2026-12-06 10:00:00,000 INFO memplast: done tune_task {{}} in 9.0 s, {5 * t1:.4f} CPU s\n"
+                   "2026-12-06 10:00:01,000 INFO memplast: start tune_task {} with 1 thread(s)\n"
+                   f"2026-12-06 10:00:09,000 INFO memplast: done tune_task {{}} in 9.0 s, {t1:.4f} CPU s\n")  # fmt: skip
     configs = f"{ROOT / 'config.yaml'},{ROOT / 'config' / 'demo.yaml'}"
     df = bench.main([f"--setting=a:{tmp_path / 'a'}:{configs}:{tmp_path / 'cal.yaml'}",
                      f"--setting=b:{tmp_path / 'b'}:{configs}:../cal.yaml"])  # relative: from ROOT  # fmt: skip
@@ -315,16 +321,17 @@ def test_bench_cost_model_reads_snakemake_benchmark_files(tmp_path, demo_config,
         ("a", "probe"): (1, pytest.approx(0.5), "no"),
         ("a", "probe_run"): (1, pytest.approx(0.8), "yes"),
         ("a", "memo_curvature"): (1, pytest.approx(3.0), "no"),
-        ("b", "tune_task"): (2, pytest.approx((1.1 * t1 + 1.3 * t2) / (t1 + t2)), "yes"),  # the rule's total
+        ("b", "tune_task"): (2, pytest.approx((t1 + 1.3 * t2) / (t1 + t2), rel=1e-3), "yes"),  # the rule's total
         ("b", "heldout"): (1, pytest.approx(0.9), "yes"),
         ("b", "heldout_dependence"): (1, pytest.approx(1.0), "yes"),
     }
+    assert df.set_index("rule").loc["tune_task", "cpu_from_log"] == "1/2"
     probe = df.set_index("rule").loc["probe"]
     assert probe["measured_wall_s"] == pytest.approx(4 * probe["measured_cpu_s"], rel=1e-4)
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last == (
         "summary: measured/predicted per rule: a 0.50-3.00, 2 outside (probe, memo_curvature); "
-        f"b 0.90-{(1.1 * t1 + 1.3 * t2) / (t1 + t2):.2f}, all within; 5/7 rules within the goal 1/1.5-1.5"
+        f"b 0.90-{(t1 + 1.3 * t2) / (t1 + t2):.2f}, all within; 5/7 rules within the goal 1/1.5-1.5"
     )
     one = bench.main(["--configfile", *configs.split(","), "--calibration", str(tmp_path / "cal.yaml"),
                       "--benchmarks", str(tmp_path / "a" / "logs" / "benchmarks"), "--name", "a"])  # fmt: skip

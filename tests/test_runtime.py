@@ -102,6 +102,26 @@ def test_entrypoint_passes_runtime_settings_and_stops_a_gpu_job_without_cuda(tmp
     assert len(lines) == 1 and "resources.train.gpu: 0" in lines[0] and "protocol.device: cpu" in lines[0]
 
 
+def test_entrypoint_logs_the_jobs_exact_cpu_seconds(tmp_path):
+    """The "done" line carries the process's CPU seconds (imports included): at least what the job
+    burned, which the sampled cpu_time of Snakemake's benchmark files can miss."""
+    import re
+    import time
+
+    def main(out: str, runtime: dict | None = None):
+        t0 = time.process_time()
+        while time.process_time() - t0 < 0.3:  # 0.3 s of CPU
+            sum(range(1000))
+
+    before = cli.process_cpu_seconds()
+    cli.entrypoint(main, _fake_job(tmp_path, gpu=0, device="cpu"))
+    after = cli.process_cpu_seconds()
+    done = [line for line in (tmp_path / "job.log").read_text().splitlines() if " done train_task " in line]
+    assert len(done) == 1
+    cpu = float(re.search(r", ([0-9.]+) CPU s$", done[0]).group(1))
+    assert before + 0.3 <= cpu + 0.01 and cpu <= after + 0.01
+
+
 def _has_cuda() -> bool:
     import torch
 
