@@ -5,9 +5,9 @@ Every operation of :data:`memplast.cost.OPERATIONS` is timed with the workflow's
 curvature estimators, ``model_metrics``) on class-structured synthetic images of the configured
 shape, with the configured model, classes and batch sizes, on the thread count of the job family
 that runs it, per image: calls start small (the first also warms up) and grow up to the
-configured batch, or up to ``call_seconds`` per call on a slow device (the CPU at paper shapes: the
-per-image cost is then measured on a smaller batch), until two calls in a row agree within 15%
-(:meth:`Timer.per_image`). An operation that repeats an earlier one's calls (the scorer's step at
+configured batch, or up to ``call_seconds`` per call on a slow device (the CPU at paper shapes:
+the cost at the configured batch is then extrapolated from two smaller call sizes along a per-call +
+per-image line), until two calls in a row agree within 15% (:meth:`Timer.per_image`). An operation that repeats an earlier one's calls (the scorer's step at
 the training step's model, augmentation, threads and call size) reuses its result. Fixed costs: a
 job's start-up (a fresh interpreter importing what a job script imports) and loading one checkpoint.
 """
@@ -93,19 +93,32 @@ class Timer:
         of twice the size stays within ``call_seconds``; at the final size the per-image cost is
         taken once two calls in a row agree within ``spread``: the previous size's and this one's
         (the call size no longer matters) or two of this size. A first call of twice
-        ``call_seconds`` or more counts alone (it averages over the work of two). ``key``:
-        ``(identity, batch_size)`` of the call apart from its size; an operation with the key of an
-        earlier one whose final call size fits its ``configured`` (the same calls) reuses its result."""
+        ``call_seconds`` or more counts alone (it averages over the work of two). When the final
+        size is below ``configured`` (a slow operation), one more call of up to 4x that size (at most
+        about 4 ``call_seconds``) gives a second size, and the result is the per-image cost at
+        ``configured`` of the line ``c0 + c1 n`` through the calls (:meth:`_at_size`): a per-call
+        cost c0 (the exact GGN's 100 VJPs at 100 classes, the probes' directions) would otherwise be
+        charged to every few images instead of to a batch. ``key``:
+        ``(identity, batch_size)`` of the call apart from its size (a call of n images is then
+        batches of ``batch_size``, and the cost is extrapolated to one batch); an operation with the
+        key of an earlier one whose calls were the same (every timed size within its ``configured``
+        and split into the same batches) reuses them."""
         start = self.now()
+        batch = key[1] if key else configured
         if key and key[0] in self.results:
-            n, batch, per_image, first = self.results[key[0]]
-            if n <= configured and min(n, key[1]) == min(n, batch):
-                self.log[name] = {"images": n, "calls": 0, "seconds": self.now() - start, "same_as": first}
-                return per_image
+            earlier = self.results[key[0]]
+            sizes = [k for k, _ in earlier["samples"]]
+            if max(sizes) <= configured and all(min(k, batch) == min(k, earlier["batch"]) for k in sizes):
+                self.log[name] = {"images": sizes[-1], "calls": 0, "seconds": self.now() - start,
+                                  "same_as": earlier["name"]}  # fmt: skip
+                if earlier["extrapolated"]:
+                    return self._at_size(earlier["samples"], min(batch, configured), earlier["median"])
+                return earlier["median"]
         n = min(pilot, configured)
         fn = make_call(n)
         seconds, calls = self.once(fn), 1
-        samples = [(n, seconds / n)] if seconds >= self.call_seconds else []  # (images, seconds per image)
+        counted_first = seconds >= self.call_seconds
+        samples = [(n, seconds / n)] if counted_first else []  # (images, seconds per image)
         while calls < self.max_calls:
             final = n == configured or 2 * seconds > self.call_seconds
             agree = len(samples) > 1 and self._spread([c for _, c in samples[-2:]]) <= self.spread
@@ -119,11 +132,34 @@ class Timer:
                 fn = make_call(n)
             seconds, calls = self.once(fn), calls + 1
             samples.append((n, seconds / n))
-        per_image = statistics.median(c for size, c in samples if size == n)
+        median = statistics.median(c for size, c in samples if size == n)
+        per_image, extrapolated = median, n < configured
+        if extrapolated:  # capped by call_seconds: one larger call, then the line through the calls
+            m = min(configured, 4 * n, max(2 * n, int(4 * self.call_seconds / median)))
+            seconds = self.once(make_call(m))
+            calls += 1
+            samples.append((m, seconds / m))
+            warm = samples[1:] if counted_first and len({k for k, _ in samples[1:]}) > 1 else samples
+            per_image = self._at_size(warm, min(batch, configured), median)
+            samples = warm
+            n = m
         if key:
-            self.results[key[0]] = (n, key[1], per_image, name)
+            self.results[key[0]] = {"samples": samples, "batch": key[1], "median": median, "name": name,
+                                    "extrapolated": extrapolated}  # fmt: skip
         self.log[name] = {"images": n, "calls": calls, "seconds": self.now() - start}
         return per_image
+
+    @staticmethod
+    def _at_size(samples, size: int, fallback: float) -> float:
+        """Seconds per image of a call of ``size`` images from the line ``t(n) = c0 + c1 n`` (per-call
+        cost c0, per-image cost c1) fitted by least squares to the timed calls ``(n, t(n) / n)``:
+        ``c0 / size + c1``. ``fallback`` when the calls do not give a line rising with n."""
+        n = np.array([k for k, _ in samples], dtype=float)
+        t = np.array([k * c for k, c in samples])
+        if np.ptp(n) == 0:
+            return fallback
+        c1, c0 = np.polyfit(n, t, 1)
+        return float(c0 / size + c1) if c1 > 0 else fallback
 
     @staticmethod
     def _spread(per_image) -> float:

@@ -213,48 +213,63 @@ def fake_timer(work: FakeWork, call_seconds: float = 1.0):
 
 
 @pytest.mark.parametrize("cold", [0.0, 1.5])
-def test_timer_grows_calls_to_the_budget(cold):
-    """Fixed + per-image cost: calls grow from the pilot to the largest size within call_seconds and
-    the result is that size's per-image cost; a slow first call (warm-up) does not stop the growth."""
+def test_timer_grows_calls_to_the_budget_and_extrapolates_to_the_batch(cold):
+    """Fixed + per-image cost a + b n: calls grow from the pilot to the largest size within
+    call_seconds (a slow first call, the warm-up, does not stop the growth), one call of 4x that size
+    follows, and the result is the cost per image of a call of the configured size, a / 500 + b, not
+    of the largest timed one."""
     work = FakeWork(a=0.05, b=0.01, cold=cold)
     per_image = fake_timer(work).per_image("op", work.make_call, configured=500)
-    n = work.sizes[-1]
+    n = work.sizes[-2]
     assert work.sizes[0] == 2 and work.sizes == sorted(work.sizes)
-    assert 0.05 + 0.01 * n <= 1.0 < 2 * (0.05 + 0.01 * n)  # the final call fits, twice it would not
-    assert per_image == pytest.approx((0.05 + 0.01 * n) / n)
+    assert 0.05 + 0.01 * n <= 1.0 < 2 * (0.05 + 0.01 * n)  # the last grown call fits, twice it would not
     assert n == 64 and work.sizes.count(n) == 2  # 64 disagrees with 16 (fixed cost): two calls of 64
+    assert work.sizes[-1] == 4 * n
+    assert per_image == pytest.approx(0.05 / 500 + 0.01)
+    assert abs(per_image - (0.05 + 0.01 * n) / n) > 0.05 * per_image  # not the largest call's cost
 
 
 def test_timer_repeats_only_what_disagrees():
     """A flat per-image cost stops once the last two sizes agree; a configured batch within the
-    budget is timed as is; a call of twice call_seconds counts alone, a shorter slow one twice."""
+    budget is timed as is; a call of twice call_seconds counts alone, a shorter slow one twice
+    (each then followed by one larger call)."""
     flat = FakeWork(a=0.0, b=0.01)
     timer = fake_timer(flat)
     assert timer.per_image("flat", flat.make_call, 500) == pytest.approx(0.01)
-    assert flat.sizes == [2, 2, 16, 64] and timer.log["flat"] == {
-        "images": 64,
-        "calls": 4,
-        "seconds": pytest.approx(0.84),
+    assert flat.sizes == [2, 2, 16, 64, 256] and timer.log["flat"] == {
+        "images": 256,
+        "calls": 5,
+        "seconds": pytest.approx(3.40),
     }
     small = FakeWork(a=0.1, b=0.01)
     assert fake_timer(small).per_image("small", small.make_call, 10) == pytest.approx(0.02)
     assert small.sizes == [2, 2, 10, 10]
-    for b, calls in ((2.5, 1), (0.6, 2)):
+    for b, sizes in ((2.5, [2, 4]), (0.6, [2, 2, 6])):  # the last call: at most ~4 call_seconds
         slow = FakeWork(a=0.0, b=b)
         assert fake_timer(slow).per_image("slow", slow.make_call, 250) == pytest.approx(b)
-        assert slow.sizes == [2] * calls
+        assert slow.sizes == sizes
+
+
+def test_timer_extrapolates_a_slow_operations_per_call_cost():
+    """The exact GGN at 100 classes on a CPU: a large per-call cost (0.3 s) and 0.2 s per image,
+    so only 1-2 images fit a call: the cost per image at a batch of 250 is 0.3 / 250 + 0.2, where
+    the calls of 2 images alone would say 0.35."""
+    work = FakeWork(a=0.3, b=0.2)
+    assert fake_timer(work).per_image("exact_ggn", work.make_call, 250) == pytest.approx(0.3 / 250 + 0.2)
+    assert work.sizes == [2, 2, 2, 8]
 
 
 def test_timer_reuses_the_same_calls():
-    """An operation with an earlier one's key reuses its result when its calls would be the same:
-    the final call size fits its configured images and is one step under both batch sizes."""
-    work = FakeWork(a=0.05, b=0.01)
+    """An operation with an earlier one's key reuses its calls when they were the same (every timed
+    size within its configured images and under both batch sizes), extrapolated to its own batch."""
+    work = FakeWork(a=0.3, b=0.02)
     timer = fake_timer(work)
     first = timer.per_image("train_step", work.make_call, 180, key=("train", 90))
+    assert first == pytest.approx(0.3 / 90 + 0.02) and max(work.sizes) < 90
     calls = len(work.sizes)
-    assert timer.per_image("scorer_step", work.make_call, 256, key=("train", 128)) == first
+    assert timer.per_image("scorer_step", work.make_call, 256, key=("train", 128)) == pytest.approx(0.3 / 128 + 0.02)
     assert len(work.sizes) == calls and timer.log["scorer_step"]["same_as"] == "train_step"
-    timer.per_image("smaller", work.make_call, 40, key=("train", 20))  # 40 < 64 images: other calls
+    timer.per_image("smaller", work.make_call, 40, key=("train", 20))  # timed sizes above 20: other calls
     timer.per_image("other", work.make_call, 180, key=("eval", 90))
     assert len(work.sizes) > calls + 4
 
