@@ -76,7 +76,7 @@ class Timer:
         self.device, self.call_seconds, self.spread, self.max_calls = device, call_seconds, spread, max_calls
         self.clock = "wall" if device.type == "cuda" else clock
         self.now = time.perf_counter if self.clock == "wall" else time.process_time
-        self.results, self.log = {}, {}
+        self.results, self.log, self.curves = {}, {}, {}
 
     def once(self, fn) -> float:
         t0 = self.now()
@@ -147,7 +147,17 @@ class Timer:
             self.results[key[0]] = {"samples": samples, "batch": key[1], "median": median, "name": name,
                                     "extrapolated": extrapolated}  # fmt: skip
         self.log[name] = {"images": n, "calls": calls, "seconds": self.now() - start}
+        self.curves[name] = self._curve(samples, min(batch, configured), per_image)
         return per_image
+
+    @staticmethod
+    def _curve(samples, batch: int, per_image: float) -> list:
+        """``[[n, seconds per image], ...]`` by call size n up to ``batch``: the median of the timed
+        calls of each size below it and the result at ``batch`` (memplast.cost reads it for calls
+        smaller than a batch)."""
+        sizes = sorted({k for k, _ in samples if k < batch})
+        curve = [[k, statistics.median(c for size, c in samples if size == k)] for k in sizes]
+        return [[int(k), float(f"{c:.4g}")] for k, c in curve] + [[int(batch), float(f"{per_image:.4g}")]]
 
     @staticmethod
     def _at_size(samples, size: int, fallback: float) -> float:
@@ -369,5 +379,7 @@ def calibrate(
         "ratio_to_train_step": {k: round(v / seconds["train_step"], 3) for k, v in seconds.items()},
         "algorithm_factor": {k: round(v, 3) for k, v in factors.items()},
         "operations": {k: {**v, "seconds": round(v["seconds"], 2)} for k, v in t.log.items()},
+        # seconds per image by call size (memplast.cost: evaluation calls smaller than a batch)
+        "call_curve": {k: t.curves[k] for k in seconds if k in t.curves},
         "fixed_seconds": {k: round(v, 3) for k, v in fixed.items()},
     }

@@ -143,10 +143,6 @@ def load_calibration(path, config: dict | None = None) -> dict:
     return cal
 
 
-def _tri(n: int) -> int:
-    return n * (n + 1) // 2
-
-
 class CostModel:
     """Estimated seconds of every GPU job of a config (:data:`RULES`), and the minutes to request."""
 
@@ -165,6 +161,34 @@ class CostModel:
         self.cpt, self.T, self.E = proto["classes_per_task"], proto["n_tasks"], proto["epochs_per_task"]
         self.w = probes["window"]
         self.bn_reestimate = config["ordering"]["bn_reestimate"]
+        self.eval_batch = proto.get("eval_batch_size", 1000)
+
+    def per_image(self, operation: str, call: int) -> float:
+        """Seconds per image of ``operation`` in a call of ``call`` images: the calibration's
+        ``call_curve`` (per-image cost by call size; on a CPU it rises with the call, on a GPU it
+        falls), linear in the call's seconds between its sizes, the calibrated batch value at and
+        above its largest; the batch value alone without a curve (the default calibration)."""
+        curve = self.cal.get("call_curve", {}).get(operation)
+        if not curve or call >= curve[-1][0]:
+            return self.c[operation]
+        if call <= curve[0][0]:
+            return curve[0][1]
+        for (n0, c0), (n1, c1) in zip(curve, curve[1:]):
+            if n0 <= call <= n1:
+                t = n0 * c0 + (n1 * c1 - n0 * c0) * (call - n0) / (n1 - n0)
+                return t / call
+        raise AssertionError("unreachable: the curve's sizes are sorted")
+
+    def calls(self, operation: str, images: int, batch: int) -> float:
+        """``operation`` on ``images`` images in calls of ``batch`` and one of the rest."""
+        full, rest = divmod(int(images), batch)
+        seconds = full * batch * self.per_image(operation, batch)
+        return seconds + (rest * self.per_image(operation, rest) if rest else 0.0)
+
+    def evaluation(self, images: int, batch: int | None = None) -> float:
+        """One evaluation of ``images`` images (memplast.train.epoch.evaluate_samples) in calls of
+        ``batch`` (default protocol.eval_batch_size)."""
+        return self.calls("eval", images, batch or self.eval_batch)
 
     @property
     def device(self) -> str:
@@ -188,17 +212,21 @@ class CostModel:
         false: the test split is not in memory (tuning jobs) and not evaluated."""
         seen = (task + 1) * self.cpt
         n_train = seen * self.sizes["train"] * self.kept(filter_name)
-        n_eval = seen * (self.sizes["val"] + (self.sizes["test"] if test else 0))
+        evaluation = self.evaluation(seen * self.sizes["val"])
+        if test:
+            evaluation += self.evaluation(seen * self.sizes["test"])
         step = self.c["train_step"] * self.cal.get("algorithm_factor", {}).get(algorithm, 1.0)
         bn = self.c["bn"] if self.bn_reestimate and ordering != "random" else 0.0
-        per_epoch = n_train * (step + bn) + n_eval * self.c["eval"]
-        return self.fixed["startup"] + self.E * per_epoch + n_eval * self.c["eval"]
+        per_epoch = n_train * (step + bn) + evaluation
+        return self.fixed["startup"] + self.E * per_epoch + evaluation
 
     def scorer(self) -> float:
         """The scorer: epochs x (all training images x step + validation and test images x eval)."""
         s = self.sizes
         epochs = self.cfg["memo"]["scorer"]["epochs"]
-        per_epoch = self.C * (s["train"] * self.c["scorer_step"] + (s["val"] + s["test"]) * self.c["eval"])
+        per_epoch = self.C * s["train"] * self.c["scorer_step"] + sum(
+            self.evaluation(self.C * s[k]) for k in ("val", "test")
+        )
         return self.fixed["startup"] + epochs * per_epoch
 
     def curvature(self) -> float:
@@ -241,10 +269,12 @@ class CostModel:
         """A run's summary: per task its end checkpoint, the metrics on the seen classes' training
         images (eval BN) and on a batch of 1000 of them, or all when fewer are seen (batch statistics,
         memplast.model_metrics.FAITHFUL_BATCH), per-class test accuracy."""
-        s, c = self.sizes, self.c
-        seen_images = self.cpt * _tri(self.T)  # sum over tasks of the classes seen
-        batch_stats = sum(min(FAITHFUL_BATCH, (t + 1) * self.cpt * s["train"]) for t in range(self.T))
-        work = seen_images * (s["train"] * c["summary"] + s["test"] * c["eval"]) + batch_stats * c["summary"]
+        s, pbs = self.sizes, self.cfg["probes"]["batch_size"]
+        work = 0.0
+        for t in range(self.T):
+            train = (t + 1) * self.cpt * s["train"]  # the seen classes' training images
+            work += self.calls("summary", train, pbs) + self.calls("summary", min(FAITHFUL_BATCH, train), pbs)
+            work += self.evaluation((t + 1) * self.cpt * s["test"], pbs)
         return self.fixed["startup"] + self.T * self.fixed["checkpoint_load"] + work
 
     def heldout(self, algorithm: str = "base") -> float:
@@ -254,8 +284,8 @@ class CostModel:
         s = self.sizes
         saved = grid.probe_epochs(0, self.E, self.w, self.cfg["probes"]["extra_epochs"])
         per_task = 1 if algorithm == "retrained" else len(saved) + self.w + 1
-        images = sum((t + 1) * self.cpt * (s["val"] + s["test"]) for t in range(self.T))
-        return self.fixed["startup"] + per_task * (self.T * self.fixed["checkpoint_load"] + images * self.c["eval"])
+        evaluations = sum(self.evaluation((t + 1) * self.cpt * s[k]) for t in range(self.T) for k in ("val", "test"))
+        return self.fixed["startup"] + per_task * (self.T * self.fixed["checkpoint_load"] + evaluations)
 
     def dependence(self) -> float:
         """Penultimate features of every sample at the scorer's last checkpoint (one forward each)."""

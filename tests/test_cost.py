@@ -35,6 +35,23 @@ def planted_calibration(config: dict) -> dict:
     }
 
 
+def test_calls_smaller_than_a_batch_cost_what_the_call_curve_says(paper_config):
+    """An evaluation of 2,500 images at batch 1000: two full calls at the batch value and one of 500
+    read off the curve (call seconds linear between its sizes: 128 x 1 ms and 1000 x 3 ms), checked
+    against the sum written out; without a curve every image costs the batch value."""
+    cal = planted_calibration(paper_config)
+    cal["seconds_per_image"]["eval"] = 0.003
+    flat = cost.CostModel(paper_config, copy.deepcopy(cal))
+    cal["call_curve"] = {"eval": [[2, 0.004], [128, 0.001], [1000, 0.003]]}
+    model = cost.CostModel(paper_config, cal)
+    assert paper_config["protocol"]["eval_batch_size"] == 1000
+    t500 = 0.128 + (3.0 - 0.128) * (500 - 128) / (1000 - 128)  # seconds of a call of 500 images
+    assert model.evaluation(2500) == pytest.approx(2 * 1000 * 0.003 + t500)
+    assert model.per_image("eval", 1) == 0.004 and model.per_image("eval", 1000) == 0.003
+    assert flat.evaluation(2500) == pytest.approx(2500 * 0.003)
+    assert model.evaluation(300, batch=100) == pytest.approx(3 * (0.004 * 2 + (0.128 - 0.008) * 98 / 126))
+
+
 @pytest.mark.parametrize("name", ["digits", "synthetic"])
 def test_split_sizes_match_a_prepared_dataset(demo_config, name):
     ds = copy.deepcopy(demo_config["dataset"])
