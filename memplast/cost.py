@@ -267,13 +267,17 @@ class CostModel:
 
     def summary(self) -> float:
         """A run's summary: per task its end checkpoint, the metrics on the seen classes' training
-        images (eval BN) and on a batch of 1000 of them, or all when fewer are seen (batch statistics,
-        memplast.model_metrics.FAITHFUL_BATCH), per-class test accuracy."""
+        images (eval BN) and on a batch of 1000 of them, or all when fewer are seen (batch statistics
+        from one forward of the whole batch, then the metrics: memplast.model_metrics.FAITHFUL_BATCH),
+        per-class test accuracy."""
         s, pbs = self.sizes, self.cfg["probes"]["batch_size"]
         work = 0.0
         for t in range(self.T):
             train = (t + 1) * self.cpt * s["train"]  # the seen classes' training images
-            work += self.calls("summary", train, pbs) + self.calls("summary", min(FAITHFUL_BATCH, train), pbs)
+            batch = min(FAITHFUL_BATCH, train)  # its statistics: one forward of the whole batch, as an evaluation
+            work += (
+                self.calls("summary", train, pbs) + self.calls("summary", batch, pbs) + self.evaluation(batch, batch)
+            )
             work += self.evaluation((t + 1) * self.cpt * s["test"], pbs)
         return self.fixed["startup"] + self.T * self.fixed["checkpoint_load"] + work
 
@@ -288,9 +292,11 @@ class CostModel:
         return self.fixed["startup"] + per_task * (self.T * self.fixed["checkpoint_load"] + evaluations)
 
     def dependence(self) -> float:
-        """Penultimate features of every sample at the scorer's last checkpoint (one forward each)."""
-        n = self.C * sum(self.sizes.values())
-        return self.fixed["startup"] + self.fixed["checkpoint_load"] + n * self.c["eval"]
+        """Penultimate features of every sample at the scorer's last checkpoint: one forward each, the
+        training samples and the held-out ones in calls of probes.batch_size."""
+        s, pbs = self.sizes, self.cfg["probes"]["batch_size"]
+        forwards = self.evaluation(self.C * s["train"], pbs) + self.evaluation(self.C * (s["val"] + s["test"]), pbs)
+        return self.fixed["startup"] + self.fixed["checkpoint_load"] + forwards
 
     # ---------------------------------------------------------------- per rule
     def seconds(self, rule: str, wildcards: dict) -> float:

@@ -114,14 +114,17 @@ def test_probe_curvature_scorer_and_summary_counts(paper_config):
     assert m.curvature() == pytest.approx(7.5 + 100 * (450 + 50) * methods)
     assert m.scorer() == pytest.approx(7.0 + 200 * 100 * (450 * c["scorer_step"] + 150 * c["eval"]))
     seen = sum(5 * (t + 1) for t in range(20))
-    summary = 7.0 + 20 * 0.5 + seen * (450 * c["summary"] + 100 * c["eval"]) + 20 * 1000 * c["summary"]
+    # per task: metrics on the seen training images, the batch-statistics pass on 1000 of them (one
+    # forward of the batch for its statistics, priced as an evaluation, then the metrics), test accuracy
+    batch_stats = 20 * 1000 * (c["summary"] + c["eval"])
+    summary = 7.0 + 20 * 0.5 + seen * (450 * c["summary"] + 100 * c["eval"]) + batch_stats
     assert m.summary() == pytest.approx(summary)
     # with 5 training images per class, the batch-statistics pass takes the 25 (t + 1) seen, not 1000
     from memplast import model_metrics
 
     assert cost.FAITHFUL_BATCH == model_metrics.FAITHFUL_BATCH
     m.sizes = {**m.sizes, "train": 5}
-    few = 7.0 + 20 * 0.5 + seen * (5 * c["summary"] + 100 * c["eval"]) + seen * 5 * c["summary"]
+    few = 7.0 + 20 * 0.5 + seen * (5 * c["summary"] + 100 * c["eval"]) + seen * 5 * (c["summary"] + c["eval"])
     assert m.summary() == pytest.approx(few)
 
 
