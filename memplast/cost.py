@@ -41,21 +41,22 @@ OPERATIONS = {
     "summary": "model-level metrics of one checkpoint (forward with activations)",
 }
 METHOD_OPERATION = {"exact_ggn": "exact_ggn", "hutchinson": "hutchinson", "finite_difference": "finite_difference"}
-# Ratio of each operation's per-image cost to one training step's: measured with
-# `scripts/calibrate.py --clock cpu` on the CPU (2 cores, shared) at the paper shapes (config.yaml:
-# ResNet-18 width 64, 3x32x32, 100 classes, its batch sizes and thread counts), rounded.
+# Ratio of each operation's per-image cost to one training step's: the mean of two calibrations
+# (`scripts/calibrate.py --clock cpu`, its batch extrapolation included) on the idle 2-core CPU at
+# the paper shapes (config.yaml: ResNet-18 width 64, 3x32x32, 100 classes, its batch sizes and
+# thread counts), rounded.
 DEFAULT_RATIOS = {
-    "scorer_step": 0.9,
-    "eval": 0.28,
-    "bn": 0.32,
-    "probe": 0.9,
-    "probe_align": 3.8,
-    "mean_gradient": 1.35,
-    "exact_ggn": 38.0,
-    "exact_ggn_task": 1.8,
-    "hutchinson": 12.5,
-    "finite_difference": 5.8,
-    "summary": 0.35,
+    "scorer_step": 1.0,
+    "eval": 0.34,
+    "bn": 0.30,
+    "probe": 1.2,
+    "probe_align": 3.6,
+    "mean_gradient": 0.9,
+    "exact_ggn": 28.0,
+    "exact_ggn_task": 1.6,
+    "hutchinson": 9.6,
+    "finite_difference": 6.5,
+    "summary": 0.38,
 }
 # Assumed fixed costs on a GPU node: a job's start-up (interpreter, imports, CUDA context, data to
 # the device) and loading one checkpoint from a shared file system.
