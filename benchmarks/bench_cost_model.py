@@ -53,6 +53,8 @@ PATTERNS = [
     (re.compile(rf"probe/{RUN}/heldout\.tsv$"), "heldout"),
 ]
 GOAL = 1.5
+# the last line of a job's log (memplast.cli.entrypoint): wall seconds, then the process's CPU seconds
+DONE = re.compile(r" done .* in [0-9.]+ s, (?P<cpu>[0-9.]+) CPU s$")
 
 
 @dataclass
@@ -97,9 +99,6 @@ def jobs(bench_dir: Path) -> list[dict]:
                     {"rule": rule, "wildcards": wc, "wall": float(row["s"]), "cpu": cpu, "logged": logged is not None}
                 )
     return out
-
-
-DONE = re.compile(r" done .* in [0-9.]+ s, (?P<cpu>[0-9.]+) CPU s$")
 
 
 def logged_cpu_seconds(log_path: Path) -> float | None:

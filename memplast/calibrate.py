@@ -5,9 +5,10 @@ Every operation of :data:`memplast.cost.OPERATIONS` is timed with the workflow's
 curvature estimators, ``model_metrics``) on class-structured synthetic images of the configured
 shape, with the configured model, classes and batch sizes, on the thread count of the job family
 that runs it, per image: calls start small (the first also warms up) and grow up to the
-configured batch, or up to ``call_seconds`` per call on a slow device (the CPU at paper shapes:
-the cost at the configured batch is then extrapolated from two smaller call sizes along a per-call +
-per-image line), until two calls in a row agree within 15% (:meth:`Timer.per_image`). An operation that repeats an earlier one's calls (the scorer's step at
+configured batch, or up to ``call_seconds`` per call on a slow device, until two calls in a row
+agree within 15%; on a slow device (the CPU at paper shapes) the cost at the configured batch is
+then extrapolated from two smaller call sizes along a per-call + per-image line
+(:meth:`Timer.per_image`). An operation that repeats an earlier one's calls (the scorer's step at
 the training step's model, augmentation, threads and call size) reuses its result. Fixed costs: a
 job's start-up (a fresh interpreter importing what a job script imports) and loading one checkpoint.
 """
