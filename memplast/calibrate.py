@@ -10,19 +10,22 @@ agree within 15%; on a slow device (the CPU at paper shapes) the cost at the con
 then extrapolated from two smaller call sizes along a per-call + per-image line
 (:meth:`Timer.per_image`). An operation that repeats an earlier one's calls (the scorer's step at
 the training step's model, augmentation, threads and call size) reuses its result. Fixed costs: a
-job's start-up (a fresh interpreter importing what a job script imports) and loading one checkpoint.
+job's start-up (fresh interpreters importing what a job script imports), torch's lazy import on a
+job's first optimizer or second-order forward-mode pass (:data:`LAZY_IMPORT`: it made the alignment
+checkpoint of a digits probe job 1.9 CPU s instead of 0.46) and loading one checkpoint; per
+operation, what its first call in a process takes beyond a steady one (a job pays it once).
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from importlib import import_module
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +50,9 @@ STARTUP_IMPORTS = (
     "import snakemake.script, torch, pandas, pyarrow.parquet; "
     "import memplast.train, memplast.probes, memplast.curvature, memplast.model_metrics, memplast.io"
 )
+# what torch imports on a process's first use of an optimizer (torch.optim's constructor) or of a
+# second-order forward-mode pass through a convolution (the probes' pred_forget): ~875 modules
+LAZY_IMPORT = "torch._dynamo"
 
 
 def device_name(device: torch.device) -> str:
@@ -69,7 +75,9 @@ class Timer:
     CPU time: on a shared CPU machine it is what other processes' load does not inflate; compare it
     with the ``cpu_time`` of Snakemake's benchmark files). ``spread``: how close (relative) two
     calls' per-image costs must be to stop (at most ``max_calls`` calls). ``log``: per operation
-    the images of its last call, the calls made and the seconds (of ``clock``) spent on it."""
+    the images of its last call, the calls made and the seconds (of ``clock``) spent on it.
+    ``warmups``: per operation the seconds its first call took beyond a later call of that size
+    (:meth:`_warmup`), which a job pays once per process."""
 
     def __init__(self, device: torch.device, call_seconds: float, clock="wall", spread=0.15, max_calls=6):
         if clock not in ("wall", "cpu"):
@@ -77,7 +85,7 @@ class Timer:
         self.device, self.call_seconds, self.spread, self.max_calls = device, call_seconds, spread, max_calls
         self.clock = "wall" if device.type == "cuda" else clock
         self.now = time.perf_counter if self.clock == "wall" else time.process_time
-        self.results, self.log, self.curves = {}, {}, {}
+        self.results, self.log, self.curves, self.warmups = {}, {}, {}, {}
 
     def once(self, fn) -> float:
         t0 = self.now()
@@ -112,13 +120,14 @@ class Timer:
             if max(sizes) <= configured and all(min(k, batch) == min(k, earlier["batch"]) for k in sizes):
                 self.log[name] = {"images": sizes[-1], "calls": 0, "seconds": self.now() - start,
                                   "same_as": earlier["name"]}  # fmt: skip
+                self.warmups[name] = self.warmups[earlier["name"]]
                 if earlier["extrapolated"]:
                     return self._at_size(earlier["samples"], min(batch, configured), earlier["median"])
                 return earlier["median"]
         n = min(pilot, configured)
         fn = make_call(n)
         seconds, calls = self.once(fn), 1
-        counted_first = seconds >= self.call_seconds
+        first, counted_first = (n, seconds), seconds >= self.call_seconds
         samples = [(n, seconds / n)] if counted_first else []  # (images, seconds per image)
         while calls < self.max_calls:
             final = n == configured or 2 * seconds > self.call_seconds
@@ -140,9 +149,11 @@ class Timer:
             seconds = self.once(make_call(m))
             calls += 1
             samples.append((m, seconds / m))
-            warm = samples[1:] if counted_first and len({k for k, _ in samples[1:]}) > 1 else samples
-            per_image = self._at_size(warm, min(batch, configured), median)
-            samples = warm
+        self.warmups[name] = self._warmup(first, samples[1:] if counted_first else samples)
+        if extrapolated:
+            steady = samples[1:] if counted_first and len({k for k, _ in samples[1:]}) > 1 else samples
+            per_image = self._at_size(steady, min(batch, configured), median)
+            samples = steady
             n = m
         if key:
             self.results[key[0]] = {"samples": samples, "batch": key[1], "median": median, "name": name,
@@ -171,6 +182,22 @@ class Timer:
             return fallback
         c1, c0 = np.polyfit(n, t, 1)
         return float(c0 / size + c1) if c1 > 0 else fallback
+
+    @staticmethod
+    def _warmup(first, later) -> float:
+        """Seconds the ``first`` call ``(n, seconds)`` took beyond a steady call of its n images: the
+        median of the ``later`` calls ``(n, seconds per image)`` of that size, else the line through
+        them (:meth:`_at_size`), else none. It is the set-up an operation does on its first use in a
+        process (the autograd graph, forward-mode AD), which a job pays once."""
+        n, seconds = first
+        same = [c for k, c in later if k == n]
+        if same:
+            steady = n * statistics.median(same)
+        elif len({k for k, _ in later}) > 1:
+            steady = n * Timer._at_size(later, n, seconds / n)
+        else:
+            return 0.0
+        return max(0.0, seconds - steady)
 
     @staticmethod
     def _spread(per_image) -> float:
@@ -309,34 +336,40 @@ def measure_curvature(b: Bench, t: Timer) -> dict:
     return {name: t.per_image(name, make, mbs) for name, make in calls.items()}
 
 
-def measure_fixed(b: Bench, t: Timer, python: str = sys.executable) -> dict:
-    """Start-up of a job (one fresh interpreter importing what a job script imports; a second one
-    would differ by the file cache only) and one checkpoint load (the faster of two)."""
+def measure_fixed(b: Bench, t: Timer, python: str = sys.executable, interpreters: int = 3) -> dict:
+    """Start-up of a job and torch's lazy import (:data:`LAZY_IMPORT`, which training and probe jobs
+    pay once), the medians over ``interpreters`` fresh interpreters that import what a job script
+    imports and then the lazy import (one interpreter alone varied 2.3-3.5 CPU s on the idle 2-core
+    machine); one checkpoint load (the faster of two). Clock cpu: each interpreter reports its own
+    CPU seconds to the end of its imports (what a job's log counts) and of the lazy import; clock
+    wall: the interpreter's wall time, its exit included, less the lazy import."""
     root = Path(__file__).resolve().parents[1]
+    clock = "perf_counter" if t.clock == "wall" else "process_time"
+    code = f"{STARTUP_IMPORTS}; import time; t0 = time.{clock}(); import {LAZY_IMPORT}; print(t0, time.{clock}() - t0)"
 
-    def child_seconds():
-        if t.clock == "wall":
-            return time.perf_counter()
-        times = os.times()
-        return times.children_user + times.children_system
+    def one_interpreter():
+        t0 = time.perf_counter()
+        out = subprocess.run([python, "-c", code], check=True, cwd=root, capture_output=True, text=True).stdout
+        imported, lazy = map(float, out.split()[-2:])
+        return (imported if t.clock == "cpu" else time.perf_counter() - t0 - lazy), lazy
 
-    t0 = child_seconds()
-    subprocess.run([python, "-c", STARTUP_IMPORTS], check=True, cwd=root, capture_output=True)
-    startup = child_seconds() - t0
+    startup, lazy = (statistics.median(v) for v in zip(*(one_interpreter() for _ in range(interpreters))))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "c.pt"
         save_checkpoint(path, b.model(), {**b.meta, "epoch": 1}, {})
         load = min(t.once(lambda: load_checkpoint(path, b.device)) for _ in range(2))
-    return {"startup": startup, "checkpoint_load": load}
+    return {"startup": startup, "lazy_import": lazy, "checkpoint_load": load}
 
 
 def _describe(t: Timer, names) -> str:
-    """Per operation: its call size, calls and the seconds spent measuring it (Timer.log)."""
+    """Per operation: its call size, calls, the seconds spent measuring it (Timer.log) and what its
+    first call took beyond a steady one (Timer.warmups)."""
     parts = []
     for name in names:
         entry = t.log[name]
         how = f"as {entry['same_as']}" if "same_as" in entry else f"{entry['images']} img x {entry['calls']} calls"
-        parts.append(f"{name} ({how}, {entry['seconds']:.1f} s)")
+        first = f", first call +{t.warmups[name]:.2f} s" if t.warmups.get(name, 0) >= 0.01 else ""
+        parts.append(f"{name} ({how}, {entry['seconds']:.1f} s{first})")
     return ", ".join(parts)
 
 
@@ -347,6 +380,7 @@ def calibrate(
     gets per part the per-image costs and, per operation, what measuring it took."""
     from memplast import io
 
+    import_module(LAZY_IMPORT)  # here, so that no operation's first call is charged with it
     dev = resolve_device(device)
     threads = torch.get_num_threads()
     t, b = Timer(dev, call_seconds, clock), Bench(config, dev)
@@ -364,7 +398,10 @@ def calibrate(
         progress(f"    measured: {_describe(t, [k for k in t.log if k not in done])}")
     torch.set_num_threads(threads)
     fixed = measure_fixed(b, t)
-    progress(f"  fixed: start-up {fixed['startup']:.1f} s, checkpoint load {fixed['checkpoint_load']:.3f} s")
+    progress(
+        f"  fixed: start-up {fixed['startup']:.1f} s, lazy import of {LAZY_IMPORT} {fixed['lazy_import']:.1f} s, "
+        f"checkpoint load {fixed['checkpoint_load']:.3f} s"
+    )
     return {
         "device": device_name(dev),
         "device_type": dev.type,
@@ -382,5 +419,7 @@ def calibrate(
         "operations": {k: {**v, "seconds": round(v["seconds"], 2)} for k, v in t.log.items()},
         # seconds per image by call size (memplast.cost: evaluation calls smaller than a batch)
         "call_curve": {k: t.curves[k] for k in seconds if k in t.curves},
+        # the first call's extra seconds, paid once per job (memplast.cost); "step <algorithm>": its training step
+        "warmup_seconds": {k: round(v, 3) for k, v in t.warmups.items()},
         "fixed_seconds": {k: round(v, 3) for k, v in fixed.items()},
     }

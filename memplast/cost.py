@@ -4,10 +4,13 @@ A **calibration** (``make calibrate``: :mod:`memplast.calibrate`, written to
 ``calibration/<device>.yaml``) holds the seconds per image of each operation the heavy jobs
 repeat, measured on one device at the configured shapes (model, image shape, classes, batch
 sizes), plus the fixed cost of a job (start-up: interpreter, imports, data) and of loading one
-checkpoint. :class:`CostModel` counts each job's work from the config (images x epochs, per-epoch
-evaluation, BatchNorm re-estimation where it happens, samples x checkpoints x estimator) and
-multiplies. ``rules/common.smk`` requests ``safety_factor`` x the estimate for every GPU rule;
-``make budget`` prints the estimate next to the request.
+checkpoint and torch's lazy import (``lazy_import``: on a process's first optimizer or second-order
+forward-mode pass, so training, scorer and probe jobs pay it), and per operation the extra seconds
+of its first call in a process (``warmup_seconds``). :class:`CostModel` counts each job's work
+from the config (images x epochs, per-epoch evaluation, BatchNorm re-estimation where it happens,
+samples x checkpoints x estimator), multiplies, and adds the fixed costs and the first calls of
+the operations the job runs. ``rules/common.smk`` requests ``safety_factor`` x the estimate for
+every GPU rule; ``make budget`` prints the estimate next to the request.
 
 Without a calibration (``resources.calibration: null``) the **default** is used: training at
 ``resources.train.seconds_per_image`` per image (the paper config: 2e-4 s, about 5,000 img/s,
@@ -59,8 +62,8 @@ DEFAULT_RATIOS = {
     "summary": 0.38,
 }
 # Assumed fixed costs on a GPU node: a job's start-up (interpreter, imports, CUDA context, data to
-# the device) and loading one checkpoint from a shared file system.
-DEFAULT_FIXED = {"startup": 60.0, "checkpoint_load": 1.0}
+# the device; torch's lazy import counted in it) and loading one checkpoint from a shared file system.
+DEFAULT_FIXED = {"startup": 60.0, "checkpoint_load": 1.0, "lazy_import": 0.0}
 SAFETY_FACTOR = 1.5  # default of resources.safety_factor
 # the summary's batch-statistics pass (memplast.model_metrics.FAITHFUL_BATCH; this module imports no torch)
 FAITHFUL_BATCH = 1000
@@ -155,6 +158,7 @@ class CostModel:
         self.cal = calibration or default_calibration(config)
         self.c = self.cal["seconds_per_image"]
         self.fixed = {**DEFAULT_FIXED, **self.cal.get("fixed_seconds", {})}
+        self.warmup = self.cal.get("warmup_seconds", {})
         self.safety = res.get("safety_factor", SAFETY_FACTOR)
         ds, proto, probes = config["dataset"], config["protocol"], config["probes"]
         self.sizes = grid.split_sizes(ds)
@@ -191,6 +195,10 @@ class CostModel:
         ``batch`` (default protocol.eval_batch_size)."""
         return self.calls("eval", images, batch or self.eval_batch)
 
+    def first_calls(self, *operations: str) -> float:
+        """The extra seconds of each operation's first call in a job (none in the default calibration)."""
+        return sum(self.warmup.get(op, 0.0) for op in operations)
+
     @property
     def device(self) -> str:
         return self.cal["device"]
@@ -219,7 +227,9 @@ class CostModel:
         step = self.c["train_step"] * self.cal.get("algorithm_factor", {}).get(algorithm, 1.0)
         bn = self.c["bn"] if self.bn_reestimate and ordering != "random" else 0.0
         per_epoch = n_train * (step + bn) + evaluation
-        return self.fixed["startup"] + self.E * per_epoch + evaluation
+        step_op = "train_step" if algorithm in BASE_STEP_ALGORITHMS else f"step {algorithm}"
+        first = self.fixed["lazy_import"] + self.first_calls(step_op, "eval", *(["bn"] if bn else []))
+        return self.fixed["startup"] + first + self.E * per_epoch + evaluation
 
     def scorer(self) -> float:
         """The scorer: epochs x (all training images x step + validation and test images x eval)."""
@@ -228,14 +238,16 @@ class CostModel:
         per_epoch = self.C * s["train"] * self.c["scorer_step"] + sum(
             self.evaluation(self.C * s[k]) for k in ("val", "test")
         )
-        return self.fixed["startup"] + epochs * per_epoch
+        first = self.fixed["lazy_import"] + self.first_calls("scorer_step", "eval")
+        return self.fixed["startup"] + first + epochs * per_epoch
 
     def curvature(self) -> float:
         """One scorer checkpoint: the samples of memo.splits x the configured estimators (all classes)."""
         memo = self.cfg["memo"]
         n = self.C * sum(self.sizes[s] for s in memo["splits"])
-        per_image = sum(self.c[METHOD_OPERATION[m]] for m in memo["methods"])
-        return self.fixed["startup"] + self.fixed["checkpoint_load"] + n * per_image
+        ops = [METHOD_OPERATION[m] for m in memo["methods"]]
+        fixed = self.fixed["startup"] + self.fixed["checkpoint_load"] + self.first_calls(*ops)
+        return fixed + n * sum(self.c[op] for op in ops)
 
     def probe(self, boundary: int, filter_name: str = "none") -> float:
         """Boundary k: the kept training images of the k+2 first tasks at 2w + 1 checkpoints (before-window,
@@ -248,13 +260,21 @@ class CostModel:
         seconds = n * ((n_ckpt - 1) * c["probe"] + c["probe_align"]) + n_new * c["mean_gradient"]
         if self.cfg["probes"]["curvature"]:
             seconds += n_ckpt * n * self._curvature_under(self.cfg["memo"]["score"], boundary + 2)
-        return self.fixed["startup"] + n_ckpt * self.fixed["checkpoint_load"] + seconds
+        return self._probe_process() + n_ckpt * self.fixed["checkpoint_load"] + seconds
+
+    def _probe_process(self) -> float:
+        """What a probe process pays once: start-up, the lazy import (pred_forget's second-order
+        forward-mode pass) and the first call of each of its operations."""
+        ops = ["probe", "probe_align", "mean_gradient"]
+        if self.cfg["probes"]["curvature"]:  # the estimator's first use (the calibration's is under all classes)
+            ops.append(METHOD_OPERATION[self.cfg["memo"]["score"]])
+        return self.fixed["startup"] + self.fixed["lazy_import"] + self.first_calls(*ops)
 
     def probe_run(self, filter_name: str = "none") -> float:
         """Every boundary of a run in one process (probes.jobs: run): the sum of its boundaries'
-        probe jobs, with the start-up (interpreter, imports, data) counted once."""
+        probe jobs, with the start-up (interpreter, imports, data) and first calls counted once."""
         boundaries = [self.probe(k, filter_name) for k in range(self.T - 1)]
-        return sum(boundaries) - (len(boundaries) - 1) * self.fixed["startup"]
+        return sum(boundaries) - (len(boundaries) - 1) * self._probe_process()
 
     def _curvature_under(self, method: str, n_tasks_seen: int) -> float:
         """Per image, under the classes of ``n_tasks_seen`` tasks: exact GGN linear in the classes
@@ -280,7 +300,8 @@ class CostModel:
                 self.calls("summary", train, pbs) + self.calls("summary", batch, pbs) + self.evaluation(batch, batch)
             )
             work += self.evaluation((t + 1) * self.cpt * s["test"], pbs)
-        return self.fixed["startup"] + self.T * self.fixed["checkpoint_load"] + work
+        first = self.first_calls("summary", "eval")
+        return self.fixed["startup"] + first + self.T * self.fixed["checkpoint_load"] + work
 
     def heldout(self, algorithm: str = "base") -> float:
         """A run's held-out samples (validation and test of the seen classes) at every checkpoint it
@@ -290,14 +311,15 @@ class CostModel:
         saved = grid.probe_epochs(0, self.E, self.w, self.cfg["probes"]["extra_epochs"])
         per_task = 1 if algorithm == "retrained" else len(saved) + self.w + 1
         evaluations = sum(self.evaluation((t + 1) * self.cpt * s[k]) for t in range(self.T) for k in ("val", "test"))
-        return self.fixed["startup"] + per_task * (self.T * self.fixed["checkpoint_load"] + evaluations)
+        fixed = self.fixed["startup"] + self.first_calls("eval")
+        return fixed + per_task * (self.T * self.fixed["checkpoint_load"] + evaluations)
 
     def dependence(self) -> float:
         """Penultimate features of every sample at the scorer's last checkpoint: one forward each, the
         training samples and the held-out ones in calls of probes.batch_size."""
         s, pbs = self.sizes, self.cfg["probes"]["batch_size"]
         forwards = self.evaluation(self.C * s["train"], pbs) + self.evaluation(self.C * (s["val"] + s["test"]), pbs)
-        return self.fixed["startup"] + self.fixed["checkpoint_load"] + forwards
+        return self.fixed["startup"] + self.first_calls("eval") + self.fixed["checkpoint_load"] + forwards
 
     # ---------------------------------------------------------------- per rule
     def seconds(self, rule: str, wildcards: dict) -> float:

@@ -232,6 +232,7 @@ def _calibration(config: dict, device: str, call_seconds: float, calibrate) -> t
     fixed = cal["fixed_seconds"]
     return True, [
         f"{cal['device']} ({cal['clock']} clock), ms per image: {ms}",
-        f"start-up {fixed['startup']:.1f} s, checkpoint load {fixed['checkpoint_load']:.2f} s "
+        f"start-up {fixed['startup']:.1f} s, lazy import {fixed['lazy_import']:.1f} s, "
+        f"checkpoint load {fixed['checkpoint_load']:.2f} s "
         "(`make calibrate` writes the file the workflow reads)",
     ]

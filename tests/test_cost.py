@@ -128,6 +128,59 @@ def test_probe_curvature_scorer_and_summary_counts(paper_config):
     assert m.summary() == pytest.approx(few)
 
 
+def test_each_job_pays_the_first_calls_of_its_operations_and_the_lazy_import_where_it_happens(paper_config):
+    """Planted first-call excesses (distinct powers of two) and lazy import: each job kind's estimate
+    rises by exactly those of the operations it runs; the lazy import (torch.optim, pred_forget's
+    forward-mode pass) only for training, scorer and probe jobs."""
+    base = planted_calibration(paper_config)
+    cal = copy.deepcopy(base)
+    ops = [*cost.OPERATIONS, "step cbp"]
+    cal["warmup_seconds"] = {k: 2.0**i for i, k in enumerate(ops)}
+    cal["fixed_seconds"]["lazy_import"] = 2.0**20
+    w, lazy = cal["warmup_seconds"], 2.0**20
+    a, b = cost.CostModel(paper_config, base), cost.CostModel(paper_config, cal)
+    want = {
+        ("train_task", "base", "random"): lazy + w["train_step"] + w["eval"],
+        ("train_task", "retrained", "ascending"): lazy + w["train_step"] + w["eval"] + w["bn"],
+        ("train_task", "cbp", "random"): lazy + w["step cbp"] + w["eval"],
+        ("tune_task", "cbp", "random"): lazy + w["step cbp"] + w["eval"],
+        ("probe", None, None): lazy + w["probe"] + w["probe_align"] + w["mean_gradient"],
+        ("memo_scorer", None, None): lazy + w["scorer_step"] + w["eval"],
+        ("memo_curvature", None, None): w["exact_ggn"] + w["hutchinson"] + w["finite_difference"],
+        ("run_summary", None, None): w["summary"] + w["eval"],
+        ("heldout", "base", None): w["eval"],
+        ("heldout_dependence", None, None): w["eval"],
+    }
+    for (rule, algorithm, ordering), extra in want.items():
+        wc = {"task": 3, "boundary": 3, "algorithm": algorithm, "ordering": ordering}
+        assert b.seconds(rule, wc) - a.seconds(rule, wc) == pytest.approx(extra), rule
+    assert b.seconds("probe_run", {}) - a.seconds("probe_run", {}) == pytest.approx(want["probe", None, None])
+    curv = copy.deepcopy(paper_config)
+    curv["probes"]["curvature"] = True  # memo.score's estimator: its first call too
+    extra = cost.CostModel(curv, cal).probe(3) - cost.CostModel(curv, base).probe(3)
+    assert extra == pytest.approx(want["probe", None, None] + w[paper_config["memo"]["score"]])
+
+
+def test_start_up_and_lazy_import_are_medians_over_fresh_interpreters(tmp_path):
+    """measure_fixed with a stand-in interpreter that reports, per call, the CPU seconds to the end of
+    its imports and of the lazy import: the medians of three calls, not the first or the mean."""
+    from memplast.calibrate import Bench, Timer, measure_fixed
+
+    reports, count = ["0.5 0.2", "3.0 0.9", "0.7 0.3"], tmp_path / "count"
+    fake = tmp_path / "python"
+    fake.write_text(
+        "#!/bin/sh\n"
+        f"n=$(cat {count} 2>/dev/null || echo 0); echo $((n + 1)) > {count}\n"
+        f'case $n in 0) echo "{reports[0]}";; 1) echo "{reports[1]}";; *) echo "{reports[2]}";; esac\n'
+    )
+    fake.chmod(0o755)
+    cfg = mpconfig.load(*TINY)
+    fixed = measure_fixed(Bench(cfg, torch.device("cpu")), Timer(torch.device("cpu"), 0.2, "cpu"), str(fake))
+    assert count.read_text().strip() == "3"
+    assert fixed["startup"] == pytest.approx(0.7) and fixed["lazy_import"] == pytest.approx(0.3)
+    assert fixed["checkpoint_load"] > 0
+
+
 def test_a_probe_job_per_run_costs_its_boundaries_with_one_start_up(paper_config):
     """probes.jobs: run: the 19 boundaries' probe jobs of a run in one process, the start-up paid once."""
     m = cost.CostModel(paper_config, planted_calibration(paper_config))
@@ -201,7 +254,8 @@ def test_calibrate_writes_a_file_the_cost_model_reads(tmp_path):
     cal = cost.load_calibration(out, cfg)
     assert set(cal["seconds_per_image"]) == set(cost.OPERATIONS)
     assert all(v > 0 and math.isfinite(v) for v in cal["seconds_per_image"].values())
-    assert cal["clock"] == "cpu" and cal["fixed_seconds"]["startup"] > 0
+    assert cal["clock"] == "cpu" and cal["fixed_seconds"]["startup"] > 0 and cal["fixed_seconds"]["lazy_import"] > 0
+    assert set(cost.OPERATIONS) <= set(cal["warmup_seconds"]) and min(cal["warmup_seconds"].values()) >= 0
     cfg["resources"]["calibration"] = str(out)
     m = cost.CostModel(cfg)
     assert m.device == cal["device"] and m.train(0) > cal["fixed_seconds"]["startup"]
@@ -239,7 +293,9 @@ def test_timer_grows_calls_to_the_budget_and_extrapolates_to_the_batch(cold):
     follows, and the result is the cost per image of a call of the configured size, a / 500 + b, not
     of the largest timed one."""
     work = FakeWork(a=0.05, b=0.01, cold=cold)
-    per_image = fake_timer(work).per_image("op", work.make_call, configured=500)
+    timer = fake_timer(work)
+    per_image = timer.per_image("op", work.make_call, configured=500)
+    assert timer.warmups["op"] == pytest.approx(cold)  # the first call's excess over a later one of its size
     n = work.sizes[-2]
     assert work.sizes[0] == 2 and work.sizes == sorted(work.sizes)
     assert 0.05 + 0.01 * n <= 1.0 < 2 * (0.05 + 0.01 * n)  # the last grown call fits, twice it would not
@@ -289,6 +345,7 @@ def test_timer_reuses_the_same_calls():
     calls = len(work.sizes)
     assert timer.per_image("scorer_step", work.make_call, 256, key=("train", 128)) == pytest.approx(0.3 / 128 + 0.02)
     assert len(work.sizes) == calls and timer.log["scorer_step"]["same_as"] == "train_step"
+    assert timer.warmups["scorer_step"] == timer.warmups["train_step"]
     timer.per_image("smaller", work.make_call, 40, key=("train", 20))  # timed sizes above 20: other calls
     timer.per_image("other", work.make_call, 180, key=("eval", 90))
     assert len(work.sizes) > calls + 4
