@@ -98,7 +98,8 @@ class Timer:
         """Seconds per image of ``make_call(n)()``, a call on ``n`` images (``configured`` at most).
 
         The first call, on ``pilot`` images, warms up (it also allocates and builds the graph; it
-        counts only when it takes ``call_seconds`` or more). Calls then grow (x2 to x8) while a call
+        counts only when it takes ``call_seconds`` or more; its excess over a later call of its
+        size is kept in :attr:`warmups`). Calls then grow (x2 to x8) while a call
         of twice the size stays within ``call_seconds``; at the final size the per-image cost is
         taken once two calls in a row agree within ``spread``: the previous size's and this one's
         (the call size no longer matters) or two of this size. A first call of twice
@@ -188,7 +189,7 @@ class Timer:
         """Seconds the ``first`` call ``(n, seconds)`` took beyond a steady call of its n images: the
         median of the ``later`` calls ``(n, seconds per image)`` of that size, else the line through
         them (:meth:`_at_size`), else none. It is the set-up an operation does on its first use in a
-        process (the autograd graph, forward-mode AD), which a job pays once."""
+        process (buffers, kernels chosen), which a job pays once."""
         n, seconds = first
         same = [c for k, c in later if k == n]
         if same:
