@@ -275,7 +275,7 @@ def measure_training(b: Bench, t: Timer) -> tuple[dict, dict]:
     factors = {}
     for algo in dict.fromkeys([*cfg["conditions"]["algorithms"], *cfg["tuning"]["algorithms"]]):
         if algo not in cost.BASE_STEP_ALGORITHMS:
-            factors[algo] = step(f"step {algo}", algo, bs) / out["train_step"]
+            factors[algo] = step(cost.step_operation(algo), algo, bs) / out["train_step"]
     model = b.model()
     mask = seen_classes(np.arange(b.C), b.C, b.device)
     ebs = proto.get("eval_batch_size", 1000)

@@ -84,6 +84,11 @@ RULES = {
 }
 
 
+def step_operation(algorithm: str) -> str:
+    """The calibration's name of ``algorithm``'s training step (its first call is kept under it)."""
+    return "train_step" if algorithm in BASE_STEP_ALGORITHMS else f"step {algorithm}"
+
+
 class CalibrationError(ValueError):
     """A calibration file that does not fit the config."""
 
@@ -195,9 +200,12 @@ class CostModel:
         ``batch`` (default protocol.eval_batch_size)."""
         return self.calls("eval", images, batch or self.eval_batch)
 
-    def first_calls(self, *operations: str) -> float:
-        """The extra seconds of each operation's first call in a job (none in the default calibration)."""
-        return sum(self.warmup.get(op, 0.0) for op in operations)
+    def process(self, *operations: str, lazy_import: bool = False) -> float:
+        """What a job's process pays once: start-up, torch's lazy import where the job triggers it (an
+        optimizer, pred_forget's forward-mode pass) and the extra seconds of the first call of each
+        of its ``operations`` (none in the default calibration)."""
+        lazy = self.fixed["lazy_import"] if lazy_import else 0.0
+        return self.fixed["startup"] + lazy + sum(self.warmup.get(op, 0.0) for op in operations)
 
     @property
     def device(self) -> str:
@@ -227,9 +235,8 @@ class CostModel:
         step = self.c["train_step"] * self.cal.get("algorithm_factor", {}).get(algorithm, 1.0)
         bn = self.c["bn"] if self.bn_reestimate and ordering != "random" else 0.0
         per_epoch = n_train * (step + bn) + evaluation
-        step_op = "train_step" if algorithm in BASE_STEP_ALGORITHMS else f"step {algorithm}"
-        first = self.fixed["lazy_import"] + self.first_calls(step_op, "eval", *(["bn"] if bn else []))
-        return self.fixed["startup"] + first + self.E * per_epoch + evaluation
+        once = self.process(step_operation(algorithm), "eval", *(["bn"] if bn else []), lazy_import=True)
+        return once + self.E * per_epoch + evaluation
 
     def scorer(self) -> float:
         """The scorer: epochs x (all training images x step + validation and test images x eval)."""
@@ -238,16 +245,14 @@ class CostModel:
         per_epoch = self.C * s["train"] * self.c["scorer_step"] + sum(
             self.evaluation(self.C * s[k]) for k in ("val", "test")
         )
-        first = self.fixed["lazy_import"] + self.first_calls("scorer_step", "eval")
-        return self.fixed["startup"] + first + epochs * per_epoch
+        return self.process("scorer_step", "eval", lazy_import=True) + epochs * per_epoch
 
     def curvature(self) -> float:
         """One scorer checkpoint: the samples of memo.splits x the configured estimators (all classes)."""
         memo = self.cfg["memo"]
         n = self.C * sum(self.sizes[s] for s in memo["splits"])
         ops = [METHOD_OPERATION[m] for m in memo["methods"]]
-        fixed = self.fixed["startup"] + self.fixed["checkpoint_load"] + self.first_calls(*ops)
-        return fixed + n * sum(self.c[op] for op in ops)
+        return self.process(*ops) + self.fixed["checkpoint_load"] + n * sum(self.c[op] for op in ops)
 
     def probe(self, boundary: int, filter_name: str = "none") -> float:
         """Boundary k: the kept training images of the k+2 first tasks at 2w + 1 checkpoints (before-window,
@@ -268,7 +273,7 @@ class CostModel:
         ops = ["probe", "probe_align", "mean_gradient"]
         if self.cfg["probes"]["curvature"]:  # the estimator's first use (the calibration's is under all classes)
             ops.append(METHOD_OPERATION[self.cfg["memo"]["score"]])
-        return self.fixed["startup"] + self.fixed["lazy_import"] + self.first_calls(*ops)
+        return self.process(*ops, lazy_import=True)
 
     def probe_run(self, filter_name: str = "none") -> float:
         """Every boundary of a run in one process (probes.jobs: run): the sum of its boundaries'
@@ -300,8 +305,7 @@ class CostModel:
                 self.calls("summary", train, pbs) + self.calls("summary", batch, pbs) + self.evaluation(batch, batch)
             )
             work += self.evaluation((t + 1) * self.cpt * s["test"], pbs)
-        first = self.first_calls("summary", "eval")
-        return self.fixed["startup"] + first + self.T * self.fixed["checkpoint_load"] + work
+        return self.process("summary", "eval") + self.T * self.fixed["checkpoint_load"] + work
 
     def heldout(self, algorithm: str = "base") -> float:
         """A run's held-out samples (validation and test of the seen classes) at every checkpoint it
@@ -311,15 +315,14 @@ class CostModel:
         saved = grid.probe_epochs(0, self.E, self.w, self.cfg["probes"]["extra_epochs"])
         per_task = 1 if algorithm == "retrained" else len(saved) + self.w + 1
         evaluations = sum(self.evaluation((t + 1) * self.cpt * s[k]) for t in range(self.T) for k in ("val", "test"))
-        fixed = self.fixed["startup"] + self.first_calls("eval")
-        return fixed + per_task * (self.T * self.fixed["checkpoint_load"] + evaluations)
+        return self.process("eval") + per_task * (self.T * self.fixed["checkpoint_load"] + evaluations)
 
     def dependence(self) -> float:
         """Penultimate features of every sample at the scorer's last checkpoint: one forward each, the
         training samples and the held-out ones in calls of probes.batch_size."""
         s, pbs = self.sizes, self.cfg["probes"]["batch_size"]
         forwards = self.evaluation(self.C * s["train"], pbs) + self.evaluation(self.C * (s["val"] + s["test"]), pbs)
-        return self.fixed["startup"] + self.first_calls("eval") + self.fixed["checkpoint_load"] + forwards
+        return self.process("eval") + self.fixed["checkpoint_load"] + forwards
 
     # ---------------------------------------------------------------- per rule
     def seconds(self, rule: str, wildcards: dict) -> float:
