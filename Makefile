@@ -14,7 +14,10 @@ check-python:
 	@test -n "$(PYTHON)" || { echo "memplast needs Python 3.11 (pyproject.toml: requires-python >=3.11,<3.12) and found no python3.11 on PATH; install it or run make with PYTHON=/path/to/python3.11"; exit 1; }
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null || { echo "memplast needs Python 3.11 but PYTHON=$(PYTHON) is not Python 3.11 (or does not run); run make with PYTHON=/path/to/python3.11"; exit 1; }
 
+# Installing .venv needs about DISK_GB free (torch's CUDA build): said before pip fills the disk.
+DISK_GB ?= 8
 $(STAMP): pyproject.toml | check-python
+	@$(PYTHON) scripts/check_disk.py --need-gb $(DISK_GB)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'

@@ -322,3 +322,18 @@ def test_import_analysis_follows_memplast_and_lazy_imports(tmp_path):
     assert "torchvision" in Imports().script(s["download"][0])
     # a statistics-only rule does not reach torch
     assert "torch" not in Imports().script(s["stats_primary"][0])
+
+
+def test_install_stops_before_pip_when_the_disk_is_too_small(tmp_path):
+    """`make`'s install of .venv checks the free disk first (a full disk once ended a CI install in
+    pip's `[Errno 28]`): asked for more than any disk has, it says so in one line, creates no venv and
+    fails; asked for nothing, the check passes."""
+    venv = tmp_path / "venv"
+    make = ["make", "-s", "-C", str(ROOT), f"VENV={venv}", f"PYTHON={sys.executable}"]
+    out = subprocess.run([*make, "DISK_GB=1e9", f"{venv}/.installed-stamp"], capture_output=True, text=True)
+    assert out.returncode != 0 and not venv.exists()
+    (line,) = [x for x in out.stderr.splitlines() if not x.startswith("make")]
+    assert re.fullmatch(r"installing \.venv needs about 1e\+09 GB free on disk but found [\d.]+ GB free in \S+; "
+                        r"free some space \(or set TMPDIR to a larger disk\) and run make again", line)  # fmt: skip
+    ok = subprocess.run([sys.executable, str(ROOT / "scripts/check_disk.py"), "--need-gb", "0"], capture_output=True)
+    assert ok.returncode == 0 and not ok.stderr
